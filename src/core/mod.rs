@@ -3,7 +3,9 @@
 
 pub mod discrepancy;
 pub mod fingerprint;
+pub mod ids;
 pub mod neighbors;
+pub mod record;
 pub mod store;
 pub mod summary;
 pub mod synthesis;
