@@ -9,3 +9,7 @@ pub mod record;
 pub mod store;
 pub mod summary;
 pub mod synthesis;
+
+/// Largest state dimension accepted anywhere (messages, records, synthesis); larger
+/// arrays are refused as oversized, which bounds every allocation made for one input.
+pub const MAX_STATE_DIM: usize = 64;
