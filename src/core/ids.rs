@@ -106,7 +106,8 @@ impl Fingerprint {
     /// Parses the 32-digit hex form used in keys and messages.
     pub fn from_hex(s: &str) -> Result<Self, IdError> {
         let mut out = [0u8; FINGERPRINT_LEN];
-        hex::decode_to_slice(s, &mut out).map_err(|_| IdError::BadFingerprint { got: s.to_owned() })?;
+        hex::decode_to_slice(s, &mut out)
+            .map_err(|_| IdError::BadFingerprint { got: s.to_owned() })?;
         Ok(Self(out))
     }
 
@@ -153,7 +154,13 @@ mod tests {
     fn names_are_checked() {
         assert!(ModelId::new("cosmos/v1.2").is_ok());
         assert_eq!(ModelId::new(""), Err(IdError::Empty { kind: "model_id" }));
-        assert!(matches!(SourceId::new("a\nb"), Err(IdError::ControlChar { .. })));
-        assert!(matches!(FleetName::new("x".repeat(300)), Err(IdError::TooLong { .. })));
+        assert!(matches!(
+            SourceId::new("a\nb"),
+            Err(IdError::ControlChar { .. })
+        ));
+        assert!(matches!(
+            FleetName::new("x".repeat(300)),
+            Err(IdError::TooLong { .. })
+        ));
     }
 }

@@ -1,1 +1,549 @@
-//! synthesis
+//! Synthesis: the corrected prior from a prediction and the fleet's summaries.
+//!
+//! Normal–normal shrinkage. With μ the pooled, decay-weighted mean residual of the
+//! contributing sources and n_eff their pooled weight,
+//! `w = n_eff / (n_eff + k0)` and `corrected = predicted + clamp(w · μ, ±bound)`.
+//! The corrected covariance blends the model's with the fleet's:
+//! `(1 − w) · P + w · Σ_res · (1 + 1 / n_eff)`, where Σ_res is the pooled residual
+//! covariance (spread of reality around the corrected mean, plus the mean's own error).
+//!
+//! Robustness, in this order, per source: weight = decayed W × trust × similarity,
+//! capped at `max_source_weight`; then, with at least three sources, each source's mean
+//! is compared with the weighted median per dimension; a source whose robust z-score
+//! (|μ_s − median| / (1.4826 · MAD)) exceeds `outlier_z` has its weight multiplied by
+//! (outlier_z / z)², so a few broken or hostile robots cannot steer the fleet.
+//!
+//! Pure: no clock, no I/O; time comes in as `now_ns`.
+
+use nalgebra::{DMatrix, DVector};
+use serde::Deserialize;
+use thiserror::Error;
+
+use super::summary::{Decay, Summary};
+
+/// Settings of the synthesis (fleet-wide; every robot should use the same).
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SynthesisConfig {
+    /// Prior strength k0: how many outcomes the fleet needs to count as much as the model.
+    pub prior_strength: f64,
+    /// Exact support (decayed weight) below which neighbors are borrowed.
+    pub min_support: f64,
+    /// Largest weight one source can carry, in outcomes.
+    pub max_source_weight: f64,
+    /// Robust z-score above which a source is down-weighted.
+    pub outlier_z: f64,
+    /// Half-life of an outcome's weight, seconds; 0 disables decay.
+    pub half_life_s: f64,
+    /// Largest correction per state dimension (one value for all, or one per dimension); empty = unbounded.
+    pub max_correction: Vec<f64>,
+    /// Variance per dimension used when the prediction carries no covariance.
+    pub default_variance: f64,
+}
+
+/// Default prior strength k0.
+pub const DEFAULT_PRIOR_STRENGTH: f64 = 5.0;
+
+impl Default for SynthesisConfig {
+    fn default() -> Self {
+        SynthesisConfig {
+            prior_strength: DEFAULT_PRIOR_STRENGTH,
+            min_support: 5.0,
+            max_source_weight: 1000.0,
+            outlier_z: 3.0,
+            half_life_s: 24.0 * 3600.0,
+            max_correction: Vec::new(),
+            default_variance: 1.0,
+        }
+    }
+}
+
+/// A synthesis setting out of range (names the field).
+#[derive(Debug, Error, Clone, PartialEq)]
+#[error("synthesis.{field}: {reason}")]
+pub struct SynthesisConfigError {
+    /// The bad field.
+    pub field: &'static str,
+    /// What is wrong.
+    pub reason: &'static str,
+}
+
+impl SynthesisConfig {
+    /// Checks every field; after this the synthesis trusts the values.
+    pub fn validate(&self) -> Result<(), SynthesisConfigError> {
+        let positive = |field, v: f64| {
+            if v.is_finite() && v > 0.0 {
+                Ok(())
+            } else {
+                Err(SynthesisConfigError {
+                    field,
+                    reason: "must be finite and > 0",
+                })
+            }
+        };
+        positive("prior_strength", self.prior_strength)?;
+        positive("max_source_weight", self.max_source_weight)?;
+        positive("outlier_z", self.outlier_z)?;
+        positive("default_variance", self.default_variance)?;
+        if !(self.min_support.is_finite() && self.min_support >= 0.0) {
+            return Err(SynthesisConfigError {
+                field: "min_support",
+                reason: "must be finite and >= 0",
+            });
+        }
+        if !(self.half_life_s.is_finite() && self.half_life_s >= 0.0) {
+            return Err(SynthesisConfigError {
+                field: "half_life_s",
+                reason: "must be finite and >= 0 (0 = no decay)",
+            });
+        }
+        if self
+            .max_correction
+            .iter()
+            .any(|b| !(b.is_finite() && *b >= 0.0))
+        {
+            return Err(SynthesisConfigError {
+                field: "max_correction",
+                reason: "every bound must be finite and >= 0",
+            });
+        }
+        Ok(())
+    }
+
+    /// The decay implied by `half_life_s`.
+    pub fn decay(&self) -> Decay {
+        Decay::from_half_life_secs(self.half_life_s)
+    }
+
+    fn bound(&self, i: usize) -> f64 {
+        match self.max_correction.len() {
+            0 => f64::INFINITY,
+            1 => self.max_correction[0],
+            n => self
+                .max_correction
+                .get(i)
+                .copied()
+                .unwrap_or(self.max_correction[n - 1]),
+        }
+    }
+}
+
+/// Why no prior could be synthesized.
+#[derive(Debug, Error, Clone, PartialEq)]
+pub enum SynthesisError {
+    /// A summary's dimension differs from the prediction's.
+    #[error("summary from source #{index} has dimension {got}, prediction has {expected}")]
+    DimensionMismatch {
+        /// Position of the summary in the input.
+        index: usize,
+        /// Prediction dimension.
+        expected: usize,
+        /// Summary dimension.
+        got: usize,
+    },
+    /// The prediction's dimension is 0 or above the maximum.
+    #[error("prediction dimension {dim} out of range 1..={}", super::MAX_STATE_DIM)]
+    BadDimension {
+        /// Dimension given.
+        dim: usize,
+    },
+    /// The predicted covariance is not n × n.
+    #[error("predicted covariance is {rows}x{cols}, expected {n}x{n}")]
+    BadCovariance {
+        /// Rows given.
+        rows: usize,
+        /// Columns given.
+        cols: usize,
+        /// State dimension.
+        n: usize,
+    },
+}
+
+/// How one source's summary enters the synthesis.
+#[derive(Clone, Debug)]
+pub struct Contribution<'a> {
+    /// The source's summary for an address.
+    pub summary: &'a Summary,
+    /// Trust in this source, in [0, 1] (1 = full).
+    pub trust: f64,
+    /// Similarity of the summary's address to the prediction's (1 = exact address).
+    pub similarity: f64,
+    /// Whether it comes from the exact address (false = a neighbor).
+    pub exact: bool,
+}
+
+/// Which addresses the corrected prior rests on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Match {
+    /// Nothing: the prediction is returned unchanged.
+    None,
+    /// Only the exact address.
+    Exact,
+    /// Neighbors were borrowed (exact support was below `min_support`).
+    Neighbor,
+}
+
+/// The corrected prior and what it rests on.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Prior {
+    /// Corrected prediction.
+    pub state: DVector<f64>,
+    /// Corrected covariance (n × n).
+    pub covariance: DMatrix<f64>,
+    /// corrected − predicted, after clamping.
+    pub correction: DVector<f64>,
+    /// Outcomes behind the correction (sum of counts of sources with weight > 0).
+    pub support: u64,
+    /// Distinct sources behind it.
+    pub sources: u32,
+    /// Shrinkage weight w in [0, 1) given to the fleet over the model.
+    pub confidence: f64,
+    /// Which addresses contributed.
+    pub matched: Match,
+    /// Final weight of each contribution, in input order (provenance and trust updates).
+    pub weights: Vec<f64>,
+}
+
+/// Computes the corrected prior for `predicted` (covariance `predicted_cov`, n × n, or
+/// `None` for the configured default) from the contributions, as seen at `now_ns`.
+pub fn synthesize(
+    config: &SynthesisConfig,
+    predicted: &DVector<f64>,
+    predicted_cov: Option<&DMatrix<f64>>,
+    contributions: &[Contribution<'_>],
+    now_ns: i64,
+) -> Result<Prior, SynthesisError> {
+    let n = predicted.len();
+    if let Some(p) = predicted_cov
+        && (p.nrows() != n || p.ncols() != n)
+    {
+        return Err(SynthesisError::BadCovariance {
+            rows: p.nrows(),
+            cols: p.ncols(),
+            n,
+        });
+    }
+    for (index, c) in contributions.iter().enumerate() {
+        if c.summary.dim() != n {
+            return Err(SynthesisError::DimensionMismatch {
+                index,
+                expected: n,
+                got: c.summary.dim(),
+            });
+        }
+    }
+    let decay = config.decay();
+    let exact_support: f64 = contributions
+        .iter()
+        .filter(|c| c.exact)
+        .map(|c| decayed_weight(c.summary, decay, now_ns))
+        .sum();
+    let borrow = exact_support < config.min_support;
+    let mut weights: Vec<f64> = contributions
+        .iter()
+        .map(|c| {
+            if !c.exact && !borrow {
+                return 0.0;
+            }
+            let w = decayed_weight(c.summary, decay, now_ns)
+                * c.trust.clamp(0.0, 1.0)
+                * c.similarity.clamp(0.0, 1.0);
+            w.min(config.max_source_weight)
+        })
+        .collect();
+    down_weight_outliers(config.outlier_z, contributions, &mut weights);
+
+    let mut pooled = Summary::empty(n).map_err(|_| SynthesisError::BadDimension { dim: n })?;
+    let (mut support, mut sources, mut used_neighbor) = (0u64, 0u32, false);
+    for (c, &w) in contributions.iter().zip(&weights) {
+        if w <= 0.0 {
+            continue;
+        }
+        let mut s = c.summary.decayed_to(now_ns, decay);
+        // Rescale so this source's total weight is exactly its final weight.
+        s.scale_weight(w / s.weight());
+        // Same dimension was checked above, so merge cannot fail.
+        let _ = pooled.merge(&s, Decay::NONE);
+        support += c.summary.count();
+        sources += 1;
+        used_neighbor |= !c.exact;
+    }
+
+    let n_eff = pooled.weight();
+    let prior_cov = predicted_cov
+        .cloned()
+        .unwrap_or_else(|| DMatrix::identity(n, n) * config.default_variance);
+    if n_eff <= 0.0 {
+        return Ok(Prior {
+            state: predicted.clone(),
+            covariance: prior_cov,
+            correction: DVector::zeros(n),
+            support: 0,
+            sources: 0,
+            confidence: 0.0,
+            matched: Match::None,
+            weights,
+        });
+    }
+    let w = n_eff / (n_eff + config.prior_strength);
+    let mut correction = pooled.mean() * w;
+    for (i, c) in correction.iter_mut().enumerate() {
+        let b = config.bound(i);
+        *c = c.clamp(-b, b);
+    }
+    let residual_cov = pooled.covariance() * (1.0 + 1.0 / n_eff);
+    Ok(Prior {
+        state: predicted + &correction,
+        covariance: prior_cov * (1.0 - w) + residual_cov * w,
+        correction,
+        support,
+        sources,
+        confidence: w,
+        matched: if used_neighbor {
+            Match::Neighbor
+        } else {
+            Match::Exact
+        },
+        weights,
+    })
+}
+
+fn decayed_weight(s: &Summary, decay: Decay, now_ns: i64) -> f64 {
+    s.weight() * decay.factor(s.last_ns(), now_ns)
+}
+
+/// Multiplies the weight of sources whose mean is a robust outlier by (z0 / z)².
+fn down_weight_outliers(z0: f64, contributions: &[Contribution<'_>], weights: &mut [f64]) {
+    let active: Vec<usize> = (0..weights.len()).filter(|&i| weights[i] > 0.0).collect();
+    if active.len() < 3 {
+        return;
+    }
+    let n = contributions[active[0]].summary.dim();
+    let mut z = vec![0.0f64; weights.len()];
+    let mut column: Vec<f64> = Vec::with_capacity(active.len());
+    for d in 0..n {
+        column.clear();
+        column.extend(active.iter().map(|&i| contributions[i].summary.mean()[d]));
+        let med = median(&mut column);
+        for v in column.iter_mut() {
+            *v = (*v - med).abs();
+        }
+        let mad = median(&mut column);
+        // Scale floor: identical honest sources give MAD 0; any disagreement is then large.
+        let scale = (1.4826 * mad).max(1e-9 * (1.0 + med.abs()));
+        for &i in &active {
+            let zi = (contributions[i].summary.mean()[d] - med).abs() / scale;
+            z[i] = z[i].max(zi);
+        }
+    }
+    for &i in &active {
+        if z[i] > z0 {
+            weights[i] *= (z0 / z[i]).powi(2);
+        }
+    }
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_unstable_by(f64::total_cmp);
+    let m = v.len() / 2;
+    if v.len() % 2 == 1 {
+        v[m]
+    } else {
+        0.5 * (v[m - 1] + v[m])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Deterministic standard normal samples (Box–Muller over a splitmix64 stream).
+    pub(crate) struct Normal(u64);
+    impl Normal {
+        fn uniform(&mut self) -> f64 {
+            self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = self.0;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            ((z ^ (z >> 31)) >> 11) as f64 / (1u64 << 53) as f64
+        }
+        fn sample(&mut self) -> f64 {
+            let (u1, u2) = (self.uniform().max(1e-300), self.uniform());
+            (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
+        }
+    }
+
+    fn source(bias: &[f64], noise: f64, n: usize, rng: &mut Normal) -> Summary {
+        let mut s = Summary::empty(bias.len()).unwrap();
+        for k in 0..n {
+            let r: Vec<f64> = bias.iter().map(|b| b + noise * rng.sample()).collect();
+            s.add(&r, k as i64, Decay::NONE).unwrap();
+        }
+        s
+    }
+
+    fn exact(s: &Summary) -> Contribution<'_> {
+        Contribution {
+            summary: s,
+            trust: 1.0,
+            similarity: 1.0,
+            exact: true,
+        }
+    }
+
+    fn config() -> SynthesisConfig {
+        SynthesisConfig {
+            half_life_s: 0.0,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn zero_support_returns_the_prediction_unchanged() {
+        let x = DVector::from_vec(vec![1.0, -2.0]);
+        let p = synthesize(&config(), &x, None, &[], 0).unwrap();
+        assert_eq!(p.state, x);
+        assert_eq!(p.confidence, 0.0);
+        assert_eq!(p.support, 0);
+        assert_eq!(p.matched, Match::None);
+        assert_eq!(p.covariance, DMatrix::identity(2, 2));
+    }
+
+    #[test]
+    fn correction_converges_to_the_true_bias() {
+        let mut rng = Normal(7);
+        let b = [0.8, -0.3, 2.0];
+        let x = DVector::from_vec(vec![10.0, 0.0, -5.0]);
+        let mut last_err = f64::INFINITY;
+        for n in [10usize, 100, 1000, 10_000] {
+            let s = source(&b, 0.5, n, &mut rng);
+            let p = synthesize(&config(), &x, None, &[exact(&s)], n as i64).unwrap();
+            let err = (0..3)
+                .map(|i| (p.correction[i] - b[i]).abs())
+                .fold(0.0, f64::max);
+            assert!(
+                err < last_err || err < 0.02,
+                "error must shrink with support: {err} after {last_err}"
+            );
+            last_err = err;
+            assert_eq!(p.support, n as u64);
+            assert_eq!(p.matched, Match::Exact);
+        }
+        assert!(last_err < 0.02, "correction {last_err} away from bias");
+    }
+
+    #[test]
+    fn two_hostile_sources_of_twenty_barely_move_the_correction() {
+        let mut rng = Normal(11);
+        let b = [1.0, -0.5];
+        let mut sums: Vec<Summary> = (0..18).map(|_| source(&b, 0.3, 200, &mut rng)).collect();
+        let honest_only: Vec<Summary> = sums.clone();
+        sums.push(source(&[100.0, -50.0], 0.3, 200, &mut rng));
+        sums.push(source(&[100.0, -50.0], 0.3, 200, &mut rng));
+        let x = DVector::zeros(2);
+        let cfg = config();
+        let clean = synthesize(
+            &cfg,
+            &x,
+            None,
+            &honest_only.iter().map(exact).collect::<Vec<_>>(),
+            0,
+        )
+        .unwrap();
+        let attacked = synthesize(
+            &cfg,
+            &x,
+            None,
+            &sums.iter().map(exact).collect::<Vec<_>>(),
+            0,
+        )
+        .unwrap();
+        for i in 0..2 {
+            let moved = (attacked.correction[i] - clean.correction[i]).abs();
+            assert!(moved < 0.05 * b[i].abs(), "dim {i} moved by {moved}");
+        }
+        assert!(attacked.weights[18] < 0.01 * attacked.weights[0]);
+    }
+
+    #[test]
+    fn neighbors_are_borrowed_only_when_exact_support_is_thin() {
+        let mut rng = Normal(3);
+        let exact_few = source(&[1.0], 0.1, 2, &mut rng);
+        let exact_many = source(&[1.0], 0.1, 50, &mut rng);
+        let near = source(&[3.0], 0.1, 100, &mut rng);
+        let cfg = config();
+        let x = DVector::zeros(1);
+        let neighbor = Contribution {
+            summary: &near,
+            trust: 1.0,
+            similarity: 0.8,
+            exact: false,
+        };
+        let thin = synthesize(&cfg, &x, None, &[exact(&exact_few), neighbor.clone()], 0).unwrap();
+        assert_eq!(thin.matched, Match::Neighbor);
+        assert!(
+            thin.correction[0] > 1.5,
+            "neighbor pulls the mean: {}",
+            thin.correction[0]
+        );
+        assert!(
+            (thin.weights[1] - 80.0).abs() < 1e-9,
+            "similarity scales weight"
+        );
+        let rich = synthesize(&cfg, &x, None, &[exact(&exact_many), neighbor], 0).unwrap();
+        assert_eq!(rich.matched, Match::Exact);
+        assert_eq!(rich.weights[1], 0.0);
+    }
+
+    #[test]
+    fn caps_trust_and_bounds_apply() {
+        let mut rng = Normal(5);
+        let big = source(&[1.0], 0.1, 10_000, &mut rng);
+        let cfg = SynthesisConfig {
+            max_source_weight: 20.0,
+            max_correction: vec![0.5],
+            ..config()
+        };
+        let x = DVector::zeros(1);
+        let p = synthesize(&cfg, &x, None, &[exact(&big)], 0).unwrap();
+        assert_eq!(p.weights[0], 20.0);
+        assert!((p.confidence - 20.0 / 25.0).abs() < 1e-12);
+        assert_eq!(p.correction[0], 0.5, "clamped to the bound");
+        let distrusted = Contribution {
+            trust: 0.0,
+            ..exact(&big)
+        };
+        let p = synthesize(&cfg, &x, None, &[distrusted], 0).unwrap();
+        assert_eq!(p.matched, Match::None);
+    }
+
+    #[test]
+    fn bad_dimensions_are_errors() {
+        let s = Summary::from_sample(&[1.0, 2.0], 0).unwrap();
+        let x = DVector::zeros(3);
+        assert!(matches!(
+            synthesize(&config(), &x, None, &[exact(&s)], 0),
+            Err(SynthesisError::DimensionMismatch { .. })
+        ));
+        let p = DMatrix::identity(2, 2);
+        assert!(matches!(
+            synthesize(&config(), &x, Some(&p), &[], 0),
+            Err(SynthesisError::BadCovariance { .. })
+        ));
+    }
+
+    #[test]
+    fn config_validation_names_the_field() {
+        let bad = SynthesisConfig {
+            prior_strength: 0.0,
+            ..Default::default()
+        };
+        assert_eq!(bad.validate().unwrap_err().field, "prior_strength");
+        let bad = SynthesisConfig {
+            max_correction: vec![f64::NAN],
+            ..Default::default()
+        };
+        assert_eq!(bad.validate().unwrap_err().field, "max_correction");
+        assert!(SynthesisConfig::default().validate().is_ok());
+    }
+}
