@@ -458,9 +458,9 @@ mod tests {
             0,
         )
         .unwrap();
-        for i in 0..2 {
+        for (i, bias) in b.iter().enumerate() {
             let moved = (attacked.correction[i] - clean.correction[i]).abs();
-            assert!(moved < 0.05 * b[i].abs(), "dim {i} moved by {moved}");
+            assert!(moved < 0.05 * bias.abs(), "dim {i} moved by {moved}");
         }
         assert!(attacked.weights[18] < 0.01 * attacked.weights[0]);
     }
