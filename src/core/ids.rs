@@ -74,6 +74,14 @@ macro_rules! name_newtype {
             }
         }
 
+        // Lets maps keyed by the newtype be searched with a plain `&str` (no allocation);
+        // the derived Hash of a one-field struct equals the field's, as Borrow requires.
+        impl std::borrow::Borrow<str> for $name {
+            fn borrow(&self) -> &str {
+                &self.0
+            }
+        }
+
         impl fmt::Display for $name {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str(&self.0)

@@ -4,6 +4,7 @@
 pub mod discrepancy;
 pub mod fingerprint;
 pub mod ids;
+pub mod memory;
 pub mod neighbors;
 pub mod record;
 pub mod store;

@@ -1,0 +1,469 @@
+//! The in-memory outcome memory of one robot: its own summaries and the fleet's records,
+//! per address, bounded, and the corrected prior computed from them.
+//!
+//! This is the hot path's only data structure (one hash lookup per prediction); the
+//! persistent [`Store`](super::store) sits under it and the fleet exchange feeds it.
+
+use std::collections::{BTreeMap, HashMap};
+
+use nalgebra::{DMatrix, DVector};
+use serde::Deserialize;
+use thiserror::Error;
+
+use super::ids::{Fingerprint, ModelId, RecordKey, Seq, SourceId};
+use super::neighbors::Sketch;
+use super::record::OutcomeRecord;
+use super::summary::{Decay, Summary, SummaryError};
+use super::synthesis::{Contribution, Prior, SynthesisConfig, SynthesisError, synthesize};
+
+/// Bounds of the in-memory outcome memory.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MemoryConfig {
+    /// Most received (fleet) records kept; least recently used are dropped beyond it.
+    pub max_received_records: usize,
+}
+
+impl Default for MemoryConfig {
+    fn default() -> Self {
+        MemoryConfig {
+            max_received_records: 100_000,
+        }
+    }
+}
+
+/// Why the memory refused an update.
+#[derive(Debug, Error, Clone, PartialEq)]
+pub enum MemoryError {
+    /// The residual could not be folded in.
+    #[error(transparent)]
+    Summary(#[from] SummaryError),
+    /// The synthesis refused its input.
+    #[error(transparent)]
+    Synthesis(#[from] SynthesisError),
+}
+
+/// What happened to a received record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ingest {
+    /// Newer than what was held: stored.
+    Stored,
+    /// Same or older sequence number than what is held: ignored (replay or duplicate).
+    Stale,
+    /// Claims to be from this robot: ignored (own records come from the store).
+    OwnSource,
+    /// Its dimension differs from the other records of this address: ignored.
+    DimensionConflict,
+}
+
+/// One source's latest record at an address.
+#[derive(Clone, Debug)]
+pub struct SourceRecord {
+    /// The source robot.
+    pub source: SourceId,
+    /// Its record version.
+    pub seq: Seq,
+    /// Its statistics.
+    pub summary: Summary,
+    last_used: u64,
+}
+
+/// Everything known about one (model, fingerprint).
+#[derive(Clone, Debug, Default)]
+pub struct Address {
+    /// Scenario sketch, once any record or prediction supplied it.
+    pub sketch: Option<Sketch>,
+    /// This robot's own summary and its version.
+    pub own: Option<(Seq, Summary)>,
+    /// Latest record per other source.
+    pub received: Vec<SourceRecord>,
+}
+
+impl Address {
+    fn dim(&self) -> Option<usize> {
+        self.own
+            .as_ref()
+            .map(|o| o.1.dim())
+            .or_else(|| self.received.first().map(|r| r.summary.dim()))
+    }
+}
+
+/// The outcome memory of one robot.
+#[derive(Debug)]
+pub struct OutcomeMemory {
+    own_source: SourceId,
+    config: MemoryConfig,
+    decay: Decay,
+    models: HashMap<ModelId, HashMap<Fingerprint, Address>>,
+    /// Eviction queue: (tick at enqueue → record). Touches only bump the record's own
+    /// `last_used`, so the hot path never reorders this map; eviction re-queues entries
+    /// whose record was used since (second chance), which keeps true LRU order.
+    lru: BTreeMap<u64, RecordKey>,
+    received_len: usize,
+    tick: u64,
+}
+
+impl OutcomeMemory {
+    /// An empty memory for robot `own_source`; `decay` must match the fleet's synthesis.
+    pub fn new(own_source: SourceId, config: MemoryConfig, decay: Decay) -> Self {
+        OutcomeMemory {
+            own_source,
+            config,
+            decay,
+            models: HashMap::new(),
+            lru: BTreeMap::new(),
+            received_len: 0,
+            tick: 0,
+        }
+    }
+
+    fn entry(&mut self, model: &ModelId, fingerprint: Fingerprint) -> &mut Address {
+        // Off the prediction path (outcomes and received records), so the key clone is fine.
+        self.models
+            .entry(model.clone())
+            .or_default()
+            .entry(fingerprint)
+            .or_default()
+    }
+
+    /// This robot's source id.
+    pub fn own_source(&self) -> &SourceId {
+        &self.own_source
+    }
+
+    /// Folds one of this robot's residuals in and returns its new own record, to be
+    /// persisted and then published.
+    pub fn record_outcome(
+        &mut self,
+        model: &ModelId,
+        fingerprint: Fingerprint,
+        sketch: Sketch,
+        residual: &[f64],
+        t_ns: i64,
+    ) -> Result<OutcomeRecord, MemoryError> {
+        let decay = self.decay;
+        let addr = self.entry(model, fingerprint);
+        addr.sketch.get_or_insert(sketch);
+        let (seq, summary) = match &mut addr.own {
+            Some((seq, s)) => {
+                s.add(residual, t_ns, decay)?;
+                seq.0 += 1;
+                (*seq, s)
+            }
+            own @ None => {
+                let s = Summary::from_sample(residual, t_ns)?;
+                let (seq, s) = own.insert((Seq(1), s));
+                (*seq, s)
+            }
+        };
+        Ok(OutcomeRecord {
+            seq,
+            sketch: addr.sketch.unwrap_or(sketch),
+            summary: summary.clone(),
+        })
+    }
+
+    /// Restores an own record from the store at start-up.
+    pub fn restore_own(
+        &mut self,
+        model: &ModelId,
+        fingerprint: Fingerprint,
+        record: OutcomeRecord,
+    ) {
+        let addr = self.entry(model, fingerprint);
+        addr.sketch.get_or_insert(record.sketch);
+        if addr.own.as_ref().is_none_or(|(seq, _)| *seq < record.seq) {
+            addr.own = Some((record.seq, record.summary));
+        }
+    }
+
+    /// Merges a record received from the fleet, keeping only the newest per source.
+    pub fn ingest(&mut self, key: &RecordKey, record: OutcomeRecord) -> Ingest {
+        if key.source == self.own_source {
+            return Ingest::OwnSource;
+        }
+        self.tick += 1;
+        let tick = self.tick;
+        let addr = self.entry(&key.model, key.fingerprint);
+        if addr.dim().is_some_and(|d| d != record.summary.dim()) {
+            return Ingest::DimensionConflict;
+        }
+        addr.sketch.get_or_insert(record.sketch);
+        match addr.received.iter_mut().find(|r| r.source == key.source) {
+            Some(r) if r.seq >= record.seq => Ingest::Stale,
+            Some(r) => {
+                r.seq = record.seq;
+                r.summary = record.summary;
+                r.last_used = tick;
+                Ingest::Stored
+            }
+            None => {
+                addr.received.push(SourceRecord {
+                    source: key.source.clone(),
+                    seq: record.seq,
+                    summary: record.summary,
+                    last_used: tick,
+                });
+                self.received_len += 1;
+                self.lru.insert(tick, key.clone());
+                self.evict_over_bound();
+                Ingest::Stored
+            }
+        }
+    }
+
+    /// Drops least recently used received records until within the bound; own records stay.
+    fn evict_over_bound(&mut self) {
+        while self.received_len > self.config.max_received_records {
+            let Some((tick, key)) = self.lru.pop_first() else {
+                return;
+            };
+            let Some(per_model) = self.models.get_mut(key.model.as_str()) else {
+                continue;
+            };
+            let Some(addr) = per_model.get_mut(&key.fingerprint) else {
+                continue;
+            };
+            let Some(pos) = addr.received.iter().position(|r| r.source == key.source) else {
+                continue;
+            };
+            let used = addr.received[pos].last_used;
+            if used > tick {
+                self.lru.insert(used, key);
+                continue;
+            }
+            addr.received.swap_remove(pos);
+            self.received_len -= 1;
+            if addr.own.is_none() && addr.received.is_empty() {
+                per_model.remove(&key.fingerprint);
+            }
+        }
+    }
+
+    /// What is known about one address.
+    pub fn address(&self, model: &ModelId, fingerprint: &Fingerprint) -> Option<&Address> {
+        self.models.get(model.as_str())?.get(fingerprint)
+    }
+
+    /// Number of own outcomes folded in for one address.
+    pub fn own_count(&self, model: &ModelId, fingerprint: &Fingerprint) -> u64 {
+        self.address(model, fingerprint)
+            .and_then(|a| a.own.as_ref())
+            .map_or(0, |o| o.1.count())
+    }
+
+    /// Number of received records held.
+    pub fn received_len(&self) -> usize {
+        self.received_len
+    }
+
+    /// Number of addresses known.
+    pub fn addresses_len(&self) -> usize {
+        self.models.values().map(HashMap::len).sum()
+    }
+
+    /// All known addresses with their sketches (to fill a neighbor index).
+    pub fn sketches(&self) -> impl Iterator<Item = (&ModelId, &Fingerprint, &Sketch)> {
+        self.models.iter().flat_map(|(m, per_model)| {
+            per_model
+                .iter()
+                .filter_map(move |(f, a)| a.sketch.as_ref().map(|s| (m, f, s)))
+        })
+    }
+
+    /// The corrected prior for a prediction at an address, borrowing from `neighbors`
+    /// (address, similarity) when exact support is thin. `trust` gives a source's weight
+    /// in [0, 1] (1 when unknown).
+    #[allow(clippy::too_many_arguments)]
+    pub fn prior(
+        &mut self,
+        config: &SynthesisConfig,
+        model: &ModelId,
+        fingerprint: &Fingerprint,
+        neighbors: &[(Fingerprint, f32)],
+        predicted: &DVector<f64>,
+        predicted_cov: Option<&DMatrix<f64>>,
+        trust: &dyn Fn(&SourceId) -> f64,
+        now_ns: i64,
+    ) -> Result<Prior, MemoryError> {
+        self.tick += 1;
+        let tick = self.tick;
+        let Some(per_model) = self.models.get_mut(model.as_str()) else {
+            return Ok(synthesize(config, predicted, predicted_cov, &[], now_ns)?);
+        };
+        // Mark use first (a cheap tick store), then borrow immutably for the synthesis.
+        for fp in std::iter::once(fingerprint).chain(neighbors.iter().map(|n| &n.0)) {
+            if let Some(a) = per_model.get_mut(fp) {
+                a.received.iter_mut().for_each(|r| r.last_used = tick);
+            }
+        }
+        let per_model = &*per_model;
+        let exact = per_model.get(fingerprint).map(|a| (a, 1.0, true));
+        let near = neighbors
+            .iter()
+            .filter(|n| n.0 != *fingerprint)
+            .filter_map(|(fp, sim)| per_model.get(fp).map(|a| (a, f64::from(*sim), false)));
+        let mut contributions = Vec::new();
+        for (addr, similarity, exact) in exact.into_iter().chain(near) {
+            if addr.dim() != Some(predicted.len()) {
+                continue;
+            }
+            if let Some((_, s)) = &addr.own {
+                contributions.push(Contribution {
+                    summary: s,
+                    trust: 1.0,
+                    similarity,
+                    exact,
+                });
+            }
+            for r in &addr.received {
+                contributions.push(Contribution {
+                    summary: &r.summary,
+                    trust: trust(&r.source),
+                    similarity,
+                    exact,
+                });
+            }
+        }
+        let prior = synthesize(config, predicted, predicted_cov, &contributions, now_ns)?;
+        Ok(prior)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::neighbors::SKETCH_DIM;
+
+    fn ids() -> (ModelId, Fingerprint, Sketch) {
+        (
+            ModelId::new("wm/v1").unwrap(),
+            Fingerprint([1; 16]),
+            Sketch([3; SKETCH_DIM]),
+        )
+    }
+
+    fn key(src: &str, fp: Fingerprint) -> RecordKey {
+        RecordKey {
+            model: ModelId::new("wm/v1").unwrap(),
+            fingerprint: fp,
+            source: SourceId::new(src).unwrap(),
+        }
+    }
+
+    fn record(seq: u64, bias: f64, n: usize) -> OutcomeRecord {
+        let mut s = Summary::empty(1).unwrap();
+        for i in 0..n {
+            s.add(&[bias], i as i64, Decay::NONE).unwrap();
+        }
+        OutcomeRecord {
+            seq: Seq(seq),
+            sketch: Sketch([3; SKETCH_DIM]),
+            summary: s,
+        }
+    }
+
+    #[test]
+    fn own_outcomes_bump_the_sequence() {
+        let (m, fp, sk) = ids();
+        let mut mem = OutcomeMemory::new(
+            SourceId::new("me").unwrap(),
+            MemoryConfig::default(),
+            Decay::NONE,
+        );
+        assert_eq!(
+            mem.record_outcome(&m, fp, sk, &[1.0], 0).unwrap().seq,
+            Seq(1)
+        );
+        let r = mem.record_outcome(&m, fp, sk, &[3.0], 1).unwrap();
+        assert_eq!(r.seq, Seq(2));
+        assert_eq!(r.summary.count(), 2);
+        assert_eq!(mem.own_count(&m, &fp), 2);
+        assert!(mem.record_outcome(&m, fp, sk, &[1.0, 2.0], 2).is_err());
+    }
+
+    #[test]
+    fn replays_never_double_count() {
+        let (m, fp, _) = ids();
+        let mut mem = OutcomeMemory::new(
+            SourceId::new("me").unwrap(),
+            MemoryConfig::default(),
+            Decay::NONE,
+        );
+        assert_eq!(
+            mem.ingest(&key("a", fp), record(2, 1.0, 10)),
+            Ingest::Stored
+        );
+        assert_eq!(mem.ingest(&key("a", fp), record(2, 1.0, 10)), Ingest::Stale);
+        assert_eq!(mem.ingest(&key("a", fp), record(1, 1.0, 5)), Ingest::Stale);
+        assert_eq!(
+            mem.ingest(&key("me", fp), record(9, 1.0, 5)),
+            Ingest::OwnSource
+        );
+        assert_eq!(
+            mem.ingest(&key("a", fp), record(3, 1.0, 12)),
+            Ingest::Stored
+        );
+        let cfg = SynthesisConfig {
+            half_life_s: 0.0,
+            ..Default::default()
+        };
+        let p = mem
+            .prior(&cfg, &m, &fp, &[], &DVector::zeros(1), None, &|_| 1.0, 0)
+            .unwrap();
+        assert_eq!(p.support, 12, "latest record replaces, never adds");
+        assert_eq!(p.sources, 1);
+    }
+
+    #[test]
+    fn received_records_are_bounded_by_lru_and_own_records_stay() {
+        let (m, _, sk) = ids();
+        let cfg = MemoryConfig {
+            max_received_records: 2,
+        };
+        let mut mem = OutcomeMemory::new(SourceId::new("me").unwrap(), cfg, Decay::NONE);
+        let (f1, f2, f3) = (
+            Fingerprint([1; 16]),
+            Fingerprint([2; 16]),
+            Fingerprint([3; 16]),
+        );
+        mem.record_outcome(&m, f1, sk, &[0.0], 0).unwrap();
+        mem.ingest(&key("a", f1), record(1, 1.0, 1));
+        mem.ingest(&key("b", f2), record(1, 1.0, 1));
+        // Using f1 makes f2's record the least recently used.
+        let scfg = SynthesisConfig::default();
+        mem.prior(&scfg, &m, &f1, &[], &DVector::zeros(1), None, &|_| 1.0, 0)
+            .unwrap();
+        mem.ingest(&key("c", f3), record(1, 1.0, 1));
+        assert_eq!(mem.received_len(), 2);
+        assert!(mem.address(&m, &f2).is_none());
+        assert_eq!(mem.address(&m, &f1).unwrap().received.len(), 1);
+        assert_eq!(mem.own_count(&m, &f1), 1);
+    }
+
+    #[test]
+    fn neighbors_and_trust_reach_the_synthesis() {
+        let (m, fp, _) = ids();
+        let near = Fingerprint([9; 16]);
+        let mut mem = OutcomeMemory::new(
+            SourceId::new("me").unwrap(),
+            MemoryConfig::default(),
+            Decay::NONE,
+        );
+        mem.ingest(&key("a", near), record(1, 2.0, 50));
+        let cfg = SynthesisConfig {
+            half_life_s: 0.0,
+            ..Default::default()
+        };
+        let x = DVector::zeros(1);
+        let p = mem
+            .prior(&cfg, &m, &fp, &[(near, 0.9)], &x, None, &|_| 1.0, 0)
+            .unwrap();
+        assert_eq!(p.matched, crate::core::synthesis::Match::Neighbor);
+        assert!(p.correction[0] > 1.5);
+        let p = mem
+            .prior(&cfg, &m, &fp, &[(near, 0.9)], &x, None, &|_| 0.0, 0)
+            .unwrap();
+        assert_eq!(p.support, 0, "an untrusted source contributes nothing");
+    }
+}
