@@ -1,1 +1,178 @@
-fn main() {}
+//! Core benchmarks: fingerprint, merge, synthesis, and the whole per-prediction path
+//! (fingerprint + memory lookup + synthesis). The raw world model's own cost (returning
+//! its prediction unchanged) is measured in the same run as the baseline.
+//!
+//! Run: `cargo bench --bench core`; predictions/s = 1 / (time of `core_path`).
+
+use std::hint::black_box;
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use nalgebra::DVector;
+use qis_ros::core::fingerprint::{Bins, FingerprintConfig, Fingerprinter};
+use qis_ros::core::ids::{ModelId, RecordKey, Seq, SourceId};
+use qis_ros::core::memory::{MemoryConfig, OutcomeMemory};
+use qis_ros::core::neighbors::{SKETCH_DIM, Sketch};
+use qis_ros::core::record::OutcomeRecord;
+use qis_ros::core::summary::{Decay, Summary};
+use qis_ros::core::synthesis::{Contribution, SynthesisConfig, synthesize};
+
+const DIM: usize = 6;
+const SOURCES: usize = 10;
+
+fn fingerprinter() -> Fingerprinter {
+    let mut cfg = FingerprintConfig::default();
+    cfg.features.insert(
+        "speed".into(),
+        Bins::Width {
+            width: 0.5,
+            origin: 0.0,
+        },
+    );
+    cfg.features.insert(
+        "load_kg".into(),
+        Bins::Edges {
+            edges: vec![10.0, 50.0, 100.0],
+        },
+    );
+    cfg.validate().expect("bench config is valid")
+}
+
+fn scenario() -> (Vec<String>, Vec<String>, Vec<f64>) {
+    (
+        vec![
+            "weather=rain".into(),
+            "obstacle=cyclist".into(),
+            "surface=gravel".into(),
+        ],
+        vec!["speed".into(), "load_kg".into()],
+        vec![1.26, 20.0],
+    )
+}
+
+fn summary(bias: f64, n: usize) -> Summary {
+    let mut s = Summary::empty(DIM).expect("dim in range");
+    for k in 0..n {
+        let r: Vec<f64> = (0..DIM)
+            .map(|i| bias + (k * 31 + i * 7) as f64 % 13.0 * 0.01)
+            .collect();
+        s.add(&r, k as i64 * 1_000_000, Decay::from_half_life_secs(3600.0))
+            .expect("finite");
+    }
+    s
+}
+
+fn benches(c: &mut Criterion) {
+    let fp = fingerprinter();
+    let (tags, names, values) = scenario();
+    let mut g = c.benchmark_group("core");
+    g.throughput(Throughput::Elements(1));
+
+    g.bench_function("raw_model_baseline", |b| {
+        let x = DVector::from_element(DIM, 1.0);
+        b.iter(|| black_box(x.clone()))
+    });
+    g.bench_function("fingerprint", |b| {
+        b.iter(|| fp.fingerprint(black_box(&tags), black_box(&names), black_box(&values)))
+    });
+    let (a, s) = (summary(0.5, 100), summary(0.7, 100));
+    g.bench_function("merge", |b| {
+        b.iter(|| {
+            let mut m = a.clone();
+            m.merge(black_box(&s), Decay::from_half_life_secs(3600.0))
+                .expect("same dim");
+            m
+        })
+    });
+    let sums: Vec<Summary> = (0..SOURCES)
+        .map(|i| summary(0.5 + i as f64 * 0.01, 50))
+        .collect();
+    let contributions: Vec<Contribution> = sums
+        .iter()
+        .map(|s| Contribution {
+            summary: s,
+            trust: 1.0,
+            similarity: 1.0,
+            exact: true,
+        })
+        .collect();
+    let cfg = SynthesisConfig::default();
+    let x = DVector::from_element(DIM, 1.0);
+    g.bench_function("synthesis_10_sources", |b| {
+        b.iter(|| {
+            synthesize(
+                &cfg,
+                black_box(&x),
+                None,
+                black_box(&contributions),
+                100_000_000,
+            )
+        })
+    });
+
+    let model = ModelId::new("world_model/v1").expect("valid id");
+    let mut memory = OutcomeMemory::new(
+        SourceId::new("me").expect("valid id"),
+        MemoryConfig::default(),
+        cfg.decay(),
+    );
+    let address = fp
+        .fingerprint(&tags, &names, &values)
+        .expect("valid scenario");
+    for (i, s) in sums.iter().enumerate() {
+        let key = RecordKey {
+            model: model.clone(),
+            fingerprint: address,
+            source: SourceId::new(format!("r{i}")).expect("valid id"),
+        };
+        memory.ingest(
+            &key,
+            OutcomeRecord {
+                seq: Seq(1),
+                sketch: Sketch([1; SKETCH_DIM]),
+                summary: s.clone(),
+            },
+        );
+    }
+    // A populated memory: many other addresses, as on a robot that has seen a lot.
+    for k in 0..10_000u32 {
+        let other = fp
+            .fingerprint(&[format!("id={k}")], &[], &[])
+            .expect("valid scenario");
+        let key = RecordKey {
+            model: model.clone(),
+            fingerprint: other,
+            source: SourceId::new("r0").expect("valid id"),
+        };
+        memory.ingest(
+            &key,
+            OutcomeRecord {
+                seq: Seq(1),
+                sketch: Sketch([1; SKETCH_DIM]),
+                summary: sums[0].clone(),
+            },
+        );
+    }
+    g.bench_function("core_path", |b| {
+        b.iter(|| {
+            let address = fp
+                .fingerprint(black_box(&tags), &names, &values)
+                .expect("valid scenario");
+            memory
+                .prior(
+                    &cfg,
+                    &model,
+                    &address,
+                    &[],
+                    black_box(&x),
+                    None,
+                    &|_| 1.0,
+                    100_000_000,
+                )
+                .expect("valid")
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(core, benches);
+criterion_main!(core);

@@ -233,43 +233,46 @@ pub fn synthesize(
         }
     }
     let decay = config.decay();
-    let exact_support: f64 = contributions
-        .iter()
-        .filter(|c| c.exact)
-        .map(|c| decayed_weight(c.summary, decay, now_ns))
-        .sum();
-    let borrow = exact_support < config.min_support;
+    // One exp per source: the decayed weights feed both the support test and the weights.
     let mut weights: Vec<f64> = contributions
         .iter()
-        .map(|c| {
-            if !c.exact && !borrow {
-                return 0.0;
-            }
-            let w = decayed_weight(c.summary, decay, now_ns)
-                * c.trust.clamp(0.0, 1.0)
-                * c.similarity.clamp(0.0, 1.0);
-            w.min(config.max_source_weight)
-        })
+        .map(|c| c.summary.weight() * decay.factor(c.summary.last_ns(), now_ns))
         .collect();
+    let exact_support: f64 = contributions
+        .iter()
+        .zip(&weights)
+        .filter(|(c, _)| c.exact)
+        .map(|(_, w)| w)
+        .sum();
+    let borrow = exact_support < config.min_support;
+    for (c, w) in contributions.iter().zip(weights.iter_mut()) {
+        *w = if c.exact || borrow {
+            (*w * c.trust.clamp(0.0, 1.0) * c.similarity.clamp(0.0, 1.0))
+                .min(config.max_source_weight)
+        } else {
+            0.0
+        };
+    }
     down_weight_outliers(config.outlier_z, contributions, &mut weights);
 
-    let mut pooled = Summary::empty(n).map_err(|_| SynthesisError::BadDimension { dim: n })?;
-    let (mut support, mut sources, mut used_neighbor) = (0u64, 0u32, false);
+    if n == 0 || n > super::MAX_STATE_DIM {
+        return Err(SynthesisError::BadDimension { dim: n });
+    }
+    // Pooling by hand rather than by Summary::merge: same algebra (decay cancels in
+    // M2/W, so each source enters as mean μ_s and covariance C_s = M2_s / W_s at its
+    // final weight), but with two buffers instead of allocations per source.
+    let (mut support, mut sources, mut used_neighbor, mut n_eff) = (0u64, 0u32, false, 0.0);
+    let mut mean = DVector::zeros(n);
     for (c, &w) in contributions.iter().zip(&weights) {
         if w <= 0.0 {
             continue;
         }
-        let mut s = c.summary.decayed_to(now_ns, decay);
-        // Rescale so this source's total weight is exactly its final weight.
-        s.scale_weight(w / s.weight());
-        // Same dimension was checked above, so merge cannot fail.
-        let _ = pooled.merge(&s, Decay::NONE);
+        mean.axpy(w, c.summary.mean(), 1.0);
+        n_eff += w;
         support += c.summary.count();
         sources += 1;
         used_neighbor |= !c.exact;
     }
-
-    let n_eff = pooled.weight();
     let prior_cov = predicted_cov
         .cloned()
         .unwrap_or_else(|| DMatrix::identity(n, n) * config.default_variance);
@@ -285,13 +288,30 @@ pub fn synthesize(
             weights,
         });
     }
+    mean /= n_eff;
+    let mut residual_cov = DMatrix::zeros(n, n);
+    let mut delta = DVector::zeros(n);
+    for (c, &w) in contributions.iter().zip(&weights) {
+        if w <= 0.0 {
+            continue;
+        }
+        let s = c.summary;
+        if s.weight() > 0.0 {
+            let k = w / s.weight();
+            residual_cov.zip_apply(s.m2(), |a, b| *a += k * b);
+        }
+        delta.copy_from(s.mean());
+        delta -= &mean;
+        residual_cov.ger(w, &delta, &delta, 1.0);
+    }
+    residual_cov /= n_eff;
     let w = n_eff / (n_eff + config.prior_strength);
-    let mut correction = pooled.mean() * w;
+    let mut correction = &mean * w;
     for (i, c) in correction.iter_mut().enumerate() {
         let b = config.bound(i);
         *c = c.clamp(-b, b);
     }
-    let residual_cov = pooled.covariance() * (1.0 + 1.0 / n_eff);
+    residual_cov *= 1.0 + 1.0 / n_eff;
     Ok(Prior {
         state: predicted + &correction,
         covariance: prior_cov * (1.0 - w) + residual_cov * w,
@@ -306,10 +326,6 @@ pub fn synthesize(
         },
         weights,
     })
-}
-
-fn decayed_weight(s: &Summary, decay: Decay, now_ns: i64) -> f64 {
-    s.weight() * decay.factor(s.last_ns(), now_ns)
 }
 
 /// Multiplies the weight of sources whose mean is a robust outlier by (z0 / z)².
