@@ -6,6 +6,8 @@ use std::path::PathBuf;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
+use crate::core::synthesis::SynthesisConfig;
+
 use super::{DEFAULT_EPISODES, DEFAULT_ROBOTS, DEFAULT_SEED, SimConfig, SimError, SimReport};
 
 /// Arguments of `qis sim`.
@@ -39,6 +41,15 @@ pub struct SimArgs {
     /// Zipf exponent of the class frequencies.
     #[arg(long, default_value_t = SimConfig::default().zipf_exponent)]
     pub zipf: f64,
+    /// A robot republishes its record for a class when its own count grew by this factor.
+    #[arg(long, default_value_t = SimConfig::default().republish_growth)]
+    pub republish_growth: f64,
+    /// Prior strength k0 of the shrinkage (qis, local-only and oracle alike).
+    #[arg(long, default_value_t = SimConfig::default().synthesis.prior_strength)]
+    pub k0: f64,
+    /// Robust z-score above which a source is down-weighted.
+    #[arg(long, default_value_t = SimConfig::default().synthesis.outlier_z)]
+    pub outlier_z: f64,
 }
 
 impl SimArgs {
@@ -53,6 +64,12 @@ impl SimArgs {
             max_sources_per_address: self.max_sources,
             max_received_records: self.max_received_records,
             zipf_exponent: self.zipf,
+            republish_growth: self.republish_growth,
+            synthesis: SynthesisConfig {
+                prior_strength: self.k0,
+                outlier_z: self.outlier_z,
+                ..SimConfig::default().synthesis
+            },
             ..SimConfig::default()
         }
     }

@@ -116,10 +116,10 @@ const LAG_JITTER_S: f64 = 0.01;
 const MEASUREMENT_NOISE: [f64; STATE_DIM] = [0.05, 0.02, 0.01, 0.05];
 
 /// Spread of speeds around a context's typical speed (m/s), and the allowed range.
-const SPEED_SD: f64 = 1.2;
+const SPEED_SD: f64 = 0.5;
 const SPEED_RANGE: (f64, f64) = (1.5, 13.5);
 /// Spread of slopes (grade %), and the allowed range.
-const GRADE_SD: f64 = 3.5;
+const GRADE_SD: f64 = 1.5;
 const GRADE_RANGE: (f64, f64) = (-10.0, 10.0);
 
 /// A categorical context: indices into the surface, weather, load and obstacle tables.
@@ -261,8 +261,8 @@ fn stop(p: &Physics) -> [f64; STATE_DIM] {
 }
 
 /// The fingerprint settings of the simulated fleet: tags as they come, speed in 1 m/s
-/// bins, grade in 3 % bins (fine enough that the model's error is nearly constant inside
-/// a bin, coarse enough that a class recurs).
+/// bins, grade as downhill (> 2 %), flat or uphill (< −2 %): fine enough that the model's
+/// error is nearly constant inside a class, coarse enough that a class recurs.
 pub fn fingerprint_config() -> FingerprintConfig {
     let mut features = std::collections::BTreeMap::new();
     features.insert(
@@ -271,7 +271,7 @@ pub fn fingerprint_config() -> FingerprintConfig {
     );
     features.insert(
         FEATURE_NAMES[1].to_owned(),
-        Bins::Edges { edges: vec![-7.5, -4.5, -1.5, 1.5, 4.5, 7.5] },
+        Bins::Edges { edges: vec![-2.0, 2.0] },
     );
     FingerprintConfig { features, unknown_features: UnknownFeatures::Error }
 }
