@@ -193,7 +193,12 @@ impl Bus {
 
     /// Records currently stored on the bus (latest per address and source).
     pub fn stored_records(&self) -> usize {
-        self.0.borrow().addresses.values().map(|a| a.held.len()).sum()
+        self.0
+            .borrow()
+            .addresses
+            .values()
+            .map(|a| a.held.len())
+            .sum()
     }
 
     /// Bytes of the records stored on the bus.
@@ -255,8 +260,7 @@ impl Shared {
                     if w == m.source {
                         return true;
                     }
-                    let Some(list) = followed[w as usize].get_mut(&(m.model, m.fingerprint))
-                    else {
+                    let Some(list) = followed[w as usize].get_mut(&(m.model, m.fingerprint)) else {
                         return false;
                     };
                     if list.len() < budget {
@@ -307,7 +311,7 @@ impl Shared {
                 candidates.select_nth_unstable_by(take, |a, b| b.0.cmp(&a.0));
                 candidates.truncate(take);
             }
-            candidates.sort_unstable_by(|a, b| b.0.cmp(&a.0));
+            candidates.sort_unstable_by_key(|c| std::cmp::Reverse(c.0));
             for (_, i) in candidates {
                 list.push(addr.held[i].source);
                 addr.held[i].subscribers.push(robot);

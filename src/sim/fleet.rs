@@ -13,7 +13,7 @@ use rand::{RngExt, SeedableRng};
 
 use crate::core::ids::{Fingerprint, ModelId, RecordKey, SourceId};
 use crate::core::memory::{Ingest, MemoryConfig, OutcomeMemory};
-use crate::core::neighbors::{SKETCH_DIM, Sketch};
+use crate::core::neighbors::{Sketch, sketch};
 use crate::core::record::OutcomeRecord;
 
 use super::baselines::{LOCAL, Metrics, ORACLE, Oracle, QIS, RAW, prior_from};
@@ -116,7 +116,10 @@ pub fn simulate(
 
     // Independent streams, so the episodes do not depend on who attacks or when robots
     // come and go: the same seed gives the same episodes with and without an attack.
-    let mix = ContextMix::zipf(config.zipf_exponent, &mut SimRng::seed_from_u64(config.seed));
+    let mix = ContextMix::zipf(
+        config.zipf_exponent,
+        &mut SimRng::seed_from_u64(config.seed),
+    );
     let mut schedule = SimRng::seed_from_u64(config.seed ^ 0x5CED_u64);
     let mut attack_rng = SimRng::seed_from_u64(config.seed ^ 0xA77AC4);
 
@@ -134,7 +137,9 @@ pub fn simulate(
             0
         };
         let leave_round = if schedule.random::<f64>() < config.leave_fraction {
-            schedule.random_range(rounds / 2..rounds.max(1)).max(join_round + 1)
+            schedule
+                .random_range(rounds / 2..rounds.max(1))
+                .max(join_round + 1)
         } else {
             usize::MAX
         };
@@ -144,6 +149,7 @@ pub fn simulate(
                 source.clone(),
                 MemoryConfig {
                     max_received_records: config.max_received_records,
+                    ..MemoryConfig::default()
                 },
                 synthesis.decay(),
             ),
@@ -167,7 +173,8 @@ pub fn simulate(
     let attack_offset: [f64; STATE_DIM] = STATE_SCALE.map(|s| s * config.attack_bias);
     let n = robots.len().max(1) as i64;
     let mut ingested = 0u64;
-    let sketch = Sketch([0; SKETCH_DIM]);
+    // A class's sketch is a pure function of its canonical form: computed once per class.
+    let mut sketches: HashMap<Fingerprint, Sketch> = HashMap::new();
 
     for round in 0..rounds {
         for (i, robot) in robots.iter_mut().enumerate() {
@@ -185,8 +192,9 @@ pub fn simulate(
 
             let context = mix.draw(&mut robot.rng);
             let situation = Situation::draw(context, &mut robot.rng);
+            let tags = context.tags();
             let fp = fingerprinter
-                .fingerprint(&context.tags(), &feature_names, &situation.features())
+                .fingerprint(&tags, &feature_names, &situation.features())
                 .map_err(SimError::Scenario)?;
 
             // Route: first encounter asks the fleet; an address whose received records
@@ -210,16 +218,9 @@ pub fn simulate(
 
             let predicted = situation.predict();
             let x = DVector::from_row_slice(&predicted);
-            let qis = robot.memory.prior(
-                &synthesis,
-                &model,
-                &fp,
-                &[],
-                &x,
-                None,
-                &|_| 1.0,
-                now,
-            )?;
+            let qis = robot
+                .memory
+                .prior(&synthesis, &model, &fp, &[], &x, None, &|_| 1.0, now)?;
             let own = robot
                 .memory
                 .address(&model, &fp)
@@ -251,6 +252,17 @@ pub fn simulate(
                     *r += o;
                 }
             }
+            let sketch = match sketches.get(&fp) {
+                Some(s) => *s,
+                None => {
+                    let canonical = fingerprinter
+                        .canonicalize(&tags, &feature_names, &situation.features())
+                        .map_err(SimError::Scenario)?;
+                    let s = sketch(&canonical, &[]).map_err(SimError::Sketch)?;
+                    sketches.insert(fp, s);
+                    s
+                }
+            };
             let record = robot
                 .memory
                 .record_outcome(&model, fp, sketch, &residual, now)?;

@@ -80,8 +80,10 @@ pub struct AttackFigures {
     pub qis_first_clean: f64,
     /// qis first-encounter RMSE under attack.
     pub qis_first_attacked: f64,
-    /// Raw RMSE after warm-up (the same in both runs).
+    /// Raw RMSE after warm-up under attack.
     pub raw_rmse: f64,
+    /// Raw RMSE after warm-up without attack (equal: the same episodes are scored).
+    pub raw_rmse_clean: f64,
 }
 
 /// Process figures (not deterministic: they depend on the machine).
@@ -145,7 +147,13 @@ fn proc_status_bytes(field: &str) -> u64 {
     };
     text.lines()
         .find_map(|l| l.strip_prefix(field))
-        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .and_then(|rest| {
+            rest.trim()
+                .trim_end_matches("kB")
+                .trim()
+                .parse::<u64>()
+                .ok()
+        })
         .map_or(0, |kb| kb * 1024)
 }
 
@@ -158,9 +166,8 @@ impl SimReport {
         wall_s: f64,
     ) -> SimReport {
         let baselines = run.metrics.results();
-        let ratio = |a: usize, b: usize, f: fn(&BaselineResult) -> f64| {
-            f(&baselines[a]) / f(&baselines[b])
-        };
+        let ratio =
+            |a: usize, b: usize, f: fn(&BaselineResult) -> f64| f(&baselines[a]) / f(&baselines[b]);
         let targets = Targets {
             corrected_over_raw: Target::new(
                 ratio(QIS, RAW, |b| b.rmse_after_warmup),
@@ -186,6 +193,7 @@ impl SimReport {
                 qis_first_clean: cb[QIS].rmse_first_encounter,
                 qis_first_attacked: baselines[QIS].rmse_first_encounter,
                 raw_rmse: baselines[RAW].rmse_after_warmup,
+                raw_rmse_clean: cb[RAW].rmse_after_warmup,
             }
         });
         let episodes = run.metrics.episodes();

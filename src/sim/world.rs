@@ -70,12 +70,54 @@ struct Surface {
 }
 
 const SURFACES: [Surface; 6] = [
-    Surface { name: "asphalt", mu_dry: 0.85, rain: 0.65, snow: 0.40, mu_model: 0.85, speed: 9.0 },
-    Surface { name: "concrete", mu_dry: 0.80, rain: 0.70, snow: 0.42, mu_model: 0.82, speed: 8.5 },
-    Surface { name: "gravel", mu_dry: 0.55, rain: 0.85, snow: 0.60, mu_model: 0.65, speed: 6.5 },
-    Surface { name: "grass", mu_dry: 0.40, rain: 0.70, snow: 0.55, mu_model: 0.55, speed: 5.0 },
-    Surface { name: "sand", mu_dry: 0.35, rain: 1.10, snow: 0.70, mu_model: 0.50, speed: 4.5 },
-    Surface { name: "ice", mu_dry: 0.12, rain: 0.50, snow: 0.85, mu_model: 0.25, speed: 3.5 },
+    Surface {
+        name: "asphalt",
+        mu_dry: 0.85,
+        rain: 0.65,
+        snow: 0.40,
+        mu_model: 0.85,
+        speed: 9.0,
+    },
+    Surface {
+        name: "concrete",
+        mu_dry: 0.80,
+        rain: 0.70,
+        snow: 0.42,
+        mu_model: 0.82,
+        speed: 8.5,
+    },
+    Surface {
+        name: "gravel",
+        mu_dry: 0.55,
+        rain: 0.85,
+        snow: 0.60,
+        mu_model: 0.65,
+        speed: 6.5,
+    },
+    Surface {
+        name: "grass",
+        mu_dry: 0.40,
+        rain: 0.70,
+        snow: 0.55,
+        mu_model: 0.55,
+        speed: 5.0,
+    },
+    Surface {
+        name: "sand",
+        mu_dry: 0.35,
+        rain: 1.10,
+        snow: 0.70,
+        mu_model: 0.50,
+        speed: 4.5,
+    },
+    Surface {
+        name: "ice",
+        mu_dry: 0.12,
+        rain: 0.50,
+        snow: 0.85,
+        mu_model: 0.25,
+        speed: 3.5,
+    },
 ];
 
 /// Weather: what the model believes it does to friction, its true extra actuation lag
@@ -89,9 +131,27 @@ struct Weather {
 }
 
 const WEATHERS: [Weather; 3] = [
-    Weather { name: "dry", model_factor: 1.0, extra_lag_s: 0.0, k_yaw: 0.03, speed: 1.0 },
-    Weather { name: "rain", model_factor: 0.85, extra_lag_s: 0.03, k_yaw: 0.06, speed: 0.85 },
-    Weather { name: "snow", model_factor: 0.70, extra_lag_s: 0.10, k_yaw: 0.10, speed: 0.7 },
+    Weather {
+        name: "dry",
+        model_factor: 1.0,
+        extra_lag_s: 0.0,
+        k_yaw: 0.03,
+        speed: 1.0,
+    },
+    Weather {
+        name: "rain",
+        model_factor: 0.85,
+        extra_lag_s: 0.03,
+        k_yaw: 0.06,
+        speed: 0.85,
+    },
+    Weather {
+        name: "snow",
+        model_factor: 0.70,
+        extra_lag_s: 0.10,
+        k_yaw: 0.10,
+        speed: 0.7,
+    },
 ];
 
 /// Payload classes (kg); the world model always assumes none.
@@ -139,7 +199,12 @@ impl Context {
             for weather in 0..WEATHERS.len() as u8 {
                 for load in 0..LOADS.len() as u8 {
                     for obstacle in 0..OBSTACLES.len() as u8 {
-                        out.push(Context { surface, weather, load, obstacle });
+                        out.push(Context {
+                            surface,
+                            weather,
+                            load,
+                            obstacle,
+                        });
                     }
                 }
             }
@@ -177,10 +242,13 @@ impl Situation {
     /// Draws speed and grade for a context.
     pub fn draw(context: Context, rng: &mut SimRng) -> Situation {
         let mut n = || -> f64 { StandardNormal.sample(&mut *rng) };
-        let speed =
-            (context.typical_speed() + SPEED_SD * n()).clamp(SPEED_RANGE.0, SPEED_RANGE.1);
+        let speed = (context.typical_speed() + SPEED_SD * n()).clamp(SPEED_RANGE.0, SPEED_RANGE.1);
         let grade = (GRADE_SD * n()).clamp(GRADE_RANGE.0, GRADE_RANGE.1);
-        Situation { context, speed_mps: speed, grade_pct: grade }
+        Situation {
+            context,
+            speed_mps: speed,
+            grade_pct: grade,
+        }
     }
 
     /// Numeric feature values, in the order of [`FEATURE_NAMES`].
@@ -218,10 +286,8 @@ impl Situation {
         let mut n = || -> f64 { StandardNormal.sample(&mut *rng) };
         let mu = s.mu_dry * weather_factor * (1.0 + MU_JITTER * n());
         let brake_force = BRAKE_FORCE_N * (1.0 + BRAKE_JITTER * n());
-        let dead_time = OBSTACLES[c.obstacle as usize].1
-            + ACTUATION_LAG_S
-            + w.extra_lag_s
-            + LAG_JITTER_S * n();
+        let dead_time =
+            OBSTACLES[c.obstacle as usize].1 + ACTUATION_LAG_S + w.extra_lag_s + LAG_JITTER_S * n();
         let mut state = stop(&Physics {
             speed: self.speed_mps,
             grade_pct: self.grade_pct,
@@ -267,13 +333,21 @@ pub fn fingerprint_config() -> FingerprintConfig {
     let mut features = std::collections::BTreeMap::new();
     features.insert(
         FEATURE_NAMES[0].to_owned(),
-        Bins::Width { width: 1.0, origin: 0.0 },
+        Bins::Width {
+            width: 1.0,
+            origin: 0.0,
+        },
     );
     features.insert(
         FEATURE_NAMES[1].to_owned(),
-        Bins::Edges { edges: vec![-2.0, 2.0] },
+        Bins::Edges {
+            edges: vec![-2.0, 2.0],
+        },
     );
-    FingerprintConfig { features, unknown_features: UnknownFeatures::Error }
+    FingerprintConfig {
+        features,
+        unknown_features: UnknownFeatures::Error,
+    }
 }
 
 /// How often each context occurs: Zipf over a seeded random ranking of all contexts, so
@@ -300,7 +374,10 @@ impl ContextMix {
                 total
             })
             .collect();
-        ContextMix { contexts, cumulative }
+        ContextMix {
+            contexts,
+            cumulative,
+        }
     }
 
     /// Draws one context.
@@ -330,7 +407,12 @@ mod tests {
 
     fn situation(surface: u8, weather: u8, load: u8, speed: f64, grade: f64) -> Situation {
         Situation {
-            context: Context { surface, weather, load, obstacle: 0 },
+            context: Context {
+                surface,
+                weather,
+                load,
+                obstacle: 0,
+            },
             speed_mps: speed,
             grade_pct: grade,
         }
@@ -344,9 +426,16 @@ mod tests {
         assert!(situation(0, 0, 0, 6.0, 6.0).predict()[0] > base);
         assert!(situation(5, 0, 0, 6.0, 0.0).predict()[0] > base);
         let mut rng = ChaCha8Rng::seed_from_u64(1);
-        let light: f64 = (0..200).map(|_| situation(0, 0, 0, 6.0, 0.0).measure(&mut rng)[0]).sum();
-        let heavy: f64 = (0..200).map(|_| situation(0, 0, 2, 6.0, 0.0).measure(&mut rng)[0]).sum();
-        assert!(heavy > light * 1.3, "payload must lengthen the stop: {heavy} vs {light}");
+        let light: f64 = (0..200)
+            .map(|_| situation(0, 0, 0, 6.0, 0.0).measure(&mut rng)[0])
+            .sum();
+        let heavy: f64 = (0..200)
+            .map(|_| situation(0, 0, 2, 6.0, 0.0).measure(&mut rng)[0])
+            .sum();
+        assert!(
+            heavy > light * 1.3,
+            "payload must lengthen the stop: {heavy} vs {light}"
+        );
     }
 
     #[test]
@@ -358,7 +447,10 @@ mod tests {
         };
         let icy = mean_residual(&situation(5, 2, 2, 4.0, 0.0), &mut rng);
         let dry = mean_residual(&situation(0, 0, 0, 4.0, 0.0), &mut rng);
-        assert!(icy > 2.0, "the model is optimistic on snowy ice with payload: {icy}");
+        assert!(
+            icy > 2.0,
+            "the model is optimistic on snowy ice with payload: {icy}"
+        );
         assert!(dry.abs() < 1.0, "and nearly right on dry asphalt: {dry}");
         let s = situation(1, 1, 1, 7.0, 2.0);
         assert_ne!(s.measure(&mut rng), s.measure(&mut rng));
@@ -375,7 +467,11 @@ mod tests {
         }
         let max = *counts.values().max().unwrap();
         assert!(max > 2_000, "the head context is frequent: {max}");
-        assert!(counts.len() > 150, "and most contexts still occur: {}", counts.len());
+        assert!(
+            counts.len() > 150,
+            "and most contexts still occur: {}",
+            counts.len()
+        );
         let again = ContextMix::zipf(1.0, &mut ChaCha8Rng::seed_from_u64(3));
         assert_eq!(again.contexts, mix.contexts);
     }
@@ -385,9 +481,15 @@ mod tests {
         let fp = fingerprint_config().validate().unwrap();
         let s = situation(0, 0, 0, 6.2, 0.3);
         let names: Vec<String> = FEATURE_NAMES.iter().map(|s| s.to_string()).collect();
-        let a = fp.fingerprint(&s.context.tags(), &names, &s.features()).unwrap();
-        let b = fp.fingerprint(&s.context.tags(), &names, &[6.9, -1.0]).unwrap();
-        let c = fp.fingerprint(&s.context.tags(), &names, &[7.1, -1.0]).unwrap();
+        let a = fp
+            .fingerprint(&s.context.tags(), &names, &s.features())
+            .unwrap();
+        let b = fp
+            .fingerprint(&s.context.tags(), &names, &[6.9, -1.0])
+            .unwrap();
+        let c = fp
+            .fingerprint(&s.context.tags(), &names, &[7.1, -1.0])
+            .unwrap();
         assert_eq!(a, b);
         assert_ne!(a, c);
     }
