@@ -47,6 +47,10 @@ pub struct SimArgs {
     /// Prior strength k0 of the shrinkage (qis, local-only and oracle alike).
     #[arg(long, default_value_t = SimConfig::default().synthesis.prior_strength)]
     pub k0: f64,
+    /// Trust tolerance in scale units (a source whose claims miss this robot's outcomes by
+    /// more loses weight); 0 turns trust off.
+    #[arg(long, default_value_t = SimConfig::default().trust_tolerance)]
+    pub trust_tolerance: f64,
     /// Robust z-score above which a source is down-weighted.
     #[arg(long, default_value_t = SimConfig::default().synthesis.outlier_z)]
     pub outlier_z: f64,
@@ -65,6 +69,7 @@ impl SimArgs {
             max_received_records: self.max_received_records,
             zipf_exponent: self.zipf,
             republish_growth: self.republish_growth,
+            trust_tolerance: self.trust_tolerance,
             synthesis: SynthesisConfig {
                 prior_strength: self.k0,
                 outlier_z: self.outlier_z,

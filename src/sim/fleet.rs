@@ -18,6 +18,7 @@ use crate::core::record::OutcomeRecord;
 
 use super::baselines::{LOCAL, Metrics, ORACLE, Oracle, QIS, RAW, prior_from};
 use super::exchange::{Bus, BusConfig, BusEndpoint, Exchange, WireStats};
+use super::trust::TrustBook;
 use super::world::{ContextMix, FEATURE_NAMES, STATE_DIM, STATE_SCALE, Situation};
 use super::{SimConfig, SimError, SimRng};
 
@@ -41,6 +42,7 @@ pub struct Robot<E: Exchange> {
     leave_round: usize,
     attacker: bool,
     inbox: Vec<(RecordKey, OutcomeRecord)>,
+    trust: TrustBook,
 }
 
 /// Per-robot memory figures at the end of a run.
@@ -161,6 +163,7 @@ pub fn simulate(
             leave_round,
             attacker,
             inbox: Vec::new(),
+            trust: TrustBook::new(config.trust_tolerance),
         });
     }
 
@@ -218,9 +221,16 @@ pub fn simulate(
 
             let predicted = situation.predict();
             let x = DVector::from_row_slice(&predicted);
-            let qis = robot
-                .memory
-                .prior(&synthesis, &model, &fp, &[], &x, None, &|_| 1.0, now)?;
+            let qis = robot.memory.prior(
+                &synthesis,
+                &model,
+                &fp,
+                &[],
+                &x,
+                None,
+                &|s| robot.trust.trust(s),
+                now,
+            )?;
             let own = robot
                 .memory
                 .address(&model, &fp)
@@ -245,6 +255,17 @@ pub fn simulate(
             let mut residual = [0.0; STATE_DIM];
             for d in 0..STATE_DIM {
                 residual[d] = measured[d] - predicted[d];
+            }
+            // Trust earned from outcomes: judge every source held here by this outcome.
+            if let Some(addr) = robot.memory.address(&model, &fp) {
+                for r in &addr.received {
+                    robot.trust.observe(
+                        &r.source,
+                        r.summary.mean().as_slice(),
+                        &residual,
+                        &STATE_SCALE,
+                    );
+                }
             }
             oracle.add(fp, &residual, now, decay)?;
             if robot.attacker && poison {

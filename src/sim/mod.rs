@@ -5,6 +5,7 @@
 //! - [`world`]: the braking physics, the biased world model, the Zipf mix of classes;
 //! - [`exchange`]: the [`exchange::Exchange`] trait and the in-process bus;
 //! - [`fleet`]: the robots and the round-based driver;
+//! - [`trust`]: per-source trust earned from outcomes;
 //! - [`baselines`]: raw, local-only, qis and central-oracle predictors and their errors;
 //! - [`report`]: table, JSON and SVG output; [`cli`]: the `qis sim` arguments.
 
@@ -13,6 +14,7 @@ pub mod cli;
 pub mod exchange;
 pub mod fleet;
 pub mod report;
+pub mod trust;
 pub mod world;
 
 use serde::Serialize;
@@ -133,6 +135,8 @@ pub struct SimConfig {
     pub attackers: f64,
     /// Bias an attacker adds to every residual, in units of each component's scale.
     pub attack_bias: f64,
+    /// Trust tolerance (scale units) of a source's claims against own outcomes; 0 = off.
+    pub trust_tolerance: f64,
     /// Windows of the error curve.
     pub windows: usize,
     /// Fraction of rounds counted as warm-up.
@@ -159,6 +163,7 @@ impl Default for SimConfig {
             refollow_s: 600.0,
             attackers: 0.0,
             attack_bias: 50.0,
+            trust_tolerance: 3.0,
             windows: 20,
             warmup_fraction: 0.25,
             synthesis: SynthesisConfig {
@@ -213,6 +218,9 @@ impl SimConfig {
         }
         if !(self.refollow_s.is_finite() && self.refollow_s >= 0.0) {
             return bad("refollow_s", "must be finite and >= 0");
+        }
+        if !(self.trust_tolerance.is_finite() && self.trust_tolerance >= 0.0) {
+            return bad("trust_tolerance", "must be finite and >= 0 (0 = off)");
         }
         if !self.attack_bias.is_finite() {
             return bad("attack_bias", "must be finite");
