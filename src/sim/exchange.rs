@@ -67,6 +67,22 @@ pub trait Exchange {
     fn poll(&mut self, out: &mut Vec<(RecordKey, OutcomeRecord)>) -> Result<(), ExchangeError>;
     /// What this endpoint has sent and received so far.
     fn wire(&self) -> WireStats;
+    /// Leaves the fleet: no more deliveries; records already published stay stored.
+    fn leave(&mut self);
+}
+
+/// What joins simulated robots: hands out endpoints and moves the simulated clock.
+/// [`Bus`] is the in-process one; a networked one (Zenoh sessions on loopback) would
+/// open a session per robot in `connect` and let deliveries settle in `advance`.
+pub trait Network {
+    /// A robot's endpoint.
+    type Endpoint: Exchange;
+    /// Connects a robot whose records carry `source`.
+    fn connect(&mut self, source: SourceId) -> Result<Self::Endpoint, ExchangeError>;
+    /// The simulated clock reached `now_ns`: deliver what is due.
+    fn advance(&mut self, now_ns: i64);
+    /// Records and bytes the fleet's storage holds, when the network can tell.
+    fn stored(&self) -> Option<(usize, usize)>;
 }
 
 /// Settings of the in-process bus.
@@ -338,13 +354,6 @@ impl Shared {
 }
 
 impl BusEndpoint {
-    /// Leaves the fleet: no more deliveries; records already published stay stored.
-    pub fn leave(&mut self) {
-        let mut s = self.bus.0.borrow_mut();
-        s.active[self.robot as usize] = false;
-        s.inboxes[self.robot as usize] = Vec::new();
-    }
-
     fn check_active(&self, s: &Shared) -> Result<(), ExchangeError> {
         if s.active[self.robot as usize] {
             Ok(())
@@ -417,6 +426,28 @@ impl Exchange for BusEndpoint {
 
     fn wire(&self) -> WireStats {
         self.bus.0.borrow().stats[self.robot as usize]
+    }
+
+    fn leave(&mut self) {
+        let mut s = self.bus.0.borrow_mut();
+        s.active[self.robot as usize] = false;
+        s.inboxes[self.robot as usize] = Vec::new();
+    }
+}
+
+impl Network for Bus {
+    type Endpoint = BusEndpoint;
+
+    fn connect(&mut self, source: SourceId) -> Result<BusEndpoint, ExchangeError> {
+        Ok(self.join(source))
+    }
+
+    fn advance(&mut self, now_ns: i64) {
+        Bus::advance(self, now_ns);
+    }
+
+    fn stored(&self) -> Option<(usize, usize)> {
+        Some((self.stored_records(), self.stored_bytes()))
     }
 }
 

@@ -17,7 +17,7 @@ use crate::core::neighbors::{Sketch, sketch};
 use crate::core::record::OutcomeRecord;
 
 use super::baselines::{LOCAL, Metrics, ORACLE, Oracle, QIS, RAW, prior_from};
-use super::exchange::{Bus, BusConfig, BusEndpoint, Exchange, WireStats};
+use super::exchange::{Bus, BusConfig, Exchange, Network, WireStats};
 use super::trust::TrustBook;
 use super::world::{ContextMix, FEATURE_NAMES, STATE_DIM, STATE_SCALE, Situation};
 use super::{SimConfig, SimError, SimRng};
@@ -100,10 +100,24 @@ fn held_record_bytes(source: &SourceId) -> usize {
         + 8
 }
 
-/// Runs one simulation on the in-process bus. The robots drawn as attackers are left out
-/// of the error figures; with `poison` they publish poisoned records, without it they
-/// behave (the reference run of an attack scenario).
+/// Runs one simulation on the in-process bus (see [`simulate_on`]).
 pub fn simulate(
+    config: &SimConfig,
+    poison: bool,
+    progress: &mut dyn FnMut(usize),
+) -> Result<RunOutcome, SimError> {
+    let mut bus = Bus::new(BusConfig {
+        delay_ns: (config.delay_ms * 1e6) as i64,
+        max_sources_per_address: config.max_sources_per_address,
+    });
+    simulate_on(&mut bus, config, poison, progress)
+}
+
+/// Runs one simulation over `network`. The robots drawn as attackers are left out of
+/// the error figures; with `poison` they publish poisoned records, without it they
+/// behave (the reference run of an attack scenario).
+pub fn simulate_on<N: Network>(
+    network: &mut N,
     config: &SimConfig,
     poison: bool,
     progress: &mut dyn FnMut(usize),
@@ -125,12 +139,8 @@ pub fn simulate(
     let mut schedule = SimRng::seed_from_u64(config.seed ^ 0x5CED_u64);
     let mut attack_rng = SimRng::seed_from_u64(config.seed ^ 0xA77AC4);
 
-    let bus = Bus::new(BusConfig {
-        delay_ns: (config.delay_ms * 1e6) as i64,
-        max_sources_per_address: config.max_sources_per_address,
-    });
     let rounds = config.episodes;
-    let mut robots: Vec<Robot<BusEndpoint>> = Vec::with_capacity(config.robots);
+    let mut robots: Vec<Robot<N::Endpoint>> = Vec::with_capacity(config.robots);
     for i in 0..config.robots {
         let source = SourceId::new(format!("robot-{i:05}")).map_err(SimError::Id)?;
         let join_round = if schedule.random::<f64>() < config.late_join_fraction {
@@ -155,7 +165,7 @@ pub fn simulate(
                 },
                 synthesis.decay(),
             ),
-            exchange: bus.join(source.clone()),
+            exchange: network.connect(source.clone())?,
             source,
             rng: SimRng::seed_from_u64(config.seed.wrapping_add(1 + i as u64)),
             known: HashMap::new(),
@@ -191,7 +201,7 @@ pub fn simulate(
                 continue;
             }
             let now = round as i64 * interval_ns + i as i64 * interval_ns / n;
-            bus.advance(now);
+            network.advance(now);
 
             let context = mix.draw(&mut robot.rng);
             let situation = Situation::draw(context, &mut robot.rng);
@@ -344,14 +354,15 @@ pub fn simulate(
         memory.mean_memory_bytes = sum_bytes as f64 / k;
         memory.mean_addresses = sum_addr as f64 / k;
     }
+    let stored = network.stored().unwrap_or_default();
     Ok(RunOutcome {
         metrics,
         wire_total,
         honest_robots: honest,
         attackers,
         memory,
-        bus_records: bus.stored_records(),
-        bus_bytes: bus.stored_bytes(),
+        bus_records: stored.0,
+        bus_bytes: stored.1,
         classes: oracle.classes(),
         ingested,
     })
