@@ -11,10 +11,12 @@ use std::collections::HashMap;
 use nalgebra::DVector;
 use rand::{RngExt, SeedableRng};
 
+use crate::core::fingerprint::Fingerprinter;
 use crate::core::ids::{Fingerprint, ModelId, RecordKey, SourceId};
 use crate::core::memory::{Ingest, MemoryConfig, OutcomeMemory};
 use crate::core::neighbors::{Sketch, sketch};
 use crate::core::record::OutcomeRecord;
+use crate::core::synthesis::SynthesisConfig;
 
 use super::baselines::{LOCAL, Metrics, ORACLE, Oracle, QIS, RAW, prior_from};
 use super::exchange::{Bus, BusConfig, Exchange, Network, WireStats};
@@ -113,34 +115,177 @@ pub fn simulate(
     simulate_on(&mut bus, config, poison, progress)
 }
 
-/// Runs one simulation over `network`. The robots drawn as attackers are left out of
-/// the error figures; with `poison` they publish poisoned records, without it they
-/// behave (the reference run of an attack scenario).
-pub fn simulate_on<N: Network>(
+/// What every robot's episode reads or feeds: settings, the world and the scorekeeping.
+struct Scene<'a> {
+    config: &'a SimConfig,
+    poison: bool,
+    fingerprinter: Fingerprinter,
+    synthesis: SynthesisConfig,
+    model: ModelId,
+    feature_names: Vec<String>,
+    mix: ContextMix,
+    oracle: Oracle,
+    metrics: Metrics,
+    /// A class's sketch is a pure function of its canonical form: computed once per class.
+    sketches: HashMap<Fingerprint, Sketch>,
+    attack_offset: [f64; STATE_DIM],
+    refollow_ns: i64,
+    ingested: u64,
+}
+
+impl Scene<'_> {
+    fn sketch(
+        &mut self,
+        fp: Fingerprint,
+        tags: &[String],
+        features: &[f64],
+    ) -> Result<Sketch, SimError> {
+        if let Some(s) = self.sketches.get(&fp) {
+            return Ok(*s);
+        }
+        let canonical = self
+            .fingerprinter
+            .canonicalize(tags, &self.feature_names, features)
+            .map_err(SimError::Scenario)?;
+        let s = sketch(&canonical, &[]).map_err(SimError::Sketch)?;
+        self.sketches.insert(fp, s);
+        Ok(s)
+    }
+}
+
+impl<E: Exchange> Robot<E> {
+    /// Route: the first encounter asks the fleet; an address whose received records were
+    /// all evicted is asked again (at most once per refollow interval). Then ingest.
+    fn route(
+        &mut self,
+        scene: &mut Scene<'_>,
+        fp: Fingerprint,
+        now: i64,
+    ) -> Result<bool, SimError> {
+        let first = !self.known.contains_key(&fp);
+        let known = self.known.entry(fp).or_default();
+        let held = self
+            .memory
+            .address(&scene.model, &fp)
+            .map_or(0, |a| a.received.len());
+        if first || (held == 0 && now - known.followed_ns >= scene.refollow_ns) {
+            known.followed_ns = now;
+            self.exchange.follow(&scene.model, fp)?;
+        }
+        self.exchange.poll(&mut self.inbox)?;
+        for (key, record) in self.inbox.drain(..) {
+            if self.memory.ingest(&key, record) == Ingest::Stored {
+                scene.ingested += 1;
+            }
+        }
+        Ok(first)
+    }
+
+    /// One episode: route, predict with every baseline, measure, score, learn, publish.
+    fn episode(&mut self, scene: &mut Scene<'_>, round: usize, now: i64) -> Result<(), SimError> {
+        let context = scene.mix.draw(&mut self.rng);
+        let situation = Situation::draw(context, &mut self.rng);
+        let tags = context.tags();
+        let features = situation.features();
+        let fp = scene
+            .fingerprinter
+            .fingerprint(&tags, &scene.feature_names, &features)
+            .map_err(SimError::Scenario)?;
+        let first = self.route(scene, fp, now)?;
+
+        let predicted = situation.predict();
+        let x = DVector::from_row_slice(&predicted);
+        let trust = &self.trust;
+        let qis = self.memory.prior(
+            &scene.synthesis,
+            &scene.model,
+            &fp,
+            &[],
+            &x,
+            None,
+            &|s| trust.trust(s),
+            now,
+        )?;
+        let own = self
+            .memory
+            .address(&scene.model, &fp)
+            .and_then(|a| a.own.as_ref())
+            .map(|o| &o.1);
+        let local = prior_from(&scene.synthesis, own, &x, now)?;
+        let central = prior_from(&scene.synthesis, scene.oracle.summary(&fp), &x, now)?;
+        let measured = situation.measure(&mut self.rng);
+
+        if !self.attacker {
+            let mut predictions = [[0.0; STATE_DIM]; 4];
+            predictions[RAW] = predicted;
+            for d in 0..STATE_DIM {
+                predictions[LOCAL][d] = local[d];
+                predictions[QIS][d] = qis.state[d];
+                predictions[ORACLE][d] = central[d];
+            }
+            let first_support = first.then(|| scene.oracle.count(&fp));
+            scene
+                .metrics
+                .add(round, &predictions, &measured, first_support);
+        }
+
+        let mut residual = [0.0; STATE_DIM];
+        for d in 0..STATE_DIM {
+            residual[d] = measured[d] - predicted[d];
+        }
+        // Trust earned from outcomes: judge every source held here by this outcome.
+        if let Some(addr) = self.memory.address(&scene.model, &fp) {
+            for r in &addr.received {
+                self.trust.observe(
+                    &r.source,
+                    r.summary.mean().as_slice(),
+                    &residual,
+                    &STATE_SCALE,
+                );
+            }
+        }
+        scene
+            .oracle
+            .add(fp, &residual, now, scene.synthesis.decay())?;
+        if self.attacker && scene.poison {
+            for (r, o) in residual.iter_mut().zip(scene.attack_offset) {
+                *r += o;
+            }
+        }
+        let sketch = scene.sketch(fp, &tags, &features)?;
+        let record = self
+            .memory
+            .record_outcome(&scene.model, fp, sketch, &residual, now)?;
+        // Bandwidth budget: republish only when the own count grew by the configured
+        // factor since the last publication (1, 2, 3, 4, 5, 7, 9, ... for 1.25).
+        let count = record.summary.count();
+        let known = self.known.entry(fp).or_default();
+        if known.published_count == 0
+            || count as f64 >= known.published_count as f64 * scene.config.republish_growth
+        {
+            known.published_count = count;
+            let key = RecordKey {
+                model: scene.model.clone(),
+                fingerprint: fp,
+                source: self.source.clone(),
+            };
+            self.exchange.publish(&key, &record)?;
+        }
+        Ok(())
+    }
+}
+
+/// Creates the robots: who joins late, who leaves early, who attacks, each from its own
+/// random stream so the episodes do not depend on the others.
+fn spawn<N: Network>(
     network: &mut N,
     config: &SimConfig,
-    poison: bool,
-    progress: &mut dyn FnMut(usize),
-) -> Result<RunOutcome, SimError> {
-    let fingerprinter = super::world::fingerprint_config()
-        .validate()
-        .map_err(SimError::Fingerprint)?;
-    let synthesis = config.synthesis.clone();
-    synthesis.validate().map_err(SimError::Synthesis)?;
-    let model = ModelId::new("brake-wm/v1").map_err(SimError::Id)?;
-    let feature_names: Vec<String> = FEATURE_NAMES.iter().map(|s| (*s).to_owned()).collect();
-
-    // Independent streams, so the episodes do not depend on who attacks or when robots
-    // come and go: the same seed gives the same episodes with and without an attack.
-    let mix = ContextMix::zipf(
-        config.zipf_exponent,
-        &mut SimRng::seed_from_u64(config.seed),
-    );
+    decay: crate::core::summary::Decay,
+) -> Result<Vec<Robot<N::Endpoint>>, SimError> {
     let mut schedule = SimRng::seed_from_u64(config.seed ^ 0x5CED_u64);
     let mut attack_rng = SimRng::seed_from_u64(config.seed ^ 0xA77AC4);
-
     let rounds = config.episodes;
-    let mut robots: Vec<Robot<N::Endpoint>> = Vec::with_capacity(config.robots);
+    let mut robots = Vec::with_capacity(config.robots);
     for i in 0..config.robots {
         let source = SourceId::new(format!("robot-{i:05}")).map_err(SimError::Id)?;
         let join_round = if schedule.random::<f64>() < config.late_join_fraction {
@@ -163,7 +308,7 @@ pub fn simulate_on<N: Network>(
                     max_received_records: config.max_received_records,
                     ..MemoryConfig::default()
                 },
-                synthesis.decay(),
+                decay,
             ),
             exchange: network.connect(source.clone())?,
             source,
@@ -176,19 +321,46 @@ pub fn simulate_on<N: Network>(
             trust: TrustBook::new(config.trust_tolerance),
         });
     }
+    Ok(robots)
+}
 
-    let interval_ns = (config.episode_interval_s * 1e9) as i64;
-    let refollow_ns = (config.refollow_s * 1e9) as i64;
+/// Runs one simulation over `network`. The robots drawn as attackers are left out of
+/// the error figures; with `poison` they publish poisoned records, without it they
+/// behave (the reference run of an attack scenario).
+pub fn simulate_on<N: Network>(
+    network: &mut N,
+    config: &SimConfig,
+    poison: bool,
+    progress: &mut dyn FnMut(usize),
+) -> Result<RunOutcome, SimError> {
+    let synthesis = config.synthesis.clone();
+    synthesis.validate().map_err(SimError::Synthesis)?;
+    let rounds = config.episodes;
     let warmup = (rounds as f64 * config.warmup_fraction).round() as usize;
-    let mut metrics = Metrics::new(rounds, config.windows, warmup);
-    let mut oracle = Oracle::default();
-    let decay = synthesis.decay();
-    let attack_offset: [f64; STATE_DIM] = STATE_SCALE.map(|s| s * config.attack_bias);
+    let mut scene = Scene {
+        config,
+        poison,
+        fingerprinter: super::world::fingerprint_config()
+            .validate()
+            .map_err(SimError::Fingerprint)?,
+        model: ModelId::new("brake-wm/v1").map_err(SimError::Id)?,
+        feature_names: FEATURE_NAMES.iter().map(|s| (*s).to_owned()).collect(),
+        // Its own stream: the class mix is the same whatever else the seed drives.
+        mix: ContextMix::zipf(
+            config.zipf_exponent,
+            &mut SimRng::seed_from_u64(config.seed),
+        ),
+        oracle: Oracle::default(),
+        metrics: Metrics::new(rounds, config.windows, warmup),
+        sketches: HashMap::new(),
+        attack_offset: STATE_SCALE.map(|s| s * config.attack_bias),
+        refollow_ns: (config.refollow_s * 1e9) as i64,
+        ingested: 0,
+        synthesis,
+    };
+    let mut robots = spawn(network, config, scene.synthesis.decay())?;
+    let interval_ns = (config.episode_interval_s * 1e9) as i64;
     let n = robots.len().max(1) as i64;
-    let mut ingested = 0u64;
-    // A class's sketch is a pure function of its canonical form: computed once per class.
-    let mut sketches: HashMap<Fingerprint, Sketch> = HashMap::new();
-
     for round in 0..rounds {
         for (i, robot) in robots.iter_mut().enumerate() {
             if round < robot.join_round {
@@ -202,120 +374,20 @@ pub fn simulate_on<N: Network>(
             }
             let now = round as i64 * interval_ns + i as i64 * interval_ns / n;
             network.advance(now);
-
-            let context = mix.draw(&mut robot.rng);
-            let situation = Situation::draw(context, &mut robot.rng);
-            let tags = context.tags();
-            let fp = fingerprinter
-                .fingerprint(&tags, &feature_names, &situation.features())
-                .map_err(SimError::Scenario)?;
-
-            // Route: first encounter asks the fleet; an address whose received records
-            // were all evicted is asked again (at most once per refollow interval).
-            let first = !robot.known.contains_key(&fp);
-            let known = robot.known.entry(fp).or_default();
-            let held = robot
-                .memory
-                .address(&model, &fp)
-                .map_or(0, |a| a.received.len());
-            if first || (held == 0 && now - known.followed_ns >= refollow_ns) {
-                known.followed_ns = now;
-                robot.exchange.follow(&model, fp)?;
-            }
-            robot.exchange.poll(&mut robot.inbox)?;
-            for (key, record) in robot.inbox.drain(..) {
-                if robot.memory.ingest(&key, record) == Ingest::Stored {
-                    ingested += 1;
-                }
-            }
-
-            let predicted = situation.predict();
-            let x = DVector::from_row_slice(&predicted);
-            let qis = robot.memory.prior(
-                &synthesis,
-                &model,
-                &fp,
-                &[],
-                &x,
-                None,
-                &|s| robot.trust.trust(s),
-                now,
-            )?;
-            let own = robot
-                .memory
-                .address(&model, &fp)
-                .and_then(|a| a.own.as_ref())
-                .map(|o| &o.1);
-            let local = prior_from(&synthesis, own, &x, now)?;
-            let central = prior_from(&synthesis, oracle.summary(&fp), &x, now)?;
-            let measured = situation.measure(&mut robot.rng);
-
-            if !robot.attacker {
-                let mut predictions = [[0.0; STATE_DIM]; 4];
-                predictions[RAW] = predicted;
-                for d in 0..STATE_DIM {
-                    predictions[LOCAL][d] = local[d];
-                    predictions[QIS][d] = qis.state[d];
-                    predictions[ORACLE][d] = central[d];
-                }
-                let first_support = first.then(|| oracle.count(&fp));
-                metrics.add(round, &predictions, &measured, first_support);
-            }
-
-            let mut residual = [0.0; STATE_DIM];
-            for d in 0..STATE_DIM {
-                residual[d] = measured[d] - predicted[d];
-            }
-            // Trust earned from outcomes: judge every source held here by this outcome.
-            if let Some(addr) = robot.memory.address(&model, &fp) {
-                for r in &addr.received {
-                    robot.trust.observe(
-                        &r.source,
-                        r.summary.mean().as_slice(),
-                        &residual,
-                        &STATE_SCALE,
-                    );
-                }
-            }
-            oracle.add(fp, &residual, now, decay)?;
-            if robot.attacker && poison {
-                for (r, o) in residual.iter_mut().zip(attack_offset) {
-                    *r += o;
-                }
-            }
-            let sketch = match sketches.get(&fp) {
-                Some(s) => *s,
-                None => {
-                    let canonical = fingerprinter
-                        .canonicalize(&tags, &feature_names, &situation.features())
-                        .map_err(SimError::Scenario)?;
-                    let s = sketch(&canonical, &[]).map_err(SimError::Sketch)?;
-                    sketches.insert(fp, s);
-                    s
-                }
-            };
-            let record = robot
-                .memory
-                .record_outcome(&model, fp, sketch, &residual, now)?;
-            // Bandwidth budget: republish only when the own count grew by the configured
-            // factor since the last publication (1, 2, 3, 4, 5, 7, 9, ... for 1.25).
-            let count = record.summary.count();
-            let known = robot.known.entry(fp).or_default();
-            if known.published_count == 0
-                || count as f64 >= known.published_count as f64 * config.republish_growth
-            {
-                known.published_count = count;
-                let key = RecordKey {
-                    model: model.clone(),
-                    fingerprint: fp,
-                    source: robot.source.clone(),
-                };
-                robot.exchange.publish(&key, &record)?;
-            }
+            robot.episode(&mut scene, round, now)?;
         }
         progress(round + 1);
     }
+    Ok(tally(network, config, &robots, scene))
+}
 
+/// The end-of-run figures: traffic of the honest robots, memory of those still present.
+fn tally<N: Network>(
+    network: &N,
+    config: &SimConfig,
+    robots: &[Robot<N::Endpoint>],
+    scene: Scene<'_>,
+) -> RunOutcome {
     let mut wire_total = WireStats::default();
     let mut memory = MemoryFigures {
         bound_received_records: config.max_received_records,
@@ -323,7 +395,7 @@ pub fn simulate_on<N: Network>(
     };
     let (mut honest, mut attackers) = (0, 0);
     let (mut sum_records, mut sum_bytes, mut sum_addr) = (0usize, 0usize, 0usize);
-    for r in &robots {
+    for r in robots {
         if r.attacker {
             attackers += 1;
             continue;
@@ -355,15 +427,15 @@ pub fn simulate_on<N: Network>(
         memory.mean_addresses = sum_addr as f64 / k;
     }
     let stored = network.stored().unwrap_or_default();
-    Ok(RunOutcome {
-        metrics,
+    RunOutcome {
+        classes: scene.oracle.classes(),
+        ingested: scene.ingested,
+        metrics: scene.metrics,
         wire_total,
         honest_robots: honest,
         attackers,
         memory,
         bus_records: stored.0,
         bus_bytes: stored.1,
-        classes: oracle.classes(),
-        ingested,
-    })
+    }
 }
