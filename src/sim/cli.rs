@@ -47,10 +47,17 @@ pub struct SimArgs {
     /// Prior strength k0 of the shrinkage (qis, local-only and oracle alike).
     #[arg(long, default_value_t = SimConfig::default().synthesis.prior_strength)]
     pub k0: f64,
+    /// Borrow from up to this many similar addresses (faiss over scenario sketches) when
+    /// a class has fewer than min_support outcomes; 0 = exact addresses only.
+    #[arg(long, default_value_t = SimConfig::default().neighbors)]
+    pub neighbors: usize,
     /// Trust tolerance in scale units (a source whose claims miss this robot's outcomes by
     /// more loses weight); 0 turns trust off.
     #[arg(long, default_value_t = SimConfig::default().trust_tolerance)]
     pub trust_tolerance: f64,
+    /// Exact support (outcomes) below which neighbors are borrowed.
+    #[arg(long, default_value_t = SimConfig::default().synthesis.min_support)]
+    pub min_support: f64,
     /// Robust z-score above which a source is down-weighted.
     #[arg(long, default_value_t = SimConfig::default().synthesis.outlier_z)]
     pub outlier_z: f64,
@@ -70,9 +77,11 @@ impl SimArgs {
             zipf_exponent: self.zipf,
             republish_growth: self.republish_growth,
             trust_tolerance: self.trust_tolerance,
+            neighbors: self.neighbors,
             synthesis: SynthesisConfig {
                 prior_strength: self.k0,
                 outlier_z: self.outlier_z,
+                min_support: self.min_support,
                 ..SimConfig::default().synthesis
             },
             ..SimConfig::default()

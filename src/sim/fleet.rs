@@ -14,7 +14,7 @@ use rand::{RngExt, SeedableRng};
 use crate::core::fingerprint::Fingerprinter;
 use crate::core::ids::{Fingerprint, ModelId, RecordKey, SourceId};
 use crate::core::memory::{Ingest, MemoryConfig, OutcomeMemory};
-use crate::core::neighbors::{Sketch, sketch};
+use crate::core::neighbors::{NeighborIndex, Sketch, sketch};
 use crate::core::record::OutcomeRecord;
 use crate::core::synthesis::SynthesisConfig;
 
@@ -45,6 +45,9 @@ pub struct Robot<E: Exchange> {
     attacker: bool,
     inbox: Vec<(RecordKey, OutcomeRecord)>,
     trust: TrustBook,
+    /// Similarity index over the addresses this robot knows (two-level addressing),
+    /// when neighbor borrowing is on.
+    neighbors: Option<NeighborIndex>,
 }
 
 /// Per-robot memory figures at the end of a run.
@@ -174,11 +177,41 @@ impl<E: Exchange> Robot<E> {
         }
         self.exchange.poll(&mut self.inbox)?;
         for (key, record) in self.inbox.drain(..) {
+            if let Some(index) = &mut self.neighbors {
+                index
+                    .insert(&key.model, key.fingerprint, &record.sketch)
+                    .map_err(SimError::Sketch)?;
+            }
             if self.memory.ingest(&key, record) == Ingest::Stored {
                 scene.ingested += 1;
             }
         }
         Ok(first)
+    }
+
+    /// Neighbor addresses to borrow from when the exact address has thin support.
+    fn near(
+        &self,
+        scene: &Scene<'_>,
+        fp: Fingerprint,
+        sketch: &Sketch,
+    ) -> Result<Vec<(Fingerprint, f32)>, SimError> {
+        let Some(index) = &self.neighbors else {
+            return Ok(Vec::new());
+        };
+        let support: u64 = self.memory.address(&scene.model, &fp).map_or(0, |a| {
+            a.own.as_ref().map_or(0, |o| o.1.count())
+                + a.received.iter().map(|r| r.summary.count()).sum::<u64>()
+        });
+        if support as f64 >= scene.synthesis.min_support {
+            return Ok(Vec::new());
+        }
+        let mut near = index
+            .nearest(&scene.model, sketch, scene.config.neighbors + 1)
+            .map_err(SimError::Sketch)?;
+        near.retain(|(f, _)| *f != fp);
+        near.truncate(scene.config.neighbors);
+        Ok(near)
     }
 
     /// One episode: route, predict with every baseline, measure, score, learn, publish.
@@ -192,6 +225,8 @@ impl<E: Exchange> Robot<E> {
             .fingerprint(&tags, &scene.feature_names, &features)
             .map_err(SimError::Scenario)?;
         let first = self.route(scene, fp, now)?;
+        let sketch = scene.sketch(fp, &tags, &features)?;
+        let near = self.near(scene, fp, &sketch)?;
 
         let predicted = situation.predict();
         let x = DVector::from_row_slice(&predicted);
@@ -200,7 +235,7 @@ impl<E: Exchange> Robot<E> {
             &scene.synthesis,
             &scene.model,
             &fp,
-            &[],
+            &near,
             &x,
             None,
             &|s| trust.trust(s),
@@ -252,7 +287,11 @@ impl<E: Exchange> Robot<E> {
                 *r += o;
             }
         }
-        let sketch = scene.sketch(fp, &tags, &features)?;
+        if let Some(index) = &mut self.neighbors {
+            index
+                .insert(&scene.model, fp, &sketch)
+                .map_err(SimError::Sketch)?;
+        }
         let record = self
             .memory
             .record_outcome(&scene.model, fp, sketch, &residual, now)?;
@@ -319,6 +358,7 @@ fn spawn<N: Network>(
             attacker,
             inbox: Vec::new(),
             trust: TrustBook::new(config.trust_tolerance),
+            neighbors: (config.neighbors > 0).then(NeighborIndex::new),
         });
     }
     Ok(robots)

@@ -135,6 +135,8 @@ pub struct SimConfig {
     pub attackers: f64,
     /// Bias an attacker adds to every residual, in units of each component's scale.
     pub attack_bias: f64,
+    /// Neighbor addresses borrowed from when exact support is thin (0 = exact only).
+    pub neighbors: usize,
     /// Trust tolerance (scale units) of a source's claims against own outcomes; 0 = off.
     pub trust_tolerance: f64,
     /// Windows of the error curve.
@@ -163,6 +165,7 @@ impl Default for SimConfig {
             refollow_s: 600.0,
             attackers: 0.0,
             attack_bias: 50.0,
+            neighbors: 0,
             trust_tolerance: 3.0,
             windows: 20,
             warmup_fraction: 0.25,
