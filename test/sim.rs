@@ -106,6 +106,24 @@ fn poisoned_records_are_measured_against_the_same_episodes_without_attack() {
 }
 
 #[test]
+fn neighbors_help_classes_nobody_has_seen() {
+    let exact = simulate(&small(11));
+    let mut config = small(11);
+    config.neighbors = 4;
+    config.synthesis.min_support = 1.0;
+    let near = simulate(&config);
+    let (a, b) = (&exact.baselines[QIS], &near.baselines[QIS]);
+    assert!(
+        b.rmse_all < 0.9 * a.rmse_all,
+        "borrowing for unseen classes: {} vs exact only {}",
+        b.rmse_all,
+        a.rmse_all
+    );
+    // Classes the fleet has seen have exact support: nothing is borrowed there.
+    assert_eq!(b.rmse_first_encounter, a.rmse_first_encounter);
+}
+
+#[test]
 fn bad_settings_are_refused_by_name() {
     let e = run(
         &SimConfig {
