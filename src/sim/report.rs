@@ -7,7 +7,7 @@ use std::path::Path;
 use plotters::prelude::*;
 use serde::Serialize;
 
-use super::baselines::{BASELINES, BaselineResult, LOCAL, ORACLE, QIS, RAW, SUPPORT_BUCKETS};
+use super::baselines::{BaselineResult, LOCAL, ORACLE, QIS, RAW, SUPPORT_BUCKETS};
 use super::exchange::WireStats;
 use super::fleet::{MemoryFigures, RunOutcome};
 use super::world::{STATE_NAMES, STATE_SCALE};
@@ -99,11 +99,28 @@ pub struct ProcessFigures {
     pub peak_rss_bytes: u64,
 }
 
+/// The synthesis settings of the run (qis, local-only and oracle alike).
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct SynthesisFigures {
+    /// Prior strength k0.
+    pub prior_strength: f64,
+    /// Exact support below which neighbors are borrowed.
+    pub min_support: f64,
+    /// Largest weight of one source.
+    pub max_source_weight: f64,
+    /// Robust z-score above which a source is down-weighted.
+    pub outlier_z: f64,
+    /// Half-life of an outcome's weight (s).
+    pub half_life_s: f64,
+}
+
 /// Everything a run reports.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct SimReport {
     /// The settings.
     pub config: SimConfig,
+    /// The synthesis settings.
+    pub synthesis: SynthesisFigures,
     /// Scored episodes (honest robots).
     pub episodes: u64,
     /// Robots that took part, honest ones.
@@ -197,8 +214,16 @@ impl SimReport {
             }
         });
         let episodes = run.metrics.episodes();
+        let sc = &config.synthesis;
         SimReport {
             config: config.clone(),
+            synthesis: SynthesisFigures {
+                prior_strength: sc.prior_strength,
+                min_support: sc.min_support,
+                max_source_weight: sc.max_source_weight,
+                outlier_z: sc.outlier_z,
+                half_life_s: sc.half_life_s,
+            },
             episodes,
             robots: run.honest_robots,
             classes: run.classes,
@@ -244,6 +269,16 @@ impl SimReport {
             "error: RMSE of the 4-d stop state, each component divided by its scale {:?} ({})",
             self.state_scale,
             self.state_names.join(", ")
+        );
+        let _ = writeln!(
+            s,
+            "synthesis: k0 {}, min_support {}, outlier z {}, half-life {} s; trust tolerance {}; neighbors {}",
+            self.synthesis.prior_strength,
+            self.synthesis.min_support,
+            self.synthesis.outlier_z,
+            self.synthesis.half_life_s,
+            c.trust_tolerance,
+            c.neighbors
         );
         let raw = &self.baselines[RAW];
         let _ = writeln!(
@@ -445,7 +480,6 @@ impl SimReport {
             .draw()
             .map_err(|e| plot_err(&e))?;
         root.present().map_err(|e| plot_err(&e))?;
-        debug_assert_eq!(self.baselines.len(), BASELINES.len());
         Ok(())
     }
 }
