@@ -7,12 +7,14 @@
 //! - [`fleet`]: the robots and the round-based driver;
 //! - [`trust`]: per-source trust earned from outcomes;
 //! - [`baselines`]: raw, local-only, qis and central-oracle predictors and their errors;
-//! - [`report`]: table, JSON and SVG output; [`cli`]: the `qis sim` arguments.
+//! - [`report`]: table and JSON output; [`plot`]: the SVG error curves;
+//! - [`cli`]: the `qis sim` arguments.
 
 pub mod baselines;
 pub mod cli;
 pub mod exchange;
 pub mod fleet;
+pub mod plot;
 pub mod report;
 pub mod trust;
 pub mod world;
