@@ -4,3 +4,4 @@
 //! synthesis and the embedded store.
 
 pub mod core;
+pub mod sim;
