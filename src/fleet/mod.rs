@@ -1,0 +1,16 @@
+//! The fleet exchange over Zenoh: key space, settings, signatures, the exchange service
+//! and the router with storage for scale-out. Depends on `core`; `core` never on this.
+
+pub mod config;
+pub mod exchange;
+pub mod keys;
+pub mod router;
+pub mod signing;
+pub mod stats;
+
+pub use config::{FleetConfig, FleetConfigError, FleetSettings};
+pub use exchange::{FleetError, FleetExchange, Publish, Received};
+pub use keys::KeyError;
+pub use router::{FleetRouter, RouterError};
+pub use signing::{TrustList, VerifyError};
+pub use stats::{FleetStats, FleetStatsSnapshot};
