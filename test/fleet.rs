@@ -472,3 +472,26 @@ async fn publishing_is_withheld_then_coalesced_and_subscriptions_are_bounded() {
     a.close().await.unwrap();
     b.close().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anti_entropy_brings_records_missed_live() {
+    let (pa, pb) = (free_port(), free_port());
+    let (a, _rx_a) = start(peer_config(pa, &[pb]), "robot-a").await;
+    let mut cfg_b = peer_config(pb, &[pa]);
+    cfg_b.anti_entropy_period_ms = 200;
+    let (b, mut rx_b) = start(cfg_b, "robot-b").await;
+    let s = fp(0x77);
+    let model = ModelId::new(MODEL).unwrap();
+    assert!(b.follow(&model, &s).await.unwrap());
+
+    // Served but never put: no live sample exists, only a re-query can deliver it.
+    let (key, rec) = own_record("robot-a", s, 4, &[0.1, 0.2]);
+    assert!(a.serve_own(&key, &rec).unwrap());
+    let (k, r) = recv_until(&mut rx_b, |_| true).await;
+    assert_eq!((k, r), (key, rec));
+    assert_eq!(a.stats().published, 0);
+    assert!(b.stats().queries >= 1, "only an anti-entropy query can have delivered it");
+
+    a.close().await.unwrap();
+    b.close().await.unwrap();
+}
