@@ -14,32 +14,30 @@
 //! Records are state (latest cumulative summary per source), so duplicates and replays
 //! are harmless: the memory keeps the highest `seq` per source.
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use std::time::Duration;
 
 use ed25519_dalek::SigningKey;
 use thiserror::Error;
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::mpsc;
 use tokio::task::JoinSet;
-use tokio::time::Instant;
-use tracing::{debug, warn};
+use tracing::debug;
 use zenoh::Session;
+use zenoh::handlers::FifoChannelHandler;
 use zenoh::key_expr::KeyExpr;
 use zenoh::pubsub::Subscriber;
-use zenoh::qos::CongestionControl;
-use zenoh::query::{ConsolidationMode, QueryTarget};
-use zenoh::sample::Sample;
+use zenoh::query::{Query, Queryable};
 
 use super::config::FleetSettings;
-use super::keys::{address_selector, parse_record_key, record_key, source_selector};
-use super::signing::{TrustList, VerifyError, seal};
+use super::follows::Follows;
+use super::intake::{Intake, Received};
+use super::keys::{address_selector, record_key, source_selector};
+use super::outbox::{Outbox, Sealed, put};
+use super::signing::seal;
 use super::stats::{FleetStats, FleetStatsSnapshot, bump};
 use crate::core::ids::{Fingerprint, FleetName, ModelId, RecordKey, SourceId};
 use crate::core::record::{EncodeError, OutcomeRecord};
-
-/// A record received from the fleet, checked: its key and the record.
-pub type Received = (RecordKey, OutcomeRecord);
 
 /// Why a fleet operation failed.
 #[derive(Debug, Error)]
@@ -78,80 +76,8 @@ pub enum Publish {
     },
 }
 
-/// The receiving side shared by subscriber callbacks, queries and anti-entropy.
-struct Intake {
-    fleet: FleetName,
-    own: SourceId,
-    trust: TrustList,
-    stats: Arc<FleetStats>,
-    tx: mpsc::Sender<Received>,
-}
-
-impl Intake {
-    /// Checks one received (key, payload); `None` for own echoes and refused input.
-    fn accept(&self, key_expr: &str, payload: &[u8]) -> Option<Received> {
-        let key = match parse_record_key(&self.fleet, key_expr) {
-            Ok(k) => k,
-            Err(e) => {
-                bump(&self.stats.received, 1);
-                bump(&self.stats.rejected_key, 1);
-                debug!(key = key_expr, error = %e, "fleet: refused key");
-                return None;
-            }
-        };
-        // Our own puts and queryable replies come back to us; they are not fleet input.
-        if key.source == self.own {
-            return None;
-        }
-        bump(&self.stats.received, 1);
-        bump(&self.stats.bytes_in, payload.len() as u64);
-        match self.trust.open(key_expr, &key.source, payload) {
-            Ok(record) => {
-                bump(&self.stats.accepted, 1);
-                Some((key, record))
-            }
-            Err(e) => {
-                let counter = match e {
-                    VerifyError::Decode(_) => &self.stats.rejected_decode,
-                    VerifyError::Unsigned => &self.stats.rejected_unsigned,
-                    VerifyError::BadSignature { .. } => &self.stats.rejected_signature,
-                };
-                bump(counter, 1);
-                warn!(source = %key.source, fingerprint = %key.fingerprint, error = %e, "fleet: refused record");
-                None
-            }
-        }
-    }
-
-    fn on_sample(&self, sample: &Sample) {
-        let payload = sample.payload().to_bytes();
-        if let Some(received) = self.accept(sample.key_expr().as_str(), &payload)
-            && self.tx.try_send(received).is_err()
-        {
-            // Full (or closed): the next anti-entropy round brings the record back.
-            bump(&self.stats.dropped_overflow, 1);
-        }
-    }
-}
-
-/// Own records waiting for their coalesced put.
-#[derive(Default)]
-struct Outbox {
-    pending: HashMap<RecordKey, (String, Vec<u8>)>,
-    last_put: HashMap<RecordKey, Instant>,
-}
-
-/// One live subscription and when it was last asked for.
-struct Followed {
-    _subscriber: Subscriber<()>,
-    last_used: u64,
-}
-
-#[derive(Default)]
-struct Follows {
-    subs: HashMap<(ModelId, Fingerprint), Followed>,
-    tick: u64,
-}
+/// An address followed live: (model, fingerprint).
+type Address = (ModelId, Fingerprint);
 
 /// State shared between the exchange handle and its tasks.
 struct Shared {
@@ -159,14 +85,11 @@ struct Shared {
     intake: Arc<Intake>,
     signing_key: Option<SigningKey>,
     query_timeout: Duration,
-    publish_interval: Duration,
     min_count_to_share: u64,
-    max_live_subscriptions: usize,
     /// Sealed own records by key, as the queryable serves them (latest per key).
     served: RwLock<BTreeMap<String, (KeyExpr<'static>, Vec<u8>)>>,
-    outbox: Mutex<Outbox>,
-    wake: Notify,
-    follows: Mutex<Follows>,
+    outbox: Arc<Outbox>,
+    follows: Mutex<Follows<Address, Subscriber<()>>>,
 }
 
 /// A node's fleet exchange on one Zenoh session (see the module doc).
@@ -177,7 +100,7 @@ pub struct FleetExchange {
 
 /// Locks a mutex even if a panicking thread poisoned it: the data stays consistent
 /// because every critical section here is a few map operations.
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
@@ -215,17 +138,19 @@ impl FleetExchange {
             intake,
             signing_key: settings.signing_key,
             query_timeout: settings.query_timeout,
-            publish_interval: settings.publish_interval,
             min_count_to_share: settings.min_count_to_share,
-            max_live_subscriptions: settings.max_live_subscriptions,
             served: RwLock::new(BTreeMap::new()),
-            outbox: Mutex::new(Outbox::default()),
-            wake: Notify::new(),
-            follows: Mutex::new(Follows::default()),
+            outbox: Arc::new(Outbox::new(settings.publish_interval)),
+            follows: Mutex::new(Follows::new(settings.max_live_subscriptions)),
         });
         let mut tasks = JoinSet::new();
         tasks.spawn(serve_queries(shared.clone(), queryable));
-        tasks.spawn(run_outbox(shared.clone()));
+        tasks.spawn(
+            shared
+                .outbox
+                .clone()
+                .run(shared.session.clone(), shared.intake.stats.clone()),
+        );
         if let Some(period) = settings.anti_entropy_period {
             tasks.spawn(run_anti_entropy(shared.clone(), period));
         }
@@ -257,7 +182,7 @@ impl FleetExchange {
         &self,
         key: &RecordKey,
         record: &OutcomeRecord,
-    ) -> Result<Option<(String, Vec<u8>)>, FleetError> {
+    ) -> Result<Option<Sealed>, FleetError> {
         let own = &self.shared.intake.own;
         if key.source != *own {
             return Err(FleetError::NotOwnSource {
@@ -289,10 +214,7 @@ impl FleetExchange {
                 needed: self.shared.min_count_to_share,
             });
         };
-        lock(&self.shared.outbox)
-            .pending
-            .insert(key.clone(), (ke, bytes));
-        self.shared.wake.notify_one();
+        self.shared.outbox.queue(key.clone(), (ke, bytes));
         Ok(Publish::Queued)
     }
 
@@ -309,7 +231,8 @@ impl FleetExchange {
         model: &ModelId,
         fingerprint: &Fingerprint,
     ) -> Result<Vec<Received>, FleetError> {
-        query_address(&self.shared, model, fingerprint, self.shared.query_timeout).await
+        self.query_with_timeout(model, fingerprint, self.shared.query_timeout)
+            .await
     }
 
     /// Like [`query`](Self::query) with an explicit timeout.
@@ -319,7 +242,11 @@ impl FleetExchange {
         fingerprint: &Fingerprint,
         timeout: Duration,
     ) -> Result<Vec<Received>, FleetError> {
-        query_address(&self.shared, model, fingerprint, timeout).await
+        let shared = &self.shared;
+        shared
+            .intake
+            .query(&shared.session, model, fingerprint, timeout)
+            .await
     }
 
     /// Subscribes to live updates of (model, fingerprint); received records go to the
@@ -332,75 +259,43 @@ impl FleetExchange {
         fingerprint: &Fingerprint,
     ) -> Result<bool, FleetError> {
         let id = (model.clone(), *fingerprint);
-        {
-            let mut f = lock(&self.shared.follows);
-            f.tick += 1;
-            let tick = f.tick;
-            if let Some(sub) = f.subs.get_mut(&id) {
-                sub.last_used = tick;
-                return Ok(false);
-            }
+        if lock(&self.shared.follows).touch(&id) {
+            return Ok(false);
         }
         let intake = self.shared.intake.clone();
         let subscriber = self
             .shared
             .session
-            .declare_subscriber(address_selector(&intake.fleet.clone(), model, fingerprint))
+            .declare_subscriber(address_selector(&intake.fleet, model, fingerprint))
             .callback(move |sample| intake.on_sample(&sample))
             .await
             .map_err(zerr)?;
-        let mut f = lock(&self.shared.follows);
-        f.tick += 1;
-        let tick = f.tick;
-        // A concurrent follow of the same address may have won; keep one subscription.
-        if let Some(sub) = f.subs.get_mut(&id) {
-            sub.last_used = tick;
-            return Ok(false);
+        // A concurrent follow of the same address may have won: then ours is returned
+        // and dropped (undeclared) here, outside the lock.
+        let (duplicate, evicted) = lock(&self.shared.follows).insert(id, subscriber);
+        for ((m, f), _) in &evicted {
+            debug!(model_id = %m, fingerprint = %f, "fleet: dropped least recently used subscription");
         }
-        f.subs.insert(
-            id,
-            Followed {
-                _subscriber: subscriber,
-                last_used: tick,
-            },
-        );
-        while f.subs.len() > self.shared.max_live_subscriptions {
-            // Linear scan: runs only when a new address is followed, over a bounded map.
-            let Some(oldest) = f
-                .subs
-                .iter()
-                .min_by_key(|(_, s)| s.last_used)
-                .map(|(k, _)| k.clone())
-            else {
-                break;
-            };
-            debug!(model_id = %oldest.0, fingerprint = %oldest.1, "fleet: dropping least recently used subscription");
-            f.subs.remove(&oldest);
-        }
-        Ok(true)
+        Ok(duplicate.is_none())
     }
 
     /// Stops following (model, fingerprint); true if it was followed.
     pub fn unfollow(&self, model: &ModelId, fingerprint: &Fingerprint) -> bool {
         lock(&self.shared.follows)
-            .subs
             .remove(&(model.clone(), *fingerprint))
             .is_some()
     }
 
     /// The addresses followed live now.
-    pub fn followed(&self) -> Vec<(ModelId, Fingerprint)> {
+    pub fn followed(&self) -> Vec<Address> {
         followed(&self.shared)
     }
 
     /// Puts every queued record now, ignoring the coalescing interval (for shutdown).
     pub async fn flush(&self) -> Result<(), FleetError> {
-        let due: Vec<_> = lock(&self.shared.outbox).pending.drain().collect();
-        for (key, (ke, bytes)) in due {
-            put(&self.shared, &ke, bytes).await?;
-            lock(&self.shared.outbox)
-                .last_put
-                .insert(key, Instant::now());
+        let shared = &self.shared;
+        for (_, (ke, bytes)) in shared.outbox.take_all() {
+            put(&shared.session, &shared.intake.stats, &ke, bytes).await?;
         }
         Ok(())
     }
@@ -409,83 +304,18 @@ impl FleetExchange {
     pub async fn close(mut self) -> Result<(), FleetError> {
         let flushed = self.flush().await;
         self.tasks.shutdown().await;
-        lock(&self.shared.follows).subs.clear();
+        lock(&self.shared.follows).clear();
         self.shared.session.close().await.map_err(zerr)?;
         flushed
     }
 }
 
-fn followed(shared: &Shared) -> Vec<(ModelId, Fingerprint)> {
-    lock(&shared.follows).subs.keys().cloned().collect()
-}
-
-async fn put(shared: &Shared, ke: &str, bytes: Vec<u8>) -> Result<(), FleetError> {
-    let len = bytes.len() as u64;
-    shared
-        .session
-        .put(ke, bytes)
-        // Records are state that must arrive; express skips batching for latency.
-        .congestion_control(CongestionControl::Block)
-        .express(true)
-        .await
-        .map_err(zerr)?;
-    bump(&shared.intake.stats.published, 1);
-    bump(&shared.intake.stats.bytes_out, len);
-    Ok(())
-}
-
-async fn query_address(
-    shared: &Shared,
-    model: &ModelId,
-    fingerprint: &Fingerprint,
-    timeout: Duration,
-) -> Result<Vec<Received>, FleetError> {
-    let stats = &shared.intake.stats;
-    bump(&stats.queries, 1);
-    let selector = address_selector(&shared.intake.fleet, model, fingerprint);
-    let replies = shared
-        .session
-        .get(selector)
-        // Every node answers for its own records and a storage may hold the same ones:
-        // ask all of them and keep the newest seq per source here.
-        .target(QueryTarget::All)
-        .consolidation(ConsolidationMode::None)
-        .timeout(timeout)
-        .await
-        .map_err(|e| {
-            bump(&stats.query_errors, 1);
-            zerr(e)
-        })?;
-    let mut newest: HashMap<SourceId, Received> = HashMap::new();
-    while let Ok(reply) = replies.recv_async().await {
-        match reply.result() {
-            Ok(sample) => {
-                let payload = sample.payload().to_bytes();
-                if let Some((key, record)) =
-                    shared.intake.accept(sample.key_expr().as_str(), &payload)
-                {
-                    match newest.get(&key.source) {
-                        Some((_, held)) if held.seq >= record.seq => {}
-                        _ => {
-                            newest.insert(key.source.clone(), (key, record));
-                        }
-                    }
-                }
-            }
-            Err(e) => {
-                bump(&stats.query_errors, 1);
-                debug!(error = ?e, "fleet: error reply");
-            }
-        }
-    }
-    Ok(newest.into_values().collect())
+fn followed(shared: &Shared) -> Vec<Address> {
+    lock(&shared.follows).keys()
 }
 
 /// Answers queries for this node's own records from `served`.
-async fn serve_queries(
-    shared: Arc<Shared>,
-    queryable: zenoh::query::Queryable<zenoh::handlers::FifoChannelHandler<zenoh::query::Query>>,
-) {
+async fn serve_queries(shared: Arc<Shared>, queryable: Queryable<FifoChannelHandler<Query>>) {
     while let Ok(query) = queryable.recv_async().await {
         let asked = query.key_expr().clone();
         // Keys are ordered as text: start at the longest literal prefix of the query.
@@ -513,51 +343,6 @@ async fn serve_queries(
     }
 }
 
-/// Puts queued own records, at most once per key per `publish_interval`.
-async fn run_outbox(shared: Arc<Shared>) {
-    loop {
-        let now = Instant::now();
-        let interval = shared.publish_interval;
-        let (due, next) = {
-            let mut out = lock(&shared.outbox);
-            let Outbox { pending, last_put } = &mut *out;
-            // Entries older than the interval no longer hold anything back.
-            last_put.retain(|_, t| now < *t + interval);
-            let mut next: Option<Instant> = None;
-            let mut due = Vec::new();
-            pending.retain(|key, item| match last_put.get(key) {
-                Some(t) if now < *t + interval => {
-                    let at = *t + interval;
-                    next = Some(next.map_or(at, |n| n.min(at)));
-                    true
-                }
-                _ => {
-                    due.push((key.clone(), std::mem::take(item)));
-                    false
-                }
-            });
-            for (key, _) in &due {
-                last_put.insert(key.clone(), now);
-            }
-            (due, next)
-        };
-        for (key, (ke, bytes)) in due {
-            if let Err(e) = put(&shared, &ke, bytes).await {
-                warn!(fingerprint = %key.fingerprint, error = %e, "fleet: put failed");
-            }
-        }
-        match next {
-            Some(at) => {
-                tokio::select! {
-                    _ = shared.wake.notified() => {}
-                    _ = tokio::time::sleep_until(at) => {}
-                }
-            }
-            None => shared.wake.notified().await,
-        }
-    }
-}
-
 /// Re-queries every followed address each period and feeds the channel, so missed
 /// samples and healed partitions converge (replays are stale and ignored downstream).
 async fn run_anti_entropy(shared: Arc<Shared>, period: Duration) {
@@ -567,7 +352,11 @@ async fn run_anti_entropy(shared: Arc<Shared>, period: Duration) {
     loop {
         ticker.tick().await;
         for (model, fp) in followed(&shared) {
-            match query_address(&shared, &model, &fp, shared.query_timeout).await {
+            let got = shared
+                .intake
+                .query(&shared.session, &model, &fp, shared.query_timeout)
+                .await;
+            match got {
                 Ok(records) => {
                     for r in records {
                         if shared.intake.tx.send(r).await.is_err() {

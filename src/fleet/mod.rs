@@ -3,13 +3,17 @@
 
 pub mod config;
 pub mod exchange;
+mod follows;
+pub mod intake;
 pub mod keys;
+mod outbox;
 pub mod router;
 pub mod signing;
 pub mod stats;
 
 pub use config::{FleetConfig, FleetConfigError, FleetSettings};
-pub use exchange::{FleetError, FleetExchange, Publish, Received};
+pub use exchange::{FleetError, FleetExchange, Publish};
+pub use intake::Received;
 pub use keys::KeyError;
 pub use router::{FleetRouter, RouterError};
 pub use signing::{TrustList, VerifyError};
