@@ -490,7 +490,10 @@ async fn anti_entropy_brings_records_missed_live() {
     let (k, r) = recv_until(&mut rx_b, |_| true).await;
     assert_eq!((k, r), (key, rec));
     assert_eq!(a.stats().published, 0);
-    assert!(b.stats().queries >= 1, "only an anti-entropy query can have delivered it");
+    assert!(
+        b.stats().queries >= 1,
+        "only an anti-entropy query can have delivered it"
+    );
 
     a.close().await.unwrap();
     b.close().await.unwrap();
