@@ -77,7 +77,7 @@ pub enum Publish {
 }
 
 /// An address followed live: (model, fingerprint).
-type Address = (ModelId, Fingerprint);
+pub type Address = (ModelId, Fingerprint);
 
 /// State shared between the exchange handle and its tasks.
 struct Shared {
@@ -300,7 +300,8 @@ impl FleetExchange {
         Ok(())
     }
 
-    /// Flushes the queue, stops the tasks and closes the session.
+    /// Flushes the queue, stops the tasks and closes the session (also a session given
+    /// to [`with_session`](Self::with_session)).
     pub async fn close(mut self) -> Result<(), FleetError> {
         let flushed = self.flush().await;
         self.tasks.shutdown().await;

@@ -12,7 +12,7 @@ pub mod signing;
 pub mod stats;
 
 pub use config::{FleetConfig, FleetConfigError, FleetSettings};
-pub use exchange::{FleetError, FleetExchange, Publish};
+pub use exchange::{Address, FleetError, FleetExchange, Publish};
 pub use intake::Received;
 pub use keys::KeyError;
 pub use router::{FleetRouter, RouterError};
