@@ -231,6 +231,8 @@ async fn three_peers_share_verify_and_survive_the_source() {
     };
     let mut cfg_b = trusted(peer_config(pb, &[pa]));
     cfg_b.signing_key_file = Some(write_key(dir.path(), "b.key", &kb));
+    // Anti-entropy on: a live sample sent before a link is up is still delivered.
+    cfg_b.anti_entropy_period_ms = 300;
     let (b, mut rx_b) = start(cfg_b, "robot-b").await;
 
     // B never met s: one query brings A's record, and B's first prior reflects it.
