@@ -455,6 +455,12 @@ async fn publishing_is_withheld_then_coalesced_and_subscriptions_are_bounded() {
         samples <= 2,
         "{samples} samples: intermediate versions were not coalesced"
     );
+    // The counter is bumped after the put returns, which can be after B got it.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while a.stats().published == 0 {
+        assert!(tokio::time::Instant::now() < deadline, "no put counted");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let published = a.stats().published;
     assert!(
         (1..=2).contains(&published),
@@ -499,4 +505,136 @@ async fn anti_entropy_brings_records_missed_live() {
 
     a.close().await.unwrap();
     b.close().await.unwrap();
+}
+
+/// Privacy (DESIGN §6): only fingerprints and summaries cross the wire. A spy on `**`
+/// (live samples, plus a get of everything at the end) must never see a raw predicted
+/// or measured state value, a scenario feature value, an embedding value, a tag or a
+/// feature name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_records_cross_the_wire() {
+    use qis_ros::core::fingerprint::{Bins, FingerprintConfig};
+    use std::sync::{Arc, Mutex};
+
+    let (pa, pb, ps) = (free_port(), free_port(), free_port());
+    let mut fcfg = FingerprintConfig::default();
+    fcfg.features.insert(
+        "speed".into(),
+        Bins::Width {
+            width: 1.0,
+            origin: 0.0,
+        },
+    );
+    let fingerprinter = fcfg.validate().unwrap();
+    let tags = vec!["weather=rain".to_owned(), "obstacle=cyclist".to_owned()];
+    let names = vec!["speed".to_owned()];
+    let features = [7.3125];
+    let embedding = [0.123_f32, -0.456, 0.789, 0.321];
+    let canonical = fingerprinter
+        .canonicalize(&tags, &names, &features)
+        .unwrap();
+    let s = canonical.fingerprint();
+    let sketch = qis_ros::core::neighbors::sketch(&canonical, &embedding).unwrap();
+
+    // The spy: a plain Zenoh peer connected to both robots.
+    let mut spy_cfg = zenoh::Config::default();
+    spy_cfg.insert_json5("mode", "\"peer\"").unwrap();
+    spy_cfg
+        .insert_json5("listen/endpoints", &format!("[\"{}\"]", ep(ps)))
+        .unwrap();
+    spy_cfg
+        .insert_json5(
+            "connect/endpoints",
+            &format!("[\"{}\",\"{}\"]", ep(pa), ep(pb)),
+        )
+        .unwrap();
+    spy_cfg
+        .insert_json5("scouting/multicast/enabled", "false")
+        .unwrap();
+    let spy = zenoh::open(spy_cfg).await.unwrap();
+    type Seen = Arc<Mutex<Vec<(String, Vec<u8>)>>>;
+    let seen: Seen = Arc::default();
+    let sink = seen.clone();
+    let _sub = spy
+        .declare_subscriber("**")
+        .callback(move |sample| {
+            sink.lock().unwrap().push((
+                sample.key_expr().as_str().to_owned(),
+                sample.payload().to_bytes().into_owned(),
+            ));
+        })
+        .await
+        .unwrap();
+
+    let (a, _rx_a) = start(peer_config(pa, &[pb, ps]), "robot-a").await;
+    let (b, _rx_b) = start(peer_config(pb, &[pa, ps]), "robot-b").await;
+    let model = ModelId::new(MODEL).unwrap();
+    let key = RecordKey {
+        model: model.clone(),
+        fingerprint: s,
+        source: SourceId::new("robot-a").unwrap(),
+    };
+    let mut mem_a = memory("robot-a");
+    let mut raw_values: Vec<f64> = features.to_vec();
+    for i in 0..6 {
+        let predicted = [10.0 + f64::from(i) * 0.37, -3.3 - f64::from(i) * 0.11];
+        let measured = [
+            predicted[0] + 0.5 + f64::from(i) * 0.013,
+            predicted[1] - 0.25 + f64::from(i) * 0.007,
+        ];
+        raw_values.extend(predicted);
+        raw_values.extend(measured);
+        let residual = [measured[0] - predicted[0], measured[1] - predicted[1]];
+        let rec = mem_a
+            .record_outcome(&model, s, sketch, &residual, i64::from(i) * 1_000_000)
+            .unwrap();
+        a.publish(&key, &rec).unwrap();
+    }
+    // B sees A's record (so data really flowed), and the spy saw at least one put.
+    query_until(&b, &s, |g| g.iter().any(|(_, r)| r.summary.count() == 6)).await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while seen.lock().unwrap().is_empty() {
+        assert!(tokio::time::Instant::now() < deadline, "spy saw nothing");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let replies = spy.get("qis/**").await.unwrap();
+    while let Ok(r) = replies.recv_async().await {
+        if let Ok(sample) = r.result() {
+            seen.lock().unwrap().push((
+                sample.key_expr().as_str().to_owned(),
+                sample.payload().to_bytes().into_owned(),
+            ));
+        }
+    }
+
+    let seen = seen.lock().unwrap().clone();
+    let contains = |hay: &[u8], needle: &[u8]| hay.windows(needle.len()).any(|w| w == needle);
+    for (k, payload) in &seen {
+        assert!(k.starts_with("qis/v1/"), "unexpected key {k}");
+        for text in ["rain", "cyclist", "speed", "weather", "obstacle"] {
+            assert!(
+                !k.contains(text) && !contains(payload, text.as_bytes()),
+                "{text} leaked"
+            );
+        }
+        for v in &raw_values {
+            assert!(
+                !contains(payload, &v.to_le_bytes()),
+                "raw value {v} leaked under {k}"
+            );
+            assert!(
+                !contains(payload, v.to_string().as_bytes()),
+                "raw value {v} leaked as text"
+            );
+        }
+        for e in embedding {
+            assert!(
+                !contains(payload, &e.to_le_bytes()),
+                "embedding value {e} leaked"
+            );
+        }
+    }
+    a.close().await.unwrap();
+    b.close().await.unwrap();
+    spy.close().await.unwrap();
 }
