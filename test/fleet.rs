@@ -116,6 +116,19 @@ async fn query_until(
     }
 }
 
+/// Waits (bounded) until `ex` completed `n` more anti-entropy rounds.
+async fn wait_rounds(ex: &FleetExchange, n: u64) {
+    let start = ex.stats().anti_entropy_rounds;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while ex.stats().anti_entropy_rounds < start + n {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "anti-entropy stalled"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Receives from the channel until `pred` holds, bounded by WAIT.
 async fn recv_until(
     rx: &mut mpsc::Receiver<Received>,
@@ -496,12 +509,29 @@ async fn anti_entropy_brings_records_missed_live() {
     let (key, rec) = own_record("robot-a", s, 4, &[0.1, 0.2]);
     assert!(a.serve_own(&key, &rec).unwrap());
     let (k, r) = recv_until(&mut rx_b, |_| true).await;
-    assert_eq!((k, r), (key, rec));
+    assert_eq!((k, r), (key.clone(), rec));
     assert_eq!(a.stats().published, 0);
     assert!(
         b.stats().queries >= 1,
         "only an anti-entropy query can have delivered it"
     );
+
+    // B's digest now holds A's seq 4: later rounds ask with it and A sends nothing.
+    wait_rounds(&b, 1).await;
+    let sent = a.stats().bytes_out;
+    wait_rounds(&b, 3).await;
+    assert_eq!(
+        a.stats().bytes_out,
+        sent,
+        "A resent a record B already holds"
+    );
+    assert!(rx_b.try_recv().is_err());
+
+    // A newer version is still fetched.
+    let (_, rec5) = own_record("robot-a", s, 5, &[0.1, 0.2]);
+    assert!(a.serve_own(&key, &rec5).unwrap());
+    let (_, r) = recv_until(&mut rx_b, |_| true).await;
+    assert_eq!(r.seq, Seq(5));
 
     a.close().await.unwrap();
     b.close().await.unwrap();

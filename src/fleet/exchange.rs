@@ -31,12 +31,12 @@ use zenoh::query::{Query, Queryable};
 
 use super::config::FleetSettings;
 use super::follows::Follows;
-use super::intake::{Intake, Received};
-use super::keys::{address_selector, record_key, source_selector};
+use super::intake::{Address, HAVE_PARAMETER, Intake, Received, seq_in_digest};
+use super::keys::{address_selector, escape_chunk, record_key, source_selector};
 use super::outbox::{Outbox, Sealed, put};
 use super::signing::seal;
 use super::stats::{FleetStats, FleetStatsSnapshot, bump};
-use crate::core::ids::{Fingerprint, FleetName, ModelId, RecordKey, SourceId};
+use crate::core::ids::{Fingerprint, FleetName, ModelId, RecordKey, Seq, SourceId};
 use crate::core::record::{EncodeError, OutcomeRecord};
 
 /// Why a fleet operation failed.
@@ -76,8 +76,12 @@ pub enum Publish {
     },
 }
 
-/// An address followed live: (model, fingerprint).
-pub type Address = (ModelId, Fingerprint);
+/// One own record as the queryable serves it.
+struct Served {
+    ke: KeyExpr<'static>,
+    seq: Seq,
+    bytes: Vec<u8>,
+}
 
 /// State shared between the exchange handle and its tasks.
 struct Shared {
@@ -87,7 +91,7 @@ struct Shared {
     query_timeout: Duration,
     min_count_to_share: u64,
     /// Sealed own records by key, as the queryable serves them (latest per key).
-    served: RwLock<BTreeMap<String, (KeyExpr<'static>, Vec<u8>)>>,
+    served: RwLock<BTreeMap<String, Served>>,
     outbox: Arc<Outbox>,
     follows: Mutex<Follows<Address, Subscriber<()>>>,
 }
@@ -128,6 +132,7 @@ impl FleetExchange {
             trust: settings.trust,
             stats: Arc::new(FleetStats::default()),
             tx,
+            digests: Default::default(),
         });
         let queryable = session
             .declare_queryable(source_selector(&settings.fleet, &own))
@@ -200,7 +205,14 @@ impl FleetExchange {
             .served
             .write()
             .unwrap_or_else(PoisonError::into_inner)
-            .insert(ke.clone(), (parsed, bytes.clone()));
+            .insert(
+                ke.clone(),
+                Served {
+                    ke: parsed,
+                    seq: record.seq,
+                    bytes: bytes.clone(),
+                },
+            );
         Ok(Some((ke, bytes)))
     }
 
@@ -245,7 +257,7 @@ impl FleetExchange {
         let shared = &self.shared;
         shared
             .intake
-            .query(&shared.session, model, fingerprint, timeout)
+            .query(&shared.session, model, fingerprint, None, timeout)
             .await
     }
 
@@ -272,18 +284,22 @@ impl FleetExchange {
             .map_err(zerr)?;
         // A concurrent follow of the same address may have won: then ours is returned
         // and dropped (undeclared) here, outside the lock.
-        let (duplicate, evicted) = lock(&self.shared.follows).insert(id, subscriber);
-        for ((m, f), _) in &evicted {
-            debug!(model_id = %m, fingerprint = %f, "fleet: dropped least recently used subscription");
+        let (duplicate, evicted) = lock(&self.shared.follows).insert(id.clone(), subscriber);
+        if duplicate.is_none() {
+            self.shared.intake.track(id);
+        }
+        for (address, _) in &evicted {
+            self.shared.intake.untrack(address);
+            debug!(model_id = %address.0, fingerprint = %address.1, "fleet: dropped least recently used subscription");
         }
         Ok(duplicate.is_none())
     }
 
     /// Stops following (model, fingerprint); true if it was followed.
     pub fn unfollow(&self, model: &ModelId, fingerprint: &Fingerprint) -> bool {
-        lock(&self.shared.follows)
-            .remove(&(model.clone(), *fingerprint))
-            .is_some()
+        let address = (model.clone(), *fingerprint);
+        self.shared.intake.untrack(&address);
+        lock(&self.shared.follows).remove(&address).is_some()
     }
 
     /// The addresses followed live now.
@@ -315,9 +331,16 @@ fn followed(shared: &Shared) -> Vec<Address> {
     lock(&shared.follows).keys()
 }
 
-/// Answers queries for this node's own records from `served`.
+/// Answers queries for this node's own records from `served`, skipping a record the
+/// querier's `have` digest shows it already holds.
 async fn serve_queries(shared: Arc<Shared>, queryable: Queryable<FifoChannelHandler<Query>>) {
+    let mut own_escaped = String::new();
+    escape_chunk(shared.intake.own.as_str(), &mut own_escaped);
     while let Ok(query) = queryable.recv_async().await {
+        let held = query
+            .parameters()
+            .get(HAVE_PARAMETER)
+            .and_then(|have| seq_in_digest(have, &own_escaped));
         let asked = query.key_expr().clone();
         // Keys are ordered as text: start at the longest literal prefix of the query.
         let literal = asked
@@ -329,8 +352,8 @@ async fn serve_queries(shared: Arc<Shared>, queryable: Queryable<FifoChannelHand
             served
                 .range(literal.to_owned()..)
                 .take_while(|(k, _)| k.starts_with(literal))
-                .filter(|(_, (ke, _))| asked.intersects(ke))
-                .map(|(_, v)| v.clone())
+                .filter(|(_, r)| asked.intersects(&r.ke) && held.is_none_or(|h| h < r.seq))
+                .map(|(_, r)| (r.ke.clone(), r.bytes.clone()))
                 .collect()
         };
         for (ke, bytes) in matching {
@@ -344,18 +367,22 @@ async fn serve_queries(shared: Arc<Shared>, queryable: Queryable<FifoChannelHand
     }
 }
 
-/// Re-queries every followed address each period and feeds the channel, so missed
-/// samples and healed partitions converge (replays are stale and ignored downstream).
+/// Re-queries every followed address each period with its digest and feeds the
+/// channel, so missed samples and healed partitions converge; peers send only records
+/// newer than the digest (storages, which ignore it, resend; replays are stale and
+/// ignored downstream).
 async fn run_anti_entropy(shared: Arc<Shared>, period: Duration) {
     let mut ticker = tokio::time::interval(period);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ticker.tick().await;
     loop {
         ticker.tick().await;
-        for (model, fp) in followed(&shared) {
+        for address in followed(&shared) {
+            let (model, fp) = &address;
+            let have = shared.intake.have(&address);
             let got = shared
                 .intake
-                .query(&shared.session, &model, &fp, shared.query_timeout)
+                .query(&shared.session, model, fp, have, shared.query_timeout)
                 .await;
             match got {
                 Ok(records) => {

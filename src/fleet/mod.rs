@@ -12,8 +12,8 @@ pub mod signing;
 pub mod stats;
 
 pub use config::{FleetConfig, FleetConfigError, FleetSettings};
-pub use exchange::{Address, FleetError, FleetExchange, Publish};
-pub use intake::Received;
+pub use exchange::{FleetError, FleetExchange, Publish};
+pub use intake::{Address, Received};
 pub use keys::KeyError;
 pub use router::{FleetRouter, RouterError};
 pub use signing::{TrustList, VerifyError};
