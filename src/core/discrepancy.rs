@@ -137,7 +137,9 @@ impl Discrepancy {
         check_finite("predicted state", predicted)?;
         check_finite("measured state", measured)?;
         let residual: Vec<f64> = measured.iter().zip(predicted).map(|(m, p)| m - p).collect();
-        let error_norm = residual.iter().map(|r| r * r).sum::<f64>().sqrt();
+        // Finite inputs of opposite sign near f64::MAX overflow the difference.
+        check_finite("residual", &residual)?;
+        let error_norm = scaled_norm(residual.iter().copied());
         let n = residual.len();
         let mahalanobis = match cov {
             Covariance::None => f64::NAN,
@@ -145,12 +147,7 @@ impl Discrepancy {
                 if d.len() != n {
                     return Err(DiscrepancyError::CovarianceShape { len: d.len(), n });
                 }
-                residual
-                    .iter()
-                    .zip(d.iter())
-                    .map(|(r, v)| r * r / v)
-                    .sum::<f64>()
-                    .sqrt()
+                scaled_norm(residual.iter().zip(d.iter()).map(|(r, v)| r / v.sqrt()))
             }
             Covariance::Full(m) => {
                 if m.nrows() != n || m.ncols() != n {
@@ -166,7 +163,7 @@ impl Discrepancy {
                     .l_dirty()
                     .solve_lower_triangular(&r)
                     .ok_or(DiscrepancyError::NotPositiveDefinite)?;
-                z.norm()
+                scaled_norm(z.iter().copied())
             }
         };
         Ok(Discrepancy {
@@ -175,6 +172,16 @@ impl Discrepancy {
             mahalanobis,
         })
     }
+}
+
+/// Euclidean norm without overflow for large finite components (squares are taken of
+/// values scaled by the largest magnitude).
+fn scaled_norm(values: impl Iterator<Item = f64> + Clone) -> f64 {
+    let scale = values.clone().fold(0.0f64, |m, v| m.max(v.abs()));
+    if scale == 0.0 || !scale.is_finite() {
+        return scale;
+    }
+    scale * values.map(|v| (v / scale).powi(2)).sum::<f64>().sqrt()
 }
 
 fn check_len(what: &'static str, len: usize, max: usize) -> Result<(), DiscrepancyError> {
@@ -263,6 +270,22 @@ mod tests {
         assert!(matches!(
             Covariance::from_flat(&[f64::INFINITY], 1),
             Err(DiscrepancyError::NonFinite { .. })
+        ));
+    }
+
+    #[test]
+    fn huge_finite_values_do_not_overflow_the_norm() {
+        // Found by test/fuzz.rs: the squared residual overflowed to an infinite norm.
+        let d = Discrepancy::compute(&[1.690600094333484e230], &[-0.0], &Covariance::None).unwrap();
+        assert!((d.error_norm - 1.690600094333484e230).abs() < 1e216);
+        let d = Discrepancy::compute(&[0.0, 0.0], &[3e200, 4e200], &Covariance::None).unwrap();
+        assert!((d.error_norm / 5e200 - 1.0).abs() < 1e-12);
+        assert!(matches!(
+            Discrepancy::compute(&[-1.7e308], &[1.7e308], &Covariance::None),
+            Err(DiscrepancyError::NonFinite {
+                what: "residual",
+                ..
+            })
         ));
     }
 
