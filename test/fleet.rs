@@ -668,3 +668,28 @@ async fn only_records_cross_the_wire() {
     b.close().await.unwrap();
     spy.close().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keygen_writes_a_key_whose_public_half_it_prints() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("robot.key");
+    let out = Command::new(env!("CARGO_BIN_EXE_qis-fleet"))
+        .arg("keygen")
+        .arg(&file)
+        .output()
+        .await
+        .expect("run keygen");
+    assert!(out.status.success());
+    let printed = String::from_utf8(out.stdout).unwrap();
+    let key = qis_ros::fleet::signing::parse_signing_key(&std::fs::read_to_string(&file).unwrap())
+        .expect("a valid key file");
+    assert_eq!(printed.trim(), public_key_hex(&key));
+    // Never overwrites an existing key.
+    let again = Command::new(env!("CARGO_BIN_EXE_qis-fleet"))
+        .arg("keygen")
+        .arg(&file)
+        .output()
+        .await
+        .expect("run keygen");
+    assert!(!again.status.success());
+}
