@@ -1,7 +1,8 @@
 //! `qis-fleet`: fleet tools. `router` runs a Zenoh router holding every qis record in
 //! its storage; `peer` runs a fleet peer that reports synthetic outcomes for one
 //! scenario and serves them (for demos and the multi-process tests); `keygen` writes a
-//! signing key.
+//! signing key; the hidden `ingest-loop` records outcomes durably until killed (for the
+//! crash-safety test in test/reliability.rs).
 
 use std::io::Write as _;
 use std::path::PathBuf;
@@ -72,6 +73,26 @@ enum Command {
         /// Also follow the address and print `received <source> <seq> <count>` lines.
         #[arg(long)]
         follow: bool,
+    },
+    /// Restores own records from the store at PATH, then records synthetic outcomes round
+    /// robin over `fingerprints` addresses forever, each committed durably (`put_own`)
+    /// before `acked <fingerprint> <seq> <count>` is printed. The residual of the outcome
+    /// that gets seq n is (n, -n/2), so a reader can check that no outcome was counted
+    /// twice or lost from a summary. For the crash-safety test (killed with SIGKILL).
+    #[command(hide = true)]
+    IngestLoop {
+        /// The redb store file (created if missing).
+        #[arg(long)]
+        store: PathBuf,
+        /// This robot's source id.
+        #[arg(long, default_value = "robot-crash")]
+        source: String,
+        /// World-model id.
+        #[arg(long, default_value = "crash/v1")]
+        model: String,
+        /// Number of scenario addresses written round robin.
+        #[arg(long, default_value_t = 4)]
+        fingerprints: u8,
     },
     /// Writes a new ed25519 signing key (64 hex digits) to FILE and prints its public key.
     Keygen {
@@ -177,6 +198,12 @@ async fn main() -> Result<()> {
             }
             exchange.close().await?;
         }
+        Command::IngestLoop {
+            store,
+            source,
+            model,
+            fingerprints,
+        } => ingest_loop(&store, source, model, fingerprints)?,
         Command::Keygen { file } => {
             let mut seed = [0u8; 32];
             std::fs::File::open("/dev/urandom")
@@ -186,6 +213,54 @@ async fn main() -> Result<()> {
             write_secret(&file, &hex::encode(seed))?;
             say(&public_key_hex(&key))?;
         }
+    }
+    Ok(())
+}
+
+/// The crash-safety workload (see `Command::IngestLoop`): never returns unless a write
+/// fails.
+fn ingest_loop(path: &std::path::Path, source: String, model: String, fps: u8) -> Result<()> {
+    use qis_ros::core::store::{Store, StoreConfig};
+    if fps == 0 {
+        bail!("--fingerprints must be >= 1");
+    }
+    let source = SourceId::new(source)?;
+    let model = ModelId::new(model)?;
+    let mut store = Store::open(path, StoreConfig::default())
+        .with_context(|| format!("opening {}", path.display()))?;
+    let mut memory = OutcomeMemory::new(
+        source.clone(),
+        MemoryConfig::default(),
+        Decay::from_half_life_secs(0.0),
+    );
+    let restored = store.load()?;
+    let own = restored.iter().filter(|r| r.own).count();
+    for r in restored.into_iter().filter(|r| r.own) {
+        memory.restore_own(&r.key.model, r.key.fingerprint, r.record);
+    }
+    say(&format!("ready {own}"))?;
+    for i in 0u64.. {
+        let fingerprint = Fingerprint([(i % u64::from(fps)) as u8; 16]);
+        let next = memory
+            .address(&model, &fingerprint)
+            .and_then(|a| a.own.as_ref())
+            .map_or(1, |(seq, _)| seq.0 + 1);
+        let n = next as f64;
+        let t_ns = i64::try_from(next).unwrap_or(i64::MAX);
+        let record =
+            memory.record_outcome(&model, fingerprint, Sketch([0; 32]), &[n, -n / 2.0], t_ns)?;
+        let key = RecordKey {
+            model: model.clone(),
+            fingerprint,
+            source: source.clone(),
+        };
+        store.put_own(&key, &record)?;
+        say(&format!(
+            "acked {} {} {}",
+            fingerprint.to_hex(),
+            record.seq.0,
+            record.summary.count()
+        ))?;
     }
     Ok(())
 }
