@@ -320,8 +320,7 @@ impl Node {
         if let Some((ex, _)) = &self.exchange {
             ex.publish(&key, &rec).unwrap();
         }
-        self.view
-            .insert((f, self.source.as_str().to_owned()), rec);
+        self.view.insert((f, self.source.as_str().to_owned()), rec);
     }
 
     /// Takes in what the exchange delivered (memory, store, view; newest seq wins).
@@ -421,7 +420,12 @@ async fn partitioned_fleet_converges_after_heal() {
             }
         }
     }
-    let joined = converge(&mut [&mut a, &mut b, &mut c], &[0, 1, 2], "before partition").await;
+    let joined = converge(
+        &mut [&mut a, &mut b, &mut c],
+        &[0, 1, 2],
+        "before partition",
+    )
+    .await;
 
     // Partition: C's session closes. Both sides keep learning: A and B exchange, C only
     // records into its memory and store.
@@ -472,7 +476,11 @@ async fn partitioned_fleet_converges_after_heal() {
                 .iter()
                 .map(|r| (r.source.as_str().to_owned(), r.seq.0))
                 .collect();
-            v.extend(addr.own.iter().map(|(s, _)| (n.source.as_str().to_owned(), s.0)));
+            v.extend(
+                addr.own
+                    .iter()
+                    .map(|(s, _)| (n.source.as_str().to_owned(), s.0)),
+            );
             v.sort();
             v
         };
@@ -521,8 +529,7 @@ fn make_pki() -> Pki {
     };
     let leaf = |cn: &str, issuer: &Issuer<'_, KeyPair>| {
         let mut params =
-            CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
-                .unwrap();
+            CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()]).unwrap();
         params.distinguished_name.push(DnType::CommonName, cn);
         let key = KeyPair::generate().unwrap();
         let cert = params.signed_by(&key, issuer).unwrap();
@@ -594,7 +601,8 @@ fn set_endpoints(z: &mut zenoh::Config, proto: &str, connect: &[u16]) {
 async fn intruder(kind: &str, pki: &Pki, connect: &[u16]) -> zenoh::Session {
     let mut z = zenoh::Config::default();
     z.insert_json5("mode", "\"peer\"").unwrap();
-    z.insert_json5("scouting/multicast/enabled", "false").unwrap();
+    z.insert_json5("scouting/multicast/enabled", "false")
+        .unwrap();
     // It listens on plain TCP (loopback); fleet members use only TLS, never dial it.
     z.insert_json5("listen/endpoints", "[\"tcp/127.0.0.1:0\"]")
         .unwrap();
@@ -712,7 +720,10 @@ async fn without_the_fleet_certificate_a_peer_can_neither_read_nor_write() {
         if got > 0 {
             break;
         }
-        assert!(Instant::now() < deadline, "fleet member D never read qis/**");
+        assert!(
+            Instant::now() < deadline,
+            "fleet member D never read qis/**"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let (ke_d, bytes_d) = sealed_record("robot-d", f, 2);
@@ -798,7 +809,9 @@ async fn without_the_fleet_certificate_a_peer_can_neither_read_nor_write() {
         "an intruder's queryable answered B: {fleet_view:?}"
     );
     assert!(
-        fleet_view.iter().any(|(k, _)| k.source.as_str() == "robot-a"),
+        fleet_view
+            .iter()
+            .any(|(k, _)| k.source.as_str() == "robot-a"),
         "B still reads A over mTLS"
     );
     println!(
@@ -821,7 +834,8 @@ fn shipped_mtls_configs_parse_and_require_client_certificates() {
         "zenoh-mtls-router.json5",
         "zenoh-mtls-client.json5",
     ] {
-        let z = zenoh::Config::from_file(config_file(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let z =
+            zenoh::Config::from_file(config_file(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
         assert_eq!(
             z.get_json("transport/link/tls/enable_mtls").unwrap(),
             "true",
@@ -829,10 +843,17 @@ fn shipped_mtls_configs_parse_and_require_client_certificates() {
         );
         let client = z.get_json("mode").unwrap() == "\"client\"";
         // A client never listens (its listen defaults are for the other modes).
-        let eps = if client { &["connect/endpoints"][..] } else { &["listen/endpoints", "connect/endpoints"][..] };
+        let eps = if client {
+            &["connect/endpoints"][..]
+        } else {
+            &["listen/endpoints", "connect/endpoints"][..]
+        };
         for ep in eps {
             let eps = z.get_json(ep).unwrap();
-            assert!(!eps.contains("tcp/"), "{name}: {ep} allows plain TCP: {eps}");
+            assert!(
+                !eps.contains("tcp/"),
+                "{name}: {ep} allows plain TCP: {eps}"
+            );
         }
         assert_eq!(
             z.get_json("scouting/multicast/enabled").unwrap(),
@@ -885,13 +906,18 @@ async fn soak_memory_stays_bounded() {
         max_live_subscriptions: 64,
         ..FleetConfig::default()
     };
-    let (a, _rx_a) = FleetExchange::start(cfg(pa, pb).validate().unwrap(), SourceId::new("robot-a").unwrap())
-        .await
-        .unwrap();
-    let (b, mut rx_b) =
-        FleetExchange::start(cfg(pb, pa).validate().unwrap(), SourceId::new("robot-b").unwrap())
-            .await
-            .unwrap();
+    let (a, _rx_a) = FleetExchange::start(
+        cfg(pa, pb).validate().unwrap(),
+        SourceId::new("robot-a").unwrap(),
+    )
+    .await
+    .unwrap();
+    let (b, mut rx_b) = FleetExchange::start(
+        cfg(pb, pa).validate().unwrap(),
+        SourceId::new("robot-b").unwrap(),
+    )
+    .await
+    .unwrap();
     let mut memory_b = OutcomeMemory::new(
         SourceId::new("robot-b").unwrap(),
         MemoryConfig {
@@ -927,6 +953,10 @@ async fn soak_memory_stays_bounded() {
         for _ in 0..100 {
             let s = (i % u64::from(SOURCES)) as usize;
             let f = Fingerprint([((i / u64::from(SOURCES)) % u64::from(FPS)) as u8; 16]);
+            if i % u64::from(SOURCES) == 0 {
+                // B follows each address before its records arrive (LRU beyond 64).
+                b.follow(&model(), &f).await.unwrap();
+            }
             i += 1;
             let rec = memories[s]
                 .record_outcome(&model(), f, Sketch([0; 32]), &[0.1, 0.2], i as i64)
@@ -942,9 +972,6 @@ async fn soak_memory_stays_bounded() {
                 .await
                 .unwrap();
             sent += 1;
-            if i % u64::from(SOURCES) == 0 {
-                b.follow(&model(), &f).await.unwrap();
-            }
         }
         let mut batch = Vec::new();
         while let Ok((k, r)) = rx_b.try_recv() {
@@ -971,6 +998,12 @@ async fn soak_memory_stays_bounded() {
         b.followed().len()
     );
     assert!(received > 0, "B received nothing");
+    // A leak guard, not a speed figure: once the bounds are reached (seconds in), the
+    // second half of the run must not grow the process by more than 32 MiB.
+    assert!(
+        rss_end <= rss_mid + 32 * 1024,
+        "RSS grew from {rss_mid} KiB half-way to {rss_end} KiB"
+    );
     assert!(b.followed().len() <= 64);
     a.close().await.unwrap();
     b.close().await.unwrap();
