@@ -64,11 +64,16 @@ impl Rng {
 
 /// Spawns `qis-fleet ingest-loop` on `store` and returns it with its stdout lines after
 /// the `ready <own records>` line, and the number of own records it restored.
-async fn spawn_ingest(store: &Path) -> (Child, Lines<BufReader<ChildStdout>>, usize) {
+async fn spawn_ingest(
+    store: &Path,
+    publish_to: u16,
+) -> (Child, Lines<BufReader<ChildStdout>>, usize) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_qis-fleet"))
         .arg("ingest-loop")
         .arg("--store")
         .arg(store)
+        .args(["--fleet", FLEET, "--connect"])
+        .arg(format!("tcp/127.0.0.1:{publish_to}"))
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .kill_on_drop(true)
@@ -103,7 +108,7 @@ fn parse_ack(line: &str) -> (Fingerprint, u64, u64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_during_ingest_loses_no_acked_record_and_counts_nothing_twice() {
-    const ROUNDS: usize = 12;
+    const ROUNDS: usize = 20;
     const FINGERPRINTS: u8 = 4;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("crash.redb");
@@ -116,9 +121,40 @@ async fn sigkill_during_ingest_loses_no_acked_record_and_counts_nothing_twice() 
     let mut acked_after_kill = 0u64;
     // Kills that fell between a durable commit and its ack line.
     let mut durable_unacked = 0u64;
+    // A fleet peer that watches everything the child publishes.
+    let watch_port = free_port();
+    let mut settings = FleetConfig {
+        fleet: FLEET.into(),
+        listen: vec![format!("tcp/127.0.0.1:{watch_port}")],
+        ..FleetConfig::default()
+    }
+    .validate()
+    .unwrap();
+    settings
+        .zenoh
+        .insert_json5("connect/endpoints", "[]")
+        .unwrap();
+    let (watcher, mut published) =
+        FleetExchange::start(settings, SourceId::new("watcher").unwrap())
+            .await
+            .expect("watcher starts");
+    let crash_model = ModelId::new("crash/v1").unwrap();
+    for b in 0..FINGERPRINTS {
+        watcher.follow(&crash_model, &fp(b)).await.unwrap();
+    }
+    // Every record seen on the network, by (fingerprint, seq): one record per version.
+    let mut seen: BTreeMap<(Fingerprint, u64), OutcomeRecord> = BTreeMap::new();
+    let mut drain_published = |seen: &mut BTreeMap<(Fingerprint, u64), OutcomeRecord>| {
+        while let Ok((k, r)) = published.try_recv() {
+            assert_eq!(k.source.as_str(), "robot-crash");
+            if let Some(before) = seen.insert((k.fingerprint, r.seq.0), r.clone()) {
+                assert_eq!(before, r, "two different records published as one seq");
+            }
+        }
+    };
     let started = Instant::now();
     for round in 0..ROUNDS {
-        let (mut child, mut lines, restored) = spawn_ingest(&path).await;
+        let (mut child, mut lines, restored) = spawn_ingest(&path, watch_port).await;
         assert_eq!(restored, acked.len(), "round {round}: own records restored");
         // Let it write for a random while, reading acks as they come, then SIGKILL.
         let run_for = Duration::from_millis(20 + rng.below(300));
@@ -183,6 +219,21 @@ async fn sigkill_during_ingest_loses_no_acked_record_and_counts_nothing_twice() 
             );
             durable_unacked += u64::from(rec.seq.0 == seq + 1);
         }
+        // Published implies durable: whatever reached the network is in the store (the
+        // same record, or a newer one).
+        drain_published(&mut seen);
+        for ((f, seq), rec) in &seen {
+            let held = stored.get(f).unwrap_or_else(|| {
+                panic!("round {round}: published record {} not stored", f.to_hex())
+            });
+            assert!(
+                held.seq.0 >= *seq,
+                "round {round}: published seq {seq} lost"
+            );
+            if held.seq.0 == *seq {
+                assert_eq!(held, rec, "round {round}: stored differs from published");
+            }
+        }
         for rec in stored.values() {
             let n = rec.seq.0 as f64;
             assert_eq!(rec.summary.count(), rec.seq.0, "no outcome counted twice");
@@ -194,19 +245,35 @@ async fn sigkill_during_ingest_loses_no_acked_record_and_counts_nothing_twice() 
         acked = stored.iter().map(|(f, r)| (*f, r.seq.0)).collect();
         drop(store);
     }
+    // Late arrivals from the last run are checked against the final store too.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    drain_published(&mut seen);
+    let last = Store::open(&path, StoreConfig::default()).unwrap();
+    for (f, seq) in seen.keys() {
+        let key = RecordKey {
+            model: crash_model.clone(),
+            fingerprint: *f,
+            source: SourceId::new("robot-crash").unwrap(),
+        };
+        assert!(last.own(&key).unwrap().is_some_and(|r| r.seq.0 >= *seq));
+    }
+    drop(last);
+    watcher.close().await.unwrap();
     let stored: u64 = acked.values().sum();
     println!(
         "crash test: {ROUNDS} SIGKILLs in {:.1} s, {total_acked} acked durable writes \
          ({acked_after_kill} read after the kill; {durable_unacked} kills fell between a \
-         commit and its ack), {stored} outcomes stored over {} \
+         commit and its ack), {} records seen published, {stored} outcomes stored over {} \
          fingerprints, none lost, none double counted",
         started.elapsed().as_secs_f64(),
+        seen.len(),
         acked.len()
     );
     assert!(
         acked.len() == usize::from(FINGERPRINTS),
         "the loop reached every fingerprint"
     );
+    assert!(!seen.is_empty(), "the watcher saw no publication");
 }
 
 // ---------------------------------------------------------------------------------

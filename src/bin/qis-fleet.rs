@@ -93,6 +93,13 @@ enum Command {
         /// Number of scenario addresses written round robin.
         #[arg(long, default_value_t = 4)]
         fingerprints: u8,
+        /// Also publish each record (after its durable write) to the fleet through this
+        /// Zenoh endpoint (repeatable); none = store only.
+        #[arg(long)]
+        connect: Vec<String>,
+        /// Fleet name when publishing.
+        #[arg(long, default_value = "default")]
+        fleet: String,
     },
     /// Writes a new ed25519 signing key (64 hex digits) to FILE and prints its public key.
     Keygen {
@@ -203,7 +210,20 @@ async fn main() -> Result<()> {
             source,
             model,
             fingerprints,
-        } => ingest_loop(&store, source, model, fingerprints)?,
+            connect,
+            fleet,
+        } => {
+            let fleet = (!connect.is_empty()).then(|| FleetConfig {
+                fleet,
+                connect,
+                listen: vec!["tcp/127.0.0.1:0".into()],
+                min_count_to_share: 1,
+                publish_interval_ms: 0,
+                anti_entropy_period_ms: 0,
+                ..FleetConfig::default()
+            });
+            ingest_loop(&store, source, model, fingerprints, fleet).await?
+        }
         Command::Keygen { file } => {
             let mut seed = [0u8; 32];
             std::fs::File::open("/dev/urandom")
@@ -219,7 +239,13 @@ async fn main() -> Result<()> {
 
 /// The crash-safety workload (see `Command::IngestLoop`): never returns unless a write
 /// fails.
-fn ingest_loop(path: &std::path::Path, source: String, model: String, fps: u8) -> Result<()> {
+async fn ingest_loop(
+    path: &std::path::Path,
+    source: String,
+    model: String,
+    fps: u8,
+    fleet: Option<FleetConfig>,
+) -> Result<()> {
     use qis_ros::core::store::{Store, StoreConfig};
     if fps == 0 {
         bail!("--fingerprints must be >= 1");
@@ -235,7 +261,14 @@ fn ingest_loop(path: &std::path::Path, source: String, model: String, fps: u8) -
     );
     let restored = store.load()?;
     let own = restored.iter().filter(|r| r.own).count();
+    let exchange = match fleet {
+        Some(cfg) => Some(FleetExchange::start(cfg.validate()?, source.clone()).await?),
+        None => None,
+    };
     for r in restored.into_iter().filter(|r| r.own) {
+        if let Some((ex, _)) = &exchange {
+            ex.serve_own(&r.key, &r.record)?;
+        }
         memory.restore_own(&r.key.model, r.key.fingerprint, r.record);
     }
     say(&format!("ready {own}"))?;
@@ -254,7 +287,13 @@ fn ingest_loop(path: &std::path::Path, source: String, model: String, fps: u8) -
             fingerprint,
             source: source.clone(),
         };
-        store.put_own(&key, &record)?;
+        // Durable first, then published: a record seen on the network is on disk.
+        tokio::task::block_in_place(|| store.put_own(&key, &record))?;
+        if let Some((ex, _)) = &exchange {
+            ex.publish(&key, &record)?;
+            // Let the outbox task put it.
+            tokio::task::yield_now().await;
+        }
         say(&format!(
             "acked {} {} {}",
             fingerprint.to_hex(),
