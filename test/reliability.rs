@@ -569,12 +569,13 @@ async fn partitioned_fleet_converges_after_heal() {
 // 3. Access control: mTLS
 // ---------------------------------------------------------------------------------
 
-/// PEM files of a test PKI in a temp dir: the fleet CA and two robots it signed, and a
-/// rogue CA with a robot of its own.
+/// PEM files of a test PKI in a temp dir: the fleet CA and the robots and router it
+/// signed, and a rogue CA with a robot of its own.
 struct Pki {
     _dir: tempfile::TempDir,
     ca: PathBuf,
-    robot: [(PathBuf, PathBuf); 3],
+    /// robot-a, robot-b, robot-d, router.
+    robot: [(PathBuf, PathBuf); 4],
     rogue: (PathBuf, PathBuf),
 }
 
@@ -605,7 +606,7 @@ fn make_pki() -> Pki {
     let (ca_cert, ca) = make_ca("qis test fleet CA");
     let (_, rogue_ca) = make_ca("rogue CA");
     let mut robot = Vec::new();
-    for name in ["robot-a", "robot-b", "robot-d"] {
+    for name in ["robot-a", "robot-b", "robot-d", "router"] {
         let (cert, key) = leaf(name, &ca);
         robot.push((
             write(&format!("{name}.pem"), cert),
@@ -892,6 +893,153 @@ async fn without_the_fleet_certificate_a_peer_can_neither_read_nor_write() {
     d.close().await.unwrap();
     a.close().await.unwrap();
     b.close().await.unwrap();
+}
+
+/// Sets the TLS file paths of a shipped config to this test's files.
+fn set_tls_files(z: &mut zenoh::Config, ca: &Path, (cert, key): &(PathBuf, PathBuf), listen: bool) {
+    let mut entries = vec![
+        ("root_ca_certificate", json(ca)),
+        ("connect_certificate", json(cert)),
+        ("connect_private_key", json(key)),
+    ];
+    if listen {
+        entries.push(("listen_certificate", json(cert)));
+        entries.push(("listen_private_key", json(key)));
+    }
+    for (k, v) in entries {
+        z.insert_json5(&format!("transport/link/tls/{k}"), &v)
+            .unwrap();
+    }
+}
+
+/// The routed variant: `qis-fleet router` on config/zenoh-mtls-router.json5 with its
+/// storage, robots as clients on config/zenoh-mtls-client.json5. A robot's record
+/// outlives it in the storage for members; a client without the fleet certificate
+/// cannot get it or add to it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mtls_router_storage_serves_members_only() {
+    use qis_ros::fleet::FleetRouter;
+    use qis_ros::fleet::router::router_config;
+    let pki = make_pki();
+    let pr = free_port();
+    let mut rcfg = router_config(
+        Some(&config_file("zenoh-mtls-router.json5")),
+        &[format!("tls/127.0.0.1:{pr}")],
+    )
+    .expect("shipped router config");
+    set_tls_files(&mut rcfg, &pki.ca, &pki.robot[3], true);
+    let router = FleetRouter::start(rcfg).await.expect("mTLS router starts");
+    let client = |i: usize, source: &'static str| {
+        let mut settings = FleetConfig {
+            fleet: FLEET.into(),
+            zenoh_config: Some(config_file("zenoh-mtls-client.json5")),
+            connect: vec![format!("tls/127.0.0.1:{pr}")],
+            min_count_to_share: 1,
+            anti_entropy_period_ms: 0,
+            ..FleetConfig::default()
+        }
+        .validate()
+        .unwrap();
+        set_tls_files(&mut settings.zenoh, &pki.ca, &pki.robot[i], false);
+        FleetExchange::start(settings, SourceId::new(source).unwrap())
+    };
+    let f = fp(0x7e);
+    // A publishes and leaves; B, joining later, gets A's record from the storage.
+    let (a, _rx_a) = client(0, "robot-a").await.expect("member A connects");
+    let mut m = OutcomeMemory::new(
+        SourceId::new("robot-a").unwrap(),
+        MemoryConfig::default(),
+        Decay::from_half_life_secs(0.0),
+    );
+    let rec = m
+        .record_outcome(&model(), f, Sketch([0; 32]), &[0.5, -0.5], 1)
+        .unwrap();
+    let key = RecordKey {
+        model: model(),
+        fingerprint: f,
+        source: SourceId::new("robot-a").unwrap(),
+    };
+    a.publish(&key, &rec).unwrap();
+    a.flush().await.unwrap();
+    // The storage holds it once the router's own session can read it back.
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let replies = router.session().get("qis/**").await.unwrap();
+        let mut n = 0;
+        while let Ok(r) = replies.recv_async().await {
+            n += usize::from(r.result().is_ok());
+        }
+        if n > 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the storage never held A's record"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    a.close().await.unwrap();
+
+    // Intruders as clients: no certificate, and a rogue CA's certificate.
+    let mut refused = 0;
+    for rogue in [false, true] {
+        let mut z = zenoh::Config::from_file(config_file("zenoh-mtls-client.json5")).unwrap();
+        z.insert_json5("connect/endpoints", &format!("[\"tls/127.0.0.1:{pr}\"]"))
+            .unwrap();
+        // One attempt, then fail or carry on unconnected.
+        z.insert_json5("connect/timeout_ms", "{ router: 0, peer: 0, client: 0 }")
+            .unwrap();
+        z.insert_json5("transport/link/tls/root_ca_certificate", &json(&pki.ca))
+            .unwrap();
+        if rogue {
+            set_tls_files(&mut z, &pki.ca, &pki.rogue, false);
+        } else {
+            for k in ["connect_certificate", "connect_private_key"] {
+                z.insert_json5(&format!("transport/link/tls/{k}"), "null")
+                    .unwrap();
+            }
+        }
+        match zenoh::open(z).await {
+            Err(_) => refused += 1,
+            Ok(s) => {
+                // Opened without a link: it must still see and change nothing.
+                let replies = s
+                    .get("qis/**")
+                    .allowed_destination(Locality::Remote)
+                    .timeout(Duration::from_millis(500))
+                    .await
+                    .unwrap();
+                assert!(
+                    replies.recv_async().await.is_err(),
+                    "intruder read the storage"
+                );
+                let (ke, bytes) = sealed_record("intruder", f, 3);
+                s.put(&ke, bytes).await.unwrap();
+                s.close().await.unwrap();
+            }
+        }
+    }
+
+    // B (member) gets A's record from the storage, and nothing of the intruders'.
+    let (b, _rx_b) = client(1, "robot-b").await.expect("member B connects");
+    let deadline = Instant::now() + WAIT;
+    let got = loop {
+        let got = b.query(&model(), &f).await.unwrap();
+        if !got.is_empty() {
+            break got;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "B never got A's record from the storage"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(got, vec![(key, rec)], "only A's record, as published");
+    println!(
+        "mTLS router test: {refused} of 2 intruder clients refused at open, the others unlinked"
+    );
+    b.close().await.unwrap();
+    router.close().await.unwrap();
 }
 
 #[test]
