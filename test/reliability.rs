@@ -20,7 +20,7 @@ use qis_ros::core::store::{Store, StoreConfig};
 use qis_ros::core::summary::Decay;
 use qis_ros::fleet::keys::record_key;
 use qis_ros::fleet::signing::seal;
-use qis_ros::fleet::{FleetConfig, FleetExchange, Received};
+use qis_ros::fleet::{FleetConfig, FleetExchange, FleetSettings, Received};
 use tokio::io::{AsyncBufReadExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdout, Command};
 use tokio::sync::mpsc;
@@ -347,7 +347,11 @@ impl Node {
 
     /// Joins the fleet: starts the exchange, serves the own records held, follows `fps`.
     async fn join(&mut self, cfg: FleetConfig, fps: &[Fingerprint]) {
-        let (ex, rx) = FleetExchange::start(cfg.validate().unwrap(), self.source.clone())
+        self.join_with(cfg.validate().unwrap(), fps).await;
+    }
+
+    async fn join_with(&mut self, settings: FleetSettings, fps: &[Fingerprint]) {
+        let (ex, rx) = FleetExchange::start(settings, self.source.clone())
             .await
             .expect("exchange starts");
         for ((f, source), rec) in &self.view {
@@ -558,6 +562,165 @@ async fn partitioned_fleet_converges_after_heal() {
         "partition test: joined in {:.0} ms, healed (C restarted from its store, 3 sessions, \
          anti-entropy 200 ms) in {:.0} ms",
         joined.as_secs_f64() * 1e3,
+        heal.as_secs_f64() * 1e3
+    );
+    a.leave().await;
+    b.leave().await;
+    c.leave().await;
+}
+
+/// A loopback TCP forwarder that can cut every link through it: while cut, open
+/// connections are dropped and new ones closed at once (a network partition with both
+/// sides still running, unlike closing a session).
+struct Cuttable {
+    port: u16,
+    cut: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    links: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl Cuttable {
+    async fn to(target: u16) -> Cuttable {
+        use std::sync::atomic::Ordering;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let cut = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let links: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>> =
+            Default::default();
+        let (cut2, links2) = (cut.clone(), links.clone());
+        let accept = tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                if cut2.load(Ordering::SeqCst) {
+                    continue; // dropped: closed at once
+                }
+                let Ok(mut outbound) = tokio::net::TcpStream::connect(("127.0.0.1", target)).await
+                else {
+                    continue;
+                };
+                let link = tokio::spawn(async move {
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                });
+                links2.lock().unwrap().push(link);
+            }
+        });
+        Cuttable {
+            port,
+            cut,
+            links,
+            accept,
+        }
+    }
+
+    fn set_cut(&self, cut: bool) {
+        self.cut.store(cut, std::sync::atomic::Ordering::SeqCst);
+        if cut {
+            for link in self.links.lock().unwrap().drain(..) {
+                link.abort();
+            }
+        }
+    }
+}
+
+impl Drop for Cuttable {
+    fn drop(&mut self) {
+        self.set_cut(true);
+        self.accept.abort();
+    }
+}
+
+/// Waits (bounded) until `ex`'s session has exactly `n` peers.
+async fn wait_peers(ex: &FleetExchange, n: usize, what: &str) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let peers = ex.session().info().peers_zid().await.count();
+        if peers == n {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: {peers} peers, expected {n}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cut_links_partition_converges_after_heal() {
+    let dir = tempfile::tempdir().unwrap();
+    let (pa, pb) = (free_port(), free_port());
+    let fps = [fp(0xc1), fp(0xd2)];
+    let mut a = Node::open("robot-a", &dir.path().join("a.redb"));
+    let mut b = Node::open("robot-b", &dir.path().join("b.redb"));
+    let mut c = Node::open("robot-c", &dir.path().join("c.redb"));
+    a.join(partition_config(pa, &[pb]), &fps).await;
+    b.join(partition_config(pb, &[pa]), &fps).await;
+    // C reaches A and B only through links the test can cut: it listens nowhere and
+    // takes no gossip (it would otherwise dial A and B directly), and redials fast.
+    let (to_a, to_b) = (Cuttable::to(pa).await, Cuttable::to(pb).await);
+    let mut settings = partition_config(0, &[to_a.port, to_b.port])
+        .validate()
+        .unwrap();
+    for (k, v) in [
+        ("listen/endpoints", "[]"),
+        ("scouting/gossip/enabled", "false"),
+        (
+            "connect/retry",
+            "{ period_init_ms: 100, period_max_ms: 400, period_increase_factor: 2 }",
+        ),
+    ] {
+        settings.zenoh.insert_json5(k, v).unwrap();
+    }
+    c.join_with(settings, &fps).await;
+
+    for (i, n) in [&mut a, &mut b, &mut c].into_iter().enumerate() {
+        for f in fps {
+            for k in 0..3 {
+                n.learn(f, &[i as f64 + 0.1 * f64::from(k), 1.0]);
+            }
+        }
+    }
+    converge(&mut [&mut a, &mut b, &mut c], &[0, 1, 2], "before the cut").await;
+
+    // Cut: C's links drop; every node keeps running, learning and publishing (C's puts
+    // go nowhere).
+    to_a.set_cut(true);
+    to_b.set_cut(true);
+    let c_ex = &c.exchange.as_ref().unwrap().0;
+    wait_peers(c_ex, 0, "C after the cut").await;
+    for round in 0..4 {
+        for f in fps {
+            a.learn(f, &[0.5, f64::from(round)]);
+            b.learn(f, &[-0.5, f64::from(round)]);
+            c.learn(f, &[3.0, -f64::from(round)]);
+        }
+    }
+    converge(&mut [&mut a, &mut b, &mut c], &[0, 1], "A|B side").await;
+    // Give C's side the same time: it must not see A's or B's new records.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    c.drain();
+    for f in fps {
+        assert_eq!(a.view[&(f, "robot-c".to_owned())].seq, Seq(3));
+        assert_eq!(c.view[&(f, "robot-a".to_owned())].seq, Seq(3));
+        assert_eq!(c.view[&(f, "robot-c".to_owned())].seq, Seq(7));
+    }
+
+    // Heal: the links come back; nothing restarts.
+    let healing = Instant::now();
+    to_a.set_cut(false);
+    to_b.set_cut(false);
+    converge(
+        &mut [&mut a, &mut b, &mut c],
+        &[0, 1, 2],
+        "after the links healed",
+    )
+    .await;
+    let heal = healing.elapsed();
+    for n in [&a, &b, &c] {
+        assert_eq!(n.view.len(), 6);
+    }
+    println!(
+        "cut-links partition test: healed (C redials every <= 400 ms, anti-entropy 200 ms) \
+         in {:.0} ms",
         heal.as_secs_f64() * 1e3
     );
     a.leave().await;
