@@ -75,8 +75,9 @@ enum Command {
         follow: bool,
     },
     /// Restores own records from the store at PATH, then records synthetic outcomes round
-    /// robin over `fingerprints` addresses forever, each committed durably (`put_own`)
-    /// before `acked <fingerprint> <seq> <count>` is printed. The residual of the outcome
+    /// robin over `fingerprints` addresses forever, each committed durably (`put_own`),
+    /// then published (with `--connect`), then acked on stdout as
+    /// `acked <fingerprint> <seq> <count>`. The residual of the outcome
     /// that gets seq n is (n, -n/2), so a reader can check that no outcome was counted
     /// twice or lost from a summary. For the crash-safety test (killed with SIGKILL).
     #[command(hide = true)]
