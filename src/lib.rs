@@ -4,3 +4,5 @@
 //! synthesis and the embedded store.
 
 pub mod core;
+pub mod node;
+pub mod ros;

@@ -1,0 +1,5 @@
+//! ROS 2 bindings of the node: the message types, `--ros-args` handling and the
+//! native (hiroz, rmw_zenoh wire format) and r2r runners around [`crate::node::NodeLogic`].
+
+pub mod msgs;
+pub mod type_hash;
