@@ -1,5 +1,8 @@
 //! ROS 2 bindings of the node: the message types, `--ros-args` handling and the
 //! native (hiroz, rmw_zenoh wire format) and r2r runners around [`crate::node::NodeLogic`].
 
+pub mod args;
 pub mod msgs;
+pub mod names;
+pub mod params_file;
 pub mod type_hash;
