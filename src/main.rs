@@ -1,1 +1,118 @@
-fn main() {}
+//! `qis`: the command line of qis_ros.
+
+use std::hash::BuildHasher;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+use qis_ros::core::ids::SourceId;
+use qis_ros::node::{LocalOnly, NodeLogic};
+use qis_ros::ros::native::{DEFAULT_INPUT_DEPTH, NativeConfig, NativeNode, ZenohOptions};
+use qis_ros::ros::{args, names::Names, params_file};
+
+/// Outcome memory for robot world models.
+#[derive(Parser)]
+#[command(name = "qis", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the ROS 2 node `qis_node` (native rmw_zenoh binding; accepts --ros-args).
+    Node(NodeArgs),
+}
+
+#[derive(clap::Args)]
+struct NodeArgs {
+    /// Zenoh endpoint to connect to (repeatable; default: a router on tcp/localhost:7447).
+    #[arg(long)]
+    connect: Vec<String>,
+    /// Zenoh endpoint to listen on (repeatable).
+    #[arg(long)]
+    listen: Vec<String>,
+    /// Zenoh session config file (JSON5) replacing the rmw_zenoh defaults.
+    #[arg(long)]
+    zenoh_config: Option<PathBuf>,
+    /// Zenoh mode: peer or client.
+    #[arg(long)]
+    zenoh_mode: Option<String>,
+}
+
+/// The node's default name (`-r __node:=` changes it).
+const NODE_NAME: &str = "qis_node";
+
+fn init_logging(level: Option<&str>) {
+    let filter = match level {
+        Some(l) => tracing_subscriber::EnvFilter::new(l),
+        None => tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+    };
+    tracing_subscriber::fmt().with_env_filter(filter).init();
+}
+
+/// A fresh pseudonymous source id: 64 random bits (std's per-process random hash keys).
+fn random_source_id() -> anyhow::Result<SourceId> {
+    let bits = std::collections::hash_map::RandomState::new()
+        .hash_one((std::process::id(), std::time::SystemTime::now()));
+    Ok(SourceId::new(format!("robot-{bits:016x}"))?)
+}
+
+async fn run_node(a: NodeArgs, ros: args::RosArgs) -> anyhow::Result<()> {
+    let names = Names::new(
+        ros.node_name.as_deref().unwrap_or(NODE_NAME),
+        ros.namespace.as_deref().unwrap_or("/"),
+        ros.remaps.clone(),
+    )?;
+    let params = params_file::load(&names, &ros.params_files, &ros.params)?;
+    let source = if params.source_id.is_empty() {
+        random_source_id()?
+    } else {
+        SourceId::new(params.source_id.clone())?
+    };
+    let domain_id = match std::env::var("ROS_DOMAIN_ID") {
+        Ok(v) if !v.is_empty() => v.parse().context("ROS_DOMAIN_ID must be an integer")?,
+        _ => 0,
+    };
+    tracing::info!(source = %source, fleet = %params.fleet, "starting");
+    let logic = NodeLogic::new(params, source)?;
+    let config = NativeConfig {
+        names,
+        domain_id,
+        zenoh: ZenohOptions {
+            connect: a.connect,
+            listen: a.listen,
+            config_file: a.zenoh_config,
+            mode: a.zenoh_mode,
+        },
+        input_depth: DEFAULT_INPUT_DEPTH,
+    };
+    // Until the fleet exchange is wired in, records stay local; the sender half is held
+    // so the node's record task keeps waiting instead of ending.
+    let (_records_tx, records_rx) = tokio::sync::mpsc::channel(1024);
+    let node = NativeNode::start(config, logic, Arc::new(LocalOnly), records_rx).await?;
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r?,
+        _ = term.recv() => {}
+    }
+    tracing::info!("shutting down");
+    node.shutdown().await;
+    Ok(())
+}
+
+fn main() -> anyhow::Result<()> {
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    let (ros, rest) = args::split(&argv, NODE_NAME)?;
+    let cli = Cli::parse_from(std::iter::once("qis".to_string()).chain(rest));
+    init_logging(ros.log_level.as_deref());
+    match cli.command {
+        Command::Node(a) => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?
+            .block_on(run_node(a, ros)),
+    }
+}

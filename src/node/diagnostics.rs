@@ -163,6 +163,41 @@ impl Report {
     }
 }
 
+/// Rate limit for logging rejected inputs: at most one line per kind per interval,
+/// saying how many were suppressed since (a flood of bad input must not flood the log).
+#[derive(Clone, Debug)]
+pub struct LogLimiter {
+    interval_ns: i64,
+    last: [Option<i64>; RejectKind::ALL.len()],
+    suppressed: [u64; RejectKind::ALL.len()],
+}
+
+impl LogLimiter {
+    /// At most one line per kind every `interval_ns` (monotonic time).
+    pub fn new(interval_ns: i64) -> Self {
+        LogLimiter {
+            interval_ns,
+            last: [None; RejectKind::ALL.len()],
+            suppressed: [0; RejectKind::ALL.len()],
+        }
+    }
+
+    /// `Some(suppressed since the last line)` when a line may be logged now.
+    pub fn allow(&mut self, kind: RejectKind, now_ns: i64) -> Option<u64> {
+        let i = kind.index();
+        match self.last[i] {
+            Some(t) if now_ns.saturating_sub(t) < self.interval_ns => {
+                self.suppressed[i] += 1;
+                None
+            }
+            _ => {
+                self.last[i] = Some(now_ns);
+                Some(std::mem::take(&mut self.suppressed[i]))
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -192,5 +227,15 @@ mod tests {
             );
         }
         assert!(kv.contains(&("rejected.non_finite".into(), "2".into())));
+    }
+
+    #[test]
+    fn log_limiter_suppresses_within_the_interval() {
+        let mut l = LogLimiter::new(100);
+        assert_eq!(l.allow(RejectKind::NonFinite, 0), Some(0));
+        assert_eq!(l.allow(RejectKind::NonFinite, 50), None);
+        assert_eq!(l.allow(RejectKind::NonFinite, 60), None);
+        assert_eq!(l.allow(RejectKind::Duplicate, 60), Some(0));
+        assert_eq!(l.allow(RejectKind::NonFinite, 100), Some(2));
     }
 }

@@ -10,7 +10,7 @@ pub mod pairing;
 pub mod params;
 mod residual;
 
-pub use diagnostics::{Counters, RejectKind, Report};
+pub use diagnostics::{Counters, LogLimiter, RejectKind, Report};
 pub use fleet_port::{FleetPort, LocalOnly};
 pub use input::InputError;
 pub use logic::{NodeLogic, OutcomeEffect};

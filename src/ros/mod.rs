@@ -4,5 +4,6 @@
 pub mod args;
 pub mod msgs;
 pub mod names;
+pub mod native;
 pub mod params_file;
 pub mod type_hash;
