@@ -40,6 +40,10 @@ struct NodeArgs {
     /// Zenoh mode: peer or client.
     #[arg(long)]
     zenoh_mode: Option<String>,
+    /// Run on r2r (rcl, any RMW) instead of the native binding; needs a sourced ROS 2.
+    #[cfg(feature = "r2r")]
+    #[arg(long)]
+    r2r: bool,
 }
 
 /// The node's default name (`-r __node:=` changes it).
@@ -79,6 +83,21 @@ async fn run_node(a: NodeArgs, ros: args::RosArgs) -> anyhow::Result<()> {
     };
     tracing::info!(source = %source, fleet = %params.fleet, "starting");
     let logic = NodeLogic::new(params, source)?;
+    // Until the fleet exchange is wired in, records stay local; the sender half is held
+    // so the node's record task keeps waiting instead of ending.
+    let (_records_tx, records_rx) = tokio::sync::mpsc::channel(1024);
+    #[cfg(feature = "r2r")]
+    if a.r2r {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        tokio::spawn(async move {
+            let _ = tokio::signal::ctrl_c().await;
+            flag.store(true, std::sync::atomic::Ordering::Relaxed);
+        });
+        let name = names.node().to_string();
+        qis_ros::ros::r2r_binding::run(&name, logic, Arc::new(LocalOnly), records_rx, stop).await?;
+        return Ok(());
+    }
     let config = NativeConfig {
         names,
         domain_id,
@@ -90,9 +109,6 @@ async fn run_node(a: NodeArgs, ros: args::RosArgs) -> anyhow::Result<()> {
         },
         input_depth: DEFAULT_INPUT_DEPTH,
     };
-    // Until the fleet exchange is wired in, records stay local; the sender half is held
-    // so the node's record task keeps waiting instead of ending.
-    let (_records_tx, records_rx) = tokio::sync::mpsc::channel(1024);
     let node = NativeNode::start(config, logic, Arc::new(LocalOnly), records_rx).await?;
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {

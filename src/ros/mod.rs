@@ -6,4 +6,6 @@ pub mod msgs;
 pub mod names;
 pub mod native;
 pub mod params_file;
+#[cfg(feature = "r2r")]
+pub mod r2r_binding;
 pub mod type_hash;
