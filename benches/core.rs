@@ -2,7 +2,8 @@
 //! (fingerprint + memory lookup + synthesis). The raw world model's own cost (returning
 //! its prediction unchanged) is measured in the same run as the baseline.
 //!
-//! Run: `cargo bench --bench core`; predictions/s = 1 / (time of `core_path`).
+//! Run: `cargo bench --bench core`; predictions/s = 1 / (time of `core_path`), and
+//! `core_path_cold` for a prediction right after its address changed (full pooling).
 
 use std::hint::black_box;
 
@@ -11,7 +12,7 @@ use nalgebra::DVector;
 use qis_ros::core::fingerprint::{Bins, FingerprintConfig, Fingerprinter};
 use qis_ros::core::ids::{ModelId, RecordKey, Seq, SourceId};
 use qis_ros::core::memory::{MemoryConfig, OutcomeMemory};
-use qis_ros::core::neighbors::{SKETCH_DIM, Sketch};
+use qis_ros::core::neighbors::{NeighborIndex, SKETCH_DIM, Sketch, sketch};
 use qis_ros::core::record::OutcomeRecord;
 use qis_ros::core::summary::{Decay, Summary};
 use qis_ros::core::synthesis::{Contribution, SynthesisConfig, synthesize};
@@ -110,67 +111,109 @@ fn benches(c: &mut Criterion) {
     });
 
     let model = ModelId::new("world_model/v1").expect("valid id");
-    let mut memory = OutcomeMemory::new(
-        SourceId::new("me").expect("valid id"),
-        MemoryConfig::default(),
-        cfg.decay(),
-    );
     let address = fp
         .fingerprint(&tags, &names, &values)
         .expect("valid scenario");
-    for (i, s) in sums.iter().enumerate() {
-        let key = RecordKey {
-            model: model.clone(),
-            fingerprint: address,
-            source: SourceId::new(format!("r{i}")).expect("valid id"),
-        };
-        memory.ingest(
-            &key,
-            OutcomeRecord {
-                seq: Seq(1),
-                sketch: Sketch([1; SKETCH_DIM]),
-                summary: s.clone(),
+    let populated = |estimate_ttl_s: f64| {
+        let mut memory = OutcomeMemory::new(
+            SourceId::new("me").expect("valid id"),
+            MemoryConfig {
+                estimate_ttl_s,
+                ..MemoryConfig::default()
             },
+            cfg.decay(),
         );
-    }
-    // A populated memory: many other addresses, as on a robot that has seen a lot.
-    for k in 0..10_000u32 {
-        let other = fp
-            .fingerprint(&[format!("id={k}")], &[], &[])
-            .expect("valid scenario");
-        let key = RecordKey {
-            model: model.clone(),
-            fingerprint: other,
-            source: SourceId::new("r0").expect("valid id"),
-        };
-        memory.ingest(
-            &key,
-            OutcomeRecord {
-                seq: Seq(1),
-                sketch: Sketch([1; SKETCH_DIM]),
-                summary: sums[0].clone(),
-            },
-        );
-    }
-    g.bench_function("core_path", |b| {
-        b.iter(|| {
-            let address = fp
-                .fingerprint(black_box(&tags), &names, &values)
+        for (i, s) in sums.iter().enumerate() {
+            let key = RecordKey {
+                model: model.clone(),
+                fingerprint: address,
+                source: SourceId::new(format!("r{i}")).expect("valid id"),
+            };
+            memory.ingest(
+                &key,
+                OutcomeRecord {
+                    seq: Seq(1),
+                    sketch: Sketch([1; SKETCH_DIM]),
+                    summary: s.clone(),
+                },
+            );
+        }
+        // Many other addresses, as on a robot that has seen a lot.
+        for k in 0..10_000u32 {
+            let other = fp
+                .fingerprint(&[format!("id={k}")], &[], &[])
                 .expect("valid scenario");
-            memory
-                .prior(
-                    &cfg,
-                    &model,
-                    &address,
-                    &[],
-                    black_box(&x),
-                    None,
-                    &|_| 1.0,
-                    100_000_000,
-                )
-                .expect("valid")
+            let key = RecordKey {
+                model: model.clone(),
+                fingerprint: other,
+                source: SourceId::new("r0").expect("valid id"),
+            };
+            memory.ingest(
+                &key,
+                OutcomeRecord {
+                    seq: Seq(1),
+                    sketch: Sketch([1; SKETCH_DIM]),
+                    summary: sums[0].clone(),
+                },
+            );
+        }
+        memory
+    };
+    // Steady state: the address's records did not change since the last prediction, so
+    // the pooled estimate is reused (what a robot sees between fleet updates).
+    // Cold: every prediction pools all sources again (after every change, or ttl 0).
+    for (name, ttl) in [("core_path", 1.0), ("core_path_cold", 0.0)] {
+        let mut memory = populated(ttl);
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                let address = fp
+                    .fingerprint(black_box(&tags), &names, &values)
+                    .expect("valid scenario");
+                memory
+                    .prior(
+                        &cfg,
+                        &model,
+                        &address,
+                        &[],
+                        black_box(&x),
+                        None,
+                        &|_| 1.0,
+                        100_000_000,
+                    )
+                    .expect("valid")
+            })
+        });
+    }
+
+    let mut index = NeighborIndex::new();
+    let mut sketches = Vec::new();
+    for k in 0..10_000i64 {
+        let c = fp
+            .canonicalize(
+                &[format!("surface=s{}", k % 50)],
+                &names[..1],
+                &[k as f64 / 50.0],
+            )
+            .expect("valid scenario");
+        let s = sketch(&c, &[]).expect("finite");
+        index
+            .insert(&model, c.fingerprint(), &s)
+            .expect("faiss insert");
+        sketches.push(s);
+    }
+    g.bench_function("neighbors_k8_of_10k", |b| {
+        let mut i = 0;
+        b.iter(|| {
+            i = (i + 1) % sketches.len();
+            index
+                .nearest(&model, black_box(&sketches[i]), 8)
+                .expect("faiss search")
         })
     });
+    let canonical = fp
+        .canonicalize(&tags, &names, &values)
+        .expect("valid scenario");
+    g.bench_function("sketch", |b| b.iter(|| sketch(black_box(&canonical), &[])));
     g.finish();
 }
 

@@ -14,7 +14,9 @@ use super::ids::{Fingerprint, ModelId, RecordKey, Seq, SourceId};
 use super::neighbors::Sketch;
 use super::record::OutcomeRecord;
 use super::summary::{Decay, Summary, SummaryError};
-use super::synthesis::{Contribution, Prior, SynthesisConfig, SynthesisError, synthesize};
+use super::synthesis::{
+    Contribution, FleetEstimate, Prior, SynthesisConfig, SynthesisError, estimate, synthesize,
+};
 
 /// Bounds of the in-memory outcome memory.
 #[derive(Clone, Debug, PartialEq, Deserialize)]
@@ -22,12 +24,17 @@ use super::synthesis::{Contribution, Prior, SynthesisConfig, SynthesisError, syn
 pub struct MemoryConfig {
     /// Most received (fleet) records kept; least recently used are dropped beyond it.
     pub max_received_records: usize,
+    /// How long (seconds, in the caller's clock) a pooled fleet estimate is reused for an
+    /// address whose records did not change; it bounds staleness from decay and trust
+    /// updates. 0 disables the cache.
+    pub estimate_ttl_s: f64,
 }
 
 impl Default for MemoryConfig {
     fn default() -> Self {
         MemoryConfig {
             max_received_records: 100_000,
+            estimate_ttl_s: 1.0,
         }
     }
 }
@@ -77,6 +84,9 @@ pub struct Address {
     pub own: Option<(Seq, Summary)>,
     /// Latest record per other source.
     pub received: Vec<SourceRecord>,
+    /// Last pooled estimate (exact address only) and when it was computed; dropped on
+    /// any change to this address's records.
+    cached: Option<(i64, FleetEstimate)>,
 }
 
 impl Address {
@@ -144,6 +154,7 @@ impl OutcomeMemory {
         let decay = self.decay;
         let addr = self.entry(model, fingerprint);
         addr.sketch.get_or_insert(sketch);
+        addr.cached = None;
         let (seq, summary) = match &mut addr.own {
             Some((seq, s)) => {
                 s.add(residual, t_ns, decay)?;
@@ -173,6 +184,7 @@ impl OutcomeMemory {
         let addr = self.entry(model, fingerprint);
         addr.sketch.get_or_insert(record.sketch);
         if addr.own.as_ref().is_none_or(|(seq, _)| *seq < record.seq) {
+            addr.cached = None;
             addr.own = Some((record.seq, record.summary));
         }
     }
@@ -192,12 +204,14 @@ impl OutcomeMemory {
         match addr.received.iter_mut().find(|r| r.source == key.source) {
             Some(r) if r.seq >= record.seq => Ingest::Stale,
             Some(r) => {
+                addr.cached = None;
                 r.seq = record.seq;
                 r.summary = record.summary;
                 r.last_used = tick;
                 Ingest::Stored
             }
             None => {
+                addr.cached = None;
                 addr.received.push(SourceRecord {
                     source: key.source.clone(),
                     seq: record.seq,
@@ -233,6 +247,7 @@ impl OutcomeMemory {
                 continue;
             }
             addr.received.swap_remove(pos);
+            addr.cached = None;
             self.received_len -= 1;
             if addr.own.is_none() && addr.received.is_empty() {
                 per_model.remove(&key.fingerprint);
@@ -288,24 +303,35 @@ impl OutcomeMemory {
     ) -> Result<Prior, MemoryError> {
         self.tick += 1;
         let tick = self.tick;
+        let ttl_ns = (self.config.estimate_ttl_s * 1e9) as i64;
+        let n = predicted.len();
         let Some(per_model) = self.models.get_mut(model.as_str()) else {
             return Ok(synthesize(config, predicted, predicted_cov, &[], now_ns)?);
         };
         // Mark use first (a cheap tick store), then borrow immutably for the synthesis.
-        for fp in std::iter::once(fingerprint).chain(neighbors.iter().map(|n| &n.0)) {
+        if let Some(a) = per_model.get_mut(fingerprint) {
+            a.received.iter_mut().for_each(|r| r.last_used = tick);
+            if let Some((at, est)) = &a.cached
+                && est.dim() == n
+                && (0..ttl_ns).contains(&(now_ns - at))
+            {
+                return Ok(est.apply(config, predicted, predicted_cov)?);
+            }
+        }
+        for fp in neighbors.iter().map(|n| &n.0) {
             if let Some(a) = per_model.get_mut(fp) {
                 a.received.iter_mut().for_each(|r| r.last_used = tick);
             }
         }
-        let per_model = &*per_model;
-        let exact = per_model.get(fingerprint).map(|a| (a, 1.0, true));
+        let per_model_ref = &*per_model;
+        let exact = per_model_ref.get(fingerprint).map(|a| (a, 1.0, true));
         let near = neighbors
             .iter()
             .filter(|n| n.0 != *fingerprint)
-            .filter_map(|(fp, sim)| per_model.get(fp).map(|a| (a, f64::from(*sim), false)));
+            .filter_map(|(fp, sim)| per_model_ref.get(fp).map(|a| (a, f64::from(*sim), false)));
         let mut contributions = Vec::new();
         for (addr, similarity, exact) in exact.into_iter().chain(near) {
-            if addr.dim() != Some(predicted.len()) {
+            if addr.dim() != Some(n) {
                 continue;
             }
             if let Some((_, s)) = &addr.own {
@@ -325,7 +351,17 @@ impl OutcomeMemory {
                 });
             }
         }
-        let prior = synthesize(config, predicted, predicted_cov, &contributions, now_ns)?;
+        let est = estimate(config, n, &contributions, now_ns)?;
+        let prior = est.apply(config, predicted, predicted_cov)?;
+        drop(contributions);
+        // Only an estimate that rests on the exact address alone is reusable: a borrowed
+        // one depends on the neighbor list the caller passed.
+        if !est.borrowed
+            && ttl_ns > 0
+            && let Some(a) = per_model.get_mut(fingerprint)
+        {
+            a.cached = Some((now_ns, est));
+        }
         Ok(prior)
     }
 }
@@ -420,6 +456,7 @@ mod tests {
         let (m, _, sk) = ids();
         let cfg = MemoryConfig {
             max_received_records: 2,
+            ..Default::default()
         };
         let mut mem = OutcomeMemory::new(SourceId::new("me").unwrap(), cfg, Decay::NONE);
         let (f1, f2, f3) = (
@@ -465,5 +502,58 @@ mod tests {
             .prior(&cfg, &m, &fp, &[(near, 0.9)], &x, None, &|_| 0.0, 0)
             .unwrap();
         assert_eq!(p.support, 0, "an untrusted source contributes nothing");
+    }
+
+    #[test]
+    fn cached_estimate_is_dropped_when_records_change_or_age() {
+        let (m, _, sk) = ids();
+        let fp = Fingerprint([9; 16]);
+        let mut mem = OutcomeMemory::new(
+            SourceId::new("me").unwrap(),
+            MemoryConfig::default(),
+            Decay::NONE,
+        );
+        let cfg = SynthesisConfig {
+            half_life_s: 0.0,
+            min_support: 1.0,
+            ..Default::default()
+        };
+        let x = DVector::from_vec(vec![0.0]);
+        mem.ingest(&key("a", fp), record(1, 1.0, 10));
+        let p1 = mem
+            .prior(&cfg, &m, &fp, &[], &x, None, &|_| 1.0, 0)
+            .unwrap();
+        // Same answer from the cache, and for a different prediction the same correction.
+        let p2 = mem
+            .prior(&cfg, &m, &fp, &[], &x, None, &|_| 1.0, 10)
+            .unwrap();
+        assert_eq!(p1, p2);
+        let y = DVector::from_vec(vec![5.0]);
+        let p3 = mem
+            .prior(&cfg, &m, &fp, &[], &y, None, &|_| 1.0, 20)
+            .unwrap();
+        assert_eq!(p3.correction, p1.correction);
+        assert!((p3.state[0] - 5.0 - p1.correction[0]).abs() < 1e-12);
+        // A newer record invalidates at once.
+        mem.ingest(&key("a", fp), record(2, 3.0, 10));
+        let p4 = mem
+            .prior(&cfg, &m, &fp, &[], &x, None, &|_| 1.0, 30)
+            .unwrap();
+        assert!(p4.correction[0] > p1.correction[0] + 1.0);
+        // So does an own outcome.
+        mem.record_outcome(&m, fp, sk, &[-50.0], 40).unwrap();
+        let p5 = mem
+            .prior(&cfg, &m, &fp, &[], &x, None, &|_| 1.0, 50)
+            .unwrap();
+        assert_ne!(p5.support, p4.support);
+        // Trust changes are picked up once the estimate ages past the ttl (1 s).
+        let p6 = mem
+            .prior(&cfg, &m, &fp, &[], &x, None, &|_| 0.0, 60)
+            .unwrap();
+        assert_eq!(p6, p5);
+        let p7 = mem
+            .prior(&cfg, &m, &fp, &[], &x, None, &|_| 0.0, 2_000_000_000)
+            .unwrap();
+        assert_eq!(p7.sources, 1, "only the own summary is left at trust 0");
     }
 }

@@ -204,6 +204,30 @@ pub struct Prior {
     pub weights: Vec<f64>,
 }
 
+/// What the fleet says about an address, independent of the prediction it corrects:
+/// the bounded correction, the residual covariance and the support behind them. Computing
+/// it is the expensive part of a synthesis; applying it to a prediction is cheap, so the
+/// memory caches it per address.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FleetEstimate {
+    /// w · μ, clamped per dimension (zeros when nothing contributed).
+    pub correction: DVector<f64>,
+    /// Pooled residual covariance, inflated by (1 + 1/n_eff) for the mean's own error.
+    pub residual_cov: DMatrix<f64>,
+    /// Shrinkage weight w in [0, 1).
+    pub confidence: f64,
+    /// Outcomes behind the correction.
+    pub support: u64,
+    /// Distinct sources behind it.
+    pub sources: u32,
+    /// Which addresses contributed.
+    pub matched: Match,
+    /// Final weight of each contribution, in input order.
+    pub weights: Vec<f64>,
+    /// Whether exact support was below `min_support`, so neighbors were eligible.
+    pub borrowed: bool,
+}
+
 /// Computes the corrected prior for `predicted` (covariance `predicted_cov`, n × n, or
 /// `None` for the configured default) from the contributions, as seen at `now_ns`.
 pub fn synthesize(
@@ -213,15 +237,22 @@ pub fn synthesize(
     contributions: &[Contribution<'_>],
     now_ns: i64,
 ) -> Result<Prior, SynthesisError> {
-    let n = predicted.len();
-    if let Some(p) = predicted_cov
-        && (p.nrows() != n || p.ncols() != n)
-    {
-        return Err(SynthesisError::BadCovariance {
-            rows: p.nrows(),
-            cols: p.ncols(),
-            n,
-        });
+    estimate(config, predicted.len(), contributions, now_ns)?.apply(
+        config,
+        predicted,
+        predicted_cov,
+    )
+}
+
+/// Pools the contributions into the fleet's estimate for state dimension `n` at `now_ns`.
+pub fn estimate(
+    config: &SynthesisConfig,
+    n: usize,
+    contributions: &[Contribution<'_>],
+    now_ns: i64,
+) -> Result<FleetEstimate, SynthesisError> {
+    if n == 0 || n > super::MAX_STATE_DIM {
+        return Err(SynthesisError::BadDimension { dim: n });
     }
     for (index, c) in contributions.iter().enumerate() {
         if c.summary.dim() != n {
@@ -255,9 +286,6 @@ pub fn synthesize(
     }
     down_weight_outliers(config.outlier_z, contributions, &mut weights);
 
-    if n == 0 || n > super::MAX_STATE_DIM {
-        return Err(SynthesisError::BadDimension { dim: n });
-    }
     // Pooling by hand rather than by Summary::merge: same algebra (decay cancels in
     // M2/W, so each source enters as mean μ_s and covariance C_s = M2_s / W_s at its
     // final weight), but with two buffers instead of allocations per source.
@@ -273,19 +301,16 @@ pub fn synthesize(
         sources += 1;
         used_neighbor |= !c.exact;
     }
-    let prior_cov = predicted_cov
-        .cloned()
-        .unwrap_or_else(|| DMatrix::identity(n, n) * config.default_variance);
     if n_eff <= 0.0 {
-        return Ok(Prior {
-            state: predicted.clone(),
-            covariance: prior_cov,
+        return Ok(FleetEstimate {
             correction: DVector::zeros(n),
+            residual_cov: DMatrix::zeros(n, n),
+            confidence: 0.0,
             support: 0,
             sources: 0,
-            confidence: 0.0,
             matched: Match::None,
             weights,
+            borrowed: borrow,
         });
     }
     mean /= n_eff;
@@ -305,27 +330,78 @@ pub fn synthesize(
         residual_cov.ger(w, &delta, &delta, 1.0);
     }
     residual_cov /= n_eff;
+    residual_cov *= 1.0 + 1.0 / n_eff;
     let w = n_eff / (n_eff + config.prior_strength);
-    let mut correction = &mean * w;
-    for (i, c) in correction.iter_mut().enumerate() {
+    mean *= w;
+    for (i, c) in mean.iter_mut().enumerate() {
         let b = config.bound(i);
         *c = c.clamp(-b, b);
     }
-    residual_cov *= 1.0 + 1.0 / n_eff;
-    Ok(Prior {
-        state: predicted + &correction,
-        covariance: prior_cov * (1.0 - w) + residual_cov * w,
-        correction,
+    Ok(FleetEstimate {
+        correction: mean,
+        residual_cov,
+        confidence: w,
         support,
         sources,
-        confidence: w,
         matched: if used_neighbor {
             Match::Neighbor
         } else {
             Match::Exact
         },
         weights,
+        borrowed: borrow,
     })
+}
+
+impl FleetEstimate {
+    /// State dimension the estimate is for.
+    pub fn dim(&self) -> usize {
+        self.correction.len()
+    }
+
+    /// The corrected prior for one prediction.
+    pub fn apply(
+        &self,
+        config: &SynthesisConfig,
+        predicted: &DVector<f64>,
+        predicted_cov: Option<&DMatrix<f64>>,
+    ) -> Result<Prior, SynthesisError> {
+        let n = self.dim();
+        if predicted.len() != n {
+            return Err(SynthesisError::DimensionMismatch {
+                index: 0,
+                expected: predicted.len(),
+                got: n,
+            });
+        }
+        if let Some(p) = predicted_cov
+            && (p.nrows() != n || p.ncols() != n)
+        {
+            return Err(SynthesisError::BadCovariance {
+                rows: p.nrows(),
+                cols: p.ncols(),
+                n,
+            });
+        }
+        let w = self.confidence;
+        let mut covariance = match predicted_cov {
+            Some(p) => p * (1.0 - w),
+            None => DMatrix::from_diagonal_element(n, n, config.default_variance * (1.0 - w)),
+        };
+        if w > 0.0 {
+            covariance.zip_apply(&self.residual_cov, |a, b| *a += w * b);
+        }
+        Ok(Prior {
+            state: predicted + &self.correction,
+            covariance,
+            correction: self.correction.clone(),
+            support: self.support,
+            sources: self.sources,
+            confidence: w,
+            matched: self.matched,
+            weights: self.weights.clone(),
+        })
+    }
 }
 
 /// Multiplies the weight of sources whose mean is a robust outlier by (z0 / z)².

@@ -5,9 +5,11 @@ use nalgebra::{DMatrix, DVector};
 use thiserror::Error;
 
 use crate::core::MAX_STATE_DIM;
+use crate::core::discrepancy::DiscrepancyError;
 use crate::core::fingerprint::FingerprintError;
 use crate::core::ids::{IdError, MAX_NAME_LEN};
 use crate::core::memory::MemoryError;
+use crate::core::neighbors::NeighborError;
 use crate::core::synthesis::SynthesisError;
 
 use super::diagnostics::RejectKind;
@@ -116,6 +118,59 @@ impl From<FingerprintError> for InputError {
     }
 }
 
+impl From<DiscrepancyError> for InputError {
+    fn from(e: DiscrepancyError) -> Self {
+        match e {
+            DiscrepancyError::DimensionMismatch {
+                predicted,
+                measured,
+            } => InputError::DimensionMismatch {
+                what: "outcome.state (prediction's dimension)",
+                expected: predicted.to_string(),
+                got: measured,
+            },
+            DiscrepancyError::Oversized { what, len, max } => {
+                InputError::Oversized { what, len, max }
+            }
+            DiscrepancyError::NonFinite { what, index } => InputError::NonFinite {
+                what,
+                index,
+                value: f64::NAN,
+            },
+            DiscrepancyError::CovarianceShape { len, n } => InputError::DimensionMismatch {
+                what: "covariance",
+                expected: format!("0, {n} or {}", n * n),
+                got: len,
+            },
+            DiscrepancyError::NotPositiveDefinite => InputError::BadCovariance {
+                what: "covariance",
+                reason: "not symmetric positive definite".into(),
+            },
+        }
+    }
+}
+
+impl From<NeighborError> for InputError {
+    fn from(e: NeighborError) -> Self {
+        match e {
+            NeighborError::NonFiniteEmbedding { index } => InputError::NonFinite {
+                what: "scenario.embedding",
+                index,
+                value: f64::NAN,
+            },
+            NeighborError::OversizedEmbedding { len } => InputError::Oversized {
+                what: "scenario.embedding",
+                len,
+                max: crate::core::neighbors::MAX_EMBEDDING_DIM,
+            },
+            other => InputError::BadCovariance {
+                what: "scenario sketch",
+                reason: other.to_string(),
+            },
+        }
+    }
+}
+
 impl From<MemoryError> for InputError {
     fn from(e: MemoryError) -> Self {
         // Inputs are checked before they reach the memory, so these only fire when a
@@ -198,53 +253,6 @@ pub fn state(what: &'static str, values: &[f64]) -> Result<DVector<f64>, InputEr
     Ok(DVector::from_column_slice(values))
 }
 
-/// Parses a covariance given as empty (none), n (diagonal) or n·n (row-major) values.
-/// Refuses non-finite values, negative variances and asymmetric full matrices.
-pub fn covariance(
-    what: &'static str,
-    values: &[f64],
-    n: usize,
-) -> Result<Option<DMatrix<f64>>, InputError> {
-    if values.len() > MAX_STATE_DIM * MAX_STATE_DIM {
-        return Err(InputError::Oversized {
-            what,
-            len: values.len(),
-            max: MAX_STATE_DIM * MAX_STATE_DIM,
-        });
-    }
-    finite(what, values)?;
-    let m = match values.len() {
-        0 => return Ok(None),
-        l if l == n => DMatrix::from_diagonal(&DVector::from_column_slice(values)),
-        l if l == n * n => DMatrix::from_row_slice(n, n, values),
-        got => {
-            return Err(InputError::DimensionMismatch {
-                what,
-                expected: format!("0, {n} or {}", n * n),
-                got,
-            });
-        }
-    };
-    if let Some(i) = (0..n).find(|&i| m[(i, i)] < 0.0) {
-        return Err(InputError::BadCovariance {
-            what,
-            reason: format!("variance [{i}] is {} < 0", m[(i, i)]),
-        });
-    }
-    let scale = m.amax().max(1.0);
-    for i in 0..n {
-        for j in (i + 1)..n {
-            if (m[(i, j)] - m[(j, i)]).abs() > 1e-9 * scale {
-                return Err(InputError::BadCovariance {
-                    what,
-                    reason: format!("not symmetric at ({i},{j})"),
-                });
-            }
-        }
-    }
-    Ok(Some(m))
-}
-
 /// Flattens an n × n matrix row-major, as the messages carry it.
 pub fn row_major(m: &DMatrix<f64>) -> Vec<f64> {
     m.transpose().as_slice().to_vec()
@@ -253,24 +261,6 @@ pub fn row_major(m: &DMatrix<f64>) -> Vec<f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn covariance_forms() {
-        assert_eq!(covariance("c", &[], 2).unwrap(), None);
-        let d = covariance("c", &[1.0, 2.0], 2).unwrap().unwrap();
-        assert_eq!(d, DMatrix::from_row_slice(2, 2, &[1.0, 0.0, 0.0, 2.0]));
-        let f = covariance("c", &[2.0, 0.5, 0.5, 3.0], 2).unwrap().unwrap();
-        assert_eq!(f[(0, 1)], 0.5);
-        assert_eq!(row_major(&f), vec![2.0, 0.5, 0.5, 3.0]);
-        let e = covariance("c", &[1.0, 2.0, 3.0], 2).unwrap_err();
-        assert_eq!(e.kind(), RejectKind::DimensionMismatch);
-        let e = covariance("c", &[1.0, f64::NAN], 2).unwrap_err();
-        assert_eq!(e.kind(), RejectKind::NonFinite);
-        let e = covariance("c", &[1.0, -2.0], 2).unwrap_err();
-        assert_eq!(e.kind(), RejectKind::BadCovariance);
-        let e = covariance("c", &[1.0, 0.5, 0.4, 1.0], 2).unwrap_err();
-        assert_eq!(e.kind(), RejectKind::BadCovariance);
-    }
 
     #[test]
     fn state_bounds() {

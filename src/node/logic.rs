@@ -4,10 +4,11 @@
 
 use nalgebra::DVector;
 
+use crate::core::discrepancy::{Covariance, Discrepancy as Residual};
 use crate::core::fingerprint::Fingerprinter;
 use crate::core::ids::{Fingerprint, FleetName, ModelId, RecordKey, SourceId};
 use crate::core::memory::{Ingest, OutcomeMemory};
-use crate::core::neighbors::{SKETCH_DIM, Sketch};
+use crate::core::neighbors::{MAX_EMBEDDING_DIM, NeighborIndex, Sketch, sketch};
 use crate::core::record::OutcomeRecord;
 use crate::core::summary::Summary;
 use crate::core::synthesis::Match;
@@ -18,8 +19,7 @@ use crate::ros::msgs::{
 use super::diagnostics::{Counters, RejectKind, Report};
 use super::input::{self, InputError};
 use super::pairing::{PairingMiss, PairingTable, Pending};
-use super::params::{MAX_EMBEDDING_LEN, NodeParams, ParamError};
-use super::residual::residual;
+use super::params::{NodeParams, ParamError};
 
 /// Most first-encounter addresses held for the fleet exchange between two drains.
 const MAX_INTERESTS: usize = 1024;
@@ -41,24 +41,22 @@ pub struct NodeLogic {
     fleet: FleetName,
     fingerprinter: Fingerprinter,
     memory: OutcomeMemory,
+    neighbors: NeighborIndex,
     pairing: PairingTable,
     counters: Counters,
     interests: Vec<(ModelId, Fingerprint)>,
 }
 
-fn scenario_sketch(_scenario: &Scenario) -> Sketch {
-    // The locality-sensitive sketch belongs to core::neighbors, which has not landed;
-    // until it does, every address carries the all-zero sketch and no neighbor is
-    // borrowed (exact addresses only).
-    Sketch([0; SKETCH_DIM])
-}
-
-fn fingerprint_of(fingerprinter: &Fingerprinter, s: &Scenario) -> Result<Fingerprint, InputError> {
-    if s.embedding.len() > MAX_EMBEDDING_LEN {
+/// A scenario's exact address and its sketch (for neighbors).
+fn address_of(
+    fingerprinter: &Fingerprinter,
+    s: &Scenario,
+) -> Result<(Fingerprint, Sketch), InputError> {
+    if s.embedding.len() > MAX_EMBEDDING_DIM {
         return Err(InputError::Oversized {
             what: "scenario.embedding",
             len: s.embedding.len(),
-            max: MAX_EMBEDDING_LEN,
+            max: MAX_EMBEDDING_DIM,
         });
     }
     input::finite("scenario.embedding", &s.embedding)?;
@@ -69,7 +67,9 @@ fn fingerprint_of(fingerprinter: &Fingerprinter, s: &Scenario) -> Result<Fingerp
             value: s.features[index],
         });
     }
-    Ok(fingerprinter.fingerprint(&s.tags, &s.feature_names, &s.features)?)
+    let canonical = fingerprinter.canonicalize(&s.tags, &s.feature_names, &s.features)?;
+    let sk = sketch(&canonical, &s.embedding)?;
+    Ok((canonical.fingerprint(), sk))
 }
 
 impl NodeLogic {
@@ -87,6 +87,7 @@ impl NodeLogic {
             fleet,
             fingerprinter,
             memory,
+            neighbors: NeighborIndex::new(),
             pairing,
             counters: Counters::default(),
             interests: Vec::new(),
@@ -115,7 +116,23 @@ impl NodeLogic {
 
     /// Restores an own record from the store at start-up.
     pub fn restore_own(&mut self, key: &RecordKey, record: OutcomeRecord) {
+        self.index(&key.model, key.fingerprint, &record.sketch);
         self.memory.restore_own(&key.model, key.fingerprint, record);
+    }
+
+    fn index(&mut self, model: &ModelId, fingerprint: Fingerprint, sketch: &Sketch) {
+        if let Err(e) = self.neighbors.insert(model, fingerprint, sketch) {
+            // Only faiss itself can fail here; the exact address still works without it.
+            tracing::warn!(%fingerprint, "neighbor index: {e}");
+        }
+    }
+
+    /// Outcomes held at an exact address (own and received, undecayed).
+    fn exact_count(&self, model: &ModelId, fingerprint: &Fingerprint) -> u64 {
+        self.memory.address(model, fingerprint).map_or(0, |a| {
+            a.own.as_ref().map_or(0, |o| o.1.count())
+                + a.received.iter().map(|r| r.summary.count()).sum::<u64>()
+        })
     }
 
     fn count<T>(&mut self, r: Result<T, InputError>) -> Result<T, InputError> {
@@ -140,8 +157,8 @@ impl NodeLogic {
         let model = ModelId::new(p.model_id.as_str()).map_err(InputError::BadId)?;
         let predicted = input::state("state", &p.state)?;
         let n = predicted.len();
-        let predicted_cov = input::covariance("covariance", &p.covariance, n)?;
-        let fingerprint = fingerprint_of(&self.fingerprinter, &p.scenario)?;
+        let predicted_cov = Covariance::from_flat(&p.covariance, n)?;
+        let (fingerprint, sketch) = address_of(&self.fingerprinter, &p.scenario)?;
         if self.pairing.is_known(&p.episode_id) {
             return Err(InputError::Duplicate {
                 episode_id: p.episode_id.clone(),
@@ -154,13 +171,27 @@ impl NodeLogic {
         {
             self.interests.push((model.clone(), fingerprint));
         }
+        // Neighbors are searched only when the exact address is thin, which keeps the
+        // faiss search off the path of well-known scenarios.
+        let neighbors = if (self.exact_count(&model, &fingerprint) as f64)
+            < self.params.synthesis.min_support
+        {
+            self.neighbors
+                .nearest(&model, &sketch, self.params.neighbors_k)
+                .unwrap_or_else(|e| {
+                    tracing::warn!(%fingerprint, "neighbor search: {e}");
+                    Vec::new()
+                })
+        } else {
+            Vec::new()
+        };
         let prior = self.memory.prior(
             &self.params.synthesis,
             &model,
             &fingerprint,
-            &[],
+            &neighbors,
             &predicted,
-            predicted_cov.as_ref(),
+            predicted_cov.to_matrix().as_ref(),
             &|_| 1.0,
             now_ns,
         )?;
@@ -184,7 +215,7 @@ impl NodeLogic {
         let pending = Pending {
             model,
             fingerprint,
-            sketch: scenario_sketch(&p.scenario),
+            sketch,
             predicted,
             predicted_cov,
             corrected: prior.state,
@@ -214,7 +245,7 @@ impl NodeLogic {
     fn outcome(&mut self, o: &Outcome, now_ns: i64) -> Result<OutcomeEffect, InputError> {
         input::episode_id(&o.episode_id)?;
         let measured = input::state("outcome.state", &o.state)?;
-        let measured_cov = input::covariance("outcome.covariance", &o.covariance, measured.len())?;
+        let measured_cov = Covariance::from_flat(&o.covariance, measured.len())?;
         self.expire(now_ns);
         let miss = |m: PairingMiss| match m {
             PairingMiss::Duplicate => InputError::Duplicate {
@@ -225,12 +256,8 @@ impl NodeLogic {
                 episode_id: o.episode_id.clone(),
             },
         };
-        let n = self
-            .pairing
-            .get(&o.episode_id)
-            .map_err(miss)?
-            .predicted
-            .len();
+        let pending = self.pairing.get(&o.episode_id).map_err(miss)?;
+        let n = pending.predicted.len();
         if measured.len() != n {
             return Err(InputError::DimensionMismatch {
                 what: "outcome.state (prediction's dimension)",
@@ -238,20 +265,17 @@ impl NodeLogic {
                 got: measured.len(),
             });
         }
-        let p = self.pairing.take(&o.episode_id).map_err(miss)?;
-        let r = residual(
-            &p.predicted,
-            &measured,
-            p.predicted_cov.as_ref(),
-            measured_cov.as_ref(),
-        );
-        let record = self.memory.record_outcome(
-            &p.model,
-            p.fingerprint,
-            p.sketch,
-            r.residual.as_slice(),
-            now_ns,
+        // Computed before the prediction is taken: a refused outcome leaves it pending.
+        let r = Residual::compute(
+            pending.predicted.as_slice(),
+            &o.state,
+            &pending.predicted_cov.sum(&measured_cov),
         )?;
+        let p = self.pairing.take(&o.episode_id).map_err(miss)?;
+        let record =
+            self.memory
+                .record_outcome(&p.model, p.fingerprint, p.sketch, &r.residual, now_ns)?;
+        self.index(&p.model, p.fingerprint, &p.sketch);
         self.counters.outcomes += 1;
         self.counters.raw_error_sum += r.error_norm;
         self.counters.corrected_error_sum += (&measured - &p.corrected).norm();
@@ -262,7 +286,7 @@ impl NodeLogic {
             episode_id: o.episode_id.clone(),
             model_id: p.model.as_str().to_owned(),
             fingerprint: p.fingerprint.to_hex(),
-            residual: r.residual.as_slice().to_vec(),
+            residual: r.residual,
             error_norm: r.error_norm,
             mahalanobis: r.mahalanobis,
         };
@@ -283,9 +307,13 @@ impl NodeLogic {
 
     /// Merges a record received from the fleet.
     pub fn on_record(&mut self, key: &RecordKey, record: OutcomeRecord) -> Ingest {
+        let sketch = record.sketch;
         let r = self.memory.ingest(key, record);
         match r {
-            Ingest::Stored => self.counters.records_received += 1,
+            Ingest::Stored => {
+                self.counters.records_received += 1;
+                self.index(&key.model, key.fingerprint, &sketch);
+            }
             // A replay of what is held is the normal result of anti-entropy, not an error.
             Ingest::Stale => {}
             Ingest::OwnSource | Ingest::DimensionConflict => {
@@ -325,7 +353,7 @@ impl NodeLogic {
 
     fn query_inner(&mut self, q: &QueryRequest, now_ns: i64) -> Result<QueryResponse, InputError> {
         let model = ModelId::new(q.model_id.as_str()).map_err(InputError::BadId)?;
-        let fingerprint = fingerprint_of(&self.fingerprinter, &q.scenario)?;
+        let (fingerprint, _) = address_of(&self.fingerprinter, &q.scenario)?;
         let mut out = QueryResponse {
             fingerprint: fingerprint.to_hex(),
             ..QueryResponse::default()

@@ -8,7 +8,6 @@ pub mod input;
 pub mod logic;
 pub mod pairing;
 pub mod params;
-mod residual;
 
 pub use diagnostics::{Counters, LogLimiter, RejectKind, Report};
 pub use fleet_port::{FleetPort, LocalOnly};

@@ -5,8 +5,9 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 
-use nalgebra::{DMatrix, DVector};
+use nalgebra::DVector;
 
+use crate::core::discrepancy::Covariance;
 use crate::core::ids::{Fingerprint, ModelId};
 use crate::core::neighbors::Sketch;
 
@@ -21,8 +22,8 @@ pub struct Pending {
     pub sketch: Sketch,
     /// Predicted state.
     pub predicted: DVector<f64>,
-    /// Predicted covariance, if given.
-    pub predicted_cov: Option<DMatrix<f64>>,
+    /// Predicted covariance (may be absent).
+    pub predicted_cov: Covariance,
     /// The corrected prior that was published for it.
     pub corrected: DVector<f64>,
     /// Node time at arrival, ns.
@@ -157,7 +158,7 @@ mod tests {
             fingerprint: Fingerprint([0; 16]),
             sketch: Sketch([0; 32]),
             predicted: DVector::from_vec(vec![0.0]),
-            predicted_cov: None,
+            predicted_cov: Covariance::None,
             corrected: DVector::from_vec(vec![0.0]),
             arrived_ns: t,
         }

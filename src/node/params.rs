@@ -20,8 +20,6 @@ pub const DEFAULT_NEIGHBORS_K: usize = 8;
 pub const DEFAULT_MIN_COUNT_TO_SHARE: u64 = 1;
 /// Default fleet name.
 pub const DEFAULT_FLEET: &str = "default";
-/// Longest embedding accepted, in components.
-pub const MAX_EMBEDDING_LEN: usize = 4096;
 
 /// Everything `qis_node` can be configured with (`qis_node: ros__parameters:`).
 #[derive(Clone, Debug, PartialEq, Deserialize)]

@@ -265,3 +265,51 @@ fn invalid_params_are_refused_by_name() {
     let err = NodeLogic::new(params, SourceId::new("r").unwrap()).unwrap_err();
     assert_eq!(err.param, "diagnostics_period_s");
 }
+
+#[test]
+fn a_thin_address_borrows_from_a_similar_one() {
+    let mut params = NodeParams::default();
+    params.fingerprint = serde_yaml_ng::from_str("features: {speed: {width: 1.0}}").unwrap();
+    let mut a = node("robot-a", params.clone());
+    let mut b = node("robot-b", params);
+    let at = |ep: &str, speed: f64| Prediction {
+        scenario: Scenario {
+            tags: vec!["surface=ice".into(), "weather=snow".into()],
+            feature_names: vec!["speed".into()],
+            features: vec![speed],
+            embedding: vec![],
+        },
+        ..prediction(ep, "", &[0.0])
+    };
+    let mut last = None;
+    for i in 0..30 {
+        let ep = format!("a{i}");
+        a.on_prediction(&at(&ep, 3.5), i * S).unwrap();
+        last = a
+            .on_outcome(&outcome(&ep, &[1.0]), i * S + 1)
+            .unwrap()
+            .record_to_publish;
+    }
+    let (key, rec) = last.unwrap();
+    b.on_record(&key, rec);
+    // Speed 4.5 is the next bin: a different address, but a near one.
+    let p = b.on_prediction(&at("b0", 4.5), 40 * S).unwrap();
+    assert_ne!(p.fingerprint, key.fingerprint.to_hex());
+    assert_eq!(p.r#match, crate::ros::msgs::CorrectedPrior::MATCH_NEIGHBOR);
+    assert!(p.correction[0] > 0.1, "{:?}", p.correction);
+    // A different surface is not borrowed from... or only weakly.
+    let far = Prediction {
+        scenario: Scenario {
+            tags: vec!["surface=sand".into()],
+            ..Scenario::default()
+        },
+        ..prediction("b1", "", &[0.0])
+    };
+    let f = b.on_prediction(&far, 41 * S).unwrap();
+    assert!(
+        f.correction[0] < p.correction[0],
+        "{:?} vs {:?}",
+        f.correction,
+        p.correction
+    );
+}
