@@ -268,8 +268,10 @@ fn invalid_params_are_refused_by_name() {
 
 #[test]
 fn a_thin_address_borrows_from_a_similar_one() {
-    let mut params = NodeParams::default();
-    params.fingerprint = serde_yaml_ng::from_str("features: {speed: {width: 1.0}}").unwrap();
+    let params = NodeParams {
+        fingerprint: serde_yaml_ng::from_str("features: {speed: {width: 1.0}}").unwrap(),
+        ..NodeParams::default()
+    };
     let mut a = node("robot-a", params.clone());
     let mut b = node("robot-b", params);
     let at = |ep: &str, speed: f64| Prediction {
