@@ -41,5 +41,6 @@ async fn a_python_rmw_zenoh_client_gets_field_by_field_answers() {
     let c = node.logic().lock().unwrap().report().counters;
     assert_eq!(c.predictions, 2);
     assert_eq!(c.outcomes, 1);
+    assert_eq!(c.rejected(qis_ros::node::RejectKind::Malformed), 1);
     node.shutdown().await;
 }

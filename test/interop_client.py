@@ -167,6 +167,10 @@ def main():
     check("support", (prior.support, prior.sources) == (0, 0), (prior.support, prior.sources))
     check("confidence", prior.confidence == 0.0, prior.confidence)
 
+    # Bytes that are no Prediction: the node must drop and count them, and go on.
+    session.put(key(0, args.namespace, "prediction", "qis_ros/msg/Prediction"), b"\x00\x01\x00\x00junk",
+                attachment=struct.pack("<qqB", 10_000, time.time_ns(), 16) + gid)
+
     disc, _ = until_reply(lambda: pub_out(outcome("py-1")), discrepancies, "py-1")
     r = np.array(measured) - np.array(predicted)
     s = np.array(pred_cov).reshape(2, 2) + np.diag(meas_cov)

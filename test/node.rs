@@ -10,8 +10,8 @@ use std::sync::{Arc, Mutex};
 use hiroz::Builder;
 use qis_ros::node::{NodeParams, RejectKind};
 use qis_ros::ros::msgs::{
-    CorrectedPrior, DiagnosticArray, Discrepancy, Outcome, Prediction, Query, QueryRequest,
-    Scenario,
+    Clock, CorrectedPrior, DiagnosticArray, Discrepancy, Outcome, Prediction, Query, QueryRequest,
+    Scenario, Time,
 };
 use support::*;
 use tokio::sync::mpsc;
@@ -341,5 +341,77 @@ async fn malformed_inputs_are_rejected_counted_and_reported_while_the_node_serve
     assert_eq!(get("rejected.no_prediction"), "1");
     assert_eq!(get("pending"), "1");
     assert!(get("zenoh_routers").parse::<usize>().unwrap() >= 1);
+    n.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn use_sim_time_follows_clock() {
+    let (_router, endpoint) = router().await;
+    let (to_fleet, _fleet_rx) = mpsc::channel(100);
+    let (_records_tx, rx) = mpsc::channel(100);
+    let fleet = Arc::new(ChannelFleet {
+        to: to_fleet,
+        interests: Mutex::new(vec![]),
+    });
+    let params = NodeParams {
+        use_sim_time: true,
+        pending_timeout_s: 10.0,
+        diagnostics_period_s: 0.05,
+        ..NodeParams::default()
+    };
+    let n = start_node(&endpoint, "/s", "robot-s", params, fleet, rx).await;
+    let ctx = client(&endpoint);
+    let driver = ctx.create_node("sim").build().unwrap();
+    let clock = driver.create_pub::<Clock>("/clock").build().unwrap();
+    let pred = driver
+        .create_pub::<Prediction>("/s/prediction")
+        .build()
+        .unwrap();
+    let prior = driver
+        .create_sub::<CorrectedPrior>("/s/corrected_prior")
+        .with_qos(deep_qos())
+        .build()
+        .unwrap();
+    let diag = driver
+        .create_sub::<DiagnosticArray>("/diagnostics")
+        .with_qos(deep_qos())
+        .build()
+        .unwrap();
+    assert!(clock.wait_for_subscription(1, WAIT).await);
+    assert!(pred.wait_for_subscription(1, WAIT).await);
+    let at = |sec| Clock {
+        clock: Time { sec, nanosec: 0 },
+    };
+    // Diagnostics are stamped with sim time once /clock runs.
+    clock.async_publish(&at(1_000)).await.unwrap();
+    loop {
+        let d = recv("diagnostics", diag.async_recv()).await;
+        if d.header.stamp.sec == 1_000 {
+            break;
+        }
+    }
+    pred.async_publish(&prediction("p", "k=v", &[1.0]))
+        .await
+        .unwrap();
+    recv("prior", prior.async_recv()).await;
+    assert_eq!(n.logic().lock().unwrap().report().pending, 1);
+    // Nine simulated seconds later the prediction still waits; past ten it has expired,
+    // however little wall-clock time went by.
+    clock.async_publish(&at(1_009)).await.unwrap();
+    loop {
+        let d = recv("diagnostics", diag.async_recv()).await;
+        if d.header.stamp.sec == 1_009 {
+            break;
+        }
+    }
+    assert_eq!(
+        n.logic().lock().unwrap().report().counters.pending_expired,
+        0
+    );
+    clock.async_publish(&at(1_011)).await.unwrap();
+    wait_until("sim-time expiry", || {
+        n.logic().lock().unwrap().report().counters.pending_expired == 1
+    })
+    .await;
     n.shutdown().await;
 }
