@@ -13,20 +13,23 @@ use qis_ros::ros::native::{DEFAULT_INPUT_DEPTH, NativeConfig, NativeNode, ZenohO
 use qis_ros::ros::{args, names::Names, params_file};
 
 /// Outcome memory for robot world models.
-#[derive(Parser)]
+#[derive(Debug, Parser)]
 #[command(name = "qis", version, about)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
 }
 
-#[derive(Subcommand)]
+#[derive(Debug, Subcommand)]
 enum Command {
+    /// Simulates a fleet whose world model is biased per scenario and compares the qis
+    /// corrected prior with the raw model, local-only learning and a central oracle.
+    Sim(qis_ros::sim::cli::SimArgs),
     /// Run the ROS 2 node `qis_node` (native rmw_zenoh binding; accepts --ros-args).
     Node(NodeArgs),
 }
 
-#[derive(clap::Args)]
+#[derive(Debug, clap::Args)]
 struct NodeArgs {
     /// Zenoh endpoint to connect to (repeatable; default: a router on tcp/localhost:7447).
     #[arg(long)]
@@ -49,13 +52,17 @@ struct NodeArgs {
 /// The node's default name (`-r __node:=` changes it).
 const NODE_NAME: &str = "qis_node";
 
-fn init_logging(level: Option<&str>) {
+/// Logs to stderr: `RUST_LOG`, or `level` (`--ros-args --log-level`), or `default`.
+fn init_logging(level: Option<&str>, default: &str) {
     let filter = match level {
         Some(l) => tracing_subscriber::EnvFilter::new(l),
         None => tracing_subscriber::EnvFilter::try_from_default_env()
-            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default)),
     };
-    tracing_subscriber::fmt().with_env_filter(filter).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
 }
 
 /// A fresh pseudonymous source id: 64 random bits (std's per-process random hash keys).
@@ -124,11 +131,18 @@ fn main() -> anyhow::Result<()> {
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let (ros, rest) = args::split(&argv, NODE_NAME)?;
     let cli = Cli::parse_from(std::iter::once("qis".to_string()).chain(rest));
-    init_logging(ros.log_level.as_deref());
     match cli.command {
-        Command::Node(a) => tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()?
-            .block_on(run_node(a, ros)),
+        Command::Sim(args) => {
+            init_logging(None, "error");
+            qis_ros::sim::cli::run(&args)?;
+            Ok(())
+        }
+        Command::Node(a) => {
+            init_logging(ros.log_level.as_deref(), "info");
+            tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?
+                .block_on(run_node(a, ros))
+        }
     }
 }

@@ -243,7 +243,10 @@ impl OutcomeMemory {
             };
             let used = addr.received[pos].last_used;
             if used > tick {
-                self.lru.insert(used, key);
+                // Re-queue under a fresh tick: records used by one prior() share a
+                // `last_used` tick, and re-inserting under it would overwrite all but one.
+                self.tick += 1;
+                self.lru.insert(self.tick, key);
                 continue;
             }
             addr.received.swap_remove(pos);
@@ -555,5 +558,35 @@ mod tests {
             .prior(&cfg, &m, &fp, &[], &x, None, &|_| 0.0, 2_000_000_000)
             .unwrap();
         assert_eq!(p7.sources, 1, "only the own summary is left at trust 0");
+    }
+
+    #[test]
+    fn records_used_together_stay_evictable() {
+        // Found by the simulator: records used by the same prior() once dropped out of
+        // the eviction queue for good and fresh records were evicted instead.
+        let (m, _, _) = ids();
+        let cfg = MemoryConfig {
+            max_received_records: 4,
+            ..Default::default()
+        };
+        let mut mem = OutcomeMemory::new(SourceId::new("me").unwrap(), cfg, Decay::NONE);
+        let scfg = SynthesisConfig::default();
+        let x = DVector::zeros(1);
+        let a = Fingerprint([1; 16]);
+        for s in ["s1", "s2", "s3", "s4"] {
+            mem.ingest(&key(s, a), record(1, 1.0, 1));
+        }
+        mem.prior(&scfg, &m, &a, &[], &x, None, &|_| 1.0, 0)
+            .unwrap();
+        for i in 2..12u8 {
+            let f = Fingerprint([i; 16]);
+            mem.ingest(&key(&format!("n{i}"), f), record(1, 1.0, 1));
+            mem.prior(&scfg, &m, &f, &[], &x, None, &|_| 1.0, 0)
+                .unwrap();
+        }
+        let held = |f: Fingerprint| mem.address(&m, &f).map_or(0, |x| x.received.len());
+        assert_eq!(held(a), 0, "stale records at a were never evicted");
+        assert_eq!(held(Fingerprint([11; 16])), 1);
+        assert_eq!(mem.received_len(), 4);
     }
 }

@@ -184,18 +184,29 @@ impl Store {
     /// Writes one of this robot's own records durably (fsync'd before returning). A record
     /// older than or equal to the stored one is ignored and `false` returned.
     pub fn put_own(&mut self, key: &RecordKey, record: &OutcomeRecord) -> Result<bool, StoreError> {
-        let k = key_bytes(key);
-        let bytes = record.encode()?;
+        Ok(self.put_own_batch(std::slice::from_ref(&(key.clone(), record.clone())))? == 1)
+    }
+
+    /// Writes own records in one durable transaction (one fsync for the batch); records
+    /// not newer than the stored ones are skipped. Returns how many were written.
+    pub fn put_own_batch(
+        &mut self,
+        records: &[(RecordKey, OutcomeRecord)],
+    ) -> Result<usize, StoreError> {
         let txn = self.db.begin_write().map_err(db_err)?;
-        let written = {
+        let mut written = 0;
+        {
             let mut table = txn.open_table(OWN).map_err(db_err)?;
-            let stored_seq = match table.get(k.as_slice()).map_err(db_err)? {
-                Some(v) => decode(v.value()).ok().map(|d| d.record.seq),
-                None => None,
-            };
-            if stored_seq.is_some_and(|s| s >= record.seq) {
-                false
-            } else {
+            for (key, record) in records {
+                let k = key_bytes(key);
+                let stored_seq = match table.get(k.as_slice()).map_err(db_err)? {
+                    Some(v) => decode(v.value()).ok().map(|d| d.record.seq),
+                    None => None,
+                };
+                if stored_seq.is_some_and(|s| s >= record.seq) {
+                    continue;
+                }
+                let bytes = record.encode()?;
                 if table
                     .insert(k.as_slice(), bytes.as_slice())
                     .map_err(db_err)?
@@ -203,9 +214,9 @@ impl Store {
                 {
                     self.own_len += 1;
                 }
-                true
+                written += 1;
             }
-        };
+        }
         txn.commit().map_err(db_err)?;
         Ok(written)
     }
@@ -399,6 +410,23 @@ mod tests {
         assert!(all[0].own);
         assert_eq!(all[1].record, record(4, 4.0));
         assert_eq!(s.own(&key(1, "me")).unwrap(), Some(record(2, 2.0)));
+    }
+
+    #[test]
+    fn own_batch_is_one_durable_write_keeping_newer_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("b.redb");
+        let mut s = Store::open(&path, StoreConfig::default()).unwrap();
+        let batch = [
+            (key(1, "me"), record(3, 1.0)),
+            (key(2, "me"), record(1, 2.0)),
+            (key(1, "me"), record(2, 9.0)),
+        ];
+        assert_eq!(s.put_own_batch(&batch).unwrap(), 2);
+        drop(s);
+        let s = Store::open(&path, StoreConfig::default()).unwrap();
+        assert_eq!(s.own(&key(1, "me")).unwrap(), Some(record(3, 1.0)));
+        assert_eq!(s.own_len(), 2);
     }
 
     #[test]

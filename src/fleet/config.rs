@@ -1,0 +1,330 @@
+//! Fleet exchange settings: one serde struct, defaults in one place, and `validate()`
+//! that turns it into the resolved [`FleetSettings`] the exchange runs on.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use ed25519_dalek::SigningKey;
+use serde::Deserialize;
+use thiserror::Error;
+
+use super::signing::{TrustList, parse_public_key, parse_signing_key};
+use crate::core::ids::{FleetName, SourceId};
+
+/// Default fleet name.
+pub const DEFAULT_FLEET: &str = "default";
+/// Default wait for replies to a fleet query, milliseconds.
+pub const DEFAULT_QUERY_TIMEOUT_MS: u64 = 500;
+/// Default least interval between two publications of one fingerprint's record, ms.
+pub const DEFAULT_PUBLISH_INTERVAL_MS: u64 = 100;
+/// Default number of own outcomes before a fingerprint's record is shared (privacy).
+pub const DEFAULT_MIN_COUNT_TO_SHARE: u64 = 3;
+/// Default bound on live subscriptions (followed fingerprints).
+pub const DEFAULT_MAX_LIVE_SUBSCRIPTIONS: usize = 1024;
+/// Default anti-entropy period, ms (0 disables it).
+pub const DEFAULT_ANTI_ENTROPY_PERIOD_MS: u64 = 10_000;
+/// Default capacity of the channel of received records.
+pub const DEFAULT_CHANNEL_CAPACITY: usize = 4096;
+/// The embedded default Zenoh config: peer mode on loopback (config/zenoh-peer.json5).
+pub const DEFAULT_ZENOH_CONFIG: &str = include_str!("../../config/zenoh-peer.json5");
+
+/// Fleet exchange settings as written in the node's configuration.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FleetConfig {
+    /// Name of the fleet; only records of this fleet are exchanged.
+    pub fleet: String,
+    /// Zenoh config file (Zenoh's JSON5 format); none = the embedded peer default.
+    pub zenoh_config: Option<PathBuf>,
+    /// Overrides Zenoh's `listen/endpoints` when non-empty (e.g. `tcp/127.0.0.1:7450`).
+    pub listen: Vec<String>,
+    /// Overrides Zenoh's `connect/endpoints` when non-empty.
+    pub connect: Vec<String>,
+    /// Wait for replies to a fleet query, milliseconds (> 0).
+    pub query_timeout_ms: u64,
+    /// Least interval between two publications of one fingerprint's record, ms; the
+    /// latest record wins in between.
+    pub publish_interval_ms: u64,
+    /// Own outcomes needed at a fingerprint before its record is shared (>= 1).
+    pub min_count_to_share: u64,
+    /// Most fingerprints followed live at once (>= 1); the least recently used is dropped.
+    pub max_live_subscriptions: usize,
+    /// Period of the anti-entropy re-query of followed fingerprints, ms; 0 = off.
+    pub anti_entropy_period_ms: u64,
+    /// Capacity of the channel of received records (>= 1); overflow is dropped and counted.
+    pub channel_capacity: usize,
+    /// File holding this node's ed25519 secret seed as 64 hex digits; none = unsigned.
+    pub signing_key_file: Option<PathBuf>,
+    /// Public keys (64 hex digits) pinned per source id.
+    pub trusted_sources: BTreeMap<String, String>,
+    /// Public keys (64 hex digits) that may sign for any source without a pinned key.
+    pub fleet_keys: Vec<String>,
+}
+
+impl Default for FleetConfig {
+    fn default() -> Self {
+        FleetConfig {
+            fleet: DEFAULT_FLEET.to_owned(),
+            zenoh_config: None,
+            listen: Vec::new(),
+            connect: Vec::new(),
+            query_timeout_ms: DEFAULT_QUERY_TIMEOUT_MS,
+            publish_interval_ms: DEFAULT_PUBLISH_INTERVAL_MS,
+            min_count_to_share: DEFAULT_MIN_COUNT_TO_SHARE,
+            max_live_subscriptions: DEFAULT_MAX_LIVE_SUBSCRIPTIONS,
+            anti_entropy_period_ms: DEFAULT_ANTI_ENTROPY_PERIOD_MS,
+            channel_capacity: DEFAULT_CHANNEL_CAPACITY,
+            signing_key_file: None,
+            trusted_sources: BTreeMap::new(),
+            fleet_keys: Vec::new(),
+        }
+    }
+}
+
+/// A fleet setting that is invalid (names the field).
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+#[error("fleet.{field}: {reason}")]
+pub struct FleetConfigError {
+    /// The bad field.
+    pub field: &'static str,
+    /// What is wrong, with what was found.
+    pub reason: String,
+}
+
+fn err(field: &'static str, reason: impl Into<String>) -> FleetConfigError {
+    FleetConfigError {
+        field,
+        reason: reason.into(),
+    }
+}
+
+/// Fleet settings after validation: what the exchange runs on.
+#[derive(Debug)]
+pub struct FleetSettings {
+    /// The fleet.
+    pub fleet: FleetName,
+    /// The Zenoh session config, endpoints applied.
+    pub zenoh: zenoh::Config,
+    /// Wait for replies to a fleet query.
+    pub query_timeout: Duration,
+    /// Least interval between publications of one fingerprint's record.
+    pub publish_interval: Duration,
+    /// Own outcomes needed before a record is shared.
+    pub min_count_to_share: u64,
+    /// Bound on live subscriptions.
+    pub max_live_subscriptions: usize,
+    /// Anti-entropy period; `None` = off.
+    pub anti_entropy_period: Option<Duration>,
+    /// Capacity of the received-records channel.
+    pub channel_capacity: usize,
+    /// This node's signing key, if records are signed.
+    pub signing_key: Option<SigningKey>,
+    /// Who may sign received records.
+    pub trust: TrustList,
+}
+
+fn endpoints_json(field: &'static str, eps: &[String]) -> Result<String, FleetConfigError> {
+    serde_json::to_string(eps).map_err(|e| err(field, e.to_string()))
+}
+
+impl FleetConfig {
+    /// Checks every field, reads the key and Zenoh config files, and resolves the
+    /// settings; after this the exchange trusts them.
+    pub fn validate(&self) -> Result<FleetSettings, FleetConfigError> {
+        let fleet = FleetName::new(&self.fleet).map_err(|e| err("fleet", e.to_string()))?;
+        if self.query_timeout_ms == 0 {
+            return Err(err("query_timeout_ms", "must be > 0"));
+        }
+        if self.min_count_to_share == 0 {
+            return Err(err("min_count_to_share", "must be >= 1"));
+        }
+        if self.max_live_subscriptions == 0 {
+            return Err(err("max_live_subscriptions", "must be >= 1"));
+        }
+        if self.channel_capacity == 0 {
+            return Err(err("channel_capacity", "must be >= 1"));
+        }
+        let mut zenoh = match &self.zenoh_config {
+            Some(path) => zenoh::Config::from_file(path)
+                .map_err(|e| err("zenoh_config", format!("{}: {e}", path.display())))?,
+            None => zenoh::Config::from_json5(DEFAULT_ZENOH_CONFIG)
+                .map_err(|e| err("zenoh_config", format!("embedded default: {e}")))?,
+        };
+        if !self.listen.is_empty() {
+            zenoh
+                .insert_json5("listen/endpoints", &endpoints_json("listen", &self.listen)?)
+                .map_err(|e| err("listen", e.to_string()))?;
+        }
+        if !self.connect.is_empty() {
+            zenoh
+                .insert_json5(
+                    "connect/endpoints",
+                    &endpoints_json("connect", &self.connect)?,
+                )
+                .map_err(|e| err("connect", e.to_string()))?;
+        }
+        let signing_key = match &self.signing_key_file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| err("signing_key_file", format!("{}: {e}", path.display())))?;
+                Some(
+                    parse_signing_key(&text)
+                        .map_err(|e| err("signing_key_file", format!("{}: {e}", path.display())))?,
+                )
+            }
+            None => None,
+        };
+        let mut pinned = Vec::with_capacity(self.trusted_sources.len());
+        for (source, key) in &self.trusted_sources {
+            let id = SourceId::new(source.as_str())
+                .map_err(|e| err("trusted_sources", format!("{source:?}: {e}")))?;
+            let key = parse_public_key(key)
+                .map_err(|e| err("trusted_sources", format!("{source:?}: {e}")))?;
+            pinned.push((id, key));
+        }
+        let fleet_keys = self
+            .fleet_keys
+            .iter()
+            .map(|k| parse_public_key(k).map_err(|e| err("fleet_keys", format!("{k:?}: {e}"))))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(FleetSettings {
+            fleet,
+            zenoh,
+            query_timeout: Duration::from_millis(self.query_timeout_ms),
+            publish_interval: Duration::from_millis(self.publish_interval_ms),
+            min_count_to_share: self.min_count_to_share,
+            max_live_subscriptions: self.max_live_subscriptions,
+            anti_entropy_period: (self.anti_entropy_period_ms > 0)
+                .then(|| Duration::from_millis(self.anti_entropy_period_ms)),
+            channel_capacity: self.channel_capacity,
+            signing_key,
+            trust: TrustList::new(pinned, fleet_keys),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_validate_to_loopback_peer_without_multicast() {
+        let s = FleetConfig::default().validate().unwrap();
+        assert_eq!(s.fleet.as_str(), DEFAULT_FLEET);
+        let z = &s.zenoh;
+        assert_eq!(z.get_json("mode").unwrap(), "\"peer\"");
+        assert_eq!(z.get_json("scouting/multicast/enabled").unwrap(), "false");
+        assert!(
+            z.get_json("listen/endpoints")
+                .unwrap()
+                .contains("127.0.0.1")
+        );
+        assert!(s.signing_key.is_none() && s.trust.is_empty());
+    }
+
+    #[test]
+    fn shipped_zenoh_configs_parse() {
+        for f in [
+            "zenoh-peer.json5",
+            "zenoh-client.json5",
+            "zenoh-router.json5",
+        ] {
+            let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join("config")
+                .join(f);
+            let cfg = FleetConfig {
+                zenoh_config: Some(path),
+                ..FleetConfig::default()
+            };
+            assert!(cfg.validate().is_ok(), "{f}");
+        }
+    }
+
+    #[test]
+    fn bad_fields_are_named() {
+        let bad = |c: FleetConfig| c.validate().unwrap_err().field;
+        let d = FleetConfig::default;
+        assert_eq!(
+            bad(FleetConfig {
+                fleet: String::new(),
+                ..d()
+            }),
+            "fleet"
+        );
+        assert_eq!(
+            bad(FleetConfig {
+                query_timeout_ms: 0,
+                ..d()
+            }),
+            "query_timeout_ms"
+        );
+        assert_eq!(
+            bad(FleetConfig {
+                min_count_to_share: 0,
+                ..d()
+            }),
+            "min_count_to_share"
+        );
+        assert_eq!(
+            bad(FleetConfig {
+                max_live_subscriptions: 0,
+                ..d()
+            }),
+            "max_live_subscriptions"
+        );
+        assert_eq!(
+            bad(FleetConfig {
+                channel_capacity: 0,
+                ..d()
+            }),
+            "channel_capacity"
+        );
+        assert_eq!(
+            bad(FleetConfig {
+                listen: vec!["nonsense".into()],
+                ..d()
+            }),
+            "listen"
+        );
+        assert_eq!(
+            bad(FleetConfig {
+                zenoh_config: Some("/nonexistent.json5".into()),
+                ..d()
+            }),
+            "zenoh_config"
+        );
+        assert_eq!(
+            bad(FleetConfig {
+                signing_key_file: Some("/nonexistent".into()),
+                ..d()
+            }),
+            "signing_key_file"
+        );
+        assert_eq!(
+            bad(FleetConfig {
+                fleet_keys: vec!["zz".into()],
+                ..d()
+            }),
+            "fleet_keys"
+        );
+        let mut pinned = BTreeMap::new();
+        pinned.insert("a".to_owned(), "00".repeat(31));
+        assert_eq!(
+            bad(FleetConfig {
+                trusted_sources: pinned,
+                ..d()
+            }),
+            "trusted_sources"
+        );
+    }
+
+    #[test]
+    fn unknown_fields_are_refused() {
+        let r: Result<FleetConfig, _> = serde_json::from_str(r#"{"fleet":"x","bogus":1}"#);
+        assert!(r.is_err());
+        let c: FleetConfig =
+            serde_json::from_str(r#"{"fleet":"x","min_count_to_share":1}"#).unwrap();
+        assert_eq!(c.min_count_to_share, 1);
+    }
+}

@@ -1,0 +1,402 @@
+//! The fleet exchange: this node's records out, the fleet's records in, over one Zenoh
+//! session.
+//!
+//! - Out: [`FleetExchange::publish`] seals (encodes, signs) an own record, makes it the
+//!   record the queryable serves, and queues it for a coalesced put: at most one put per
+//!   record key per `publish_interval`, latest wins, and none before the record holds
+//!   `min_count_to_share` outcomes.
+//! - In: [`FleetExchange::query`] asks `.../<fp>/*` once; [`FleetExchange::follow`] keeps
+//!   a live subscription (bounded, least recently used dropped) whose samples, and the
+//!   periodic anti-entropy re-queries, go to one bounded channel of [`Received`].
+//!   Everything received is checked (key, record, signature) and counted in
+//!   [`FleetStats`]; refused input is dropped, never a panic.
+//!
+//! Records are state (latest cumulative summary per source), so duplicates and replays
+//! are harmless: the memory keeps the highest `seq` per source.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
+use std::time::Duration;
+
+use ed25519_dalek::SigningKey;
+use thiserror::Error;
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tracing::debug;
+use zenoh::Session;
+use zenoh::handlers::FifoChannelHandler;
+use zenoh::key_expr::KeyExpr;
+use zenoh::pubsub::Subscriber;
+use zenoh::query::{Query, Queryable};
+
+use super::config::FleetSettings;
+use super::follows::Follows;
+use super::intake::{Address, HAVE_PARAMETER, Intake, Received, seq_in_digest};
+use super::keys::{address_selector, escape_chunk, record_key, source_selector};
+use super::outbox::{Outbox, Sealed, put};
+use super::signing::seal;
+use super::stats::{FleetStats, FleetStatsSnapshot, bump};
+use crate::core::ids::{Fingerprint, FleetName, ModelId, RecordKey, Seq, SourceId};
+use crate::core::record::{EncodeError, OutcomeRecord};
+
+/// Why a fleet operation failed.
+#[derive(Debug, Error)]
+pub enum FleetError {
+    /// The Zenoh session or one of its entities failed.
+    #[error("zenoh: {0}")]
+    Zenoh(String),
+    /// The record could not be encoded.
+    #[error(transparent)]
+    Encode(#[from] EncodeError),
+    /// Only this node's own records can be published.
+    #[error("cannot publish a record of source {got}: this node is {own}")]
+    NotOwnSource {
+        /// This node's source id.
+        own: String,
+        /// The source of the key given.
+        got: String,
+    },
+}
+
+fn zerr(e: impl std::fmt::Display) -> FleetError {
+    FleetError::Zenoh(e.to_string())
+}
+
+/// What [`FleetExchange::publish`] did with a record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Publish {
+    /// Served to queries now and queued for a (coalesced) put.
+    Queued,
+    /// Not shared yet: fewer own outcomes than `min_count_to_share`.
+    Withheld {
+        /// Outcomes in the record.
+        count: u64,
+        /// Outcomes needed.
+        needed: u64,
+    },
+}
+
+/// One own record as the queryable serves it.
+struct Served {
+    ke: KeyExpr<'static>,
+    seq: Seq,
+    bytes: Vec<u8>,
+}
+
+/// State shared between the exchange handle and its tasks.
+struct Shared {
+    session: Session,
+    intake: Arc<Intake>,
+    signing_key: Option<SigningKey>,
+    query_timeout: Duration,
+    min_count_to_share: u64,
+    /// Sealed own records by key, as the queryable serves them (latest per key).
+    served: RwLock<BTreeMap<String, Served>>,
+    outbox: Arc<Outbox>,
+    follows: Mutex<Follows<Address, Subscriber<()>>>,
+}
+
+/// A node's fleet exchange on one Zenoh session (see the module doc).
+pub struct FleetExchange {
+    shared: Arc<Shared>,
+    tasks: JoinSet<()>,
+}
+
+/// Locks a mutex even if a panicking thread poisoned it: the data stays consistent
+/// because every critical section here is a few map operations.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl FleetExchange {
+    /// Opens a Zenoh session with `settings.zenoh` and starts the exchange for source
+    /// `own`; returns it with the receiving end of the channel of [`Received`] records.
+    pub async fn start(
+        settings: FleetSettings,
+        own: SourceId,
+    ) -> Result<(FleetExchange, mpsc::Receiver<Received>), FleetError> {
+        let session = zenoh::open(settings.zenoh.clone()).await.map_err(zerr)?;
+        Self::with_session(session, settings, own).await
+    }
+
+    /// Starts the exchange on an already open session (`settings.zenoh` is not used).
+    pub async fn with_session(
+        session: Session,
+        settings: FleetSettings,
+        own: SourceId,
+    ) -> Result<(FleetExchange, mpsc::Receiver<Received>), FleetError> {
+        let (tx, rx) = mpsc::channel(settings.channel_capacity);
+        let intake = Arc::new(Intake {
+            fleet: settings.fleet.clone(),
+            own: own.clone(),
+            trust: settings.trust,
+            stats: Arc::new(FleetStats::default()),
+            tx,
+            digests: Default::default(),
+        });
+        let queryable = session
+            .declare_queryable(source_selector(&settings.fleet, &own))
+            .await
+            .map_err(zerr)?;
+        let shared = Arc::new(Shared {
+            session,
+            intake,
+            signing_key: settings.signing_key,
+            query_timeout: settings.query_timeout,
+            min_count_to_share: settings.min_count_to_share,
+            served: RwLock::new(BTreeMap::new()),
+            outbox: Arc::new(Outbox::new(settings.publish_interval)),
+            follows: Mutex::new(Follows::new(settings.max_live_subscriptions)),
+        });
+        let mut tasks = JoinSet::new();
+        tasks.spawn(serve_queries(shared.clone(), queryable));
+        tasks.spawn(
+            shared
+                .outbox
+                .clone()
+                .run(shared.session.clone(), shared.intake.stats.clone()),
+        );
+        if let Some(period) = settings.anti_entropy_period {
+            tasks.spawn(run_anti_entropy(shared.clone(), period));
+        }
+        Ok((FleetExchange { shared, tasks }, rx))
+    }
+
+    /// This node's source id.
+    pub fn own_source(&self) -> &SourceId {
+        &self.shared.intake.own
+    }
+
+    /// The fleet this exchange belongs to.
+    pub fn fleet(&self) -> &FleetName {
+        &self.shared.intake.fleet
+    }
+
+    /// The Zenoh session (for diagnostics such as peer lists).
+    pub fn session(&self) -> &Session {
+        &self.shared.session
+    }
+
+    /// The exchange's counters now.
+    pub fn stats(&self) -> FleetStatsSnapshot {
+        self.shared.intake.stats.snapshot()
+    }
+
+    /// Seals an own record and makes it the one served; `None` while withheld.
+    fn seal_own(
+        &self,
+        key: &RecordKey,
+        record: &OutcomeRecord,
+    ) -> Result<Option<Sealed>, FleetError> {
+        let own = &self.shared.intake.own;
+        if key.source != *own {
+            return Err(FleetError::NotOwnSource {
+                own: own.to_string(),
+                got: key.source.to_string(),
+            });
+        }
+        if record.summary.count() < self.shared.min_count_to_share {
+            return Ok(None);
+        }
+        let ke = record_key(&self.shared.intake.fleet, key);
+        let bytes = seal(record, &ke, self.shared.signing_key.as_ref())?;
+        let parsed = KeyExpr::try_from(ke.clone()).map_err(zerr)?;
+        self.shared
+            .served
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(
+                ke.clone(),
+                Served {
+                    ke: parsed,
+                    seq: record.seq,
+                    bytes: bytes.clone(),
+                },
+            );
+        Ok(Some((ke, bytes)))
+    }
+
+    /// Shares a new version of one of this node's records: served to queries at once and
+    /// put on the network coalesced (see the module doc). Never blocks on the network.
+    pub fn publish(&self, key: &RecordKey, record: &OutcomeRecord) -> Result<Publish, FleetError> {
+        let Some((ke, bytes)) = self.seal_own(key, record)? else {
+            bump(&self.shared.intake.stats.withheld, 1);
+            return Ok(Publish::Withheld {
+                count: record.summary.count(),
+                needed: self.shared.min_count_to_share,
+            });
+        };
+        self.shared.outbox.queue(key.clone(), (ke, bytes));
+        Ok(Publish::Queued)
+    }
+
+    /// Serves an own record (restored from the store at start-up) to queries without
+    /// putting it on the network; withheld below `min_count_to_share` like `publish`.
+    pub fn serve_own(&self, key: &RecordKey, record: &OutcomeRecord) -> Result<bool, FleetError> {
+        Ok(self.seal_own(key, record)?.is_some())
+    }
+
+    /// Asks the fleet once for every source's record at (model, fingerprint); waits at
+    /// most the configured query timeout. Returns the checked records, newest per source.
+    pub async fn query(
+        &self,
+        model: &ModelId,
+        fingerprint: &Fingerprint,
+    ) -> Result<Vec<Received>, FleetError> {
+        self.query_with_timeout(model, fingerprint, self.shared.query_timeout)
+            .await
+    }
+
+    /// Like [`query`](Self::query) with an explicit timeout.
+    pub async fn query_with_timeout(
+        &self,
+        model: &ModelId,
+        fingerprint: &Fingerprint,
+        timeout: Duration,
+    ) -> Result<Vec<Received>, FleetError> {
+        let shared = &self.shared;
+        shared
+            .intake
+            .query(&shared.session, model, fingerprint, None, timeout)
+            .await
+    }
+
+    /// Subscribes to live updates of (model, fingerprint); received records go to the
+    /// channel. Returns true when a new subscription was declared (false: already
+    /// followed, now marked recently used). Beyond `max_live_subscriptions` the least
+    /// recently used subscription is dropped.
+    pub async fn follow(
+        &self,
+        model: &ModelId,
+        fingerprint: &Fingerprint,
+    ) -> Result<bool, FleetError> {
+        let id = (model.clone(), *fingerprint);
+        if lock(&self.shared.follows).touch(&id) {
+            return Ok(false);
+        }
+        let intake = self.shared.intake.clone();
+        let subscriber = self
+            .shared
+            .session
+            .declare_subscriber(address_selector(&intake.fleet, model, fingerprint))
+            .callback(move |sample| intake.on_sample(&sample))
+            .await
+            .map_err(zerr)?;
+        // A concurrent follow of the same address may have won: then ours is returned
+        // and dropped (undeclared) here, outside the lock.
+        let (duplicate, evicted) = lock(&self.shared.follows).insert(id.clone(), subscriber);
+        if duplicate.is_none() {
+            self.shared.intake.track(id);
+        }
+        for (address, _) in &evicted {
+            self.shared.intake.untrack(address);
+            debug!(model_id = %address.0, fingerprint = %address.1, "fleet: dropped least recently used subscription");
+        }
+        Ok(duplicate.is_none())
+    }
+
+    /// Stops following (model, fingerprint); true if it was followed.
+    pub fn unfollow(&self, model: &ModelId, fingerprint: &Fingerprint) -> bool {
+        let address = (model.clone(), *fingerprint);
+        self.shared.intake.untrack(&address);
+        lock(&self.shared.follows).remove(&address).is_some()
+    }
+
+    /// The addresses followed live now.
+    pub fn followed(&self) -> Vec<Address> {
+        followed(&self.shared)
+    }
+
+    /// Puts every queued record now, ignoring the coalescing interval (for shutdown).
+    pub async fn flush(&self) -> Result<(), FleetError> {
+        let shared = &self.shared;
+        for (_, (ke, bytes)) in shared.outbox.take_all() {
+            put(&shared.session, &shared.intake.stats, &ke, bytes).await?;
+        }
+        Ok(())
+    }
+
+    /// Flushes the queue, stops the tasks and closes the session (also a session given
+    /// to [`with_session`](Self::with_session)).
+    pub async fn close(mut self) -> Result<(), FleetError> {
+        let flushed = self.flush().await;
+        self.tasks.shutdown().await;
+        lock(&self.shared.follows).clear();
+        self.shared.session.close().await.map_err(zerr)?;
+        flushed
+    }
+}
+
+fn followed(shared: &Shared) -> Vec<Address> {
+    lock(&shared.follows).keys()
+}
+
+/// Answers queries for this node's own records from `served`, skipping a record the
+/// querier's `have` digest shows it already holds.
+async fn serve_queries(shared: Arc<Shared>, queryable: Queryable<FifoChannelHandler<Query>>) {
+    let mut own_escaped = String::new();
+    escape_chunk(shared.intake.own.as_str(), &mut own_escaped);
+    while let Ok(query) = queryable.recv_async().await {
+        let held = query
+            .parameters()
+            .get(HAVE_PARAMETER)
+            .and_then(|have| seq_in_digest(have, &own_escaped));
+        let asked = query.key_expr().clone();
+        // Keys are ordered as text: start at the longest literal prefix of the query.
+        let literal = asked
+            .as_str()
+            .find(['*', '$'])
+            .map_or(asked.as_str(), |i| &asked.as_str()[..i]);
+        let matching: Vec<(KeyExpr<'static>, Vec<u8>)> = {
+            let served = shared.served.read().unwrap_or_else(PoisonError::into_inner);
+            served
+                .range(literal.to_owned()..)
+                .take_while(|(k, _)| k.starts_with(literal))
+                .filter(|(_, r)| asked.intersects(&r.ke) && held.is_none_or(|h| h < r.seq))
+                .map(|(_, r)| (r.ke.clone(), r.bytes.clone()))
+                .collect()
+        };
+        for (ke, bytes) in matching {
+            let len = bytes.len() as u64;
+            if let Err(e) = query.reply(ke, bytes).await {
+                debug!(error = %e, "fleet: reply failed");
+                break;
+            }
+            bump(&shared.intake.stats.bytes_out, len);
+        }
+    }
+}
+
+/// Re-queries every followed address each period with its digest and feeds the
+/// channel, so missed samples and healed partitions converge; peers send only records
+/// newer than the digest (storages, which ignore it, resend; replays are stale and
+/// ignored downstream).
+async fn run_anti_entropy(shared: Arc<Shared>, period: Duration) {
+    let mut ticker = tokio::time::interval(period);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticker.tick().await;
+    loop {
+        ticker.tick().await;
+        for address in followed(&shared) {
+            let (model, fp) = &address;
+            let have = shared.intake.have(&address);
+            let got = shared
+                .intake
+                .query(&shared.session, model, fp, have, shared.query_timeout)
+                .await;
+            match got {
+                Ok(records) => {
+                    for r in records {
+                        if shared.intake.tx.send(r).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+                Err(e) => {
+                    debug!(model_id = %model, fingerprint = %fp, error = %e, "fleet: anti-entropy query failed")
+                }
+            }
+        }
+        bump(&shared.intake.stats.anti_entropy_rounds, 1);
+    }
+}

@@ -1,0 +1,237 @@
+//! The receiving side of the exchange: every record that arrives (live sample, query
+//! reply, anti-entropy) is checked here (key, record, signature), counted, and either
+//! handed on as a [`Received`] or dropped. Never panics on network input.
+//!
+//! For followed addresses it also keeps the digest of what it handed on (highest `seq`
+//! per source), which anti-entropy sends with its query (`?have=<source>:<seq>,...`) so
+//! that peers reply only with records newer than that.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tracing::debug;
+use zenoh::Session;
+use zenoh::query::{ConsolidationMode, QueryTarget};
+use zenoh::sample::Sample;
+
+use super::exchange::FleetError;
+use super::keys::{address_selector, escape_chunk, parse_record_key};
+use super::signing::{TrustList, VerifyError};
+use super::stats::{FleetStats, bump};
+use crate::core::ids::{Fingerprint, FleetName, ModelId, RecordKey, Seq, SourceId};
+use crate::core::record::OutcomeRecord;
+
+/// A record received from the fleet, checked: its key and the record.
+pub type Received = (RecordKey, OutcomeRecord);
+
+/// An address: (model, fingerprint).
+pub type Address = (ModelId, Fingerprint);
+
+/// Name of the selector parameter carrying the querier's digest of an address.
+pub const HAVE_PARAMETER: &str = "have";
+
+/// Highest seq handed on per source, for each followed address.
+type Digests = HashMap<Address, HashMap<SourceId, Seq>>;
+
+/// Writes a digest as the `have` parameter value: `<escaped source>:<seq>` joined by
+/// `,` (neither character occurs in an escaped name).
+fn digest_parameter(digest: &HashMap<SourceId, Seq>) -> String {
+    let mut out = String::new();
+    for (source, seq) in digest {
+        if !out.is_empty() {
+            out.push(',');
+        }
+        escape_chunk(source.as_str(), &mut out);
+        out.push(':');
+        out.push_str(&seq.0.to_string());
+    }
+    out
+}
+
+/// The seq the querier holds for the source whose escaped name is `escaped_source`,
+/// read from a `have` parameter value; malformed entries are ignored.
+pub(crate) fn seq_in_digest(have: &str, escaped_source: &str) -> Option<Seq> {
+    have.split(',').find_map(|entry| {
+        let (name, seq) = entry.split_once(':')?;
+        (name == escaped_source)
+            .then(|| seq.parse().ok().map(Seq))
+            .flatten()
+    })
+}
+
+/// What every receive path shares: who we are, whom we trust, where records go.
+pub(crate) struct Intake {
+    pub(crate) fleet: FleetName,
+    pub(crate) own: SourceId,
+    pub(crate) trust: TrustList,
+    pub(crate) stats: Arc<FleetStats>,
+    pub(crate) tx: mpsc::Sender<Received>,
+    /// Digests of followed addresses (entries exist only while followed: bounded).
+    pub(crate) digests: Mutex<Digests>,
+}
+
+impl Intake {
+    fn digests(&self) -> MutexGuard<'_, Digests> {
+        self.digests.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Starts keeping a digest for a followed address.
+    pub(crate) fn track(&self, address: Address) {
+        self.digests().entry(address).or_default();
+    }
+
+    /// Stops keeping the digest of an address no longer followed.
+    pub(crate) fn untrack(&self, address: &Address) {
+        self.digests().remove(address);
+    }
+
+    /// Notes that a record was handed on (only followed addresses keep a digest).
+    pub(crate) fn note(&self, key: &RecordKey, seq: Seq) {
+        // The clone of the model id is off the hot path (one per received record).
+        if let Some(d) = self
+            .digests()
+            .get_mut(&(key.model.clone(), key.fingerprint))
+        {
+            let held = d.entry(key.source.clone()).or_default();
+            *held = (*held).max(seq);
+        }
+    }
+
+    /// The `have` parameter for an address, if it is followed and anything was seen.
+    pub(crate) fn have(&self, address: &Address) -> Option<String> {
+        self.digests()
+            .get(address)
+            .filter(|d| !d.is_empty())
+            .map(digest_parameter)
+    }
+
+    /// Checks one received (key, payload); `None` for own echoes and refused input.
+    pub(crate) fn accept(&self, key_expr: &str, payload: &[u8]) -> Option<Received> {
+        let key = match parse_record_key(&self.fleet, key_expr) {
+            Ok(k) => k,
+            Err(e) => {
+                bump(&self.stats.received, 1);
+                bump(&self.stats.rejected_key, 1);
+                debug!(key = key_expr, error = %e, "fleet: refused key");
+                return None;
+            }
+        };
+        // Our own puts and queryable replies come back to us; they are not fleet input.
+        if key.source == self.own {
+            return None;
+        }
+        bump(&self.stats.received, 1);
+        bump(&self.stats.bytes_in, payload.len() as u64);
+        match self.trust.open(key_expr, &key.source, payload) {
+            Ok(record) => {
+                bump(&self.stats.accepted, 1);
+                Some((key, record))
+            }
+            Err(e) => {
+                let counter = match e {
+                    VerifyError::Decode(_) => &self.stats.rejected_decode,
+                    VerifyError::Unsigned => &self.stats.rejected_unsigned,
+                    VerifyError::BadSignature { .. } => &self.stats.rejected_signature,
+                };
+                bump(counter, 1);
+                // Debug, not warn: a hostile peer must not be able to flood the log; the
+                // counters carry the signal to diagnostics.
+                debug!(source = %key.source, fingerprint = %key.fingerprint, error = %e, "fleet: refused record");
+                None
+            }
+        }
+    }
+
+    /// Subscriber callback: check and forward without waiting (the channel is bounded).
+    pub(crate) fn on_sample(&self, sample: &Sample) {
+        let payload = sample.payload().to_bytes();
+        let Some((key, record)) = self.accept(sample.key_expr().as_str(), &payload) else {
+            return;
+        };
+        let (noted, seq) = (key.clone(), record.seq);
+        match self.tx.try_send((key, record)) {
+            Ok(()) => self.note(&noted, seq),
+            // Not noted in the digest: the next anti-entropy round brings it back.
+            Err(mpsc::error::TrySendError::Full(_)) => bump(&self.stats.dropped_overflow, 1),
+            Err(mpsc::error::TrySendError::Closed(_)) => {}
+        }
+    }
+
+    /// Gets every source's record at (model, fingerprint), checked, newest per source.
+    /// With `have`, peers skip records the querier already holds (see the module doc).
+    pub(crate) async fn query(
+        &self,
+        session: &Session,
+        model: &ModelId,
+        fingerprint: &Fingerprint,
+        have: Option<String>,
+        timeout: Duration,
+    ) -> Result<Vec<Received>, FleetError> {
+        bump(&self.stats.queries, 1);
+        let mut selector = address_selector(&self.fleet, model, fingerprint);
+        if let Some(have) = have {
+            selector.push('?');
+            selector.push_str(HAVE_PARAMETER);
+            selector.push('=');
+            selector.push_str(&have);
+        }
+        let replies = session
+            .get(selector)
+            // Every node answers for its own records and a storage may hold the same
+            // ones: ask all of them and keep the newest seq per source here.
+            .target(QueryTarget::All)
+            .consolidation(ConsolidationMode::None)
+            .timeout(timeout)
+            .await
+            .map_err(|e| {
+                bump(&self.stats.query_errors, 1);
+                FleetError::Zenoh(e.to_string())
+            })?;
+        let mut newest: HashMap<SourceId, Received> = HashMap::new();
+        while let Ok(reply) = replies.recv_async().await {
+            match reply.result() {
+                Ok(sample) => {
+                    let payload = sample.payload().to_bytes();
+                    let Some((key, record)) = self.accept(sample.key_expr().as_str(), &payload)
+                    else {
+                        continue;
+                    };
+                    if newest
+                        .get(&key.source)
+                        .is_none_or(|(_, held)| held.seq < record.seq)
+                    {
+                        newest.insert(key.source.clone(), (key, record));
+                    }
+                }
+                Err(e) => {
+                    bump(&self.stats.query_errors, 1);
+                    debug!(error = ?e, "fleet: error reply");
+                }
+            }
+        }
+        for (key, record) in newest.values() {
+            self.note(key, record.seq);
+        }
+        Ok(newest.into_values().collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn digest_parameter_round_trips_per_source() {
+        let mut d = HashMap::new();
+        d.insert(SourceId::new("robot a").unwrap(), Seq(12));
+        d.insert(SourceId::new("b:c,d").unwrap(), Seq(3));
+        let have = digest_parameter(&d);
+        assert!(!have.contains(';') && !have.contains('='), "{have}");
+        assert_eq!(seq_in_digest(&have, "robot%20a"), Some(Seq(12)));
+        assert_eq!(seq_in_digest(&have, "b%3Ac%2Cd"), Some(Seq(3)));
+        assert_eq!(seq_in_digest(&have, "robot"), None);
+        assert_eq!(seq_in_digest("x:notanumber,:,", "x"), None);
+    }
+}

@@ -1,0 +1,20 @@
+//! The fleet exchange over Zenoh: key space, settings, signatures, the exchange service
+//! and the router with storage for scale-out. Depends on `core`; `core` never on this.
+
+pub mod config;
+pub mod exchange;
+mod follows;
+pub mod intake;
+pub mod keys;
+mod outbox;
+pub mod router;
+pub mod signing;
+pub mod stats;
+
+pub use config::{FleetConfig, FleetConfigError, FleetSettings};
+pub use exchange::{FleetError, FleetExchange, Publish};
+pub use intake::{Address, Received};
+pub use keys::KeyError;
+pub use router::{FleetRouter, RouterError};
+pub use signing::{TrustList, VerifyError};
+pub use stats::{FleetStats, FleetStatsSnapshot};

@@ -1,0 +1,163 @@
+//! A Zenoh router with the storage manager linked in, holding every qis record, so a
+//! robot that joins after another has gone offline still receives its records.
+//!
+//! This is Zenoh's own engine (router + `zenoh-plugin-storage-manager`, memory volume),
+//! started in our process because zenohd loads plugins only as shared libraries built
+//! with the same compiler (FACTS.md, "Zenoh for scale-out"). No qis logic runs here:
+//! the storage keeps the latest sample per key, which is the latest record per source.
+
+use thiserror::Error;
+use tracing::info;
+use zenoh::Session;
+use zenoh::internal::plugins::RunningPlugin;
+use zenoh::internal::runtime::{DynamicRuntime, Runtime, RuntimeBuilder};
+use zenoh_plugin_storage_manager::StoragesPlugin;
+use zenoh_plugin_trait::Plugin;
+
+/// The embedded router config (config/zenoh-router.json5).
+pub const DEFAULT_ROUTER_CONFIG: &str = include_str!("../../config/zenoh-router.json5");
+
+/// Name under which the storage manager's settings sit in the config (`plugins/<name>`).
+const STORAGE_PLUGIN: &str = "storage-manager";
+
+/// Why the router could not be configured or started.
+#[derive(Debug, Error)]
+pub enum RouterError {
+    /// The config was refused (names the config key).
+    #[error("router config {key}: {reason}")]
+    Config {
+        /// The Zenoh config key.
+        key: &'static str,
+        /// What is wrong.
+        reason: String,
+    },
+    /// Zenoh failed to build, start or close the router.
+    #[error("router {stage}: {reason}")]
+    Zenoh {
+        /// What was being done.
+        stage: &'static str,
+        /// Zenoh's message.
+        reason: String,
+    },
+}
+
+/// The router config: `file` (Zenoh JSON5) or the embedded default, with the listen
+/// endpoints replaced when `listen` is non-empty. Forces router mode and timestamping,
+/// which the storage needs to order updates.
+pub fn router_config(
+    file: Option<&std::path::Path>,
+    listen: &[String],
+) -> Result<zenoh::Config, RouterError> {
+    let cfg_err = |key, e: &dyn std::fmt::Display| RouterError::Config {
+        key,
+        reason: e.to_string(),
+    };
+    let mut cfg = match file {
+        Some(p) => zenoh::Config::from_file(p).map_err(|e| cfg_err("file", &e))?,
+        None => {
+            zenoh::Config::from_json5(DEFAULT_ROUTER_CONFIG).map_err(|e| cfg_err("file", &e))?
+        }
+    };
+    cfg.insert_json5("mode", "\"router\"")
+        .map_err(|e| cfg_err("mode", &e))?;
+    cfg.insert_json5(
+        "timestamping",
+        "{ enabled: { router: true, peer: true, client: true } }",
+    )
+    .map_err(|e| cfg_err("timestamping", &e))?;
+    if !listen.is_empty() {
+        let eps = serde_json::to_string(listen).map_err(|e| cfg_err("listen/endpoints", &e))?;
+        cfg.insert_json5("listen/endpoints", &eps)
+            .map_err(|e| cfg_err("listen/endpoints", &e))?;
+    }
+    let plugin = cfg
+        .get_json(&format!("plugins/{STORAGE_PLUGIN}"))
+        .map_err(|e| cfg_err("plugins/storage-manager", &e))?;
+    if plugin == "null" || plugin.is_empty() {
+        return Err(RouterError::Config {
+            key: "plugins/storage-manager",
+            reason: "missing: the router exists to hold a storage".into(),
+        });
+    }
+    Ok(cfg)
+}
+
+/// A running router with its storage; dropped or [`close`](Self::close)d to stop.
+pub struct FleetRouter {
+    runtime: Runtime,
+    session: Session,
+    _storage: RunningPlugin,
+}
+
+impl FleetRouter {
+    /// Builds the router runtime, starts the storage manager on it, then starts listening.
+    pub async fn start(config: zenoh::Config) -> Result<FleetRouter, RouterError> {
+        let zerr = |stage| {
+            move |e: zenoh::Error| RouterError::Zenoh {
+                stage,
+                reason: e.to_string(),
+            }
+        };
+        let mut runtime = RuntimeBuilder::new(config)
+            .build()
+            .await
+            .map_err(zerr("build"))?;
+        let dynamic: DynamicRuntime = runtime.clone().into();
+        let storage = StoragesPlugin::start(STORAGE_PLUGIN, &dynamic).map_err(zerr("storage"))?;
+        let session = zenoh::session::init(dynamic)
+            .await
+            .map_err(zerr("session"))?;
+        // Listening starts only here; before it, nothing can connect.
+        runtime.start().await.map_err(zerr("start"))?;
+        info!(zid = %runtime.zid(), locators = ?runtime.get_locators(), "qis router with storage started");
+        Ok(FleetRouter {
+            runtime,
+            session,
+            _storage: storage,
+        })
+    }
+
+    /// The router's own session (e.g. to check what its storage holds).
+    pub fn session(&self) -> &Session {
+        &self.session
+    }
+
+    /// The endpoints it listens on.
+    pub fn locators(&self) -> Vec<String> {
+        self.runtime
+            .get_locators()
+            .iter()
+            .map(ToString::to_string)
+            .collect()
+    }
+
+    /// Closes the session and the runtime.
+    pub async fn close(self) -> Result<(), RouterError> {
+        let zerr = |stage| {
+            move |e: zenoh::Error| RouterError::Zenoh {
+                stage,
+                reason: e.to_string(),
+            }
+        };
+        self.session.close().await.map_err(zerr("close session"))?;
+        self.runtime.close().await.map_err(zerr("close"))?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_router_config_has_the_storage() {
+        let cfg = router_config(None, &["tcp/127.0.0.1:7999".into()]).unwrap();
+        assert_eq!(cfg.get_json("mode").unwrap(), "\"router\"");
+        assert!(
+            cfg.get_json("plugins/storage-manager/storages/qis/key_expr")
+                .unwrap()
+                .contains("qis/**")
+        );
+        assert!(cfg.get_json("listen/endpoints").unwrap().contains("7999"));
+    }
+}

@@ -1,0 +1,119 @@
+//! The `qis sim` command line: arguments, progress bar, output files.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+
+use clap::Args;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+use crate::core::synthesis::SynthesisConfig;
+
+use super::{DEFAULT_EPISODES, DEFAULT_ROBOTS, DEFAULT_SEED, SimConfig, SimError, SimReport};
+
+/// Arguments of `qis sim`.
+#[derive(Debug, Clone, Args)]
+pub struct SimArgs {
+    /// Robots in the fleet (25% join late, 15% leave early).
+    #[arg(long, default_value_t = DEFAULT_ROBOTS)]
+    pub robots: usize,
+    /// Rounds: episodes per robot present for the whole run.
+    #[arg(long, default_value_t = DEFAULT_EPISODES)]
+    pub episodes: usize,
+    /// Seed of every random stream; the same seed gives the same figures.
+    #[arg(long, default_value_t = DEFAULT_SEED)]
+    pub seed: u64,
+    /// Folder for results.json and rmse.svg (created if missing).
+    #[arg(long, default_value = "results")]
+    pub out: PathBuf,
+    /// Fraction of robots that publish poisoned records (e.g. 0.1); reports RMSE with and
+    /// without the attack on the same episodes.
+    #[arg(long, default_value_t = 0.0)]
+    pub attackers: f64,
+    /// Delivery delay of the in-process exchange, milliseconds.
+    #[arg(long, default_value_t = SimConfig::default().delay_ms)]
+    pub delay_ms: f64,
+    /// Most sources a robot follows per address (fan-in budget).
+    #[arg(long, default_value_t = SimConfig::default().max_sources_per_address)]
+    pub max_sources: usize,
+    /// Bound of each robot's received records (memory per node).
+    #[arg(long, default_value_t = SimConfig::default().max_received_records)]
+    pub max_received_records: usize,
+    /// Zipf exponent of the class frequencies.
+    #[arg(long, default_value_t = SimConfig::default().zipf_exponent)]
+    pub zipf: f64,
+    /// A robot republishes its record for a class when its own count grew by this factor.
+    #[arg(long, default_value_t = SimConfig::default().republish_growth)]
+    pub republish_growth: f64,
+    /// Prior strength k0 of the shrinkage (qis, local-only and oracle alike).
+    #[arg(long, default_value_t = SimConfig::default().synthesis.prior_strength)]
+    pub k0: f64,
+    /// Borrow from up to this many similar addresses (faiss over scenario sketches) when
+    /// a class has fewer than min_support outcomes; 0 = exact addresses only.
+    #[arg(long, default_value_t = SimConfig::default().neighbors)]
+    pub neighbors: usize,
+    /// Trust tolerance in scale units (a source whose claims miss this robot's outcomes by
+    /// more loses weight); 0 turns trust off.
+    #[arg(long, default_value_t = SimConfig::default().trust_tolerance)]
+    pub trust_tolerance: f64,
+    /// Exact support (outcomes) below which neighbors are borrowed.
+    #[arg(long, default_value_t = SimConfig::default().synthesis.min_support)]
+    pub min_support: f64,
+    /// Robust z-score above which a source is down-weighted.
+    #[arg(long, default_value_t = SimConfig::default().synthesis.outlier_z)]
+    pub outlier_z: f64,
+}
+
+impl SimArgs {
+    /// The simulation settings these arguments describe.
+    pub fn config(&self) -> SimConfig {
+        SimConfig {
+            seed: self.seed,
+            robots: self.robots,
+            episodes: self.episodes,
+            attackers: self.attackers,
+            delay_ms: self.delay_ms,
+            max_sources_per_address: self.max_sources,
+            max_received_records: self.max_received_records,
+            zipf_exponent: self.zipf,
+            republish_growth: self.republish_growth,
+            trust_tolerance: self.trust_tolerance,
+            neighbors: self.neighbors,
+            synthesis: SynthesisConfig {
+                prior_strength: self.k0,
+                outlier_z: self.outlier_z,
+                min_support: self.min_support,
+                ..SimConfig::default().synthesis
+            },
+            ..SimConfig::default()
+        }
+    }
+}
+
+/// Runs `qis sim`: simulates, prints the table, writes results.json and rmse.svg.
+pub fn run(args: &SimArgs) -> Result<SimReport, SimError> {
+    let config = args.config();
+    config.validate()?;
+    let bar = ProgressBar::new(config.episodes as u64);
+    if std::io::stderr().is_terminal() {
+        bar.set_style(
+            ProgressStyle::with_template("{elapsed_precise} [{bar:40}] round {pos}/{len} ({eta})")
+                .unwrap_or_else(|_| ProgressStyle::default_bar())
+                .progress_chars("=> "),
+        );
+    } else {
+        bar.set_draw_target(ProgressDrawTarget::hidden());
+    }
+    let report = super::run(&config, &mut |round| bar.set_position(round as u64))?;
+    bar.finish_and_clear();
+    print!("{}", report.table());
+    std::fs::create_dir_all(&args.out).map_err(|source| SimError::Io {
+        path: args.out.display().to_string(),
+        source,
+    })?;
+    let json = args.out.join("results.json");
+    let svg = args.out.join("rmse.svg");
+    report.write_json(&json)?;
+    report.write_svg(&svg)?;
+    println!("\nwrote {} and {}", json.display(), svg.display());
+    Ok(report)
+}

@@ -1,0 +1,549 @@
+//! How simulated robots share outcome records: the [`Exchange`] trait the fleet logic is
+//! written against, and [`Bus`], an in-process implementation for large fleets.
+//!
+//! The trait mirrors the Zenoh key space of DESIGN 4: a robot publishes its latest record
+//! for an address (`qis/v1/<fleet>/<model>/<fp>/<source>`), follows an address when it
+//! first meets the scenario (one query for what is stored there, then live updates), and
+//! polls what arrived. Records cross it in their encoded wire form, so the simulator
+//! counts real bytes and exercises the decoder.
+//!
+//! The bus behaves like a Zenoh storage plus subscriptions: it keeps the latest record
+//! per (address, source); a record becomes visible `delay_ns` after it was published; a
+//! follower receives the records of at most `max_sources_per_address` sources per address
+//! (picked by rendezvous hashing of follower and source, so the choice is uniform, stable
+//! and cannot be steered by what a record claims), then every update of those sources.
+//! That fan-in budget is what keeps a node's memory and traffic bounded by config while
+//! the fleet grows.
+
+use std::cell::RefCell;
+use std::collections::{HashMap, VecDeque};
+use std::rc::Rc;
+
+use serde::Serialize;
+use thiserror::Error;
+
+use crate::core::ids::{Fingerprint, ModelId, RecordKey, Seq, SourceId};
+use crate::core::record::{EncodeError, OutcomeRecord, decode};
+
+/// Why an exchange operation failed.
+#[derive(Debug, Error)]
+pub enum ExchangeError {
+    /// The record could not be encoded (e.g. it holds no outcome).
+    #[error("record for {fingerprint} not encoded: {source}")]
+    Encode {
+        /// Address of the record.
+        fingerprint: Fingerprint,
+        /// Why.
+        source: EncodeError,
+    },
+    /// The endpoint has left the fleet.
+    #[error("endpoint of {0} has left the fleet")]
+    Left(SourceId),
+}
+
+/// Records and bytes one endpoint put on and took off the wire.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct WireStats {
+    /// Records published.
+    pub published_records: u64,
+    /// Bytes published (encoded records).
+    pub published_bytes: u64,
+    /// Records delivered to this endpoint (query replies and live updates).
+    pub received_records: u64,
+    /// Bytes delivered to this endpoint.
+    pub received_bytes: u64,
+    /// Delivered records that failed to decode and were dropped.
+    pub dropped: u64,
+}
+
+/// One robot's connection to the fleet: the operations the node logic needs.
+pub trait Exchange {
+    /// Publishes this robot's latest record for an address (replaces its previous one).
+    fn publish(&mut self, key: &RecordKey, record: &OutcomeRecord) -> Result<(), ExchangeError>;
+    /// Asks what the fleet holds at an address and follows its updates from now on.
+    /// Idempotent: following again re-fetches the followed records.
+    fn follow(&mut self, model: &ModelId, fingerprint: Fingerprint) -> Result<(), ExchangeError>;
+    /// Moves the records received since the last poll into `out` (decoded, checked).
+    fn poll(&mut self, out: &mut Vec<(RecordKey, OutcomeRecord)>) -> Result<(), ExchangeError>;
+    /// What this endpoint has sent and received so far.
+    fn wire(&self) -> WireStats;
+    /// Leaves the fleet: no more deliveries; records already published stay stored.
+    fn leave(&mut self);
+}
+
+/// What joins simulated robots: hands out endpoints and moves the simulated clock.
+/// [`Bus`] is the in-process one; a networked one (Zenoh sessions on loopback) would
+/// open a session per robot in `connect` and let deliveries settle in `advance`.
+pub trait Network {
+    /// A robot's endpoint.
+    type Endpoint: Exchange;
+    /// Connects a robot whose records carry `source`.
+    fn connect(&mut self, source: SourceId) -> Result<Self::Endpoint, ExchangeError>;
+    /// The simulated clock reached `now_ns`: deliver what is due.
+    fn advance(&mut self, now_ns: i64);
+    /// Records and bytes the fleet's storage holds, when the network can tell.
+    fn stored(&self) -> Option<(usize, usize)>;
+}
+
+/// Settings of the in-process bus.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct BusConfig {
+    /// Time from publication to visibility at other robots (ns).
+    pub delay_ns: i64,
+    /// Most sources a robot follows per address (its fan-in budget).
+    pub max_sources_per_address: usize,
+}
+
+type ModelIx = u16;
+type RobotIx = u32;
+
+/// One source's latest record at an address, and who follows it.
+struct Held {
+    source: RobotIx,
+    seq: Seq,
+    bytes: Rc<[u8]>,
+    subscribers: Vec<RobotIx>,
+}
+
+#[derive(Default)]
+struct AddressState {
+    held: Vec<Held>,
+    by_source: HashMap<RobotIx, usize>,
+    /// Followers that still have room for more sources: they take new sources as they appear.
+    watchers: Vec<RobotIx>,
+}
+
+struct InFlight {
+    at_ns: i64,
+    model: ModelIx,
+    fingerprint: Fingerprint,
+    source: RobotIx,
+    seq: Seq,
+    bytes: Rc<[u8]>,
+}
+
+struct Delivery {
+    model: ModelIx,
+    fingerprint: Fingerprint,
+    source: RobotIx,
+    bytes: Rc<[u8]>,
+}
+
+struct Shared {
+    config: BusConfig,
+    now_ns: i64,
+    models: Vec<ModelId>,
+    sources: Vec<SourceId>,
+    active: Vec<bool>,
+    inboxes: Vec<Vec<Delivery>>,
+    stats: Vec<WireStats>,
+    /// Sources each robot follows, per address.
+    followed: Vec<HashMap<(ModelIx, Fingerprint), Vec<RobotIx>>>,
+    addresses: HashMap<(ModelIx, Fingerprint), AddressState>,
+    in_flight: VecDeque<InFlight>,
+}
+
+/// The in-process exchange shared by every simulated robot (single-threaded).
+#[derive(Clone)]
+pub struct Bus(Rc<RefCell<Shared>>);
+
+/// A robot's endpoint on the [`Bus`].
+pub struct BusEndpoint {
+    bus: Bus,
+    robot: RobotIx,
+}
+
+/// Stable pseudo-random score of a (follower, source) pair (splitmix64 finalizer).
+fn rendezvous(robot: RobotIx, source: RobotIx) -> u64 {
+    let mut z = (u64::from(robot) << 32 | u64::from(source)).wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+impl Bus {
+    /// An empty bus.
+    pub fn new(config: BusConfig) -> Bus {
+        Bus(Rc::new(RefCell::new(Shared {
+            config,
+            now_ns: i64::MIN,
+            models: Vec::new(),
+            sources: Vec::new(),
+            active: Vec::new(),
+            inboxes: Vec::new(),
+            stats: Vec::new(),
+            followed: Vec::new(),
+            addresses: HashMap::new(),
+            in_flight: VecDeque::new(),
+        })))
+    }
+
+    /// Connects a robot; its records will carry `source`.
+    pub fn join(&self, source: SourceId) -> BusEndpoint {
+        let mut s = self.0.borrow_mut();
+        let robot = s.sources.len() as RobotIx;
+        s.sources.push(source);
+        s.active.push(true);
+        s.inboxes.push(Vec::new());
+        s.stats.push(WireStats::default());
+        s.followed.push(HashMap::new());
+        BusEndpoint {
+            bus: self.clone(),
+            robot,
+        }
+    }
+
+    /// Advances the clock: every publication due by `now_ns` becomes visible and is
+    /// delivered to the followers of its source.
+    pub fn advance(&self, now_ns: i64) {
+        let mut guard = self.0.borrow_mut();
+        let s = &mut *guard;
+        s.now_ns = now_ns;
+        while s.in_flight.front().is_some_and(|m| m.at_ns <= now_ns) {
+            let Some(m) = s.in_flight.pop_front() else {
+                break;
+            };
+            s.land(m);
+        }
+    }
+
+    /// Records currently stored on the bus (latest per address and source).
+    pub fn stored_records(&self) -> usize {
+        self.0
+            .borrow()
+            .addresses
+            .values()
+            .map(|a| a.held.len())
+            .sum()
+    }
+
+    /// Bytes of the records stored on the bus.
+    pub fn stored_bytes(&self) -> usize {
+        let s = self.0.borrow();
+        s.addresses
+            .values()
+            .flat_map(|a| a.held.iter())
+            .map(|h| h.bytes.len())
+            .sum()
+    }
+}
+
+impl Shared {
+    fn model_ix(&mut self, model: &ModelId) -> ModelIx {
+        if let Some(i) = self.models.iter().position(|m| m == model) {
+            return i as ModelIx;
+        }
+        self.models.push(model.clone());
+        (self.models.len() - 1) as ModelIx
+    }
+
+    fn deliver(&mut self, to: RobotIx, model: ModelIx, fingerprint: Fingerprint, h: &Held) {
+        let stats = &mut self.stats[to as usize];
+        stats.received_records += 1;
+        stats.received_bytes += h.bytes.len() as u64;
+        self.inboxes[to as usize].push(Delivery {
+            model,
+            fingerprint,
+            source: h.source,
+            bytes: h.bytes.clone(),
+        });
+    }
+
+    /// A publication becomes visible: store it, hand it to new watchers, fan it out.
+    fn land(&mut self, m: InFlight) {
+        let addr = self.addresses.entry((m.model, m.fingerprint)).or_default();
+        let index = match addr.by_source.get(&m.source) {
+            Some(&i) if addr.held[i].seq >= m.seq => return,
+            Some(&i) => {
+                addr.held[i].seq = m.seq;
+                addr.held[i].bytes = m.bytes;
+                i
+            }
+            None => {
+                addr.held.push(Held {
+                    source: m.source,
+                    seq: m.seq,
+                    bytes: m.bytes,
+                    subscribers: Vec::new(),
+                });
+                let i = addr.held.len() - 1;
+                addr.by_source.insert(m.source, i);
+                // A new source at the address: followers with room take it.
+                let budget = self.config.max_sources_per_address;
+                let followed = &mut self.followed;
+                let held = &mut addr.held[i];
+                addr.watchers.retain(|&w| {
+                    if w == m.source {
+                        return true;
+                    }
+                    let Some(list) = followed[w as usize].get_mut(&(m.model, m.fingerprint)) else {
+                        return false;
+                    };
+                    if list.len() < budget {
+                        list.push(m.source);
+                        held.subscribers.push(w);
+                    }
+                    list.len() < budget
+                });
+                i
+            }
+        };
+        let addr = &self.addresses[&(m.model, m.fingerprint)];
+        let held = &addr.held[index];
+        // Borrow juggling: collect recipients first (the list is short: bounded fan-in).
+        let recipients: Vec<RobotIx> = held
+            .subscribers
+            .iter()
+            .copied()
+            .filter(|&r| self.active[r as usize])
+            .collect();
+        let snapshot = Held {
+            source: held.source,
+            seq: held.seq,
+            bytes: held.bytes.clone(),
+            subscribers: Vec::new(),
+        };
+        for r in recipients {
+            self.deliver(r, m.model, m.fingerprint, &snapshot);
+        }
+    }
+
+    fn follow(&mut self, robot: RobotIx, model: ModelIx, fingerprint: Fingerprint) {
+        let budget = self.config.max_sources_per_address;
+        let addr = self.addresses.entry((model, fingerprint)).or_default();
+        let list = self.followed[robot as usize]
+            .entry((model, fingerprint))
+            .or_default();
+        if list.len() < budget {
+            let mut candidates: Vec<(u64, usize)> = addr
+                .held
+                .iter()
+                .enumerate()
+                .filter(|(_, h)| h.source != robot && !list.contains(&h.source))
+                .map(|(i, h)| (rendezvous(robot, h.source), i))
+                .collect();
+            let take = (budget - list.len()).min(candidates.len());
+            if take < candidates.len() {
+                candidates.select_nth_unstable_by(take, |a, b| b.0.cmp(&a.0));
+                candidates.truncate(take);
+            }
+            candidates.sort_unstable_by_key(|c| std::cmp::Reverse(c.0));
+            for (_, i) in candidates {
+                list.push(addr.held[i].source);
+                addr.held[i].subscribers.push(robot);
+            }
+            if list.len() < budget && !addr.watchers.contains(&robot) {
+                addr.watchers.push(robot);
+            }
+        }
+        // The query reply: the current record of every followed source.
+        let replies: Vec<Held> = list
+            .iter()
+            .filter_map(|src| addr.by_source.get(src))
+            .map(|&i| Held {
+                source: addr.held[i].source,
+                seq: addr.held[i].seq,
+                bytes: addr.held[i].bytes.clone(),
+                subscribers: Vec::new(),
+            })
+            .collect();
+        for h in &replies {
+            self.deliver(robot, model, fingerprint, h);
+        }
+    }
+}
+
+impl BusEndpoint {
+    fn check_active(&self, s: &Shared) -> Result<(), ExchangeError> {
+        if s.active[self.robot as usize] {
+            Ok(())
+        } else {
+            Err(ExchangeError::Left(s.sources[self.robot as usize].clone()))
+        }
+    }
+}
+
+impl Exchange for BusEndpoint {
+    fn publish(&mut self, key: &RecordKey, record: &OutcomeRecord) -> Result<(), ExchangeError> {
+        let bytes: Rc<[u8]> = record
+            .encode()
+            .map_err(|source| ExchangeError::Encode {
+                fingerprint: key.fingerprint,
+                source,
+            })?
+            .into();
+        let mut guard = self.bus.0.borrow_mut();
+        let s = &mut *guard;
+        self.check_active(s)?;
+        let model = s.model_ix(&key.model);
+        let stats = &mut s.stats[self.robot as usize];
+        stats.published_records += 1;
+        stats.published_bytes += bytes.len() as u64;
+        let at_ns = s.now_ns.saturating_add(s.config.delay_ns);
+        s.in_flight.push_back(InFlight {
+            at_ns,
+            model,
+            fingerprint: key.fingerprint,
+            source: self.robot,
+            seq: record.seq,
+            bytes,
+        });
+        Ok(())
+    }
+
+    fn follow(&mut self, model: &ModelId, fingerprint: Fingerprint) -> Result<(), ExchangeError> {
+        let mut guard = self.bus.0.borrow_mut();
+        let s = &mut *guard;
+        self.check_active(s)?;
+        let model = s.model_ix(model);
+        s.follow(self.robot, model, fingerprint);
+        Ok(())
+    }
+
+    fn poll(&mut self, out: &mut Vec<(RecordKey, OutcomeRecord)>) -> Result<(), ExchangeError> {
+        let mut guard = self.bus.0.borrow_mut();
+        let s = &mut *guard;
+        self.check_active(s)?;
+        let inbox = std::mem::take(&mut s.inboxes[self.robot as usize]);
+        for d in inbox {
+            match decode(&d.bytes) {
+                Ok(decoded) => out.push((
+                    RecordKey {
+                        model: s.models[d.model as usize].clone(),
+                        fingerprint: d.fingerprint,
+                        source: s.sources[d.source as usize].clone(),
+                    },
+                    decoded.record,
+                )),
+                Err(e) => {
+                    tracing::warn!(fingerprint = %d.fingerprint, error = %e, "dropping undecodable record");
+                    s.stats[self.robot as usize].dropped += 1;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn wire(&self) -> WireStats {
+        self.bus.0.borrow().stats[self.robot as usize]
+    }
+
+    fn leave(&mut self) {
+        let mut s = self.bus.0.borrow_mut();
+        s.active[self.robot as usize] = false;
+        s.inboxes[self.robot as usize] = Vec::new();
+    }
+}
+
+impl Network for Bus {
+    type Endpoint = BusEndpoint;
+
+    fn connect(&mut self, source: SourceId) -> Result<BusEndpoint, ExchangeError> {
+        Ok(self.join(source))
+    }
+
+    fn advance(&mut self, now_ns: i64) {
+        Bus::advance(self, now_ns);
+    }
+
+    fn stored(&self) -> Option<(usize, usize)> {
+        Some((self.stored_records(), self.stored_bytes()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::neighbors::{SKETCH_DIM, Sketch};
+    use crate::core::summary::Summary;
+
+    fn record(seq: u64, x: f64) -> OutcomeRecord {
+        OutcomeRecord {
+            seq: Seq(seq),
+            sketch: Sketch([0; SKETCH_DIM]),
+            summary: Summary::from_sample(&[x], 0).unwrap(),
+        }
+    }
+
+    fn key(model: &ModelId, fp: Fingerprint, src: &str) -> RecordKey {
+        RecordKey {
+            model: model.clone(),
+            fingerprint: fp,
+            source: SourceId::new(src).unwrap(),
+        }
+    }
+
+    #[test]
+    fn records_arrive_after_the_delay_and_only_at_followers() {
+        let bus = Bus::new(BusConfig {
+            delay_ns: 10,
+            max_sources_per_address: 8,
+        });
+        let m = ModelId::new("wm").unwrap();
+        let fp = Fingerprint([7; 16]);
+        let mut a = bus.join(SourceId::new("a").unwrap());
+        let mut b = bus.join(SourceId::new("b").unwrap());
+        let mut c = bus.join(SourceId::new("c").unwrap());
+        bus.advance(0);
+        b.follow(&m, fp).unwrap();
+        a.publish(&key(&m, fp, "a"), &record(1, 2.0)).unwrap();
+        let mut got = Vec::new();
+        bus.advance(9);
+        b.poll(&mut got).unwrap();
+        assert!(got.is_empty(), "not visible before the delay");
+        bus.advance(10);
+        b.poll(&mut got).unwrap();
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].0.source.as_str(), "a");
+        assert_eq!(got[0].1, record(1, 2.0));
+        c.poll(&mut got).unwrap();
+        assert_eq!(got.len(), 1, "c does not follow the address");
+        // A late follower gets the stored record by query; stale seqs are not stored.
+        a.publish(&key(&m, fp, "a"), &record(1, 5.0)).unwrap();
+        bus.advance(30);
+        c.follow(&m, fp).unwrap();
+        got.clear();
+        c.poll(&mut got).unwrap();
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].1, record(1, 2.0));
+        assert_eq!(a.wire().published_records, 2);
+        assert_eq!(c.wire().received_records, 1);
+        assert!(c.wire().received_bytes > 0);
+        a.leave();
+        assert!(matches!(a.poll(&mut got), Err(ExchangeError::Left(_))));
+    }
+
+    #[test]
+    fn fan_in_is_bounded_per_address() {
+        let bus = Bus::new(BusConfig {
+            delay_ns: 0,
+            max_sources_per_address: 3,
+        });
+        let m = ModelId::new("wm").unwrap();
+        let fp = Fingerprint([1; 16]);
+        let mut follower = bus.join(SourceId::new("f").unwrap());
+        bus.advance(0);
+        follower.follow(&m, fp).unwrap();
+        let mut others: Vec<BusEndpoint> = (0..10)
+            .map(|i| bus.join(SourceId::new(format!("r{i}")).unwrap()))
+            .collect();
+        for (i, o) in others.iter_mut().enumerate() {
+            o.publish(&key(&m, fp, &format!("r{i}")), &record(1, 1.0))
+                .unwrap();
+        }
+        bus.advance(1);
+        for (i, o) in others.iter_mut().enumerate() {
+            o.publish(&key(&m, fp, &format!("r{i}")), &record(2, 1.0))
+                .unwrap();
+        }
+        bus.advance(2);
+        let mut got = Vec::new();
+        follower.poll(&mut got).unwrap();
+        assert_eq!(got.len(), 6, "3 sources, two versions each");
+        let mut sources: Vec<_> = got.iter().map(|g| g.0.source.clone()).collect();
+        sources.sort();
+        sources.dedup();
+        assert_eq!(sources.len(), 3);
+        assert_eq!(bus.stored_records(), 10);
+    }
+}

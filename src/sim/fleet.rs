@@ -1,0 +1,481 @@
+//! The simulated fleet: robots that each run the qis loop (fingerprint, follow, ingest,
+//! corrected prior, outcome, publish) on their own [`OutcomeMemory`], joined by an
+//! [`Exchange`], and the round-based driver that feeds them episodes.
+//!
+//! Time: robots act in rounds of `episode_interval_s`; inside a round robot i acts at
+//! offset i / N of the interval, so a record published by one robot can reach the next
+//! ones within the same round when the delivery delay is shorter than that offset.
+
+use std::collections::HashMap;
+
+use nalgebra::DVector;
+use rand::{RngExt, SeedableRng};
+
+use crate::core::fingerprint::Fingerprinter;
+use crate::core::ids::{Fingerprint, ModelId, RecordKey, SourceId};
+use crate::core::memory::{Ingest, MemoryConfig, OutcomeMemory};
+use crate::core::neighbors::{NeighborIndex, Sketch, sketch};
+use crate::core::record::OutcomeRecord;
+use crate::core::synthesis::SynthesisConfig;
+
+use super::baselines::{LOCAL, Metrics, ORACLE, Oracle, QIS, RAW, prior_from};
+use super::exchange::{Bus, BusConfig, Exchange, Network, WireStats};
+use super::trust::TrustBook;
+use super::world::{ContextMix, FEATURE_NAMES, STATE_DIM, STATE_SCALE, Situation};
+use super::{SimConfig, SimError, SimRng};
+
+/// What a robot remembers about a class it has met.
+#[derive(Clone, Copy, Debug, Default)]
+struct Known {
+    /// Own count when the robot last published its record for the class.
+    published_count: u64,
+    /// When it last asked the fleet about the class (ns).
+    followed_ns: i64,
+}
+
+/// One simulated robot running the qis loop.
+pub struct Robot<E: Exchange> {
+    source: SourceId,
+    memory: OutcomeMemory,
+    exchange: E,
+    rng: SimRng,
+    known: HashMap<Fingerprint, Known>,
+    join_round: usize,
+    leave_round: usize,
+    attacker: bool,
+    inbox: Vec<(RecordKey, OutcomeRecord)>,
+    trust: TrustBook,
+    /// Similarity index over the addresses this robot knows (two-level addressing),
+    /// when neighbor borrowing is on.
+    neighbors: Option<NeighborIndex>,
+}
+
+/// Per-robot memory figures at the end of a run.
+#[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize)]
+pub struct MemoryFigures {
+    /// Robots measured (those still in the fleet at the end).
+    pub robots: usize,
+    /// Mean received records held per robot.
+    pub mean_received_records: f64,
+    /// Largest number of received records held by one robot.
+    pub max_received_records: usize,
+    /// Mean addresses known per robot.
+    pub mean_addresses: f64,
+    /// Mean estimated bytes of outcome memory per robot (records held, in memory).
+    pub mean_memory_bytes: f64,
+    /// Largest estimated outcome-memory bytes of one robot.
+    pub max_memory_bytes: usize,
+    /// The configured bound on received records per robot.
+    pub bound_received_records: usize,
+}
+
+/// Everything one simulated run produced (deterministic given the config).
+#[derive(Debug)]
+pub struct RunOutcome {
+    /// Error bookkeeping.
+    pub metrics: Metrics,
+    /// Summed wire statistics of the honest robots.
+    pub wire_total: WireStats,
+    /// Robots that took part (joined at some point), honest ones.
+    pub honest_robots: usize,
+    /// Robots that published poisoned records.
+    pub attackers: usize,
+    /// Memory per robot at the end.
+    pub memory: MemoryFigures,
+    /// Records stored on the bus (the fleet's storage) at the end.
+    pub bus_records: usize,
+    /// Bytes stored on the bus at the end.
+    pub bus_bytes: usize,
+    /// Distinct classes (fingerprints) met.
+    pub classes: usize,
+    /// Received records ingested, by outcome of the ingest.
+    pub ingested: u64,
+}
+
+/// Estimated heap + inline bytes of one received record held in an [`OutcomeMemory`].
+fn held_record_bytes(source: &SourceId) -> usize {
+    std::mem::size_of::<crate::core::memory::SourceRecord>()
+        + 8 * STATE_DIM
+        + 8 * STATE_DIM * STATE_DIM
+        + source.as_str().len()
+        // The memory's LRU queue entry: tick + RecordKey with its two strings.
+        + 8
+        + std::mem::size_of::<RecordKey>()
+        + source.as_str().len()
+        + 8
+}
+
+/// Runs one simulation on the in-process bus (see [`simulate_on`]).
+pub fn simulate(
+    config: &SimConfig,
+    poison: bool,
+    progress: &mut dyn FnMut(usize),
+) -> Result<RunOutcome, SimError> {
+    let mut bus = Bus::new(BusConfig {
+        delay_ns: (config.delay_ms * 1e6) as i64,
+        max_sources_per_address: config.max_sources_per_address,
+    });
+    simulate_on(&mut bus, config, poison, progress)
+}
+
+/// What every robot's episode reads or feeds: settings, the world and the scorekeeping.
+struct Scene<'a> {
+    config: &'a SimConfig,
+    poison: bool,
+    fingerprinter: Fingerprinter,
+    synthesis: SynthesisConfig,
+    model: ModelId,
+    feature_names: Vec<String>,
+    mix: ContextMix,
+    oracle: Oracle,
+    metrics: Metrics,
+    /// A class's sketch is a pure function of its canonical form: computed once per class.
+    sketches: HashMap<Fingerprint, Sketch>,
+    attack_offset: [f64; STATE_DIM],
+    refollow_ns: i64,
+    ingested: u64,
+}
+
+impl Scene<'_> {
+    fn sketch(
+        &mut self,
+        fp: Fingerprint,
+        tags: &[String],
+        features: &[f64],
+    ) -> Result<Sketch, SimError> {
+        if let Some(s) = self.sketches.get(&fp) {
+            return Ok(*s);
+        }
+        let canonical = self
+            .fingerprinter
+            .canonicalize(tags, &self.feature_names, features)
+            .map_err(SimError::Scenario)?;
+        let s = sketch(&canonical, &[]).map_err(SimError::Sketch)?;
+        self.sketches.insert(fp, s);
+        Ok(s)
+    }
+}
+
+impl<E: Exchange> Robot<E> {
+    /// Route: the first encounter asks the fleet; an address whose received records were
+    /// all evicted is asked again (at most once per refollow interval). Then ingest.
+    fn route(
+        &mut self,
+        scene: &mut Scene<'_>,
+        fp: Fingerprint,
+        now: i64,
+    ) -> Result<bool, SimError> {
+        let first = !self.known.contains_key(&fp);
+        let known = self.known.entry(fp).or_default();
+        let held = self
+            .memory
+            .address(&scene.model, &fp)
+            .map_or(0, |a| a.received.len());
+        if first || (held == 0 && now - known.followed_ns >= scene.refollow_ns) {
+            known.followed_ns = now;
+            self.exchange.follow(&scene.model, fp)?;
+        }
+        self.exchange.poll(&mut self.inbox)?;
+        for (key, record) in self.inbox.drain(..) {
+            if let Some(index) = &mut self.neighbors {
+                index
+                    .insert(&key.model, key.fingerprint, &record.sketch)
+                    .map_err(SimError::Sketch)?;
+            }
+            if self.memory.ingest(&key, record) == Ingest::Stored {
+                scene.ingested += 1;
+            }
+        }
+        Ok(first)
+    }
+
+    /// Neighbor addresses to borrow from when the exact address has thin support.
+    fn near(
+        &self,
+        scene: &Scene<'_>,
+        fp: Fingerprint,
+        sketch: &Sketch,
+    ) -> Result<Vec<(Fingerprint, f32)>, SimError> {
+        let Some(index) = &self.neighbors else {
+            return Ok(Vec::new());
+        };
+        let support: u64 = self.memory.address(&scene.model, &fp).map_or(0, |a| {
+            a.own.as_ref().map_or(0, |o| o.1.count())
+                + a.received.iter().map(|r| r.summary.count()).sum::<u64>()
+        });
+        if support as f64 >= scene.synthesis.min_support {
+            return Ok(Vec::new());
+        }
+        let mut near = index
+            .nearest(&scene.model, sketch, scene.config.neighbors + 1)
+            .map_err(SimError::Sketch)?;
+        near.retain(|(f, _)| *f != fp);
+        near.truncate(scene.config.neighbors);
+        Ok(near)
+    }
+
+    /// One episode: route, predict with every baseline, measure, score, learn, publish.
+    fn episode(&mut self, scene: &mut Scene<'_>, round: usize, now: i64) -> Result<(), SimError> {
+        let context = scene.mix.draw(&mut self.rng);
+        let situation = Situation::draw(context, &mut self.rng);
+        let tags = context.tags();
+        let features = situation.features();
+        let fp = scene
+            .fingerprinter
+            .fingerprint(&tags, &scene.feature_names, &features)
+            .map_err(SimError::Scenario)?;
+        let first = self.route(scene, fp, now)?;
+        let sketch = scene.sketch(fp, &tags, &features)?;
+        let near = self.near(scene, fp, &sketch)?;
+
+        let predicted = situation.predict();
+        let x = DVector::from_row_slice(&predicted);
+        let trust = &self.trust;
+        let qis = self.memory.prior(
+            &scene.synthesis,
+            &scene.model,
+            &fp,
+            &near,
+            &x,
+            None,
+            &|s| trust.trust(s),
+            now,
+        )?;
+        let own = self
+            .memory
+            .address(&scene.model, &fp)
+            .and_then(|a| a.own.as_ref())
+            .map(|o| &o.1);
+        let local = prior_from(&scene.synthesis, own, &x, now)?;
+        let central = prior_from(&scene.synthesis, scene.oracle.summary(&fp), &x, now)?;
+        let measured = situation.measure(&mut self.rng);
+
+        if !self.attacker {
+            let mut predictions = [[0.0; STATE_DIM]; 4];
+            predictions[RAW] = predicted;
+            for d in 0..STATE_DIM {
+                predictions[LOCAL][d] = local[d];
+                predictions[QIS][d] = qis.state[d];
+                predictions[ORACLE][d] = central[d];
+            }
+            let first_support = first.then(|| scene.oracle.count(&fp));
+            scene
+                .metrics
+                .add(round, &predictions, &measured, first_support);
+        }
+
+        let mut residual = [0.0; STATE_DIM];
+        for d in 0..STATE_DIM {
+            residual[d] = measured[d] - predicted[d];
+        }
+        // Trust earned from outcomes: judge every source held here by this outcome.
+        if let Some(addr) = self.memory.address(&scene.model, &fp) {
+            for r in &addr.received {
+                self.trust.observe(
+                    &r.source,
+                    r.summary.mean().as_slice(),
+                    &residual,
+                    &STATE_SCALE,
+                );
+            }
+        }
+        scene
+            .oracle
+            .add(fp, &residual, now, scene.synthesis.decay())?;
+        if self.attacker && scene.poison {
+            for (r, o) in residual.iter_mut().zip(scene.attack_offset) {
+                *r += o;
+            }
+        }
+        if let Some(index) = &mut self.neighbors {
+            index
+                .insert(&scene.model, fp, &sketch)
+                .map_err(SimError::Sketch)?;
+        }
+        let record = self
+            .memory
+            .record_outcome(&scene.model, fp, sketch, &residual, now)?;
+        // Bandwidth budget: republish only when the own count grew by the configured
+        // factor since the last publication (1, 2, 3, 4, 5, 7, 9, ... for 1.25).
+        let count = record.summary.count();
+        let known = self.known.entry(fp).or_default();
+        if known.published_count == 0
+            || count as f64 >= known.published_count as f64 * scene.config.republish_growth
+        {
+            known.published_count = count;
+            let key = RecordKey {
+                model: scene.model.clone(),
+                fingerprint: fp,
+                source: self.source.clone(),
+            };
+            self.exchange.publish(&key, &record)?;
+        }
+        Ok(())
+    }
+}
+
+/// Creates the robots: who joins late, who leaves early, who attacks, each from its own
+/// random stream so the episodes do not depend on the others.
+fn spawn<N: Network>(
+    network: &mut N,
+    config: &SimConfig,
+    decay: crate::core::summary::Decay,
+) -> Result<Vec<Robot<N::Endpoint>>, SimError> {
+    let mut schedule = SimRng::seed_from_u64(config.seed ^ 0x5CED_u64);
+    let mut attack_rng = SimRng::seed_from_u64(config.seed ^ 0xA77AC4);
+    let rounds = config.episodes;
+    let mut robots = Vec::with_capacity(config.robots);
+    for i in 0..config.robots {
+        let source = SourceId::new(format!("robot-{i:05}")).map_err(SimError::Id)?;
+        let join_round = if schedule.random::<f64>() < config.late_join_fraction {
+            schedule.random_range(1..rounds.max(2).div_ceil(2).max(2))
+        } else {
+            0
+        };
+        let leave_round = if schedule.random::<f64>() < config.leave_fraction {
+            schedule
+                .random_range(rounds / 2..rounds.max(1))
+                .max(join_round + 1)
+        } else {
+            usize::MAX
+        };
+        let attacker = attack_rng.random::<f64>() < config.attackers;
+        robots.push(Robot {
+            memory: OutcomeMemory::new(
+                source.clone(),
+                MemoryConfig {
+                    max_received_records: config.max_received_records,
+                    ..MemoryConfig::default()
+                },
+                decay,
+            ),
+            exchange: network.connect(source.clone())?,
+            source,
+            rng: SimRng::seed_from_u64(config.seed.wrapping_add(1 + i as u64)),
+            known: HashMap::new(),
+            join_round,
+            leave_round,
+            attacker,
+            inbox: Vec::new(),
+            trust: TrustBook::new(config.trust_tolerance),
+            neighbors: (config.neighbors > 0).then(NeighborIndex::new),
+        });
+    }
+    Ok(robots)
+}
+
+/// Runs one simulation over `network`. The robots drawn as attackers are left out of
+/// the error figures; with `poison` they publish poisoned records, without it they
+/// behave (the reference run of an attack scenario).
+pub fn simulate_on<N: Network>(
+    network: &mut N,
+    config: &SimConfig,
+    poison: bool,
+    progress: &mut dyn FnMut(usize),
+) -> Result<RunOutcome, SimError> {
+    let synthesis = config.synthesis.clone();
+    synthesis.validate().map_err(SimError::Synthesis)?;
+    let rounds = config.episodes;
+    let warmup = (rounds as f64 * config.warmup_fraction).round() as usize;
+    let mut scene = Scene {
+        config,
+        poison,
+        fingerprinter: super::world::fingerprint_config()
+            .validate()
+            .map_err(SimError::Fingerprint)?,
+        model: ModelId::new("brake-wm/v1").map_err(SimError::Id)?,
+        feature_names: FEATURE_NAMES.iter().map(|s| (*s).to_owned()).collect(),
+        // Its own stream: the class mix is the same whatever else the seed drives.
+        mix: ContextMix::zipf(
+            config.zipf_exponent,
+            &mut SimRng::seed_from_u64(config.seed),
+        ),
+        oracle: Oracle::default(),
+        metrics: Metrics::new(rounds, config.windows, warmup),
+        sketches: HashMap::new(),
+        attack_offset: STATE_SCALE.map(|s| s * config.attack_bias),
+        refollow_ns: (config.refollow_s * 1e9) as i64,
+        ingested: 0,
+        synthesis,
+    };
+    let mut robots = spawn(network, config, scene.synthesis.decay())?;
+    let interval_ns = (config.episode_interval_s * 1e9) as i64;
+    let n = robots.len().max(1) as i64;
+    for round in 0..rounds {
+        for (i, robot) in robots.iter_mut().enumerate() {
+            if round < robot.join_round {
+                continue;
+            }
+            if round == robot.leave_round {
+                robot.exchange.leave();
+            }
+            if round >= robot.leave_round {
+                continue;
+            }
+            let now = round as i64 * interval_ns + i as i64 * interval_ns / n;
+            network.advance(now);
+            robot.episode(&mut scene, round, now)?;
+        }
+        progress(round + 1);
+    }
+    Ok(tally(network, config, &robots, scene))
+}
+
+/// The end-of-run figures: traffic of the honest robots, memory of those still present.
+fn tally<N: Network>(
+    network: &N,
+    config: &SimConfig,
+    robots: &[Robot<N::Endpoint>],
+    scene: Scene<'_>,
+) -> RunOutcome {
+    let mut wire_total = WireStats::default();
+    let mut memory = MemoryFigures {
+        bound_received_records: config.max_received_records,
+        ..Default::default()
+    };
+    let (mut honest, mut attackers) = (0, 0);
+    let (mut sum_records, mut sum_bytes, mut sum_addr) = (0usize, 0usize, 0usize);
+    for r in robots {
+        if r.attacker {
+            attackers += 1;
+            continue;
+        }
+        honest += 1;
+        let w = r.exchange.wire();
+        wire_total.published_records += w.published_records;
+        wire_total.published_bytes += w.published_bytes;
+        wire_total.received_records += w.received_records;
+        wire_total.received_bytes += w.received_bytes;
+        wire_total.dropped += w.dropped;
+        if r.leave_round != usize::MAX {
+            continue;
+        }
+        let held = r.memory.received_len();
+        let bytes = held * held_record_bytes(&r.source)
+            + r.memory.addresses_len() * (std::mem::size_of::<(Fingerprint, Known)>() + 64);
+        memory.robots += 1;
+        memory.max_received_records = memory.max_received_records.max(held);
+        memory.max_memory_bytes = memory.max_memory_bytes.max(bytes);
+        sum_records += held;
+        sum_bytes += bytes;
+        sum_addr += r.memory.addresses_len();
+    }
+    if memory.robots > 0 {
+        let k = memory.robots as f64;
+        memory.mean_received_records = sum_records as f64 / k;
+        memory.mean_memory_bytes = sum_bytes as f64 / k;
+        memory.mean_addresses = sum_addr as f64 / k;
+    }
+    let stored = network.stored().unwrap_or_default();
+    RunOutcome {
+        classes: scene.oracle.classes(),
+        ingested: scene.ingested,
+        metrics: scene.metrics,
+        wire_total,
+        honest_robots: honest,
+        attackers,
+        memory,
+        bus_records: stored.0,
+        bus_bytes: stored.1,
+    }
+}

@@ -1,0 +1,420 @@
+//! What a simulation run tells a person: the summary table and the results JSON (the SVG
+//! plot of the error curves is drawn in [`super::plot`]).
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use serde::Serialize;
+
+use super::baselines::{BaselineResult, LOCAL, ORACLE, QIS, RAW, SUPPORT_BUCKETS};
+use super::exchange::WireStats;
+use super::fleet::{MemoryFigures, RunOutcome};
+use super::world::{STATE_NAMES, STATE_SCALE};
+use super::{SimConfig, SimError};
+
+/// DESIGN 7: corrected-prior RMSE after warm-up at most this fraction of raw.
+pub const TARGET_CORRECTED_OVER_RAW: f64 = 0.2;
+/// DESIGN 7: first-encounter RMSE at most this fraction of raw (local-only gets 1.0).
+pub const TARGET_FIRST_OVER_RAW: f64 = 0.3;
+/// DESIGN 7: qis within 10 % of the central oracle.
+pub const TARGET_OVER_ORACLE: f64 = 1.1;
+
+/// Per-robot traffic (honest robots, mean over those that took part).
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct WirePerRobot {
+    /// Records published per robot.
+    pub published_records: f64,
+    /// Bytes published per robot.
+    pub published_bytes: f64,
+    /// Records received per robot (query replies and live updates).
+    pub received_records: f64,
+    /// Bytes received per robot.
+    pub received_bytes: f64,
+    /// Received records dropped as undecodable (total).
+    pub dropped: u64,
+}
+
+/// A DESIGN 7 target: the measured ratio, the bound and whether it is met.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct Target {
+    /// Measured ratio.
+    pub measured: f64,
+    /// Bound (met when measured ≤ bound).
+    pub bound: f64,
+    /// measured ≤ bound.
+    pub met: bool,
+}
+
+impl Target {
+    fn new(measured: f64, bound: f64) -> Target {
+        Target {
+            measured,
+            bound,
+            met: measured <= bound,
+        }
+    }
+}
+
+/// The DESIGN 7 correction-quality targets.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct Targets {
+    /// qis RMSE after warm-up / raw RMSE after warm-up.
+    pub corrected_over_raw: Target,
+    /// qis first-encounter RMSE / raw first-encounter RMSE.
+    pub first_encounter_over_raw: Target,
+    /// qis RMSE after warm-up / oracle RMSE after warm-up.
+    pub qis_over_oracle: Target,
+}
+
+/// An attack scenario's effect on the qis corrected prior.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct AttackFigures {
+    /// Robots that published poisoned records.
+    pub attackers: usize,
+    /// qis RMSE after warm-up on the same episodes without the attack.
+    pub qis_rmse_clean: f64,
+    /// qis RMSE after warm-up under attack.
+    pub qis_rmse_attacked: f64,
+    /// qis first-encounter RMSE without the attack.
+    pub qis_first_clean: f64,
+    /// qis first-encounter RMSE under attack.
+    pub qis_first_attacked: f64,
+    /// Raw RMSE after warm-up under attack.
+    pub raw_rmse: f64,
+    /// Raw RMSE after warm-up without attack (equal: the same episodes are scored).
+    pub raw_rmse_clean: f64,
+}
+
+/// Process figures (not deterministic: they depend on the machine).
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct ProcessFigures {
+    /// Wall time of the simulated run (s).
+    pub wall_s: f64,
+    /// Episodes simulated per second of wall time.
+    pub episodes_per_s: f64,
+    /// Resident set size at the end (bytes), from /proc/self/status; 0 if unknown.
+    pub rss_bytes: u64,
+    /// Peak resident set size (bytes); 0 if unknown.
+    pub peak_rss_bytes: u64,
+}
+
+/// The synthesis settings of the run (qis, local-only and oracle alike).
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct SynthesisFigures {
+    /// Prior strength k0.
+    pub prior_strength: f64,
+    /// Exact support below which neighbors are borrowed.
+    pub min_support: f64,
+    /// Largest weight of one source.
+    pub max_source_weight: f64,
+    /// Robust z-score above which a source is down-weighted.
+    pub outlier_z: f64,
+    /// Half-life of an outcome's weight (s).
+    pub half_life_s: f64,
+}
+
+/// Everything a run reports.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct SimReport {
+    /// The settings.
+    pub config: SimConfig,
+    /// The synthesis settings.
+    pub synthesis: SynthesisFigures,
+    /// Scored episodes (honest robots).
+    pub episodes: u64,
+    /// Robots that took part, honest ones.
+    pub robots: usize,
+    /// Distinct classes met.
+    pub classes: usize,
+    /// Scored first encounters of a class other robots had seen.
+    pub first_encounters: u64,
+    /// First encounters per fleet-support bucket (see `support_buckets`).
+    pub first_encounters_by_support: [u64; 3],
+    /// Names of the fleet-support buckets.
+    pub support_buckets: [&'static str; 3],
+    /// Names of the state components.
+    pub state_names: [&'static str; 4],
+    /// Scale of each component in the pooled, normalized RMSE.
+    pub state_scale: [f64; 4],
+    /// Rounds per point of the error curves.
+    pub rounds_per_window: usize,
+    /// Figures per predictor.
+    pub baselines: Vec<BaselineResult>,
+    /// DESIGN 7 targets.
+    pub targets: Targets,
+    /// Traffic per robot.
+    pub wire_per_robot: WirePerRobot,
+    /// Memory per robot.
+    pub memory: MemoryFigures,
+    /// Records held by the fleet's storage (the bus) at the end.
+    pub storage_records: usize,
+    /// Bytes held by the fleet's storage at the end.
+    pub storage_bytes: usize,
+    /// Attack scenario, when `attackers` > 0.
+    pub attack: Option<AttackFigures>,
+    /// Machine-dependent figures.
+    pub process: ProcessFigures,
+}
+
+/// Reads a `Vm*` line of /proc/self/status, in bytes.
+fn proc_status_bytes(field: &str) -> u64 {
+    let Ok(text) = std::fs::read_to_string("/proc/self/status") else {
+        return 0;
+    };
+    text.lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|rest| {
+            rest.trim()
+                .trim_end_matches("kB")
+                .trim()
+                .parse::<u64>()
+                .ok()
+        })
+        .map_or(0, |kb| kb * 1024)
+}
+
+impl SimReport {
+    /// Gathers the report of a run (`clean`: the same run without attack, if any).
+    pub fn new(
+        config: &SimConfig,
+        run: &RunOutcome,
+        clean: Option<&RunOutcome>,
+        wall_s: f64,
+    ) -> SimReport {
+        let baselines = run.metrics.results();
+        let ratio =
+            |a: usize, b: usize, f: fn(&BaselineResult) -> f64| f(&baselines[a]) / f(&baselines[b]);
+        let targets = Targets {
+            corrected_over_raw: Target::new(
+                ratio(QIS, RAW, |b| b.rmse_after_warmup),
+                TARGET_CORRECTED_OVER_RAW,
+            ),
+            first_encounter_over_raw: Target::new(
+                ratio(QIS, RAW, |b| b.rmse_first_encounter),
+                TARGET_FIRST_OVER_RAW,
+            ),
+            qis_over_oracle: Target::new(
+                ratio(QIS, ORACLE, |b| b.rmse_after_warmup),
+                TARGET_OVER_ORACLE,
+            ),
+        };
+        let k = run.honest_robots.max(1) as f64;
+        let w: WireStats = run.wire_total;
+        let attack = clean.map(|c| {
+            let cb = c.metrics.results();
+            AttackFigures {
+                attackers: run.attackers,
+                qis_rmse_clean: cb[QIS].rmse_after_warmup,
+                qis_rmse_attacked: baselines[QIS].rmse_after_warmup,
+                qis_first_clean: cb[QIS].rmse_first_encounter,
+                qis_first_attacked: baselines[QIS].rmse_first_encounter,
+                raw_rmse: baselines[RAW].rmse_after_warmup,
+                raw_rmse_clean: cb[RAW].rmse_after_warmup,
+            }
+        });
+        let episodes = run.metrics.episodes();
+        let sc = &config.synthesis;
+        SimReport {
+            config: config.clone(),
+            synthesis: SynthesisFigures {
+                prior_strength: sc.prior_strength,
+                min_support: sc.min_support,
+                max_source_weight: sc.max_source_weight,
+                outlier_z: sc.outlier_z,
+                half_life_s: sc.half_life_s,
+            },
+            episodes,
+            robots: run.honest_robots,
+            classes: run.classes,
+            first_encounters: run.metrics.first_encounters(),
+            first_encounters_by_support: run.metrics.first_encounters_by_support(),
+            support_buckets: SUPPORT_BUCKETS,
+            state_names: STATE_NAMES,
+            state_scale: STATE_SCALE,
+            rounds_per_window: run.metrics.rounds_per_window(),
+            baselines,
+            targets,
+            wire_per_robot: WirePerRobot {
+                published_records: w.published_records as f64 / k,
+                published_bytes: w.published_bytes as f64 / k,
+                received_records: w.received_records as f64 / k,
+                received_bytes: w.received_bytes as f64 / k,
+                dropped: w.dropped,
+            },
+            memory: run.memory,
+            storage_records: run.bus_records,
+            storage_bytes: run.bus_bytes,
+            attack,
+            process: ProcessFigures {
+                wall_s,
+                episodes_per_s: episodes as f64 / wall_s.max(1e-9),
+                rss_bytes: proc_status_bytes("VmRSS:"),
+                peak_rss_bytes: proc_status_bytes("VmHWM:"),
+            },
+        }
+    }
+
+    /// The summary table, as printed by `qis sim`.
+    pub fn table(&self) -> String {
+        let mut s = String::new();
+        let c = &self.config;
+        let _ = writeln!(
+            s,
+            "qis sim: {} robots ({} scored), {} rounds, seed {}, {} scored episodes, {} classes met",
+            c.robots, self.robots, c.episodes, c.seed, self.episodes, self.classes
+        );
+        let _ = writeln!(
+            s,
+            "error: RMSE of the 4-d stop state, each component divided by its scale {:?} ({})",
+            self.state_scale,
+            self.state_names.join(", ")
+        );
+        let _ = writeln!(
+            s,
+            "synthesis: k0 {}, min_support {}, outlier z {}, half-life {} s; trust tolerance {}; neighbors {}",
+            self.synthesis.prior_strength,
+            self.synthesis.min_support,
+            self.synthesis.outlier_z,
+            self.synthesis.half_life_s,
+            c.trust_tolerance,
+            c.neighbors
+        );
+        let raw = &self.baselines[RAW];
+        let _ = writeln!(
+            s,
+            "\n{:<12} {:>10} {:>16} {:>8} {:>16} {:>8}",
+            "predictor", "RMSE all", "after warm-up", "x raw", "first encounter", "x raw"
+        );
+        for b in &self.baselines {
+            let _ = writeln!(
+                s,
+                "{:<12} {:>10.3} {:>16.3} {:>8.3} {:>16.3} {:>8.3}",
+                b.name,
+                b.rmse_all,
+                b.rmse_after_warmup,
+                b.rmse_after_warmup / raw.rmse_after_warmup,
+                b.rmse_first_encounter,
+                b.rmse_first_encounter / raw.rmse_first_encounter
+            );
+        }
+        let _ = writeln!(
+            s,
+            "\nfirst encounters scored: {} (fleet support {}: {:?})",
+            self.first_encounters,
+            self.support_buckets.join(" / "),
+            self.first_encounters_by_support
+        );
+        let qis = &self.baselines[QIS];
+        let _ = writeln!(
+            s,
+            "qis first-encounter x raw by fleet support {}: {}",
+            self.support_buckets.join(" / "),
+            (0..3)
+                .map(|i| format!(
+                    "{:.3}",
+                    qis.rmse_first_encounter_by_support[i] / raw.rmse_first_encounter_by_support[i]
+                ))
+                .collect::<Vec<_>>()
+                .join(" / ")
+        );
+        let _ = writeln!(
+            s,
+            "per component after warm-up ({}):",
+            self.state_names.join(", ")
+        );
+        for b in &self.baselines {
+            let _ = writeln!(
+                s,
+                "  {:<12} {}",
+                b.name,
+                b.rmse_after_warmup_per_dim
+                    .iter()
+                    .map(|v| format!("{v:>8.3}"))
+                    .collect::<String>()
+            );
+        }
+        let w = &self.wire_per_robot;
+        let _ = writeln!(
+            s,
+            "\nwire per robot: published {:.1} records / {:.1} KiB, received {:.1} records / {:.1} KiB (delay {} ms, fan-in <= {} sources per address)",
+            w.published_records,
+            w.published_bytes / 1024.0,
+            w.received_records,
+            w.received_bytes / 1024.0,
+            c.delay_ms,
+            c.max_sources_per_address
+        );
+        let m = &self.memory;
+        let _ = writeln!(
+            s,
+            "memory per node: {:.1} received records (max {}, bound {}), {:.1} addresses, ~{:.1} KiB outcome memory (max {:.1} KiB)",
+            m.mean_received_records,
+            m.max_received_records,
+            m.bound_received_records,
+            m.mean_addresses,
+            m.mean_memory_bytes / 1024.0,
+            m.max_memory_bytes as f64 / 1024.0
+        );
+        let p = &self.process;
+        let _ = writeln!(
+            s,
+            "process: RSS {:.1} MiB (peak {:.1} MiB) for {} robots = {:.1} KiB per robot; fleet storage {} records / {:.1} MiB; {:.1} s wall, {:.0} episodes/s",
+            p.rss_bytes as f64 / 1048576.0,
+            p.peak_rss_bytes as f64 / 1048576.0,
+            c.robots,
+            p.peak_rss_bytes as f64 / 1024.0 / c.robots as f64,
+            self.storage_records,
+            self.storage_bytes as f64 / 1048576.0,
+            p.wall_s,
+            p.episodes_per_s
+        );
+        let t = &self.targets;
+        let mark = |t: &Target| if t.met { "met" } else { "NOT met" };
+        let _ = writeln!(s, "\nDESIGN 7 targets:");
+        let _ = writeln!(
+            s,
+            "  corrected RMSE after warm-up <= {:.1} x raw:  {:.3}  {}",
+            t.corrected_over_raw.bound,
+            t.corrected_over_raw.measured,
+            mark(&t.corrected_over_raw)
+        );
+        let _ = writeln!(
+            s,
+            "  first encounter <= {:.1} x raw (local-only {:.3}):  {:.3}  {}",
+            t.first_encounter_over_raw.bound,
+            self.baselines[LOCAL].rmse_first_encounter / raw.rmse_first_encounter,
+            t.first_encounter_over_raw.measured,
+            mark(&t.first_encounter_over_raw)
+        );
+        let _ = writeln!(
+            s,
+            "  within 10% of the central oracle (qis / oracle <= {:.1}):  {:.3}  {}",
+            t.qis_over_oracle.bound,
+            t.qis_over_oracle.measured,
+            mark(&t.qis_over_oracle)
+        );
+        if let Some(a) = &self.attack {
+            let _ = writeln!(
+                s,
+                "\nattack: {} robots publish residuals biased by {} x scale; qis RMSE after warm-up {:.3} -> {:.3} (raw {:.3}), first encounter {:.3} -> {:.3}",
+                a.attackers,
+                c.attack_bias,
+                a.qis_rmse_clean,
+                a.qis_rmse_attacked,
+                a.raw_rmse,
+                a.qis_first_clean,
+                a.qis_first_attacked
+            );
+        }
+        s
+    }
+
+    /// Writes the report as pretty JSON.
+    pub fn write_json(&self, path: &Path) -> Result<(), SimError> {
+        let text = serde_json::to_string_pretty(self)?;
+        std::fs::write(path, text).map_err(|source| SimError::Io {
+            path: path.display().to_string(),
+            source,
+        })
+    }
+}

@@ -1,0 +1,695 @@
+//! Fleet exchange over real Zenoh sessions on loopback (127.0.0.1 only): peers in this
+//! process and in separate `qis-fleet` processes (killed on drop), a router with
+//! storage, signatures, replays, coalescing. Every wait is bounded.
+
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+use ed25519_dalek::SigningKey;
+use nalgebra::DVector;
+use qis_ros::core::ids::{Fingerprint, FleetName, ModelId, RecordKey, Seq, SourceId};
+use qis_ros::core::memory::{Ingest, MemoryConfig, OutcomeMemory};
+use qis_ros::core::neighbors::Sketch;
+use qis_ros::core::record::OutcomeRecord;
+use qis_ros::core::summary::Decay;
+use qis_ros::core::synthesis::SynthesisConfig;
+use qis_ros::fleet::keys::record_key;
+use qis_ros::fleet::signing::{public_key_hex, seal};
+use qis_ros::fleet::{FleetConfig, FleetExchange, Publish, Received};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio::sync::mpsc;
+use tokio::time::timeout;
+
+const FLEET: &str = "test fleet";
+const MODEL: &str = "cosmos/v1";
+/// Bound on any single wait for the network in these tests.
+const WAIT: Duration = Duration::from_secs(20);
+
+fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free loopback port");
+    l.local_addr().expect("local addr").port()
+}
+
+fn ep(port: u16) -> String {
+    format!("tcp/127.0.0.1:{port}")
+}
+
+fn fp(byte: u8) -> Fingerprint {
+    Fingerprint([byte; 16])
+}
+
+fn key_of(seed: u8) -> SigningKey {
+    SigningKey::from_bytes(&[seed; 32])
+}
+
+fn write_key(dir: &Path, name: &str, key: &SigningKey) -> std::path::PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, hex::encode(key.to_bytes())).expect("write key file");
+    p
+}
+
+/// Peer settings on loopback with the given endpoints.
+fn peer_config(listen: u16, connect: &[u16]) -> FleetConfig {
+    FleetConfig {
+        fleet: FLEET.into(),
+        listen: vec![ep(listen)],
+        connect: connect.iter().map(|p| ep(*p)).collect(),
+        query_timeout_ms: 1000,
+        publish_interval_ms: 0,
+        min_count_to_share: 3,
+        anti_entropy_period_ms: 0,
+        ..FleetConfig::default()
+    }
+}
+
+async fn start(cfg: FleetConfig, source: &str) -> (FleetExchange, mpsc::Receiver<Received>) {
+    FleetExchange::start(
+        cfg.validate().expect("valid config"),
+        SourceId::new(source).unwrap(),
+    )
+    .await
+    .expect("exchange starts")
+}
+
+/// Spawns `qis-fleet <args>` and waits (bounded) for its `ready` line on stdout.
+async fn spawn_ready(args: &[&str]) -> Child {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_qis-fleet"))
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn qis-fleet");
+    let stdout = child.stdout.take().expect("piped stdout");
+    let mut lines = BufReader::new(stdout).lines();
+    let line = timeout(WAIT, lines.next_line())
+        .await
+        .expect("qis-fleet ready in time")
+        .expect("read stdout")
+        .expect("a line before EOF");
+    assert!(line.starts_with("ready"), "unexpected first line {line:?}");
+    // Keep draining stdout so the child never blocks on a full pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    child
+}
+
+/// Queries until `pred` holds on the result, bounded by WAIT.
+async fn query_until(
+    ex: &FleetExchange,
+    fingerprint: &Fingerprint,
+    pred: impl Fn(&[Received]) -> bool,
+) -> Vec<Received> {
+    let model = ModelId::new(MODEL).unwrap();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let got = ex.query(&model, fingerprint).await.expect("query runs");
+        if pred(&got) {
+            return got;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "query result never satisfied the condition: {got:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Waits (bounded) until `ex` completed `n` more anti-entropy rounds.
+async fn wait_rounds(ex: &FleetExchange, n: u64) {
+    let start = ex.stats().anti_entropy_rounds;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while ex.stats().anti_entropy_rounds < start + n {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "anti-entropy stalled"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Receives from the channel until `pred` holds, bounded by WAIT.
+async fn recv_until(
+    rx: &mut mpsc::Receiver<Received>,
+    mut pred: impl FnMut(&Received) -> bool,
+) -> Received {
+    timeout(WAIT, async {
+        loop {
+            let r = rx.recv().await.expect("channel open");
+            if pred(&r) {
+                return r;
+            }
+        }
+    })
+    .await
+    .expect("expected record arrived in time")
+}
+
+fn memory(source: &str) -> OutcomeMemory {
+    OutcomeMemory::new(
+        SourceId::new(source).unwrap(),
+        MemoryConfig::default(),
+        Decay::from_half_life_secs(0.0),
+    )
+}
+
+/// An own record of `source` after `n` outcomes with residual `r` (± 0.01).
+fn own_record(
+    source: &str,
+    fingerprint: Fingerprint,
+    n: u32,
+    r: &[f64],
+) -> (RecordKey, OutcomeRecord) {
+    let mut m = memory(source);
+    let model = ModelId::new(MODEL).unwrap();
+    let mut rec = None;
+    for i in 0..n {
+        let jitter = if i % 2 == 0 { 0.01 } else { -0.01 };
+        let v: Vec<f64> = r.iter().map(|x| x + jitter).collect();
+        rec = Some(
+            m.record_outcome(
+                &model,
+                fingerprint,
+                Sketch([0; 32]),
+                &v,
+                i64::from(i) * 1_000_000,
+            )
+            .unwrap(),
+        );
+    }
+    let key = RecordKey {
+        model,
+        fingerprint,
+        source: SourceId::new(source).unwrap(),
+    };
+    (key, rec.expect("n >= 1"))
+}
+
+/// A prediction of zeros corrected by what `m` holds for `fingerprint`.
+fn corrected(m: &mut OutcomeMemory, fingerprint: &Fingerprint) -> (DVector<f64>, u32) {
+    let prior = m
+        .prior(
+            &SynthesisConfig::default(),
+            &ModelId::new(MODEL).unwrap(),
+            fingerprint,
+            &[],
+            &DVector::zeros(2),
+            None,
+            &|_| 1.0,
+            10_000_000,
+        )
+        .unwrap();
+    (prior.state, prior.sources)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_peers_share_verify_and_survive_the_source() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ka, kb, kc, forger) = (key_of(1), key_of(2), key_of(3), key_of(66));
+    let ka_file = write_key(dir.path(), "a.key", &ka);
+    let (pa, pb, pc, pd) = (free_port(), free_port(), free_port(), free_port());
+    let s = fp(0x5a);
+    let s_hex = s.to_hex();
+
+    // A: a separate process that reports 10 outcomes (residual 0.5, -0.25) for s.
+    let a = spawn_ready(&[
+        "peer",
+        "--source",
+        "robot-a",
+        "--fleet",
+        FLEET,
+        "--listen",
+        &ep(pa),
+        "--connect",
+        &ep(pb),
+        "--key-file",
+        ka_file.to_str().unwrap(),
+        "--model",
+        MODEL,
+        "--fingerprint",
+        &s_hex,
+        "--outcomes",
+        "10",
+        "--residual",
+        "0.5,-0.25",
+    ])
+    .await;
+
+    let trusted = |mut c: FleetConfig| {
+        for (src, k) in [("robot-a", &ka), ("robot-b", &kb), ("robot-c", &kc)] {
+            c.trusted_sources.insert(src.into(), public_key_hex(k));
+        }
+        c
+    };
+    let mut cfg_b = trusted(peer_config(pb, &[pa]));
+    cfg_b.signing_key_file = Some(write_key(dir.path(), "b.key", &kb));
+    // Anti-entropy on: a live sample sent before a link is up is still delivered.
+    cfg_b.anti_entropy_period_ms = 300;
+    let (b, mut rx_b) = start(cfg_b, "robot-b").await;
+
+    // B never met s: one query brings A's record, and B's first prior reflects it.
+    let got = query_until(&b, &s, |g| !g.is_empty()).await;
+    assert_eq!(got.len(), 1, "{got:?}");
+    let (key, rec) = got[0].clone();
+    assert_eq!(key.source.as_str(), "robot-a");
+    assert_eq!((rec.seq, rec.summary.count()), (Seq(10), 10));
+    let mut mem_b = memory("robot-b");
+    let (before, _) = corrected(&mut mem_b, &s);
+    assert_eq!(before, DVector::zeros(2));
+    assert_eq!(mem_b.ingest(&key, rec.clone()), Ingest::Stored);
+    let (state_b, sources) = corrected(&mut mem_b, &s);
+    assert_eq!(sources, 1);
+    // Shrinkage toward A's mean residual: same signs, not beyond it.
+    assert!(state_b[0] > 0.1 && state_b[0] <= 0.5, "{state_b}");
+    assert!(state_b[1] < -0.05 && state_b[1] >= -0.25, "{state_b}");
+
+    // B follows s for live updates.
+    assert!(b.follow(&key.model, &s).await.unwrap());
+    assert!(!b.follow(&key.model, &s).await.unwrap());
+
+    // C joins later (connects to A and B) and gets the same record.
+    let mut cfg_c = trusted(peer_config(pc, &[pa, pb]));
+    cfg_c.signing_key_file = Some(write_key(dir.path(), "c.key", &kc));
+    let (c, _rx_c) = start(cfg_c, "robot-c").await;
+    let got_c = query_until(&c, &s, |g| {
+        g.iter().any(|(k, _)| k.source.as_str() == "robot-a")
+    })
+    .await;
+    let (_, rec_c) = got_c
+        .iter()
+        .find(|(k, _)| k.source.as_str() == "robot-a")
+        .unwrap();
+    assert_eq!(rec_c, &rec);
+    let mut mem_c = memory("robot-c");
+    mem_c.ingest(&key, rec_c.clone());
+    assert_eq!(corrected(&mut mem_c, &s), (state_b.clone(), 1));
+
+    // C shares its own record for s: B receives it live and verified.
+    let (key_c, rec_own_c) = own_record("robot-c", s, 4, &[0.4, -0.2]);
+    assert_eq!(c.publish(&key_c, &rec_own_c).unwrap(), Publish::Queued);
+    let (k, r) = recv_until(&mut rx_b, |(k, _)| k.source.as_str() == "robot-c").await;
+    assert_eq!((r.seq, r.summary.count()), (Seq(4), 4));
+    assert_eq!(mem_b.ingest(&k, r), Ingest::Stored);
+
+    // Hostile input on the wire, from a raw session: a record claiming to be A's signed
+    // by a forger, an unsigned one, garbage bytes, a key outside the key space v1 rules.
+    let mut raw_cfg = zenoh::Config::default();
+    raw_cfg.insert_json5("mode", "\"peer\"").unwrap();
+    raw_cfg
+        .insert_json5("listen/endpoints", &format!("[\"{}\"]", ep(pd)))
+        .unwrap();
+    raw_cfg
+        .insert_json5(
+            "connect/endpoints",
+            &format!("[\"{}\",\"{}\"]", ep(pa), ep(pb)),
+        )
+        .unwrap();
+    raw_cfg
+        .insert_json5("scouting/multicast/enabled", "false")
+        .unwrap();
+    let raw = zenoh::open(raw_cfg).await.unwrap();
+    let fleet = FleetName::new(FLEET).unwrap();
+    let ke_a = record_key(&fleet, &key);
+    let (_, newer) = own_record("robot-a", s, 20, &[9.0, 9.0]);
+    let before_stats = b.stats();
+    let mut sent = 0;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    // Resend until B has seen all four (the raw session needs a moment to connect).
+    while b.stats().rejected() < before_stats.rejected() + 4 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "hostile samples never reached B"
+        );
+        raw.put(&ke_a, seal(&newer, &ke_a, Some(&forger)).unwrap())
+            .await
+            .unwrap();
+        raw.put(&ke_a, seal(&newer, &ke_a, None).unwrap())
+            .await
+            .unwrap();
+        raw.put(&ke_a, vec![1u8, 2, 3]).await.unwrap();
+        raw.put(
+            format!("qis/v1/test%20fleet/cosmos%2Fv1/{s_hex}/a+b"),
+            vec![0u8],
+        )
+        .await
+        .unwrap();
+        sent += 1;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let after = b.stats();
+    assert!(after.rejected_signature > before_stats.rejected_signature);
+    assert!(after.rejected_unsigned > before_stats.rejected_unsigned);
+    assert!(after.rejected_decode > before_stats.rejected_decode);
+    assert!(after.rejected_key > before_stats.rejected_key);
+    assert!(sent >= 1);
+
+    // A genuine replay (A's older seq 5, correctly signed): verified, delivered, and the
+    // memory keeps the newer seq, so nothing is double counted.
+    let (_, older) = own_record("robot-a", s, 5, &[0.5, -0.25]);
+    raw.put(&ke_a, seal(&older, &ke_a, Some(&ka)).unwrap())
+        .await
+        .unwrap();
+    let (k, r) = recv_until(&mut rx_b, |(k, r)| {
+        k.source.as_str() == "robot-a" && r.seq == Seq(5)
+    })
+    .await;
+    let (state_before_replay, _) = corrected(&mut mem_b, &s);
+    assert_eq!(mem_b.ingest(&k, r), Ingest::Stale);
+    assert_eq!(corrected(&mut mem_b, &s).0, state_before_replay);
+    // None of the forged records got through to the channel.
+    while let Ok(r) = rx_b.try_recv() {
+        assert_ne!(r.1.summary.count(), 20, "forged record delivered: {r:?}");
+    }
+    raw.close().await.unwrap();
+
+    // A dies. B and C still answer: B's prior still rests on A's outcomes, and C still
+    // gets B's record from B (each node serves only its own records).
+    drop(a);
+    let (state_after, sources_after) = corrected(&mut mem_b, &s);
+    assert_eq!(sources_after, 2);
+    assert!(state_after[0] > 0.1, "{state_after}");
+    let (key_b, rec_own_b) = own_record("robot-b", s, 3, &[0.45, -0.2]);
+    assert_eq!(b.publish(&key_b, &rec_own_b).unwrap(), Publish::Queued);
+    let got_c = query_until(&c, &s, |g| {
+        g.iter().any(|(k, _)| k.source.as_str() == "robot-b")
+    })
+    .await;
+    assert!(got_c.iter().all(|(k, _)| k.source.as_str() != "robot-c"));
+
+    b.close().await.unwrap();
+    c.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn router_storage_serves_records_of_departed_robots() {
+    let pr = free_port();
+    let router = spawn_ready(&["router", "--listen", &ep(pr)]).await;
+    let client_file = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/zenoh-client.json5");
+    let client = |source: &'static str| {
+        let cfg = FleetConfig {
+            fleet: FLEET.into(),
+            zenoh_config: Some(client_file.clone()),
+            connect: vec![ep(pr)],
+            min_count_to_share: 1,
+            anti_entropy_period_ms: 0,
+            ..FleetConfig::default()
+        };
+        start(cfg, source)
+    };
+    let s = fp(0x11);
+
+    // A (client of the router) reports and publishes, then goes offline.
+    let (a, _rx_a) = client("robot-a").await;
+    let (key, rec) = own_record("robot-a", s, 6, &[1.0, 2.0]);
+    assert_eq!(a.publish(&key, &rec).unwrap(), Publish::Queued);
+    a.flush().await.unwrap();
+    // Wait until the record can be read back while A is still up (storage or A answers).
+    let (probe, _rx_p) = client("probe").await;
+    query_until(&probe, &s, |g| !g.is_empty()).await;
+    a.close().await.unwrap();
+
+    // C joins after A left: only the router's storage can answer.
+    let (c, _rx_c) = client("robot-c").await;
+    let got = query_until(&c, &s, |g| !g.is_empty()).await;
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].0, key);
+    assert_eq!(got[0].1, rec);
+
+    probe.close().await.unwrap();
+    c.close().await.unwrap();
+    drop(router);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publishing_is_withheld_then_coalesced_and_subscriptions_are_bounded() {
+    let (pa, pb) = (free_port(), free_port());
+    let mut cfg_a = peer_config(pa, &[pb]);
+    cfg_a.publish_interval_ms = 2000;
+    cfg_a.min_count_to_share = 3;
+    let (a, _rx_a) = start(cfg_a, "robot-a").await;
+    let mut cfg_b = peer_config(pb, &[pa]);
+    cfg_b.max_live_subscriptions = 2;
+    let (b, mut rx_b) = start(cfg_b, "robot-b").await;
+    let s = fp(0x22);
+    let model = ModelId::new(MODEL).unwrap();
+    assert!(b.follow(&model, &s).await.unwrap());
+
+    // Below min_count_to_share: withheld, not served.
+    let (key, r2) = own_record("robot-a", s, 2, &[0.3, 0.3]);
+    assert_eq!(
+        a.publish(&key, &r2).unwrap(),
+        Publish::Withheld {
+            count: 2,
+            needed: 3
+        }
+    );
+    assert!(b.query(&model, &s).await.unwrap().is_empty());
+
+    // Wait until B's subscription is known to A (a served record is visible to queries).
+    let (_, r3) = own_record("robot-a", s, 3, &[0.3, 0.3]);
+    a.serve_own(&key, &r3).unwrap();
+    query_until(&b, &s, |g| !g.is_empty()).await;
+
+    // A burst of four versions: at most one put goes out at once (the outbox task may
+    // wake after any of them), the rest coalesce into one put of the latest after the
+    // interval. B ends with seq 6 after at most two samples.
+    for n in 3..=6 {
+        let (_, r) = own_record("robot-a", s, n, &[0.3, 0.3]);
+        assert_eq!(a.publish(&key, &r).unwrap(), Publish::Queued);
+    }
+    let mut samples = 0;
+    recv_until(&mut rx_b, |(_, r)| {
+        samples += 1;
+        r.seq == Seq(6)
+    })
+    .await;
+    assert!(
+        samples <= 2,
+        "{samples} samples: intermediate versions were not coalesced"
+    );
+    // The counter is bumped after the put returns, which can be after B got it.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while a.stats().published == 0 {
+        assert!(tokio::time::Instant::now() < deadline, "no put counted");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let published = a.stats().published;
+    assert!(
+        (1..=2).contains(&published),
+        "{published} puts for one burst"
+    );
+    assert_eq!(a.stats().withheld, 1);
+
+    // Live subscriptions are bounded: following a third address drops the least
+    // recently used one (s was refreshed, so fp 0x33 goes).
+    assert!(b.follow(&model, &fp(0x33)).await.unwrap());
+    assert!(!b.follow(&model, &s).await.unwrap());
+    assert!(b.follow(&model, &fp(0x44)).await.unwrap());
+    let mut followed: Vec<Fingerprint> = b.followed().into_iter().map(|(_, f)| f).collect();
+    followed.sort();
+    assert_eq!(followed, vec![s, fp(0x44)]);
+
+    a.close().await.unwrap();
+    b.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anti_entropy_brings_records_missed_live() {
+    let (pa, pb) = (free_port(), free_port());
+    let (a, _rx_a) = start(peer_config(pa, &[pb]), "robot-a").await;
+    let mut cfg_b = peer_config(pb, &[pa]);
+    cfg_b.anti_entropy_period_ms = 200;
+    let (b, mut rx_b) = start(cfg_b, "robot-b").await;
+    let s = fp(0x77);
+    let model = ModelId::new(MODEL).unwrap();
+    assert!(b.follow(&model, &s).await.unwrap());
+
+    // Served but never put: no live sample exists, only a re-query can deliver it.
+    let (key, rec) = own_record("robot-a", s, 4, &[0.1, 0.2]);
+    assert!(a.serve_own(&key, &rec).unwrap());
+    let (k, r) = recv_until(&mut rx_b, |_| true).await;
+    assert_eq!((k, r), (key.clone(), rec));
+    assert_eq!(a.stats().published, 0);
+    assert!(
+        b.stats().queries >= 1,
+        "only an anti-entropy query can have delivered it"
+    );
+
+    // B's digest now holds A's seq 4: later rounds ask with it and A sends nothing.
+    wait_rounds(&b, 1).await;
+    let sent = a.stats().bytes_out;
+    wait_rounds(&b, 3).await;
+    assert_eq!(
+        a.stats().bytes_out,
+        sent,
+        "A resent a record B already holds"
+    );
+    assert!(rx_b.try_recv().is_err());
+
+    // A newer version is still fetched.
+    let (_, rec5) = own_record("robot-a", s, 5, &[0.1, 0.2]);
+    assert!(a.serve_own(&key, &rec5).unwrap());
+    let (_, r) = recv_until(&mut rx_b, |_| true).await;
+    assert_eq!(r.seq, Seq(5));
+
+    a.close().await.unwrap();
+    b.close().await.unwrap();
+}
+
+/// Privacy (DESIGN §6): only fingerprints and summaries cross the wire. A spy on `**`
+/// (live samples, plus a get of everything at the end) must never see a raw predicted
+/// or measured state value, a scenario feature value, an embedding value, a tag or a
+/// feature name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_records_cross_the_wire() {
+    use qis_ros::core::fingerprint::{Bins, FingerprintConfig};
+    use std::sync::{Arc, Mutex};
+
+    let (pa, pb, ps) = (free_port(), free_port(), free_port());
+    let mut fcfg = FingerprintConfig::default();
+    fcfg.features.insert(
+        "speed".into(),
+        Bins::Width {
+            width: 1.0,
+            origin: 0.0,
+        },
+    );
+    let fingerprinter = fcfg.validate().unwrap();
+    let tags = vec!["weather=rain".to_owned(), "obstacle=cyclist".to_owned()];
+    let names = vec!["speed".to_owned()];
+    let features = [7.3125];
+    let embedding = [0.123_f32, -0.456, 0.789, 0.321];
+    let canonical = fingerprinter
+        .canonicalize(&tags, &names, &features)
+        .unwrap();
+    let s = canonical.fingerprint();
+    let sketch = qis_ros::core::neighbors::sketch(&canonical, &embedding).unwrap();
+
+    // The spy: a plain Zenoh peer connected to both robots.
+    let mut spy_cfg = zenoh::Config::default();
+    spy_cfg.insert_json5("mode", "\"peer\"").unwrap();
+    spy_cfg
+        .insert_json5("listen/endpoints", &format!("[\"{}\"]", ep(ps)))
+        .unwrap();
+    spy_cfg
+        .insert_json5(
+            "connect/endpoints",
+            &format!("[\"{}\",\"{}\"]", ep(pa), ep(pb)),
+        )
+        .unwrap();
+    spy_cfg
+        .insert_json5("scouting/multicast/enabled", "false")
+        .unwrap();
+    let spy = zenoh::open(spy_cfg).await.unwrap();
+    type Seen = Arc<Mutex<Vec<(String, Vec<u8>)>>>;
+    let seen: Seen = Arc::default();
+    let sink = seen.clone();
+    let _sub = spy
+        .declare_subscriber("**")
+        .callback(move |sample| {
+            sink.lock().unwrap().push((
+                sample.key_expr().as_str().to_owned(),
+                sample.payload().to_bytes().into_owned(),
+            ));
+        })
+        .await
+        .unwrap();
+
+    let (a, _rx_a) = start(peer_config(pa, &[pb, ps]), "robot-a").await;
+    let (b, _rx_b) = start(peer_config(pb, &[pa, ps]), "robot-b").await;
+    let model = ModelId::new(MODEL).unwrap();
+    let key = RecordKey {
+        model: model.clone(),
+        fingerprint: s,
+        source: SourceId::new("robot-a").unwrap(),
+    };
+    let mut mem_a = memory("robot-a");
+    let mut raw_values: Vec<f64> = features.to_vec();
+    for i in 0..6 {
+        let predicted = [10.0 + f64::from(i) * 0.37, -3.3 - f64::from(i) * 0.11];
+        let measured = [
+            predicted[0] + 0.5 + f64::from(i) * 0.013,
+            predicted[1] - 0.25 + f64::from(i) * 0.007,
+        ];
+        raw_values.extend(predicted);
+        raw_values.extend(measured);
+        let residual = [measured[0] - predicted[0], measured[1] - predicted[1]];
+        let rec = mem_a
+            .record_outcome(&model, s, sketch, &residual, i64::from(i) * 1_000_000)
+            .unwrap();
+        a.publish(&key, &rec).unwrap();
+    }
+    // B sees A's record (so data really flowed), and the spy saw at least one put.
+    query_until(&b, &s, |g| g.iter().any(|(_, r)| r.summary.count() == 6)).await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while seen.lock().unwrap().is_empty() {
+        assert!(tokio::time::Instant::now() < deadline, "spy saw nothing");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let replies = spy.get("qis/**").await.unwrap();
+    while let Ok(r) = replies.recv_async().await {
+        if let Ok(sample) = r.result() {
+            seen.lock().unwrap().push((
+                sample.key_expr().as_str().to_owned(),
+                sample.payload().to_bytes().into_owned(),
+            ));
+        }
+    }
+
+    let seen = seen.lock().unwrap().clone();
+    let contains = |hay: &[u8], needle: &[u8]| hay.windows(needle.len()).any(|w| w == needle);
+    for (k, payload) in &seen {
+        assert!(k.starts_with("qis/v1/"), "unexpected key {k}");
+        for text in ["rain", "cyclist", "speed", "weather", "obstacle"] {
+            assert!(
+                !k.contains(text) && !contains(payload, text.as_bytes()),
+                "{text} leaked"
+            );
+        }
+        for v in &raw_values {
+            assert!(
+                !contains(payload, &v.to_le_bytes()),
+                "raw value {v} leaked under {k}"
+            );
+            assert!(
+                !contains(payload, v.to_string().as_bytes()),
+                "raw value {v} leaked as text"
+            );
+        }
+        for e in embedding {
+            assert!(
+                !contains(payload, &e.to_le_bytes()),
+                "embedding value {e} leaked"
+            );
+        }
+    }
+    a.close().await.unwrap();
+    b.close().await.unwrap();
+    spy.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keygen_writes_a_key_whose_public_half_it_prints() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("robot.key");
+    let out = Command::new(env!("CARGO_BIN_EXE_qis-fleet"))
+        .arg("keygen")
+        .arg(&file)
+        .output()
+        .await
+        .expect("run keygen");
+    assert!(out.status.success());
+    let printed = String::from_utf8(out.stdout).unwrap();
+    let key = qis_ros::fleet::signing::parse_signing_key(&std::fs::read_to_string(&file).unwrap())
+        .expect("a valid key file");
+    assert_eq!(printed.trim(), public_key_hex(&key));
+    // Never overwrites an existing key.
+    let again = Command::new(env!("CARGO_BIN_EXE_qis-fleet"))
+        .arg("keygen")
+        .arg(&file)
+        .output()
+        .await
+        .expect("run keygen");
+    assert!(!again.status.success());
+}

@@ -1,0 +1,146 @@
+//! The fleet simulator, small and seeded: qis must beat the raw world model and local-only
+//! learning where the fleet has seen a class before, runs must be reproducible, memory
+//! must respect its bound and a poisoning minority must not undo the correction.
+
+use qis_ros::sim::baselines::{LOCAL, ORACLE, QIS, RAW};
+use qis_ros::sim::{SimConfig, SimReport, run};
+
+fn small(seed: u64) -> SimConfig {
+    SimConfig {
+        seed,
+        robots: 40,
+        episodes: 80,
+        ..SimConfig::default()
+    }
+}
+
+fn simulate(config: &SimConfig) -> SimReport {
+    run(config, &mut |_| {}).expect("simulation runs")
+}
+
+#[test]
+fn qis_beats_raw_and_local_only_on_first_encounters() {
+    let r = simulate(&small(11));
+    assert!(
+        r.first_encounters > 50,
+        "few first encounters: {}",
+        r.first_encounters
+    );
+    let b = &r.baselines;
+    let first = |i: usize| b[i].rmse_first_encounter;
+    assert!(
+        first(QIS) < 0.6 * first(RAW),
+        "qis {} vs raw {} on first encounters",
+        first(QIS),
+        first(RAW)
+    );
+    assert!(
+        first(QIS) < 0.6 * first(LOCAL),
+        "qis {} vs local {}",
+        first(QIS),
+        first(LOCAL)
+    );
+    // Local-only has nothing on a first encounter: it is the raw model there.
+    assert!((first(LOCAL) - first(RAW)).abs() < 1e-12);
+    assert!(b[QIS].rmse_after_warmup < 0.6 * b[RAW].rmse_after_warmup);
+    assert!(b[QIS].rmse_after_warmup < b[LOCAL].rmse_after_warmup);
+    assert!(b[ORACLE].rmse_after_warmup < b[RAW].rmse_after_warmup);
+    assert!(r.wire_per_robot.published_records > 0.0);
+    assert!(r.wire_per_robot.received_bytes > 0.0);
+    assert_eq!(r.wire_per_robot.dropped, 0);
+}
+
+#[test]
+fn the_same_seed_gives_the_same_figures() {
+    let a = simulate(&small(5));
+    let b = simulate(&small(5));
+    assert_eq!(a.baselines, b.baselines);
+    assert_eq!(a.targets, b.targets);
+    assert_eq!(a.wire_per_robot, b.wire_per_robot);
+    assert_eq!(a.memory, b.memory);
+    assert_eq!(a.episodes, b.episodes);
+    let c = simulate(&small(6));
+    assert_ne!(
+        a.baselines, c.baselines,
+        "another seed gives other episodes"
+    );
+}
+
+#[test]
+fn memory_per_node_respects_its_bound() {
+    let config = SimConfig {
+        max_received_records: 10,
+        ..small(3)
+    };
+    let r = simulate(&config);
+    assert!(r.memory.robots > 0);
+    assert!(r.memory.max_received_records <= 10, "{:?}", r.memory);
+    let unbounded = simulate(&small(3));
+    assert!(
+        unbounded.memory.max_received_records > 10,
+        "{:?}",
+        unbounded.memory
+    );
+}
+
+#[test]
+fn poisoned_records_are_measured_against_the_same_episodes_without_attack() {
+    let config = SimConfig {
+        attackers: 0.15,
+        ..small(9)
+    };
+    let r = simulate(&config);
+    let a = r.attack.expect("attack figures are reported");
+    assert!(a.attackers > 0);
+    // The robots drawn as attackers are left out of the figures in both runs, so the raw
+    // model is scored on exactly the same episodes with and without the attack.
+    assert_eq!(a.raw_rmse, a.raw_rmse_clean);
+    assert_eq!(a.raw_rmse, r.baselines[RAW].rmse_after_warmup);
+    assert!(
+        a.qis_rmse_attacked > a.qis_rmse_clean,
+        "poison must reach the honest robots: {} vs {}",
+        a.qis_rmse_attacked,
+        a.qis_rmse_clean
+    );
+    assert!(a.qis_rmse_clean < a.raw_rmse);
+}
+
+#[test]
+fn neighbors_help_classes_nobody_has_seen() {
+    let exact = simulate(&small(11));
+    let mut config = small(11);
+    config.neighbors = 4;
+    config.synthesis.min_support = 1.0;
+    let near = simulate(&config);
+    let (a, b) = (&exact.baselines[QIS], &near.baselines[QIS]);
+    assert!(
+        b.rmse_all < 0.9 * a.rmse_all,
+        "borrowing for unseen classes: {} vs exact only {}",
+        b.rmse_all,
+        a.rmse_all
+    );
+    // Classes the fleet has seen have exact support: nothing is borrowed there.
+    assert_eq!(b.rmse_first_encounter, a.rmse_first_encounter);
+}
+
+#[test]
+fn bad_settings_are_refused_by_name() {
+    let e = run(
+        &SimConfig {
+            robots: 0,
+            ..SimConfig::default()
+        },
+        &mut |_| {},
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("robots"), "{e}");
+    let e = run(
+        &SimConfig {
+            attackers: 1.5,
+            ..SimConfig::default()
+        },
+        &mut |_| {},
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("attackers"), "{e}");
+}
