@@ -5,4 +5,6 @@
 
 pub mod core;
 pub mod fleet;
+pub mod node;
+pub mod ros;
 pub mod sim;

@@ -1,0 +1,241 @@
+//! What the node counts about itself: inputs accepted and rejected (by kind), the
+//! pairing table, the fleet records received, and the shadow-mode error balance. The
+//! binding turns a [`Report`] into `diagnostic_msgs/DiagnosticArray`.
+
+/// Why an input was refused; each kind has its own counter.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum RejectKind {
+    /// An outcome whose episode has no pending prediction.
+    NoPrediction,
+    /// A prediction for an episode already pending, or an outcome for one already paired.
+    Duplicate,
+    /// Arrays whose lengths do not agree (state vs covariance, outcome vs prediction).
+    DimensionMismatch,
+    /// NaN or infinity in a state, covariance or embedding.
+    NonFinite,
+    /// An array or string longer than the configured bounds.
+    Oversized,
+    /// A scenario that cannot be fingerprinted (bad tag, unknown feature, ...).
+    BadScenario,
+    /// An empty or invalid `episode_id` or `model_id`.
+    BadId,
+    /// A covariance that is not symmetric positive (semi-)definite where it must be.
+    BadCovariance,
+    /// Bytes that did not decode as the message type.
+    Malformed,
+    /// A fleet record refused by the memory (stale, own source, dimension conflict).
+    FleetRecord,
+}
+
+impl RejectKind {
+    /// Every kind, in report order.
+    pub const ALL: [RejectKind; 10] = [
+        RejectKind::NoPrediction,
+        RejectKind::Duplicate,
+        RejectKind::DimensionMismatch,
+        RejectKind::NonFinite,
+        RejectKind::Oversized,
+        RejectKind::BadScenario,
+        RejectKind::BadId,
+        RejectKind::BadCovariance,
+        RejectKind::Malformed,
+        RejectKind::FleetRecord,
+    ];
+
+    /// Stable snake_case name, used as the diagnostics key suffix.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RejectKind::NoPrediction => "no_prediction",
+            RejectKind::Duplicate => "duplicate",
+            RejectKind::DimensionMismatch => "dimension_mismatch",
+            RejectKind::NonFinite => "non_finite",
+            RejectKind::Oversized => "oversized",
+            RejectKind::BadScenario => "bad_scenario",
+            RejectKind::BadId => "bad_id",
+            RejectKind::BadCovariance => "bad_covariance",
+            RejectKind::Malformed => "malformed",
+            RejectKind::FleetRecord => "fleet_record",
+        }
+    }
+
+    fn index(self) -> usize {
+        RejectKind::ALL
+            .iter()
+            .position(|k| *k == self)
+            .unwrap_or_default()
+    }
+}
+
+/// Running totals since start-up.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Counters {
+    /// Predictions answered with a corrected prior.
+    pub predictions: u64,
+    /// Outcomes paired with their prediction.
+    pub outcomes: u64,
+    /// Own records handed to the fleet.
+    pub records_published: u64,
+    /// Fleet records stored in the memory.
+    pub records_received: u64,
+    /// Pending predictions dropped because `max_pending` was reached.
+    pub pending_evicted: u64,
+    /// Pending predictions dropped after `pending_timeout_s`.
+    pub pending_expired: u64,
+    /// Rejected inputs, indexed like [`RejectKind::ALL`].
+    rejected: [u64; RejectKind::ALL.len()],
+    /// Σ |measured − predicted| over paired outcomes (Euclidean norms).
+    pub raw_error_sum: f64,
+    /// Σ |measured − corrected| over the same outcomes.
+    pub corrected_error_sum: f64,
+}
+
+impl Counters {
+    /// Counts one rejected input.
+    pub fn reject(&mut self, kind: RejectKind) {
+        self.rejected[kind.index()] += 1;
+    }
+
+    /// Rejected inputs of one kind.
+    pub fn rejected(&self, kind: RejectKind) -> u64 {
+        self.rejected[kind.index()]
+    }
+
+    /// Rejected inputs of every kind.
+    pub fn rejected_total(&self) -> u64 {
+        self.rejected.iter().sum()
+    }
+
+    /// Error the corrections removed (> 0) or added (< 0), summed over paired outcomes:
+    /// Σ|raw err| − Σ|corrected err|. In shadow mode this is what trusting them would do.
+    pub fn error_removed(&self) -> f64 {
+        self.raw_error_sum - self.corrected_error_sum
+    }
+}
+
+/// A point-in-time report of the node's health.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Report {
+    /// Totals since start-up.
+    pub counters: Counters,
+    /// Predictions waiting for their outcome.
+    pub pending: usize,
+    /// Addresses known to the memory.
+    pub addresses: usize,
+    /// Fleet records held.
+    pub received_records: usize,
+    /// Whether corrected priors go to the shadow topic.
+    pub shadow_mode: bool,
+}
+
+impl Report {
+    /// The report as ordered key/value text pairs (what `/diagnostics` carries).
+    pub fn key_values(&self) -> Vec<(String, String)> {
+        let c = &self.counters;
+        let mut kv = vec![
+            ("shadow_mode".to_string(), self.shadow_mode.to_string()),
+            ("predictions".into(), c.predictions.to_string()),
+            ("outcomes".into(), c.outcomes.to_string()),
+            ("pending".into(), self.pending.to_string()),
+            ("pending_evicted".into(), c.pending_evicted.to_string()),
+            ("pending_expired".into(), c.pending_expired.to_string()),
+            ("cache_addresses".into(), self.addresses.to_string()),
+            (
+                "cache_received_records".into(),
+                self.received_records.to_string(),
+            ),
+            ("records_published".into(), c.records_published.to_string()),
+            ("records_received".into(), c.records_received.to_string()),
+            ("raw_error_sum".into(), format!("{:.6}", c.raw_error_sum)),
+            (
+                "corrected_error_sum".into(),
+                format!("{:.6}", c.corrected_error_sum),
+            ),
+            ("error_removed".into(), format!("{:.6}", c.error_removed())),
+            ("rejected_total".into(), c.rejected_total().to_string()),
+        ];
+        for k in RejectKind::ALL {
+            kv.push((
+                format!("rejected.{}", k.as_str()),
+                c.rejected(k).to_string(),
+            ));
+        }
+        kv
+    }
+}
+
+/// Rate limit for logging rejected inputs: at most one line per kind per interval,
+/// saying how many were suppressed since (a flood of bad input must not flood the log).
+#[derive(Clone, Debug)]
+pub struct LogLimiter {
+    interval_ns: i64,
+    last: [Option<i64>; RejectKind::ALL.len()],
+    suppressed: [u64; RejectKind::ALL.len()],
+}
+
+impl LogLimiter {
+    /// At most one line per kind every `interval_ns` (monotonic time).
+    pub fn new(interval_ns: i64) -> Self {
+        LogLimiter {
+            interval_ns,
+            last: [None; RejectKind::ALL.len()],
+            suppressed: [0; RejectKind::ALL.len()],
+        }
+    }
+
+    /// `Some(suppressed since the last line)` when a line may be logged now.
+    pub fn allow(&mut self, kind: RejectKind, now_ns: i64) -> Option<u64> {
+        let i = kind.index();
+        match self.last[i] {
+            Some(t) if now_ns.saturating_sub(t) < self.interval_ns => {
+                self.suppressed[i] += 1;
+                None
+            }
+            _ => {
+                self.last[i] = Some(now_ns);
+                Some(std::mem::take(&mut self.suppressed[i]))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_per_kind_and_lists_every_kind() {
+        let mut c = Counters::default();
+        c.reject(RejectKind::NonFinite);
+        c.reject(RejectKind::NonFinite);
+        c.reject(RejectKind::FleetRecord);
+        assert_eq!(c.rejected(RejectKind::NonFinite), 2);
+        assert_eq!(c.rejected(RejectKind::FleetRecord), 1);
+        assert_eq!(c.rejected(RejectKind::Duplicate), 0);
+        assert_eq!(c.rejected_total(), 3);
+        let r = Report {
+            counters: c,
+            pending: 0,
+            addresses: 0,
+            received_records: 0,
+            shadow_mode: true,
+        };
+        let kv = r.key_values();
+        for k in RejectKind::ALL {
+            assert!(
+                kv.iter()
+                    .any(|(key, _)| *key == format!("rejected.{}", k.as_str()))
+            );
+        }
+        assert!(kv.contains(&("rejected.non_finite".into(), "2".into())));
+    }
+
+    #[test]
+    fn log_limiter_suppresses_within_the_interval() {
+        let mut l = LogLimiter::new(100);
+        assert_eq!(l.allow(RejectKind::NonFinite, 0), Some(0));
+        assert_eq!(l.allow(RejectKind::NonFinite, 50), None);
+        assert_eq!(l.allow(RejectKind::NonFinite, 60), None);
+        assert_eq!(l.allow(RejectKind::Duplicate, 60), Some(0));
+        assert_eq!(l.allow(RejectKind::NonFinite, 100), Some(2));
+    }
+}

@@ -1,0 +1,29 @@
+//! The node's door to the fleet exchange. The node logic never does I/O: the binding
+//! hands own records to a [`FleetPort`] after each paired outcome and feeds records
+//! received from the fleet back with [`super::NodeLogic::on_record`].
+
+use crate::core::ids::{Fingerprint, ModelId, RecordKey};
+use crate::core::record::OutcomeRecord;
+
+/// Where a node's own records go, and how the exchange learns which addresses matter.
+///
+/// Called from the node's event loop: implementations must not block (queue the work
+/// to a task of their own, bounded).
+pub trait FleetPort: Send + Sync {
+    /// Shares one of this robot's own records (the latest cumulative summary of its key).
+    fn publish(&self, key: &RecordKey, record: &OutcomeRecord);
+
+    /// The node met an address it holds nothing about: the exchange should ask the fleet
+    /// for it once and keep it fresh (DESIGN 1, step 3). Default: nothing to do.
+    fn interest(&self, _model: &ModelId, _fingerprint: &Fingerprint) {}
+}
+
+/// A node that keeps its records to itself (fleet exchange disabled).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct LocalOnly;
+
+impl FleetPort for LocalOnly {
+    fn publish(&self, key: &RecordKey, _record: &OutcomeRecord) {
+        tracing::trace!(fingerprint = %key.fingerprint.to_hex(), "fleet exchange disabled: record kept local");
+    }
+}

@@ -1,0 +1,420 @@
+//! `NodeLogic`: everything `qis_node` does between receiving a message and publishing
+//! one, with no binding, no I/O and no clock (time comes in as an argument), so the
+//! native and r2r bindings, the tests and the fleet simulator all run the same code.
+
+use nalgebra::DVector;
+
+use crate::core::discrepancy::{Covariance, Discrepancy as Residual};
+use crate::core::fingerprint::Fingerprinter;
+use crate::core::ids::{Fingerprint, FleetName, ModelId, RecordKey, SourceId};
+use crate::core::memory::{Ingest, OutcomeMemory};
+use crate::core::neighbors::{MAX_EMBEDDING_DIM, NeighborIndex, Sketch, sketch};
+use crate::core::record::OutcomeRecord;
+use crate::core::summary::Summary;
+use crate::core::synthesis::Match;
+use crate::ros::msgs::{
+    CorrectedPrior, Discrepancy, Outcome, Prediction, QueryRequest, QueryResponse, Scenario,
+};
+
+use super::diagnostics::{Counters, RejectKind, Report};
+use super::input::{self, InputError};
+use super::pairing::{PairingMiss, PairingTable, Pending};
+use super::params::{NodeParams, ParamError};
+
+/// Most first-encounter addresses held for the fleet exchange between two drains.
+const MAX_INTERESTS: usize = 1024;
+
+/// What a paired outcome produces.
+#[derive(Clone, Debug, PartialEq)]
+pub struct OutcomeEffect {
+    /// To publish on `discrepancy`.
+    pub discrepancy: Discrepancy,
+    /// The updated own record, to persist and then share with the fleet; `None` while
+    /// the address has fewer than `min_count_to_share` own outcomes (privacy budget).
+    pub record_to_publish: Option<(RecordKey, OutcomeRecord)>,
+}
+
+/// The binding-free node: fingerprints, pairs, synthesizes and counts.
+#[derive(Debug)]
+pub struct NodeLogic {
+    params: NodeParams,
+    fleet: FleetName,
+    fingerprinter: Fingerprinter,
+    memory: OutcomeMemory,
+    neighbors: NeighborIndex,
+    pairing: PairingTable,
+    counters: Counters,
+    interests: Vec<(ModelId, Fingerprint)>,
+}
+
+/// A scenario's exact address and its sketch (for neighbors).
+fn address_of(
+    fingerprinter: &Fingerprinter,
+    s: &Scenario,
+) -> Result<(Fingerprint, Sketch), InputError> {
+    if s.embedding.len() > MAX_EMBEDDING_DIM {
+        return Err(InputError::Oversized {
+            what: "scenario.embedding",
+            len: s.embedding.len(),
+            max: MAX_EMBEDDING_DIM,
+        });
+    }
+    input::finite("scenario.embedding", &s.embedding)?;
+    if let Some(index) = s.features.iter().position(|v| !v.is_finite()) {
+        return Err(InputError::NonFinite {
+            what: "scenario.features",
+            index,
+            value: s.features[index],
+        });
+    }
+    let canonical = fingerprinter.canonicalize(&s.tags, &s.feature_names, &s.features)?;
+    let sk = sketch(&canonical, &s.embedding)?;
+    Ok((canonical.fingerprint(), sk))
+}
+
+impl NodeLogic {
+    /// A node for robot `source` with validated parameters.
+    pub fn new(params: NodeParams, source: SourceId) -> Result<Self, ParamError> {
+        let fingerprinter = params.validate()?;
+        let fleet = FleetName::new(params.fleet.clone()).map_err(|e| ParamError {
+            param: "fleet".into(),
+            reason: e.to_string(),
+        })?;
+        let memory = OutcomeMemory::new(source, params.memory.clone(), params.synthesis.decay());
+        let pairing = PairingTable::new(params.max_pending, params.pending_timeout_ns());
+        Ok(NodeLogic {
+            params,
+            fleet,
+            fingerprinter,
+            memory,
+            neighbors: NeighborIndex::new(),
+            pairing,
+            counters: Counters::default(),
+            interests: Vec::new(),
+        })
+    }
+
+    /// The parameters in force.
+    pub fn params(&self) -> &NodeParams {
+        &self.params
+    }
+
+    /// The fleet this node belongs to.
+    pub fn fleet(&self) -> &FleetName {
+        &self.fleet
+    }
+
+    /// This robot's source id.
+    pub fn source(&self) -> &SourceId {
+        self.memory.own_source()
+    }
+
+    /// The outcome memory (read-only: for persistence and provenance).
+    pub fn memory(&self) -> &OutcomeMemory {
+        &self.memory
+    }
+
+    /// Restores an own record from the store at start-up.
+    pub fn restore_own(&mut self, key: &RecordKey, record: OutcomeRecord) {
+        self.index(&key.model, key.fingerprint, &record.sketch);
+        self.memory.restore_own(&key.model, key.fingerprint, record);
+    }
+
+    fn index(&mut self, model: &ModelId, fingerprint: Fingerprint, sketch: &Sketch) {
+        if let Err(e) = self.neighbors.insert(model, fingerprint, sketch) {
+            // Only faiss itself can fail here; the exact address still works without it.
+            tracing::warn!(%fingerprint, "neighbor index: {e}");
+        }
+    }
+
+    /// Outcomes held at an exact address (own and received, undecayed).
+    fn exact_count(&self, model: &ModelId, fingerprint: &Fingerprint) -> u64 {
+        self.memory.address(model, fingerprint).map_or(0, |a| {
+            a.own.as_ref().map_or(0, |o| o.1.count())
+                + a.received.iter().map(|r| r.summary.count()).sum::<u64>()
+        })
+    }
+
+    fn count<T>(&mut self, r: Result<T, InputError>) -> Result<T, InputError> {
+        if let Err(e) = &r {
+            self.counters.reject(e.kind());
+        }
+        r
+    }
+
+    /// Answers a prediction with its corrected prior and keeps it for its outcome.
+    pub fn on_prediction(
+        &mut self,
+        p: &Prediction,
+        now_ns: i64,
+    ) -> Result<CorrectedPrior, InputError> {
+        let r = self.prediction(p, now_ns);
+        self.count(r)
+    }
+
+    fn prediction(&mut self, p: &Prediction, now_ns: i64) -> Result<CorrectedPrior, InputError> {
+        input::episode_id(&p.episode_id)?;
+        let model = ModelId::new(p.model_id.as_str()).map_err(InputError::BadId)?;
+        let predicted = input::state("state", &p.state)?;
+        let n = predicted.len();
+        let predicted_cov = Covariance::from_flat(&p.covariance, n)?;
+        let (fingerprint, sketch) = address_of(&self.fingerprinter, &p.scenario)?;
+        if self.pairing.is_known(&p.episode_id) {
+            return Err(InputError::Duplicate {
+                episode_id: p.episode_id.clone(),
+                what: "prediction",
+            });
+        }
+        self.expire(now_ns);
+        if self.memory.address(&model, &fingerprint).is_none()
+            && self.interests.len() < MAX_INTERESTS
+        {
+            self.interests.push((model.clone(), fingerprint));
+        }
+        // Neighbors are searched only when the exact address is thin, which keeps the
+        // faiss search off the path of well-known scenarios.
+        let neighbors = if (self.exact_count(&model, &fingerprint) as f64)
+            < self.params.synthesis.min_support
+        {
+            self.neighbors
+                .nearest(&model, &sketch, self.params.neighbors_k)
+                .unwrap_or_else(|e| {
+                    tracing::warn!(%fingerprint, "neighbor search: {e}");
+                    Vec::new()
+                })
+        } else {
+            Vec::new()
+        };
+        let prior = self.memory.prior(
+            &self.params.synthesis,
+            &model,
+            &fingerprint,
+            &neighbors,
+            &predicted,
+            predicted_cov.to_matrix().as_ref(),
+            &|_| 1.0,
+            now_ns,
+        )?;
+        let msg = CorrectedPrior {
+            header: p.header.clone(),
+            episode_id: p.episode_id.clone(),
+            model_id: p.model_id.clone(),
+            fingerprint: fingerprint.to_hex(),
+            r#match: match prior.matched {
+                Match::None => CorrectedPrior::MATCH_NONE,
+                Match::Exact => CorrectedPrior::MATCH_EXACT,
+                Match::Neighbor => CorrectedPrior::MATCH_NEIGHBOR,
+            },
+            state: prior.state.as_slice().to_vec(),
+            covariance: input::row_major(&prior.covariance),
+            correction: prior.correction.as_slice().to_vec(),
+            support: u32::try_from(prior.support).unwrap_or(u32::MAX),
+            sources: prior.sources,
+            confidence: prior.confidence as f32,
+        };
+        let pending = Pending {
+            model,
+            fingerprint,
+            sketch,
+            predicted,
+            predicted_cov,
+            corrected: prior.state,
+            arrived_ns: now_ns,
+        };
+        match self.pairing.insert(&p.episode_id, pending) {
+            Ok(evicted) => self.counters.pending_evicted += evicted as u64,
+            // is_known was checked above and nothing ran in between.
+            Err(_) => {
+                return Err(InputError::Duplicate {
+                    episode_id: p.episode_id.clone(),
+                    what: "prediction",
+                });
+            }
+        }
+        self.counters.predictions += 1;
+        Ok(msg)
+    }
+
+    /// Pairs an outcome with its prediction: the discrepancy to publish and the updated
+    /// own record to share.
+    pub fn on_outcome(&mut self, o: &Outcome, now_ns: i64) -> Result<OutcomeEffect, InputError> {
+        let r = self.outcome(o, now_ns);
+        self.count(r)
+    }
+
+    fn outcome(&mut self, o: &Outcome, now_ns: i64) -> Result<OutcomeEffect, InputError> {
+        input::episode_id(&o.episode_id)?;
+        let measured = input::state("outcome.state", &o.state)?;
+        let measured_cov = Covariance::from_flat(&o.covariance, measured.len())?;
+        self.expire(now_ns);
+        let miss = |m: PairingMiss| match m {
+            PairingMiss::Duplicate => InputError::Duplicate {
+                episode_id: o.episode_id.clone(),
+                what: "paired outcome",
+            },
+            PairingMiss::Unknown => InputError::NoPrediction {
+                episode_id: o.episode_id.clone(),
+            },
+        };
+        let pending = self.pairing.get(&o.episode_id).map_err(miss)?;
+        let n = pending.predicted.len();
+        if measured.len() != n {
+            return Err(InputError::DimensionMismatch {
+                what: "outcome.state (prediction's dimension)",
+                expected: n.to_string(),
+                got: measured.len(),
+            });
+        }
+        // Computed before the prediction is taken: a refused outcome leaves it pending.
+        let r = Residual::compute(
+            pending.predicted.as_slice(),
+            &o.state,
+            &pending.predicted_cov.sum(&measured_cov),
+        )?;
+        let p = self.pairing.take(&o.episode_id).map_err(miss)?;
+        let record =
+            self.memory
+                .record_outcome(&p.model, p.fingerprint, p.sketch, &r.residual, now_ns)?;
+        self.index(&p.model, p.fingerprint, &p.sketch);
+        self.counters.outcomes += 1;
+        self.counters.raw_error_sum += r.error_norm;
+        self.counters.corrected_error_sum += (&measured - &p.corrected).norm();
+        let shared =
+            self.memory.own_count(&p.model, &p.fingerprint) >= self.params.min_count_to_share;
+        let discrepancy = Discrepancy {
+            header: o.header.clone(),
+            episode_id: o.episode_id.clone(),
+            model_id: p.model.as_str().to_owned(),
+            fingerprint: p.fingerprint.to_hex(),
+            residual: r.residual,
+            error_norm: r.error_norm,
+            mahalanobis: r.mahalanobis,
+        };
+        let record_to_publish = shared.then(|| {
+            self.counters.records_published += 1;
+            let key = RecordKey {
+                model: p.model,
+                fingerprint: p.fingerprint,
+                source: self.memory.own_source().clone(),
+            };
+            (key, record)
+        });
+        Ok(OutcomeEffect {
+            discrepancy,
+            record_to_publish,
+        })
+    }
+
+    /// Merges a record received from the fleet.
+    pub fn on_record(&mut self, key: &RecordKey, record: OutcomeRecord) -> Ingest {
+        let sketch = record.sketch;
+        let r = self.memory.ingest(key, record);
+        match r {
+            Ingest::Stored => {
+                self.counters.records_received += 1;
+                self.index(&key.model, key.fingerprint, &sketch);
+            }
+            // A replay of what is held is the normal result of anti-entropy, not an error.
+            Ingest::Stale => {}
+            Ingest::OwnSource | Ingest::DimensionConflict => {
+                self.counters.reject(RejectKind::FleetRecord)
+            }
+        }
+        r
+    }
+
+    /// Counts a message the binding could not decode.
+    pub fn on_malformed(&mut self) {
+        self.counters.reject(RejectKind::Malformed);
+    }
+
+    /// Drops predictions that waited longer than `pending_timeout_s`.
+    pub fn expire(&mut self, now_ns: i64) -> usize {
+        let n = self.pairing.expire(now_ns);
+        self.counters.pending_expired += n as u64;
+        n
+    }
+
+    /// Addresses met for the first time since the last call (for [`super::FleetPort::interest`]).
+    pub fn drain_interests(&mut self) -> std::vec::Drain<'_, (ModelId, Fingerprint)> {
+        self.interests.drain(..)
+    }
+
+    /// The fleet's summary at a scenario's address, with provenance (the `query` service).
+    pub fn query(&mut self, q: &QueryRequest, now_ns: i64) -> QueryResponse {
+        match self.query_inner(q, now_ns) {
+            Ok(r) => r,
+            Err(e) => QueryResponse {
+                error: e.to_string(),
+                ..QueryResponse::default()
+            },
+        }
+    }
+
+    fn query_inner(&mut self, q: &QueryRequest, now_ns: i64) -> Result<QueryResponse, InputError> {
+        let model = ModelId::new(q.model_id.as_str()).map_err(InputError::BadId)?;
+        let (fingerprint, _) = address_of(&self.fingerprinter, &q.scenario)?;
+        let mut out = QueryResponse {
+            fingerprint: fingerprint.to_hex(),
+            ..QueryResponse::default()
+        };
+        let decay = self.params.synthesis.decay();
+        let Some(addr) = self.memory.address(&model, &fingerprint) else {
+            return Ok(out);
+        };
+        // Same order as the contributions of `OutcomeMemory::prior`: own, then received.
+        let mut parts: Vec<(&SourceId, u64, &Summary)> = Vec::new();
+        if let Some((seq, s)) = &addr.own {
+            parts.push((self.memory.own_source(), seq.0, s));
+        }
+        parts.extend(
+            addr.received
+                .iter()
+                .map(|r| (&r.source, r.seq.0, &r.summary)),
+        );
+        let Some(dim) = parts.first().map(|p| p.2.dim()) else {
+            return Ok(out);
+        };
+        let mut pooled = parts[0].2.decayed_to(now_ns, decay);
+        for (_, _, s) in &parts[1..] {
+            pooled
+                .merge(s, decay)
+                .map_err(crate::core::memory::MemoryError::from)?;
+        }
+        out.mean_residual = pooled.mean().as_slice().to_vec();
+        out.residual_covariance = input::row_major(&pooled.covariance());
+        out.source_ids = parts.iter().map(|p| p.0.as_str().to_owned()).collect();
+        out.source_seqs = parts.iter().map(|p| p.1).collect();
+        let zero = DVector::zeros(dim);
+        let prior = self.memory.prior(
+            &self.params.synthesis,
+            &model,
+            &fingerprint,
+            &[],
+            &zero,
+            None,
+            &|_| 1.0,
+            now_ns,
+        )?;
+        out.r#match = match prior.matched {
+            Match::None => CorrectedPrior::MATCH_NONE,
+            Match::Exact => CorrectedPrior::MATCH_EXACT,
+            Match::Neighbor => CorrectedPrior::MATCH_NEIGHBOR,
+        };
+        out.support = u32::try_from(prior.support).unwrap_or(u32::MAX);
+        out.sources = prior.sources;
+        out.source_weights = prior.weights;
+        Ok(out)
+    }
+
+    /// A health report for `/diagnostics`.
+    pub fn report(&self) -> Report {
+        Report {
+            counters: self.counters.clone(),
+            pending: self.pairing.len(),
+            addresses: self.memory.addresses_len(),
+            received_records: self.memory.received_len(),
+            shadow_mode: self.params.shadow_mode,
+        }
+    }
+}

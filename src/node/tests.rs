@@ -1,0 +1,317 @@
+//! Unit tests of `NodeLogic`: pairing, correction, fleet input, rejection counting.
+
+use super::*;
+use crate::core::ids::SourceId;
+use crate::ros::msgs::{Outcome, Prediction, QueryRequest, Scenario};
+
+const S: i64 = 1_000_000_000;
+
+fn node(source: &str, params: NodeParams) -> NodeLogic {
+    NodeLogic::new(params, SourceId::new(source).unwrap()).unwrap()
+}
+
+fn scenario(tag: &str) -> Scenario {
+    Scenario {
+        tags: vec![tag.into()],
+        ..Scenario::default()
+    }
+}
+
+fn prediction(ep: &str, tag: &str, state: &[f64]) -> Prediction {
+    Prediction {
+        episode_id: ep.into(),
+        model_id: "wm-1".into(),
+        scenario: scenario(tag),
+        state: state.to_vec(),
+        ..Prediction::default()
+    }
+}
+
+fn outcome(ep: &str, state: &[f64]) -> Outcome {
+    Outcome {
+        episode_id: ep.into(),
+        state: state.to_vec(),
+        ..Outcome::default()
+    }
+}
+
+/// Runs `n` episodes in scenario `tag` where reality is the prediction + `bias`.
+fn learn(node: &mut NodeLogic, tag: &str, n: usize, bias: f64, t0: i64) -> Vec<OutcomeEffect> {
+    (0..n)
+        .map(|i| {
+            let ep = format!("{tag}-{t0}-{i}");
+            let t = t0 + i as i64 * S;
+            node.on_prediction(&prediction(&ep, tag, &[1.0, 2.0]), t)
+                .unwrap();
+            node.on_outcome(&outcome(&ep, &[1.0 + bias, 2.0]), t + 1)
+                .unwrap()
+        })
+        .collect()
+}
+
+#[test]
+fn first_prediction_is_unchanged_then_learns_the_bias() {
+    let mut n = node("robot-a", NodeParams::default());
+    let first = n
+        .on_prediction(&prediction("e0", "weather=rain", &[1.0, 2.0]), 0)
+        .unwrap();
+    assert_eq!(first.r#match, crate::ros::msgs::CorrectedPrior::MATCH_NONE);
+    assert_eq!(first.state, vec![1.0, 2.0]);
+    assert_eq!(first.support, 0);
+    assert_eq!(first.fingerprint.len(), 32);
+    let eff = n.on_outcome(&outcome("e0", &[1.5, 2.0]), 1).unwrap();
+    assert_eq!(eff.discrepancy.residual, vec![0.5, 0.0]);
+    assert_eq!(eff.discrepancy.error_norm, 0.5);
+    assert!(eff.discrepancy.mahalanobis.is_nan());
+    assert_eq!(eff.discrepancy.fingerprint, first.fingerprint);
+    let (key, rec) = eff.record_to_publish.expect("min_count_to_share = 1");
+    assert_eq!(key.source.as_str(), "robot-a");
+    assert_eq!(rec.summary.count(), 1);
+    learn(&mut n, "weather=rain", 40, 0.5, 10 * S);
+    let p = n
+        .on_prediction(&prediction("e-last", "weather=rain", &[1.0, 2.0]), 100 * S)
+        .unwrap();
+    assert_eq!(p.r#match, crate::ros::msgs::CorrectedPrior::MATCH_EXACT);
+    assert_eq!(p.support, 41);
+    // k0 = 5, n = 41: the correction is w·0.5 with w = 41/46.
+    assert!(
+        (p.correction[0] - 0.5 * 41.0 / 46.0).abs() < 1e-3,
+        "{:?}",
+        p.correction
+    );
+    assert!(p.correction[1].abs() < 1e-12);
+    let r = n.report();
+    assert_eq!(r.counters.predictions, 42);
+    assert_eq!(r.counters.outcomes, 41);
+    assert_eq!(r.pending, 1);
+    // The corrections learned along the way removed error.
+    assert!(r.counters.error_removed() > 0.0);
+}
+
+#[test]
+fn fleet_records_correct_another_robots_first_encounter() {
+    let mut a = node("robot-a", NodeParams::default());
+    let mut b = node("robot-b", NodeParams::default());
+    let effects = learn(&mut a, "road=ice", 20, -1.0, 0);
+    let (key, rec) = effects.last().unwrap().record_to_publish.clone().unwrap();
+    assert_eq!(
+        b.on_record(&key, rec.clone()),
+        crate::core::memory::Ingest::Stored
+    );
+    // The same record again is a replay, not counted as received twice.
+    assert_eq!(b.on_record(&key, rec), crate::core::memory::Ingest::Stale);
+    let p = b
+        .on_prediction(&prediction("b0", "road=ice", &[1.0, 2.0]), 30 * S)
+        .unwrap();
+    assert_eq!(p.r#match, crate::ros::msgs::CorrectedPrior::MATCH_EXACT);
+    assert_eq!(p.sources, 1);
+    assert!(p.correction[0] < -0.7, "{:?}", p.correction);
+    assert_eq!(b.report().counters.records_received, 1);
+    let q = b.query(
+        &QueryRequest {
+            scenario: scenario("road=ice"),
+            model_id: "wm-1".into(),
+        },
+        30 * S,
+    );
+    assert_eq!(q.error, "");
+    assert_eq!(q.source_ids, vec!["robot-a".to_string()]);
+    assert_eq!(q.source_seqs, vec![20]);
+    assert!((q.mean_residual[0] + 1.0).abs() < 1e-9);
+    assert_eq!(q.support, 20);
+    assert_eq!(q.source_weights.len(), 1);
+}
+
+#[test]
+fn malformed_inputs_are_rejected_counted_and_the_node_goes_on() {
+    let mut n = node("robot-a", NodeParams::default());
+    let mut nan = prediction("n", "a=b", &[1.0, f64::NAN]);
+    assert_eq!(
+        n.on_prediction(&nan, 0).unwrap_err().kind(),
+        RejectKind::NonFinite
+    );
+    nan.state = vec![1.0, 2.0];
+    nan.scenario.embedding = vec![f32::INFINITY];
+    assert_eq!(
+        n.on_prediction(&nan, 0).unwrap_err().kind(),
+        RejectKind::NonFinite
+    );
+    let mut dims = prediction("d", "a=b", &[1.0, 2.0]);
+    dims.covariance = vec![1.0, 2.0, 3.0];
+    assert_eq!(
+        n.on_prediction(&dims, 0).unwrap_err().kind(),
+        RejectKind::DimensionMismatch
+    );
+    let big = prediction("o", "a=b", &vec![0.0; 10_000]);
+    assert_eq!(
+        n.on_prediction(&big, 0).unwrap_err().kind(),
+        RejectKind::Oversized
+    );
+    let mut bad_tag = prediction("t", "", &[1.0]);
+    bad_tag.scenario.tags = vec!["\u{1}".into()];
+    assert_eq!(
+        n.on_prediction(&bad_tag, 0).unwrap_err().kind(),
+        RejectKind::BadScenario
+    );
+    let mut no_model = prediction("m", "a=b", &[1.0]);
+    no_model.model_id.clear();
+    assert_eq!(
+        n.on_prediction(&no_model, 0).unwrap_err().kind(),
+        RejectKind::BadId
+    );
+    assert_eq!(
+        n.on_outcome(&outcome("never", &[1.0]), 0)
+            .unwrap_err()
+            .kind(),
+        RejectKind::NoPrediction
+    );
+    n.on_prediction(&prediction("ok", "a=b", &[1.0, 2.0]), 0)
+        .unwrap();
+    assert_eq!(
+        n.on_prediction(&prediction("ok", "a=b", &[1.0, 2.0]), 0)
+            .unwrap_err()
+            .kind(),
+        RejectKind::Duplicate
+    );
+    // A wrong-sized outcome leaves the prediction pending for the right one.
+    assert_eq!(
+        n.on_outcome(&outcome("ok", &[1.0]), 1).unwrap_err().kind(),
+        RejectKind::DimensionMismatch
+    );
+    n.on_outcome(&outcome("ok", &[1.0, 2.0]), 1).unwrap();
+    assert_eq!(
+        n.on_outcome(&outcome("ok", &[1.0, 2.0]), 2)
+            .unwrap_err()
+            .kind(),
+        RejectKind::Duplicate
+    );
+    n.on_malformed();
+    let c = n.report().counters;
+    assert_eq!(c.rejected(RejectKind::NonFinite), 2);
+    assert_eq!(c.rejected(RejectKind::DimensionMismatch), 2);
+    assert_eq!(c.rejected(RejectKind::Oversized), 1);
+    assert_eq!(c.rejected(RejectKind::BadScenario), 1);
+    assert_eq!(c.rejected(RejectKind::BadId), 1);
+    assert_eq!(c.rejected(RejectKind::NoPrediction), 1);
+    assert_eq!(c.rejected(RejectKind::Duplicate), 2);
+    assert_eq!(c.rejected(RejectKind::Malformed), 1);
+    assert_eq!(c.predictions, 1);
+    assert_eq!(c.outcomes, 1);
+}
+
+#[test]
+fn pending_is_bounded_by_count_and_timeout() {
+    let params = NodeParams {
+        max_pending: 2,
+        pending_timeout_s: 10.0,
+        ..NodeParams::default()
+    };
+    let mut n = node("robot-a", params);
+    for (i, ep) in ["a", "b", "c"].iter().enumerate() {
+        n.on_prediction(&prediction(ep, "x=y", &[0.0]), i as i64)
+            .unwrap();
+    }
+    assert_eq!(n.report().counters.pending_evicted, 1);
+    assert_eq!(
+        n.on_outcome(&outcome("a", &[0.0]), 3).unwrap_err().kind(),
+        RejectKind::NoPrediction
+    );
+    // 11 s later both remaining predictions have timed out.
+    assert_eq!(
+        n.on_outcome(&outcome("b", &[0.0]), 11 * S + 3)
+            .unwrap_err()
+            .kind(),
+        RejectKind::NoPrediction
+    );
+    let r = n.report();
+    assert_eq!(r.counters.pending_expired, 2);
+    assert_eq!(r.pending, 0);
+}
+
+#[test]
+fn records_are_shared_only_after_min_count() {
+    let params = NodeParams {
+        min_count_to_share: 3,
+        ..NodeParams::default()
+    };
+    let mut n = node("robot-a", params);
+    let effects = learn(&mut n, "p=q", 4, 0.1, 0);
+    let shared: Vec<bool> = effects
+        .iter()
+        .map(|e| e.record_to_publish.is_some())
+        .collect();
+    assert_eq!(shared, vec![false, false, true, true]);
+    assert_eq!(n.report().counters.records_published, 2);
+}
+
+#[test]
+fn mahalanobis_uses_prediction_and_measurement_covariance() {
+    let mut n = node("robot-a", NodeParams::default());
+    let mut p = prediction("e", "k=v", &[0.0, 0.0]);
+    p.covariance = vec![2.0, 2.0];
+    n.on_prediction(&p, 0).unwrap();
+    let mut o = outcome("e", &[3.0, 4.0]);
+    o.covariance = vec![2.0, 0.0, 0.0, 2.0];
+    let d = n.on_outcome(&o, 1).unwrap().discrepancy;
+    assert!((d.mahalanobis - 2.5).abs() < 1e-12, "{}", d.mahalanobis);
+}
+
+#[test]
+fn invalid_params_are_refused_by_name() {
+    let params = NodeParams {
+        diagnostics_period_s: 0.0,
+        ..NodeParams::default()
+    };
+    let err = NodeLogic::new(params, SourceId::new("r").unwrap()).unwrap_err();
+    assert_eq!(err.param, "diagnostics_period_s");
+}
+
+#[test]
+fn a_thin_address_borrows_from_a_similar_one() {
+    let params = NodeParams {
+        fingerprint: serde_yaml_ng::from_str("features: {speed: {width: 1.0}}").unwrap(),
+        ..NodeParams::default()
+    };
+    let mut a = node("robot-a", params.clone());
+    let mut b = node("robot-b", params);
+    let at = |ep: &str, speed: f64| Prediction {
+        scenario: Scenario {
+            tags: vec!["surface=ice".into(), "weather=snow".into()],
+            feature_names: vec!["speed".into()],
+            features: vec![speed],
+            embedding: vec![],
+        },
+        ..prediction(ep, "", &[0.0])
+    };
+    let mut last = None;
+    for i in 0..30 {
+        let ep = format!("a{i}");
+        a.on_prediction(&at(&ep, 3.5), i * S).unwrap();
+        last = a
+            .on_outcome(&outcome(&ep, &[1.0]), i * S + 1)
+            .unwrap()
+            .record_to_publish;
+    }
+    let (key, rec) = last.unwrap();
+    b.on_record(&key, rec);
+    // Speed 4.5 is the next bin: a different address, but a near one.
+    let p = b.on_prediction(&at("b0", 4.5), 40 * S).unwrap();
+    assert_ne!(p.fingerprint, key.fingerprint.to_hex());
+    assert_eq!(p.r#match, crate::ros::msgs::CorrectedPrior::MATCH_NEIGHBOR);
+    assert!(p.correction[0] > 0.1, "{:?}", p.correction);
+    // A different surface is not borrowed from... or only weakly.
+    let far = Prediction {
+        scenario: Scenario {
+            tags: vec!["surface=sand".into()],
+            ..Scenario::default()
+        },
+        ..prediction("b1", "", &[0.0])
+    };
+    let f = b.on_prediction(&far, 41 * S).unwrap();
+    assert!(
+        f.correction[0] < p.correction[0],
+        "{:?} vs {:?}",
+        f.correction,
+        p.correction
+    );
+}

@@ -1,0 +1,454 @@
+//! The native binding: `qis_node` on ROS 2 over Zenoh (rmw_zenoh wire format) through
+//! hiroz, with no ROS installation. One task per concern (predictions, outcomes, fleet
+//! records, query service, diagnostics, sim clock), all around one [`NodeLogic`] behind
+//! a mutex that is never held across an await, stopped by one cancellation token.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use hiroz::Builder;
+use hiroz::context::{ZContext, ZContextBuilder};
+use hiroz::node::ZNode;
+use hiroz::qos::{QosHistory, QosProfile};
+use thiserror::Error;
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use super::msgs::{
+    Clock, CorrectedPrior, DiagnosticArray, DiagnosticStatus, Discrepancy, Header, KeyValue,
+    Outcome, Prediction, Query, Time,
+};
+use super::names::{NameError, Names};
+use crate::core::ids::RecordKey;
+use crate::core::record::OutcomeRecord;
+use crate::node::{FleetPort, InputError, LogLimiter, NodeLogic};
+
+/// Default depth of the input topics' queues: deep enough for bursts at the target
+/// rate (20k predictions/s) between two scheduler slices.
+pub const DEFAULT_INPUT_DEPTH: usize = 1000;
+
+/// How the node reaches the Zenoh network.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ZenohOptions {
+    /// Endpoints to connect to (default: rmw_zenoh's, a router on tcp/localhost:7447).
+    pub connect: Vec<String>,
+    /// Endpoints to listen on.
+    pub listen: Vec<String>,
+    /// A Zenoh session config file (JSON5), replacing the rmw_zenoh defaults.
+    pub config_file: Option<PathBuf>,
+    /// `peer` (default) or `client`.
+    pub mode: Option<String>,
+}
+
+/// Everything the native node needs besides the logic.
+#[derive(Clone, Debug)]
+pub struct NativeConfig {
+    /// Node name, namespace and remaps.
+    pub names: Names,
+    /// ROS domain id (`ROS_DOMAIN_ID`).
+    pub domain_id: usize,
+    /// Zenoh session settings.
+    pub zenoh: ZenohOptions,
+    /// Queue depth of the `prediction` and `outcome` subscriptions.
+    pub input_depth: usize,
+}
+
+/// Why the node could not start.
+#[derive(Debug, Error)]
+pub enum NativeError {
+    /// A topic or service name that does not resolve.
+    #[error(transparent)]
+    Name(#[from] NameError),
+    /// hiroz or Zenoh refused.
+    #[error("{what}: {source}")]
+    Ros {
+        /// What was being set up.
+        what: String,
+        /// The error.
+        source: zenoh::Error,
+    },
+}
+
+fn ros<T>(what: impl Into<String>, r: zenoh::Result<T>) -> Result<T, NativeError> {
+    r.map_err(|source| NativeError::Ros {
+        what: what.into(),
+        source,
+    })
+}
+
+/// The node's time: system time, or the latest `/clock` under `use_sim_time`.
+#[derive(Clone, Debug)]
+struct NodeClock {
+    sim: Option<Arc<AtomicI64>>,
+}
+
+impl NodeClock {
+    fn now_ns(&self) -> i64 {
+        match &self.sim {
+            // Before the first /clock message sim time is 0, as in rclcpp.
+            Some(t) => t.load(Ordering::Relaxed),
+            None => SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX)),
+        }
+    }
+}
+
+type Shared = Arc<Mutex<NodeLogic>>;
+
+fn lock(logic: &Shared) -> MutexGuard<'_, NodeLogic> {
+    // A panic while holding the lock would be a bug in the logic; the counters it
+    // guards stay meaningful, so keep serving rather than poison every task.
+    logic.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Logs a rejected input, rate-limited per kind.
+struct RejectLog {
+    limiter: LogLimiter,
+    start: Instant,
+}
+
+impl RejectLog {
+    fn new() -> Self {
+        RejectLog {
+            limiter: LogLimiter::new(1_000_000_000),
+            start: Instant::now(),
+        }
+    }
+
+    fn log(&mut self, topic: &str, e: &InputError) {
+        let now = i64::try_from(self.start.elapsed().as_nanos()).unwrap_or(i64::MAX);
+        if let Some(suppressed) = self.limiter.allow(e.kind(), now) {
+            tracing::warn!(
+                topic,
+                kind = e.kind().as_str(),
+                suppressed,
+                "input rejected: {e}"
+            );
+        }
+    }
+}
+
+/// A running native node.
+pub struct NativeNode {
+    logic: Shared,
+    cancel: CancellationToken,
+    tasks: JoinSet<()>,
+    names: Names,
+    // Dropped last: the entities above hold references into the session.
+    _node: Arc<ZNode>,
+    _ctx: ZContext,
+}
+
+fn qos(depth: usize) -> QosProfile {
+    QosProfile {
+        history: QosHistory::from_depth(depth),
+        ..QosProfile::default()
+    }
+}
+
+impl NativeNode {
+    /// Opens the Zenoh session, declares the node's topics and service and starts its
+    /// tasks. Own records go to `fleet`; records from the fleet arrive on `records`.
+    pub async fn start(
+        config: NativeConfig,
+        logic: NodeLogic,
+        fleet: Arc<dyn FleetPort>,
+        mut records: mpsc::Receiver<(RecordKey, OutcomeRecord)>,
+    ) -> Result<Self, NativeError> {
+        let names = config.names.clone();
+        let mut builder = ZContextBuilder::default().with_domain_id(config.domain_id);
+        if let Some(f) = &config.zenoh.config_file {
+            builder = builder.with_config_file(f.clone());
+        }
+        if !config.zenoh.connect.is_empty() {
+            builder = builder.with_connect_endpoints(config.zenoh.connect.clone());
+        }
+        if !config.zenoh.listen.is_empty() {
+            builder = builder.with_listen_endpoints(config.zenoh.listen.clone());
+        }
+        if let Some(m) = &config.zenoh.mode {
+            builder = builder.with_mode(m.clone());
+        }
+        let ctx = ros("opening the Zenoh session", builder.build())?;
+        let node = ros(
+            format!("creating node {}", names.fqn()),
+            ctx.create_node(names.node())
+                .with_namespace(names.namespace())
+                .without_parameters()
+                .build(),
+        )?;
+        let node = Arc::new(node);
+        let params = logic.params().clone();
+        let clock = NodeClock {
+            sim: params.use_sim_time.then(|| Arc::new(AtomicI64::new(0))),
+        };
+        let shadow = params.shadow_mode;
+        let prior_topic = names.resolve(if shadow {
+            "corrected_prior_shadow"
+        } else {
+            "corrected_prior"
+        })?;
+        let topic = |t: &str| names.resolve(t);
+        let pred_sub = ros(
+            "subscribing prediction",
+            node.create_sub::<Prediction>(&topic("prediction")?)
+                .with_qos(qos(config.input_depth))
+                .build(),
+        )?;
+        let out_sub = ros(
+            "subscribing outcome",
+            node.create_sub::<Outcome>(&topic("outcome")?)
+                .with_qos(qos(config.input_depth))
+                .build(),
+        )?;
+        let prior_pub = ros(
+            "advertising corrected_prior",
+            node.create_pub::<CorrectedPrior>(&prior_topic).build(),
+        )?;
+        let disc_pub = ros(
+            "advertising discrepancy",
+            node.create_pub::<Discrepancy>(&topic("discrepancy")?)
+                .build(),
+        )?;
+        let diag_pub = ros(
+            "advertising /diagnostics",
+            node.create_pub::<DiagnosticArray>(&topic("/diagnostics")?)
+                .build(),
+        )?;
+        let mut query_srv = ros(
+            "serving query",
+            node.create_service::<Query>(&topic("query")?).build(),
+        )?;
+        let clock_sub = match &clock.sim {
+            Some(_) => Some(ros(
+                "subscribing /clock",
+                node.create_sub::<Clock>(&topic("/clock")?).build(),
+            )?),
+            None => None,
+        };
+
+        let logic: Shared = Arc::new(Mutex::new(logic));
+        let cancel = CancellationToken::new();
+        let mut tasks = JoinSet::new();
+
+        {
+            let (logic, cancel, clock, fleet) =
+                (logic.clone(), cancel.clone(), clock.clone(), fleet.clone());
+            tasks.spawn(async move {
+                let mut rejects = RejectLog::new();
+                loop {
+                    let msg = tokio::select! {
+                        _ = cancel.cancelled() => break,
+                        m = pred_sub.async_recv() => m,
+                    };
+                    let Ok(p) = msg else {
+                        lock(&logic).on_malformed();
+                        tracing::warn!("prediction: undecodable message dropped");
+                        continue;
+                    };
+                    let (result, interests) = {
+                        let mut l = lock(&logic);
+                        let r = l.on_prediction(&p, clock.now_ns());
+                        (r, l.drain_interests().collect::<Vec<_>>())
+                    };
+                    for (model, fp) in &interests {
+                        fleet.interest(model, fp);
+                    }
+                    match result {
+                        Ok(prior) => {
+                            if let Err(e) = prior_pub.async_publish(&prior).await {
+                                tracing::error!(episode_id = %prior.episode_id, "publishing corrected prior: {e}");
+                            }
+                        }
+                        Err(e) => rejects.log("prediction", &e),
+                    }
+                }
+            });
+        }
+        {
+            let (logic, cancel, clock, fleet) =
+                (logic.clone(), cancel.clone(), clock.clone(), fleet.clone());
+            tasks.spawn(async move {
+                let mut rejects = RejectLog::new();
+                loop {
+                    let msg = tokio::select! {
+                        _ = cancel.cancelled() => break,
+                        m = out_sub.async_recv() => m,
+                    };
+                    let Ok(o) = msg else {
+                        lock(&logic).on_malformed();
+                        tracing::warn!("outcome: undecodable message dropped");
+                        continue;
+                    };
+                    let result = lock(&logic).on_outcome(&o, clock.now_ns());
+                    match result {
+                        Ok(effect) => {
+                            if let Some((key, record)) = &effect.record_to_publish {
+                                fleet.publish(key, record);
+                            }
+                            if let Err(e) = disc_pub.async_publish(&effect.discrepancy).await {
+                                tracing::error!(episode_id = %o.episode_id, "publishing discrepancy: {e}");
+                            }
+                        }
+                        Err(e) => rejects.log("outcome", &e),
+                    }
+                }
+            });
+        }
+        {
+            let (logic, cancel) = (logic.clone(), cancel.clone());
+            tasks.spawn(async move {
+                loop {
+                    let rec = tokio::select! {
+                        _ = cancel.cancelled() => break,
+                        r = records.recv() => r,
+                    };
+                    let Some((key, record)) = rec else { break };
+                    let r = lock(&logic).on_record(&key, record);
+                    tracing::trace!(fingerprint = %key.fingerprint, source = %key.source, ?r, "fleet record");
+                }
+            });
+        }
+        {
+            let (logic, cancel, clock) = (logic.clone(), cancel.clone(), clock.clone());
+            tasks.spawn(async move {
+                loop {
+                    let req = tokio::select! {
+                        _ = cancel.cancelled() => break,
+                        r = query_srv.async_take_request() => r,
+                    };
+                    let Ok(req) = req else {
+                        lock(&logic).on_malformed();
+                        tracing::warn!("query: undecodable request dropped");
+                        continue;
+                    };
+                    let (q, reply) = req.into_parts();
+                    let resp = lock(&logic).query(&q, clock.now_ns());
+                    if let Err(e) = reply.reply(&resp).await {
+                        tracing::warn!("query: reply failed: {e}");
+                    }
+                }
+            });
+        }
+        {
+            let (logic, cancel, clock) = (logic.clone(), cancel.clone(), clock.clone());
+            let period = Duration::from_secs_f64(params.diagnostics_period_s);
+            let (name, node_ref) = (format!("{}: outcome memory", names.fqn()), node.clone());
+            tasks.spawn(async move {
+                let mut tick = tokio::time::interval(period);
+                let mut last = (Instant::now(), 0u64, 0u64, 0u64);
+                loop {
+                    tokio::select! {
+                        _ = cancel.cancelled() => break,
+                        _ = tick.tick() => {}
+                    }
+                    let now = clock.now_ns();
+                    let report = {
+                        let mut l = lock(&logic);
+                        l.expire(now);
+                        (l.report(), l.source().as_str().to_owned())
+                    };
+                    let (report, source) = report;
+                    let c = &report.counters;
+                    let dt = last.0.elapsed().as_secs_f64().max(1e-9);
+                    let rate = |n: u64, before: u64| format!("{:.1}", (n - before) as f64 / dt);
+                    let rejected_now = c.rejected_total() - last.3;
+                    let mut values = report.key_values();
+                    values.push(("prediction_rate_hz".into(), rate(c.predictions, last.1)));
+                    values.push(("outcome_rate_hz".into(), rate(c.outcomes, last.2)));
+                    let info = node_ref.session().info();
+                    values.push((
+                        "zenoh_peers".into(),
+                        info.peers_zid().await.count().to_string(),
+                    ));
+                    values.push((
+                        "zenoh_routers".into(),
+                        info.routers_zid().await.count().to_string(),
+                    ));
+                    last = (
+                        Instant::now(),
+                        c.predictions,
+                        c.outcomes,
+                        c.rejected_total(),
+                    );
+                    let (level, message) = if rejected_now > 0 {
+                        (
+                            DiagnosticStatus::WARN,
+                            format!("{rejected_now} inputs rejected since the last report"),
+                        )
+                    } else {
+                        (DiagnosticStatus::OK, "ok".to_string())
+                    };
+                    let msg = DiagnosticArray {
+                        header: Header {
+                            stamp: Time::from_nanos(now),
+                            frame_id: String::new(),
+                        },
+                        status: vec![DiagnosticStatus {
+                            level,
+                            name: name.clone(),
+                            message,
+                            hardware_id: source,
+                            values: values
+                                .into_iter()
+                                .map(|(key, value)| KeyValue { key, value })
+                                .collect(),
+                        }],
+                    };
+                    if let Err(e) = diag_pub.async_publish(&msg).await {
+                        tracing::warn!("publishing diagnostics: {e}");
+                    }
+                }
+            });
+        }
+        if let (Some(sub), Some(sim)) = (clock_sub, clock.sim.clone()) {
+            let cancel = cancel.clone();
+            tasks.spawn(async move {
+                loop {
+                    let m = tokio::select! {
+                        _ = cancel.cancelled() => break,
+                        m = sub.async_recv() => m,
+                    };
+                    if let Ok(c) = m {
+                        sim.store(c.clock.as_nanos(), Ordering::Relaxed);
+                    }
+                }
+            });
+        }
+        tracing::info!(node = %names.fqn(), corrected_prior = %prior_topic, shadow, "qis_node started");
+        Ok(NativeNode {
+            logic,
+            cancel,
+            tasks,
+            names,
+            _node: node,
+            _ctx: ctx,
+        })
+    }
+
+    /// The node logic (counters, memory), shared with the node's tasks.
+    pub fn logic(&self) -> &Arc<Mutex<NodeLogic>> {
+        &self.logic
+    }
+
+    /// The node's names.
+    pub fn names(&self) -> &Names {
+        &self.names
+    }
+
+    /// Stops every task and waits for them.
+    pub async fn shutdown(mut self) {
+        self.cancel.cancel();
+        while let Some(r) = self.tasks.join_next().await {
+            if let Err(e) = r
+                && e.is_panic()
+            {
+                tracing::error!("node task panicked: {e}");
+            }
+        }
+    }
+}

@@ -1,0 +1,211 @@
+//! Loads [`NodeParams`] the ROS 2 way: the `ros__parameters` of every section of the
+//! params files that addresses this node (`qis_node`, `/ns/qis_node`, `/**`), then
+//! `-p name:=value` overrides, nested names written with dots (`synthesis.prior_strength`).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde_yaml_ng::{Mapping, Value};
+use thiserror::Error;
+
+use super::names::Names;
+use crate::node::{NodeParams, ParamError};
+
+/// Why the parameters could not be loaded.
+#[derive(Debug, Error)]
+pub enum ParamLoadError {
+    /// The params file could not be read.
+    #[error("params file {path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// The params file is not a ROS 2 params YAML.
+    #[error("params file {path}: {reason}")]
+    Format {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A parameter that does not exist or has the wrong type (the message names it).
+    #[error("invalid parameters: {0}")]
+    Invalid(String),
+    /// A parameter out of range.
+    #[error(transparent)]
+    Param(#[from] ParamError),
+}
+
+fn flatten(prefix: &str, v: &Value, out: &mut BTreeMap<String, Value>) {
+    match v {
+        Value::Mapping(m) if !m.is_empty() => {
+            for (k, v) in m {
+                let key = match k {
+                    Value::String(s) => s.clone(),
+                    other => serde_yaml_ng::to_string(other)
+                        .unwrap_or_default()
+                        .trim()
+                        .to_string(),
+                };
+                let name = if prefix.is_empty() {
+                    key
+                } else {
+                    format!("{prefix}.{key}")
+                };
+                flatten(&name, v, out);
+            }
+        }
+        other => {
+            out.insert(prefix.to_string(), other.clone());
+        }
+    }
+}
+
+fn unflatten(flat: &BTreeMap<String, Value>) -> Value {
+    let mut root = Mapping::new();
+    for (name, v) in flat {
+        let mut node = &mut root;
+        let parts: Vec<&str> = name.split('.').collect();
+        for part in &parts[..parts.len() - 1] {
+            let key = Value::String((*part).to_string());
+            if !matches!(node.get(&key), Some(Value::Mapping(_))) {
+                node.insert(key.clone(), Value::Mapping(Mapping::new()));
+            }
+            node = match node.get_mut(&key) {
+                Some(Value::Mapping(m)) => m,
+                _ => unreachable!("inserted a mapping above"),
+            };
+        }
+        node.insert(Value::String(parts[parts.len() - 1].to_string()), v.clone());
+    }
+    Value::Mapping(root)
+}
+
+fn addresses_node(section: &str, names: &Names) -> bool {
+    let fqn = names.fqn();
+    section == "/**"
+        || section == "**"
+        || section == names.node()
+        || section == fqn
+        || section == fqn.trim_start_matches('/')
+}
+
+fn read_file(
+    path: &Path,
+    names: &Names,
+    out: &mut BTreeMap<String, Value>,
+) -> Result<(), ParamLoadError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ParamLoadError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let format = |reason: String| ParamLoadError::Format {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let doc: Value = serde_yaml_ng::from_str(&text).map_err(|e| format(e.to_string()))?;
+    let Value::Mapping(sections) = doc else {
+        return Err(format("expected a mapping of node names".into()));
+    };
+    for (section, body) in &sections {
+        let Some(section) = section.as_str() else {
+            return Err(format("node names must be strings".into()));
+        };
+        if !addresses_node(section, names) {
+            continue;
+        }
+        let params = body
+            .get("ros__parameters")
+            .ok_or_else(|| format(format!("section {section:?} has no ros__parameters")))?;
+        flatten("", params, out);
+    }
+    Ok(())
+}
+
+/// Loads, overrides and validates the node's parameters.
+pub fn load(
+    names: &Names,
+    files: &[PathBuf],
+    overrides: &[(String, String)],
+) -> Result<NodeParams, ParamLoadError> {
+    let mut flat = BTreeMap::new();
+    for f in files {
+        read_file(f, names, &mut flat)?;
+    }
+    for (name, text) in overrides {
+        // `-p` values are YAML, as in rcl: `3` is an integer, `true` a bool, `[1, 2]` a list.
+        let v = serde_yaml_ng::from_str(text).unwrap_or_else(|_| Value::String(text.clone()));
+        flat.insert(name.clone(), v);
+    }
+    // The path tells which parameter a type error is about ("max_pending: invalid type").
+    let params: NodeParams = serde_path_to_error::deserialize(unflatten(&flat)).map_err(|e| {
+        let path = e.path().to_string();
+        ParamLoadError::Invalid(format!("`{path}`: {}", e.into_inner()))
+    })?;
+    params.validate()?;
+    Ok(params)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names() -> Names {
+        Names::new("qis_node", "/robot1", vec![]).unwrap()
+    }
+
+    fn file(text: &str) -> tempfile::NamedTempFile {
+        let f = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(f.path(), text).unwrap();
+        f
+    }
+
+    #[test]
+    fn files_then_overrides() {
+        let f = file(
+            "/**:\n  ros__parameters:\n    fleet: base\n    max_pending: 7\n\
+             qis_node:\n  ros__parameters:\n    fleet: warehouse\n    synthesis:\n      prior_strength: 2.5\n\
+             other_node:\n  ros__parameters:\n    bogus: 1\n",
+        );
+        let p = load(
+            &names(),
+            &[f.path().to_path_buf()],
+            &[
+                ("synthesis.min_support".into(), "3.0".into()),
+                ("shadow_mode".into(), "true".into()),
+            ],
+        )
+        .unwrap();
+        assert_eq!(p.fleet, "warehouse");
+        assert_eq!(p.max_pending, 7);
+        assert_eq!(p.synthesis.prior_strength, 2.5);
+        assert_eq!(p.synthesis.min_support, 3.0);
+        assert!(p.shadow_mode);
+    }
+
+    #[test]
+    fn errors_name_the_parameter() {
+        let e = load(&names(), &[], &[("max_pendin".into(), "3".into())]).unwrap_err();
+        assert!(e.to_string().contains("max_pendin"), "{e}");
+        let e = load(&names(), &[], &[("max_pending".into(), "many".into())]).unwrap_err();
+        assert!(e.to_string().contains("max_pending"), "{e}");
+        let e = load(
+            &names(),
+            &[],
+            &[("synthesis.outlier_z".into(), "-1".into())],
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("synthesis.outlier_z"), "{e}");
+        let e = load(&names(), &[PathBuf::from("/nonexistent/p.yaml")], &[]).unwrap_err();
+        assert!(matches!(e, ParamLoadError::Io { .. }));
+    }
+
+    #[test]
+    fn the_shipped_config_loads() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/qis.yaml");
+        let p = load(&names(), &[path], &[]).unwrap();
+        assert!(!p.fingerprint.features.is_empty());
+    }
+}

@@ -1,0 +1,46 @@
+//! Interop: an independent ROS 2 client (Python, eclipse-zenoh + rosbags, none of our
+//! code) talks to `qis_node` over the rmw_zenoh wire protocol and checks the replies
+//! field by field (test/interop_client.py). Needs `python3 -m pip install
+//! eclipse-zenoh==1.10.2 rosbags` (CI installs them).
+
+mod support;
+
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+
+use qis_ros::node::NodeParams;
+use support::*;
+use tokio::sync::mpsc;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_python_rmw_zenoh_client_gets_field_by_field_answers() {
+    let (_router, endpoint) = router().await;
+    let (to_fleet, _fleet_rx) = mpsc::channel(100);
+    let (_records_tx, rx) = mpsc::channel(100);
+    let fleet = Arc::new(ChannelFleet {
+        to: to_fleet,
+        interests: Mutex::new(vec![]),
+    });
+    let node = start_node(&endpoint, "/i", "robot-i", NodeParams::default(), fleet, rx).await;
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/test/interop_client.py");
+    let child = tokio::process::Command::new("python3")
+        .args([script, "--router", &endpoint, "--namespace", "i"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("python3 runs");
+    let out = tokio::time::timeout(2 * WAIT, child.wait_with_output())
+        .await
+        .expect("the client finishes")
+        .expect("client output");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "client failed:\n{stdout}\n{stderr}");
+    assert!(stdout.contains("\"checks_passed\": 22"), "{stdout}");
+    let c = node.logic().lock().unwrap().report().counters;
+    assert_eq!(c.predictions, 2);
+    assert_eq!(c.outcomes, 1);
+    assert_eq!(c.rejected(qis_ros::node::RejectKind::Malformed), 1);
+    node.shutdown().await;
+}

@@ -1,0 +1,417 @@
+//! `qis_node` end to end over ROS 2 topics on loopback (native binding, in-process
+//! Zenoh router on 127.0.0.1): two nodes correct each other's predictions through a
+//! fleet port, malformed inputs are rejected and counted while the node keeps serving,
+//! diagnostics and the query service answer.
+
+mod support;
+
+use std::sync::{Arc, Mutex};
+
+use hiroz::Builder;
+use qis_ros::node::{NodeParams, RejectKind};
+use qis_ros::ros::msgs::{
+    Clock, CorrectedPrior, DiagnosticArray, Discrepancy, Outcome, Prediction, Query, QueryRequest,
+    Scenario, Time,
+};
+use support::*;
+use tokio::sync::mpsc;
+
+fn prediction(ep: &str, tag: &str, state: &[f64]) -> Prediction {
+    Prediction {
+        episode_id: ep.into(),
+        model_id: "wm-1".into(),
+        scenario: Scenario {
+            tags: vec![tag.into()],
+            ..Scenario::default()
+        },
+        state: state.to_vec(),
+        ..Prediction::default()
+    }
+}
+
+fn outcome(ep: &str, state: &[f64]) -> Outcome {
+    Outcome {
+        episode_id: ep.into(),
+        state: state.to_vec(),
+        ..Outcome::default()
+    }
+}
+
+/// Publishers and subscribers of one node's topics, on the test's client context.
+struct Robot {
+    pred: hiroz::pubsub::ZPub<Prediction, hiroz::msg::SerdeCdrSerdes<Prediction>>,
+    out: hiroz::pubsub::ZPub<Outcome, hiroz::msg::SerdeCdrSerdes<Outcome>>,
+    prior: hiroz::pubsub::ZSub<
+        CorrectedPrior,
+        zenoh::sample::Sample,
+        hiroz::msg::SerdeCdrSerdes<CorrectedPrior>,
+    >,
+    disc: hiroz::pubsub::ZSub<
+        Discrepancy,
+        zenoh::sample::Sample,
+        hiroz::msg::SerdeCdrSerdes<Discrepancy>,
+    >,
+}
+
+impl Robot {
+    async fn new(node: &hiroz::node::ZNode, ns: &str) -> Robot {
+        let r = Robot {
+            pred: node
+                .create_pub(&format!("{ns}/prediction"))
+                .build()
+                .unwrap(),
+            out: node.create_pub(&format!("{ns}/outcome")).build().unwrap(),
+            prior: node
+                .create_sub(&format!("{ns}/corrected_prior"))
+                .with_qos(deep_qos())
+                .build()
+                .unwrap(),
+            disc: node
+                .create_sub(&format!("{ns}/discrepancy"))
+                .with_qos(deep_qos())
+                .build()
+                .unwrap(),
+        };
+        assert!(
+            r.pred.wait_for_subscription(1, WAIT).await,
+            "{ns}/prediction matched"
+        );
+        assert!(
+            r.out.wait_for_subscription(1, WAIT).await,
+            "{ns}/outcome matched"
+        );
+        assert!(
+            r.prior.wait_for_publisher(1, WAIT).await,
+            "{ns}/corrected_prior matched"
+        );
+        assert!(
+            r.disc.wait_for_publisher(1, WAIT).await,
+            "{ns}/discrepancy matched"
+        );
+        r
+    }
+
+    /// One episode: prediction, its corrected prior, then the outcome and its discrepancy.
+    async fn episode(&self, p: &Prediction, measured: &[f64]) -> (CorrectedPrior, Discrepancy) {
+        self.pred.async_publish(p).await.unwrap();
+        let prior = recv("corrected prior", self.prior.async_recv()).await;
+        assert_eq!(prior.episode_id, p.episode_id);
+        self.out
+            .async_publish(&outcome(&p.episode_id, measured))
+            .await
+            .unwrap();
+        let d = recv("discrepancy", self.disc.async_recv()).await;
+        assert_eq!(d.episode_id, p.episode_id);
+        (prior, d)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_correct_each_others_predictions_over_ros_topics() {
+    let (_router, endpoint) = router().await;
+    let (to_a, rx_a) = mpsc::channel(10_000);
+    let (to_b, rx_b) = mpsc::channel(10_000);
+    let fleet_a = Arc::new(ChannelFleet {
+        to: to_b,
+        interests: Mutex::new(vec![]),
+    });
+    let fleet_b = Arc::new(ChannelFleet {
+        to: to_a,
+        interests: Mutex::new(vec![]),
+    });
+    let a = start_node(
+        &endpoint,
+        "/a",
+        "robot-a",
+        NodeParams::default(),
+        fleet_a.clone(),
+        rx_a,
+    )
+    .await;
+    let b = start_node(
+        &endpoint,
+        "/b",
+        "robot-b",
+        NodeParams::default(),
+        fleet_b.clone(),
+        rx_b,
+    )
+    .await;
+    let ctx = client(&endpoint);
+    let driver = ctx.create_node("driver").build().unwrap();
+    let ra = Robot::new(&driver, "/a").await;
+    let rb = Robot::new(&driver, "/b").await;
+
+    // Robot A learns that reality runs +0.8 ahead of the model on ice ...
+    for i in 0..20 {
+        let (prior, d) = ra
+            .episode(
+                &prediction(&format!("a{i}"), "road=ice", &[1.0, 0.0]),
+                &[1.8, 0.0],
+            )
+            .await;
+        assert!((d.residual[0] - 0.8).abs() < 1e-12);
+        assert_eq!(prior.sources, u32::from(i > 0));
+    }
+    // ... and robot B that reality runs −0.5 behind on gravel.
+    for i in 0..20 {
+        rb.episode(
+            &prediction(&format!("b{i}"), "road=gravel", &[2.0, 2.0]),
+            &[1.5, 2.0],
+        )
+        .await;
+    }
+    wait_until("A's records at B", || {
+        b.logic().lock().unwrap().report().counters.records_received >= 1
+    })
+    .await;
+    wait_until("B's records at A", || {
+        a.logic().lock().unwrap().report().counters.records_received >= 1
+    })
+    .await;
+    // Both nodes told the exchange about the address they met first.
+    assert_eq!(fleet_a.interests.lock().unwrap().len(), 1);
+    assert_eq!(fleet_b.interests.lock().unwrap().len(), 1);
+    // B has never been on ice, yet its first prediction there is corrected by A's
+    // outcomes; and A's first prediction on gravel by B's.
+    let (on_ice, _) = rb
+        .episode(&prediction("b-ice", "road=ice", &[1.0, 0.0]), &[1.8, 0.0])
+        .await;
+    assert_eq!(on_ice.r#match, CorrectedPrior::MATCH_EXACT);
+    assert_eq!(on_ice.sources, 1);
+    assert_eq!(on_ice.support, 20);
+    assert!(
+        (on_ice.correction[0] - 0.8 * 20.0 / 25.0).abs() < 1e-6,
+        "{:?}",
+        on_ice.correction
+    );
+    assert!((on_ice.state[0] - (1.0 + 0.8 * 20.0 / 25.0)).abs() < 1e-6);
+    let (on_gravel, _) = ra
+        .episode(
+            &prediction("a-gravel", "road=gravel", &[2.0, 2.0]),
+            &[1.5, 2.0],
+        )
+        .await;
+    assert_eq!(on_gravel.sources, 1);
+    assert!(
+        (on_gravel.correction[0] + 0.5 * 20.0 / 25.0).abs() < 1e-6,
+        "{:?}",
+        on_gravel.correction
+    );
+
+    // The query service names the fleet's sources behind B's ice address.
+    let client = driver.create_client::<Query>("/b/query").build().unwrap();
+    let req = QueryRequest {
+        scenario: prediction("", "road=ice", &[]).scenario,
+        model_id: "wm-1".into(),
+    };
+    let resp = tokio::time::timeout(WAIT, client.call(&req))
+        .await
+        .expect("query answered")
+        .unwrap();
+    assert_eq!(resp.error, "");
+    assert_eq!(resp.fingerprint, on_ice.fingerprint);
+    assert_eq!(
+        resp.source_ids,
+        vec!["robot-b".to_string(), "robot-a".to_string()]
+    );
+    assert_eq!(resp.support, 21);
+    assert!((resp.mean_residual[0] - 0.8).abs() < 1e-9);
+
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_inputs_are_rejected_counted_and_reported_while_the_node_serves() {
+    let (_router, endpoint) = router().await;
+    // Records go to a channel nobody reads; no record comes in.
+    let (to_fleet, _fleet_rx) = mpsc::channel(100);
+    let (_records_tx, rx) = mpsc::channel(100);
+    let fleet = Arc::new(ChannelFleet {
+        to: to_fleet,
+        interests: Mutex::new(vec![]),
+    });
+    let params = NodeParams {
+        diagnostics_period_s: 0.05,
+        shadow_mode: true,
+        ..NodeParams::default()
+    };
+    let n = start_node(&endpoint, "/m", "robot-m", params, fleet, rx).await;
+    let ctx = client(&endpoint);
+    let driver = ctx.create_node("driver").build().unwrap();
+    let pred = driver
+        .create_pub::<Prediction>("/m/prediction")
+        .build()
+        .unwrap();
+    let out = driver.create_pub::<Outcome>("/m/outcome").build().unwrap();
+    let shadow = driver
+        .create_sub::<CorrectedPrior>("/m/corrected_prior_shadow")
+        .with_qos(deep_qos())
+        .build()
+        .unwrap();
+    let diag = driver
+        .create_sub::<DiagnosticArray>("/diagnostics")
+        .with_qos(deep_qos())
+        .build()
+        .unwrap();
+    assert!(pred.wait_for_subscription(1, WAIT).await);
+    assert!(out.wait_for_subscription(1, WAIT).await);
+    assert!(shadow.wait_for_publisher(1, WAIT).await);
+
+    let mut nan = prediction("nan", "k=v", &[f64::NAN]);
+    pred.async_publish(&nan).await.unwrap();
+    nan.state = vec![1.0, 2.0];
+    nan.covariance = vec![1.0, 2.0, 3.0];
+    pred.async_publish(&nan).await.unwrap();
+    pred.async_publish(&prediction("big", "k=v", &vec![0.0; 100_000]))
+        .await
+        .unwrap();
+    out.async_publish(&outcome("never-predicted", &[1.0]))
+        .await
+        .unwrap();
+    // A valid episode, then its duplicates.
+    pred.async_publish(&prediction("ok", "k=v", &[1.0]))
+        .await
+        .unwrap();
+    let first = recv("shadow prior", shadow.async_recv()).await;
+    assert_eq!(first.episode_id, "ok");
+    pred.async_publish(&prediction("ok", "k=v", &[1.0]))
+        .await
+        .unwrap();
+    out.async_publish(&outcome("ok", &[1.0, 1.0]))
+        .await
+        .unwrap();
+    out.async_publish(&outcome("ok", &[1.5])).await.unwrap();
+    wait_until("the valid outcome", || {
+        n.logic().lock().unwrap().report().counters.outcomes == 1
+    })
+    .await;
+    out.async_publish(&outcome("ok", &[1.5])).await.unwrap();
+    wait_until("all rejections", || {
+        n.logic().lock().unwrap().report().counters.rejected_total() == 7
+    })
+    .await;
+    let c = n.logic().lock().unwrap().report().counters;
+    assert_eq!(c.rejected(RejectKind::NonFinite), 1);
+    assert_eq!(c.rejected(RejectKind::DimensionMismatch), 2);
+    assert_eq!(c.rejected(RejectKind::Oversized), 1);
+    assert_eq!(c.rejected(RejectKind::NoPrediction), 1);
+    assert_eq!(c.rejected(RejectKind::Duplicate), 2);
+
+    // Still serving, on the shadow topic, and /diagnostics reports the counts.
+    pred.async_publish(&prediction("after", "k=v", &[1.0]))
+        .await
+        .unwrap();
+    let after = recv("shadow prior after errors", shadow.async_recv()).await;
+    assert_eq!(after.episode_id, "after");
+    // Shadow mode: the correction learned from one outcome (+0.5) is reported as the
+    // error it would have removed.
+    assert!(after.correction[0] > 0.0);
+    let report = loop {
+        let d = recv("diagnostics", diag.async_recv()).await;
+        let status = &d.status[0];
+        let get = |k: &str| {
+            status
+                .values
+                .iter()
+                .find(|kv| kv.key == k)
+                .map(|kv| kv.value.clone())
+        };
+        if get("predictions").as_deref() == Some("2") {
+            break status.clone();
+        }
+    };
+    let get = |k: &str| {
+        report
+            .values
+            .iter()
+            .find(|kv| kv.key == k)
+            .unwrap()
+            .value
+            .clone()
+    };
+    assert_eq!(report.name, "/m/qis_node: outcome memory");
+    assert_eq!(report.hardware_id, "robot-m");
+    assert_eq!(get("shadow_mode"), "true");
+    assert_eq!(get("rejected.duplicate"), "2");
+    assert_eq!(get("rejected.dimension_mismatch"), "2");
+    assert_eq!(get("rejected.oversized"), "1");
+    assert_eq!(get("rejected.non_finite"), "1");
+    assert_eq!(get("rejected.no_prediction"), "1");
+    assert_eq!(get("pending"), "1");
+    assert!(get("zenoh_routers").parse::<usize>().unwrap() >= 1);
+    n.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn use_sim_time_follows_clock() {
+    let (_router, endpoint) = router().await;
+    let (to_fleet, _fleet_rx) = mpsc::channel(100);
+    let (_records_tx, rx) = mpsc::channel(100);
+    let fleet = Arc::new(ChannelFleet {
+        to: to_fleet,
+        interests: Mutex::new(vec![]),
+    });
+    let params = NodeParams {
+        use_sim_time: true,
+        pending_timeout_s: 10.0,
+        diagnostics_period_s: 0.05,
+        ..NodeParams::default()
+    };
+    let n = start_node(&endpoint, "/s", "robot-s", params, fleet, rx).await;
+    let ctx = client(&endpoint);
+    let driver = ctx.create_node("sim").build().unwrap();
+    let clock = driver.create_pub::<Clock>("/clock").build().unwrap();
+    let pred = driver
+        .create_pub::<Prediction>("/s/prediction")
+        .build()
+        .unwrap();
+    let prior = driver
+        .create_sub::<CorrectedPrior>("/s/corrected_prior")
+        .with_qos(deep_qos())
+        .build()
+        .unwrap();
+    let diag = driver
+        .create_sub::<DiagnosticArray>("/diagnostics")
+        .with_qos(deep_qos())
+        .build()
+        .unwrap();
+    assert!(clock.wait_for_subscription(1, WAIT).await);
+    assert!(pred.wait_for_subscription(1, WAIT).await);
+    let at = |sec| Clock {
+        clock: Time { sec, nanosec: 0 },
+    };
+    // Diagnostics are stamped with sim time once /clock runs.
+    clock.async_publish(&at(1_000)).await.unwrap();
+    loop {
+        let d = recv("diagnostics", diag.async_recv()).await;
+        if d.header.stamp.sec == 1_000 {
+            break;
+        }
+    }
+    pred.async_publish(&prediction("p", "k=v", &[1.0]))
+        .await
+        .unwrap();
+    recv("prior", prior.async_recv()).await;
+    assert_eq!(n.logic().lock().unwrap().report().pending, 1);
+    // Nine simulated seconds later the prediction still waits; past ten it has expired,
+    // however little wall-clock time went by.
+    clock.async_publish(&at(1_009)).await.unwrap();
+    loop {
+        let d = recv("diagnostics", diag.async_recv()).await;
+        if d.header.stamp.sec == 1_009 {
+            break;
+        }
+    }
+    assert_eq!(
+        n.logic().lock().unwrap().report().counters.pending_expired,
+        0
+    );
+    clock.async_publish(&at(1_011)).await.unwrap();
+    wait_until("sim-time expiry", || {
+        n.logic().lock().unwrap().report().counters.pending_expired == 1
+    })
+    .await;
+    n.shutdown().await;
+}
