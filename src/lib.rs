@@ -5,6 +5,7 @@
 
 pub mod core;
 pub mod fleet;
+pub mod link;
 pub mod node;
 pub mod ros;
 pub mod sim;

@@ -1,16 +1,20 @@
 //! `qis`: the command line of qis_ros.
 
 use std::hash::BuildHasher;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 use qis_ros::core::ids::SourceId;
-use qis_ros::node::{LocalOnly, NodeLogic};
+use qis_ros::core::store::Store;
+use qis_ros::fleet::{FleetExchange, Received};
+use qis_ros::link::{FleetLink, RunningLink};
+use qis_ros::node::{FleetPort, NodeLogic, NodeParams, ParamError};
 use qis_ros::ros::native::{DEFAULT_INPUT_DEPTH, NativeConfig, NativeNode, ZenohOptions};
 use qis_ros::ros::{args, names::Names, params_file};
+use tokio::sync::mpsc;
 
 /// Outcome memory for robot world models.
 #[derive(Debug, Parser)]
@@ -72,6 +76,86 @@ fn random_source_id() -> anyhow::Result<SourceId> {
     Ok(SourceId::new(format!("robot-{bits:016x}"))?)
 }
 
+/// The store file: `store_path`, or `$ROS_HOME/qis/<fleet>.<node>.redb` (`~/.ros`).
+fn store_path(params: &NodeParams, names: &Names) -> anyhow::Result<PathBuf> {
+    if !params.store_path.is_empty() {
+        return Ok(PathBuf::from(&params.store_path));
+    }
+    let ros_home = match std::env::var_os("ROS_HOME") {
+        Some(h) if !h.is_empty() => PathBuf::from(h),
+        _ => PathBuf::from(std::env::var_os("HOME").context("neither ROS_HOME nor HOME is set")?)
+            .join(".ros"),
+    };
+    let node = names.fqn().trim_start_matches('/').replace('/', ".");
+    Ok(ros_home
+        .join("qis")
+        .join(format!("{}.{node}.redb", params.fleet)))
+}
+
+/// The robot's source id: the `source_id` parameter, else the one kept beside the store
+/// (so own records restored after a restart keep their source), else a new random one.
+fn source_id(params: &NodeParams, store: &Path) -> anyhow::Result<SourceId> {
+    if !params.source_id.is_empty() {
+        return Ok(SourceId::new(params.source_id.clone())?);
+    }
+    let file = store.with_extension("source");
+    match std::fs::read_to_string(&file) {
+        Ok(s) => SourceId::new(s.trim())
+            .with_context(|| format!("{} holds an invalid source id", file.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let id = random_source_id()?;
+            std::fs::write(&file, id.as_str())
+                .with_context(|| format!("writing {}", file.display()))?;
+            Ok(id)
+        }
+        Err(e) => Err(e).with_context(|| format!("reading {}", file.display())),
+    }
+}
+
+/// Opens the store, restores it into the node logic and starts the fleet link.
+async fn start_link(
+    params: &NodeParams,
+    logic: &mut NodeLogic,
+    store: Store,
+) -> anyhow::Result<(RunningLink, mpsc::Receiver<Received>)> {
+    let stored = store.load().context("reading the store")?;
+    let mut own = Vec::new();
+    for r in stored {
+        if r.own {
+            if r.key.source == *logic.source() {
+                own.push((r.key.clone(), r.record.clone()));
+                logic.restore_own(&r.key, r.record);
+            }
+        } else {
+            logic.on_record(&r.key, r.record);
+        }
+    }
+    tracing::info!(
+        own = own.len(),
+        received = store.received_len(),
+        "restored from the store"
+    );
+    if !params.exchange_enabled {
+        return Ok(FleetLink::start(store, None, &own, 4096));
+    }
+    let mut exchange = params.exchange.clone();
+    exchange.fleet = params.fleet.clone();
+    exchange.min_count_to_share = params.min_count_to_share;
+    let settings = exchange.validate().map_err(|e| ParamError {
+        param: format!("exchange.{}", e.field),
+        reason: e.reason,
+    })?;
+    let (exchange, from_fleet) = FleetExchange::start(settings, logic.source().clone())
+        .await
+        .context("starting the fleet exchange")?;
+    Ok(FleetLink::start(
+        store,
+        Some((exchange, from_fleet)),
+        &own,
+        4096,
+    ))
+}
+
 async fn run_node(a: NodeArgs, ros: args::RosArgs) -> anyhow::Result<()> {
     let names = Names::new(
         ros.node_name.as_deref().unwrap_or(NODE_NAME),
@@ -79,20 +163,21 @@ async fn run_node(a: NodeArgs, ros: args::RosArgs) -> anyhow::Result<()> {
         ros.remaps.clone(),
     )?;
     let params = params_file::load(&names, &ros.params_files, &ros.params)?;
-    let source = if params.source_id.is_empty() {
-        random_source_id()?
-    } else {
-        SourceId::new(params.source_id.clone())?
-    };
+    let path = store_path(&params, &names)?;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let store = Store::open(&path, params.store.clone())
+        .with_context(|| format!("opening the store {}", path.display()))?;
+    let source = source_id(&params, &path)?;
     let domain_id = match std::env::var("ROS_DOMAIN_ID") {
         Ok(v) if !v.is_empty() => v.parse().context("ROS_DOMAIN_ID must be an integer")?,
         _ => 0,
     };
-    tracing::info!(source = %source, fleet = %params.fleet, "starting");
-    let logic = NodeLogic::new(params, source)?;
-    // Until the fleet exchange is wired in, records stay local; the sender half is held
-    // so the node's record task keeps waiting instead of ending.
-    let (_records_tx, records_rx) = tokio::sync::mpsc::channel(1024);
+    tracing::info!(source = %source, fleet = %params.fleet, store = %path.display(), "starting");
+    let mut logic = NodeLogic::new(params.clone(), source)?;
+    let (link, records_rx) = start_link(&params, &mut logic, store).await?;
+    let port: Arc<dyn FleetPort> = link.port.clone();
     #[cfg(feature = "r2r")]
     if a.r2r {
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -102,7 +187,8 @@ async fn run_node(a: NodeArgs, ros: args::RosArgs) -> anyhow::Result<()> {
             flag.store(true, std::sync::atomic::Ordering::Relaxed);
         });
         let name = names.node().to_string();
-        qis_ros::ros::r2r_binding::run(&name, logic, Arc::new(LocalOnly), records_rx, stop).await?;
+        qis_ros::ros::r2r_binding::run(&name, logic, port, records_rx, stop).await?;
+        link.shutdown().await;
         return Ok(());
     }
     let config = NativeConfig {
@@ -116,7 +202,7 @@ async fn run_node(a: NodeArgs, ros: args::RosArgs) -> anyhow::Result<()> {
         },
         input_depth: DEFAULT_INPUT_DEPTH,
     };
-    let node = NativeNode::start(config, logic, Arc::new(LocalOnly), records_rx).await?;
+    let node = NativeNode::start(config, logic, port, records_rx).await?;
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         r = tokio::signal::ctrl_c() => r?,
@@ -124,6 +210,7 @@ async fn run_node(a: NodeArgs, ros: args::RosArgs) -> anyhow::Result<()> {
     }
     tracing::info!("shutting down");
     node.shutdown().await;
+    link.shutdown().await;
     Ok(())
 }
 

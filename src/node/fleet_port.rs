@@ -10,8 +10,13 @@ use crate::core::record::OutcomeRecord;
 /// Called from the node's event loop: implementations must not block (queue the work
 /// to a task of their own, bounded).
 pub trait FleetPort: Send + Sync {
-    /// Shares one of this robot's own records (the latest cumulative summary of its key).
+    /// Persists and then shares one of this robot's own records (the latest cumulative
+    /// summary of its key).
     fn publish(&self, key: &RecordKey, record: &OutcomeRecord);
+
+    /// Persists an own record that is not shared yet (privacy budget not reached), so a
+    /// restart does not lose its outcomes. Default: nothing to keep.
+    fn keep(&self, _key: &RecordKey, _record: &OutcomeRecord) {}
 
     /// The node met an address it holds nothing about: the exchange should ask the fleet
     /// for it once and keep it fresh (DESIGN 1, step 3). Default: nothing to do.

@@ -29,9 +29,17 @@ const MAX_INTERESTS: usize = 1024;
 pub struct OutcomeEffect {
     /// To publish on `discrepancy`.
     pub discrepancy: Discrepancy,
-    /// The updated own record, to persist and then share with the fleet; `None` while
-    /// the address has fewer than `min_count_to_share` own outcomes (privacy budget).
-    pub record_to_publish: Option<(RecordKey, OutcomeRecord)>,
+    /// The updated own record: always persisted, shared with the fleet only when `share`.
+    pub own_record: (RecordKey, OutcomeRecord),
+    /// Whether the address holds `min_count_to_share` own outcomes (privacy budget).
+    pub share: bool,
+}
+
+impl OutcomeEffect {
+    /// The record to share with the fleet, if the privacy budget allows it.
+    pub fn record_to_publish(&self) -> Option<&(RecordKey, OutcomeRecord)> {
+        self.share.then_some(&self.own_record)
+    }
 }
 
 /// The binding-free node: fingerprints, pairs, synthesizes and counts.
@@ -290,18 +298,18 @@ impl NodeLogic {
             error_norm: r.error_norm,
             mahalanobis: r.mahalanobis,
         };
-        let record_to_publish = shared.then(|| {
+        if shared {
             self.counters.records_published += 1;
-            let key = RecordKey {
-                model: p.model,
-                fingerprint: p.fingerprint,
-                source: self.memory.own_source().clone(),
-            };
-            (key, record)
-        });
+        }
+        let key = RecordKey {
+            model: p.model,
+            fingerprint: p.fingerprint,
+            source: self.memory.own_source().clone(),
+        };
         Ok(OutcomeEffect {
             discrepancy,
-            record_to_publish,
+            own_record: (key, record),
+            share: shared,
         })
     }
 

@@ -6,7 +6,9 @@ use thiserror::Error;
 
 use crate::core::fingerprint::{FingerprintConfig, Fingerprinter};
 use crate::core::memory::MemoryConfig;
+use crate::core::store::StoreConfig;
 use crate::core::synthesis::SynthesisConfig;
+use crate::fleet::FleetConfig;
 
 /// Default most predictions waiting for their outcome.
 pub const DEFAULT_MAX_PENDING: usize = 10_000;
@@ -49,6 +51,16 @@ pub struct NodeParams {
     pub synthesis: SynthesisConfig,
     /// Bounds of the in-memory outcome memory.
     pub memory: MemoryConfig,
+    /// Embedded store file; empty = `$ROS_HOME/qis/<fleet>.<node name>.redb` (ROS_HOME
+    /// defaults to `~/.ros`).
+    pub store_path: String,
+    /// Bounds of the embedded store.
+    pub store: StoreConfig,
+    /// Exchange records with the fleet over Zenoh (false: this robot learns alone).
+    pub exchange_enabled: bool,
+    /// The fleet exchange (Zenoh config, endpoints, timeouts, signing). Its fleet name
+    /// and `min_count_to_share` are this node's `fleet` and `min_count_to_share`.
+    pub exchange: FleetConfig,
 }
 
 impl Default for NodeParams {
@@ -66,6 +78,10 @@ impl Default for NodeParams {
             fingerprint: FingerprintConfig::default(),
             synthesis: SynthesisConfig::default(),
             memory: MemoryConfig::default(),
+            store_path: String::new(),
+            store: StoreConfig::default(),
+            exchange_enabled: true,
+            exchange: FleetConfig::default(),
         }
     }
 }
@@ -113,6 +129,23 @@ impl NodeParams {
         };
         positive("pending_timeout_s", self.pending_timeout_s)?;
         positive("diagnostics_period_s", self.diagnostics_period_s)?;
+        if self.store.max_received_records == 0 {
+            return Err(ParamError::new(
+                "store.max_received_records",
+                "must be >= 1, got 0",
+            ));
+        }
+        if self.exchange.fleet != crate::fleet::config::DEFAULT_FLEET
+            && self.exchange.fleet != self.fleet
+        {
+            return Err(ParamError::new(
+                "exchange.fleet",
+                format!(
+                    "the fleet name is set by `fleet` ({}), got {}",
+                    self.fleet, self.exchange.fleet
+                ),
+            ));
+        }
         if self.memory.max_received_records == 0 {
             return Err(ParamError::new(
                 "memory.max_received_records",

@@ -64,7 +64,10 @@ fn first_prediction_is_unchanged_then_learns_the_bias() {
     assert_eq!(eff.discrepancy.error_norm, 0.5);
     assert!(eff.discrepancy.mahalanobis.is_nan());
     assert_eq!(eff.discrepancy.fingerprint, first.fingerprint);
-    let (key, rec) = eff.record_to_publish.expect("min_count_to_share = 1");
+    let (key, rec) = eff
+        .record_to_publish()
+        .cloned()
+        .expect("min_count_to_share = 1");
     assert_eq!(key.source.as_str(), "robot-a");
     assert_eq!(rec.summary.count(), 1);
     learn(&mut n, "weather=rain", 40, 0.5, 10 * S);
@@ -93,7 +96,12 @@ fn fleet_records_correct_another_robots_first_encounter() {
     let mut a = node("robot-a", NodeParams::default());
     let mut b = node("robot-b", NodeParams::default());
     let effects = learn(&mut a, "road=ice", 20, -1.0, 0);
-    let (key, rec) = effects.last().unwrap().record_to_publish.clone().unwrap();
+    let (key, rec) = effects
+        .last()
+        .unwrap()
+        .record_to_publish()
+        .cloned()
+        .unwrap();
     assert_eq!(
         b.on_record(&key, rec.clone()),
         crate::core::memory::Ingest::Stored
@@ -236,10 +244,7 @@ fn records_are_shared_only_after_min_count() {
     };
     let mut n = node("robot-a", params);
     let effects = learn(&mut n, "p=q", 4, 0.1, 0);
-    let shared: Vec<bool> = effects
-        .iter()
-        .map(|e| e.record_to_publish.is_some())
-        .collect();
+    let shared: Vec<bool> = effects.iter().map(|e| e.share).collect();
     assert_eq!(shared, vec![false, false, true, true]);
     assert_eq!(n.report().counters.records_published, 2);
 }
@@ -290,7 +295,8 @@ fn a_thin_address_borrows_from_a_similar_one() {
         last = a
             .on_outcome(&outcome(&ep, &[1.0]), i * S + 1)
             .unwrap()
-            .record_to_publish;
+            .record_to_publish()
+            .cloned();
     }
     let (key, rec) = last.unwrap();
     b.on_record(&key, rec);

@@ -287,8 +287,11 @@ impl NativeNode {
                     let result = lock(&logic).on_outcome(&o, clock.now_ns());
                     match result {
                         Ok(effect) => {
-                            if let Some((key, record)) = &effect.record_to_publish {
+                            let (key, record) = &effect.own_record;
+                            if effect.share {
                                 fleet.publish(key, record);
+                            } else {
+                                fleet.keep(key, record);
                             }
                             if let Err(e) = disc_pub.async_publish(&effect.discrepancy).await {
                                 tracing::error!(episode_id = %o.episode_id, "publishing discrepancy: {e}");

@@ -164,8 +164,11 @@ pub async fn run(
                 drop(l);
                 match r {
                     Ok(effect) => {
-                        if let Some((key, record)) = &effect.record_to_publish {
+                        let (key, record) = &effect.own_record;
+                        if effect.share {
                             fleet.publish(key, record);
+                        } else {
+                            fleet.keep(key, record);
                         }
                         if let Err(e) = disc_pub.publish_raw(&effect.discrepancy.serialize()) {
                             tracing::error!("publishing discrepancy: {e}");

@@ -1,0 +1,370 @@
+//! The link between a node, its embedded store and the fleet exchange.
+//!
+//! - Own records: the node hands each new own record to [`FleetLink::publish`] (never
+//!   blocks). A persistence task writes them to the store in durable batches (latest
+//!   version per key wins) and only then gives them to the exchange, so no record is
+//!   ever published that a crash could lose.
+//! - Interests: the first prediction at an address asks the fleet once (query) and keeps
+//!   the address fresh (live subscription); answers go to the node and the store.
+//! - Received records: from the exchange's channel into the store (bounded, newest
+//!   sequence number per source) and to the node.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use tokio::sync::{Notify, mpsc};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+use crate::core::ids::{Fingerprint, ModelId, RecordKey};
+use crate::core::record::OutcomeRecord;
+use crate::core::store::Store;
+use crate::fleet::{FleetExchange, Received};
+use crate::node::FleetPort;
+
+/// Bound on addresses waiting for their first fleet query.
+const INTEREST_QUEUE: usize = 1024;
+/// Most received records written to the store in one transaction.
+const RECEIVED_BATCH: usize = 256;
+
+/// Counters of the link, for diagnostics.
+#[derive(Debug, Default)]
+pub struct LinkStats {
+    /// Own records written durably.
+    pub own_persisted: AtomicU64,
+    /// Received records written to the store.
+    pub received_persisted: AtomicU64,
+    /// Addresses dropped because the interest queue was full.
+    pub interests_dropped: AtomicU64,
+    /// Store or exchange failures (logged).
+    pub errors: AtomicU64,
+}
+
+/// The node's [`FleetPort`]: persistence first, then the fleet.
+pub struct FleetLink {
+    /// Own records waiting for their durable write: (record, share once written).
+    pending_own: Mutex<HashMap<RecordKey, (OutcomeRecord, bool)>>,
+    own_ready: Notify,
+    interests: mpsc::Sender<(ModelId, Fingerprint)>,
+    stats: Arc<LinkStats>,
+}
+
+impl FleetLink {
+    fn queue_own(&self, key: &RecordKey, record: &OutcomeRecord, share: bool) {
+        let mut pending = self
+            .pending_own
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        // Records are cumulative: a newer version replaces one not yet written.
+        match pending.get(key) {
+            Some((held, _)) if held.seq >= record.seq => {}
+            _ => {
+                pending.insert(key.clone(), (record.clone(), share));
+            }
+        }
+        drop(pending);
+        self.own_ready.notify_one();
+    }
+}
+
+impl FleetPort for FleetLink {
+    fn publish(&self, key: &RecordKey, record: &OutcomeRecord) {
+        self.queue_own(key, record, true);
+    }
+
+    fn keep(&self, key: &RecordKey, record: &OutcomeRecord) {
+        self.queue_own(key, record, false);
+    }
+
+    fn interest(&self, model: &ModelId, fingerprint: &Fingerprint) {
+        if self
+            .interests
+            .try_send((model.clone(), *fingerprint))
+            .is_err()
+        {
+            self.stats.interests_dropped.fetch_add(1, Ordering::Relaxed);
+            debug!(%fingerprint, "fleet interest queue full: address left to anti-entropy");
+        }
+    }
+}
+
+/// A started link: the port for the node, the records for the node, and its tasks.
+pub struct RunningLink {
+    /// Give this to the node as its fleet port.
+    pub port: Arc<FleetLink>,
+    /// The link's counters.
+    pub stats: Arc<LinkStats>,
+    store: Arc<Mutex<Store>>,
+    exchange: Option<Arc<FleetExchange>>,
+    cancel: CancellationToken,
+    tasks: JoinSet<()>,
+    _idle_sender: mpsc::Sender<Received>,
+}
+
+impl FleetLink {
+    /// Starts the link's tasks; returns it with the channel of fleet records for the
+    /// node. `restored_own` records are served to fleet queries at once (they are
+    /// already durable).
+    ///
+    /// Without an exchange (`None`) the link only persists: the robot learns alone.
+    pub fn start(
+        store: Store,
+        exchange: Option<(FleetExchange, mpsc::Receiver<Received>)>,
+        restored_own: &[(RecordKey, OutcomeRecord)],
+        node_capacity: usize,
+    ) -> (RunningLink, mpsc::Receiver<Received>) {
+        let (exchange, from_fleet) = match exchange {
+            Some((e, rx)) => (Some(e), Some(rx)),
+            None => (None, None),
+        };
+        for (key, record) in restored_own {
+            if let Some(Err(e)) = exchange.as_ref().map(|x| x.serve_own(key, record)) {
+                warn!(fingerprint = %key.fingerprint, "serving a restored record: {e}");
+            }
+        }
+        let (interest_tx, interest_rx) = mpsc::channel(INTEREST_QUEUE);
+        let (node_tx, node_rx) = mpsc::channel(node_capacity.max(1));
+        let stats = Arc::new(LinkStats::default());
+        let port = Arc::new(FleetLink {
+            pending_own: Mutex::new(HashMap::new()),
+            own_ready: Notify::new(),
+            interests: interest_tx,
+            stats: stats.clone(),
+        });
+        let store = Arc::new(Mutex::new(store));
+        let exchange = exchange.map(Arc::new);
+        let cancel = CancellationToken::new();
+        let mut tasks = JoinSet::new();
+        tasks.spawn(persist_and_publish(
+            port.clone(),
+            store.clone(),
+            exchange.clone(),
+            cancel.clone(),
+        ));
+        if let (Some(exchange), Some(from_fleet)) = (&exchange, from_fleet) {
+            tasks.spawn(ask_fleet(
+                interest_rx,
+                exchange.clone(),
+                node_tx.clone(),
+                store.clone(),
+                stats.clone(),
+                cancel.clone(),
+            ));
+            tasks.spawn(take_in(
+                from_fleet,
+                node_tx.clone(),
+                store.clone(),
+                stats.clone(),
+                cancel.clone(),
+            ));
+        }
+        // Held so the node's channel stays open (and empty) when the robot learns alone.
+        let idle_sender = node_tx;
+        let link = RunningLink {
+            port,
+            stats,
+            store,
+            exchange,
+            cancel,
+            tasks,
+            _idle_sender: idle_sender,
+        };
+        (link, node_rx)
+    }
+}
+
+/// Writes pending own records durably, then publishes them.
+async fn persist_and_publish(
+    port: Arc<FleetLink>,
+    store: Arc<Mutex<Store>>,
+    exchange: Option<Arc<FleetExchange>>,
+    cancel: CancellationToken,
+) {
+    loop {
+        let stop = tokio::select! {
+            _ = cancel.cancelled() => true,
+            _ = port.own_ready.notified() => false,
+        };
+        flush_own(&port, &store, exchange.as_deref()).await;
+        if stop {
+            break;
+        }
+    }
+}
+
+async fn flush_own(port: &FleetLink, store: &Arc<Mutex<Store>>, exchange: Option<&FleetExchange>) {
+    let (batch, share): (Vec<(RecordKey, OutcomeRecord)>, Vec<bool>) = port
+        .pending_own
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .drain()
+        .map(|(k, (r, s))| ((k, r), s))
+        .unzip();
+    if batch.is_empty() {
+        return;
+    }
+    let store = store.clone();
+    let written = tokio::task::spawn_blocking(move || {
+        let r = store
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .put_own_batch(&batch);
+        (r, batch)
+    })
+    .await;
+    let (result, batch) = match written {
+        Ok(x) => x,
+        Err(e) => {
+            port.stats.errors.fetch_add(1, Ordering::Relaxed);
+            warn!("store task failed: {e}");
+            return;
+        }
+    };
+    match result {
+        Ok(n) => {
+            port.stats
+                .own_persisted
+                .fetch_add(n as u64, Ordering::Relaxed);
+        }
+        Err(e) => {
+            // Not durable, so not published: the next outcome at each address produces a
+            // newer cumulative record and retries.
+            port.stats.errors.fetch_add(1, Ordering::Relaxed);
+            warn!(
+                records = batch.len(),
+                "store write failed, records not published: {e}"
+            );
+            return;
+        }
+    }
+    let Some(exchange) = exchange else { return };
+    for ((key, record), _) in batch.iter().zip(share).filter(|(_, s)| *s) {
+        if let Err(e) = exchange.publish(key, record) {
+            port.stats.errors.fetch_add(1, Ordering::Relaxed);
+            warn!(fingerprint = %key.fingerprint, "publishing own record: {e}");
+        }
+    }
+}
+
+/// Asks the fleet about newly met addresses and follows them.
+async fn ask_fleet(
+    mut interests: mpsc::Receiver<(ModelId, Fingerprint)>,
+    exchange: Arc<FleetExchange>,
+    node: mpsc::Sender<Received>,
+    store: Arc<Mutex<Store>>,
+    stats: Arc<LinkStats>,
+    cancel: CancellationToken,
+) {
+    loop {
+        let next = tokio::select! {
+            _ = cancel.cancelled() => break,
+            n = interests.recv() => n,
+        };
+        let Some((model, fingerprint)) = next else {
+            break;
+        };
+        // Subscribe first so nothing published between the query and the subscription
+        // is missed (duplicates are harmless: newest seq wins).
+        if let Err(e) = exchange.follow(&model, &fingerprint).await {
+            stats.errors.fetch_add(1, Ordering::Relaxed);
+            warn!(%fingerprint, "following an address: {e}");
+        }
+        match exchange.query(&model, &fingerprint).await {
+            Ok(found) => deliver(found, &node, &store, &stats).await,
+            Err(e) => {
+                stats.errors.fetch_add(1, Ordering::Relaxed);
+                warn!(%fingerprint, "fleet query: {e}");
+            }
+        }
+    }
+}
+
+/// Moves records from the exchange's channel into the store and the node.
+async fn take_in(
+    mut from_fleet: mpsc::Receiver<Received>,
+    node: mpsc::Sender<Received>,
+    store: Arc<Mutex<Store>>,
+    stats: Arc<LinkStats>,
+    cancel: CancellationToken,
+) {
+    let mut batch = Vec::with_capacity(RECEIVED_BATCH);
+    loop {
+        let n = tokio::select! {
+            _ = cancel.cancelled() => break,
+            n = from_fleet.recv_many(&mut batch, RECEIVED_BATCH) => n,
+        };
+        if n == 0 {
+            break;
+        }
+        deliver(std::mem::take(&mut batch), &node, &store, &stats).await;
+    }
+}
+
+async fn deliver(
+    records: Vec<Received>,
+    node: &mpsc::Sender<Received>,
+    store: &Arc<Mutex<Store>>,
+    stats: &LinkStats,
+) {
+    if records.is_empty() {
+        return;
+    }
+    let to_store = records.clone();
+    let store = store.clone();
+    let written = tokio::task::spawn_blocking(move || {
+        store
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .put_received(&to_store)
+    })
+    .await;
+    match written {
+        Ok(Ok(n)) => {
+            stats
+                .received_persisted
+                .fetch_add(n as u64, Ordering::Relaxed);
+        }
+        Ok(Err(e)) => {
+            stats.errors.fetch_add(1, Ordering::Relaxed);
+            warn!("store write of received records failed: {e}");
+        }
+        Err(e) => {
+            stats.errors.fetch_add(1, Ordering::Relaxed);
+            warn!("store task failed: {e}");
+        }
+    }
+    for r in records {
+        if node.send(r).await.is_err() {
+            return;
+        }
+    }
+}
+
+impl RunningLink {
+    /// Stops the tasks after writing and publishing what is pending, flushes the store's
+    /// use order and closes the exchange.
+    pub async fn shutdown(mut self) {
+        self.cancel.cancel();
+        while self.tasks.join_next().await.is_some() {}
+        flush_own(&self.port, &self.store, self.exchange.as_deref()).await;
+        let store = self.store.clone();
+        let flushed = tokio::task::spawn_blocking(move || {
+            store.lock().unwrap_or_else(PoisonError::into_inner).flush()
+        })
+        .await;
+        if let Ok(Err(e)) = flushed {
+            warn!("store flush at shutdown: {e}");
+        }
+        match self.exchange.map(Arc::try_unwrap) {
+            Some(Ok(exchange)) => {
+                if let Err(e) = exchange.close().await {
+                    warn!("closing the fleet exchange: {e}");
+                }
+            }
+            Some(Err(_)) => warn!("fleet exchange still shared at shutdown; session left to drop"),
+            None => {}
+        }
+    }
+}
