@@ -8,7 +8,21 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use crate::core::synthesis::SynthesisConfig;
 
-use super::{DEFAULT_EPISODES, DEFAULT_ROBOTS, DEFAULT_SEED, SimConfig, SimError, SimReport};
+use super::{
+    DEFAULT_EPISODES, DEFAULT_ROBOTS, DEFAULT_SEED, NetworkKind, SimConfig, SimError, SimReport,
+    ZENOH_MAX_ROBOTS,
+};
+
+/// `--network`: which exchange joins the robots.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum NetworkChoice {
+    /// Real Zenoh up to ZENOH_MAX_ROBOTS robots, the in-process bus above.
+    Auto,
+    /// Real Zenoh sessions on 127.0.0.1, one per robot, whatever the fleet size.
+    Zenoh,
+    /// The in-process bus.
+    Bus,
+}
 
 /// Arguments of `qis sim`.
 #[derive(Debug, Clone, Args)]
@@ -29,6 +43,11 @@ pub struct SimArgs {
     /// without the attack on the same episodes.
     #[arg(long, default_value_t = 0.0)]
     pub attackers: f64,
+    /// Exchange: real Zenoh sessions on 127.0.0.1 (one client session per robot, one
+    /// in-process router with storage), the in-process bus, or auto (Zenoh up to 200
+    /// robots, the bus above).
+    #[arg(long, value_enum, default_value_t = NetworkChoice::Auto)]
+    pub network: NetworkChoice,
     /// Delivery delay of the in-process exchange, milliseconds.
     #[arg(long, default_value_t = SimConfig::default().delay_ms)]
     pub delay_ms: f64,
@@ -64,6 +83,16 @@ pub struct SimArgs {
 }
 
 impl SimArgs {
+    /// The network `--network` resolves to for this fleet size.
+    pub fn network_kind(&self) -> NetworkKind {
+        match self.network {
+            NetworkChoice::Zenoh => NetworkKind::Zenoh,
+            NetworkChoice::Bus => NetworkKind::Bus,
+            NetworkChoice::Auto if self.robots <= ZENOH_MAX_ROBOTS => NetworkKind::Zenoh,
+            NetworkChoice::Auto => NetworkKind::Bus,
+        }
+    }
+
     /// The simulation settings these arguments describe.
     pub fn config(&self) -> SimConfig {
         SimConfig {
@@ -78,6 +107,7 @@ impl SimArgs {
             republish_growth: self.republish_growth,
             trust_tolerance: self.trust_tolerance,
             neighbors: self.neighbors,
+            network: self.network_kind(),
             synthesis: SynthesisConfig {
                 prior_strength: self.k0,
                 outlier_z: self.outlier_z,
@@ -93,6 +123,17 @@ impl SimArgs {
 pub fn run(args: &SimArgs) -> Result<SimReport, SimError> {
     let config = args.config();
     config.validate()?;
+    match (args.network, config.network) {
+        (NetworkChoice::Auto, NetworkKind::Bus) => println!(
+            "network: {} robots > {ZENOH_MAX_ROBOTS}: using the in-process bus (`--network zenoh` forces one Zenoh session per robot)",
+            config.robots
+        ),
+        (_, NetworkKind::Zenoh) => println!(
+            "network: real Zenoh, {} client sessions of one in-process router on 127.0.0.1",
+            config.robots
+        ),
+        (_, NetworkKind::Bus) => println!("network: in-process bus"),
+    }
     let bar = ProgressBar::new(config.episodes as u64);
     if std::io::stderr().is_terminal() {
         bar.set_style(

@@ -4,6 +4,7 @@
 //!
 //! - [`world`]: the braking physics, the biased world model, the Zipf mix of classes;
 //! - [`exchange`]: the [`exchange::Exchange`] trait and the in-process bus;
+//! - [`zenoh_net`]: the same trait over real Zenoh sessions on loopback;
 //! - [`fleet`]: the robots and the round-based driver;
 //! - [`trust`]: per-source trust earned from outcomes;
 //! - [`baselines`]: raw, local-only, qis and central-oracle predictors and their errors;
@@ -18,6 +19,7 @@ pub mod plot;
 pub mod report;
 pub mod trust;
 pub mod world;
+pub mod zenoh_net;
 
 use serde::Serialize;
 use thiserror::Error;
@@ -46,6 +48,20 @@ pub const DEFAULT_SEED: u64 = 7;
 /// the class: empirical Bayes puts k0 = spread² / bias² well below 1; 1 is conservative.
 /// The core default (5) suits noisier worlds; `--k0 5` shows that case.
 pub const SIM_PRIOR_STRENGTH: f64 = 1.0;
+
+/// Most robots `--network auto` runs over real Zenoh sessions; larger fleets use the
+/// in-process bus (one session per robot: measured 2 cores, see docs/BENCHMARKS.md).
+pub const ZENOH_MAX_ROBOTS: usize = 200;
+
+/// Which exchange joins the simulated robots.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum NetworkKind {
+    /// The in-process bus (configured delay; scales to 10,000 robots).
+    Bus,
+    /// Real Zenoh: one client session per robot, one in-process router, 127.0.0.1 only.
+    Zenoh,
+}
 
 /// Why a simulation could not run or report.
 #[derive(Debug, Error)]
@@ -145,6 +161,8 @@ pub struct SimConfig {
     pub windows: usize,
     /// Fraction of rounds counted as warm-up.
     pub warmup_fraction: f64,
+    /// The exchange joining the robots.
+    pub network: NetworkKind,
     /// Synthesis settings shared by qis, local-only and the oracle.
     #[serde(skip)]
     pub synthesis: SynthesisConfig,
@@ -171,6 +189,7 @@ impl Default for SimConfig {
             trust_tolerance: 3.0,
             windows: 20,
             warmup_fraction: 0.25,
+            network: NetworkKind::Bus,
             synthesis: SynthesisConfig {
                 prior_strength: SIM_PRIOR_STRENGTH,
                 ..SynthesisConfig::default()
