@@ -70,6 +70,16 @@ pub struct Propagation {
     pub timed_out_rounds: u64,
     /// Wall time the driver spent waiting for deliveries at round ends (s).
     pub settle_wait_s: f64,
+    /// Follows (subscribe + one query round trip through the router).
+    pub follows: u64,
+    /// Median wall time of a follow (ms).
+    pub follow_p50_ms: f64,
+    /// 99th percentile wall time of a follow (ms).
+    pub follow_p99_ms: f64,
+    /// Total wall time in follows (s): the simulator waits for each one.
+    pub follow_wait_s: f64,
+    /// Total wall time in publish calls (s; they only queue).
+    pub publish_wait_s: f64,
 }
 
 /// Records and bytes one endpoint put on and took off the wire.

@@ -366,6 +366,11 @@ impl SimReport {
                     p.timed_out_rounds,
                     p.settle_wait_s
                 );
+                let _ = writeln!(
+                    s,
+                    "follow (subscribe + query through the router): p50 {:.2} ms, p99 {:.2} ms over {} follows, {:.1} s in total; {:.1} s in publish calls",
+                    p.follow_p50_ms, p.follow_p99_ms, p.follows, p.follow_wait_s, p.publish_wait_s
+                );
             }
             None => {
                 let _ = writeln!(

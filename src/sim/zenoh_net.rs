@@ -82,6 +82,10 @@ struct Ledger {
     unmatched: u64,
     /// Total wall time spent waiting at round ends.
     settle_wait: Duration,
+    /// Wall time of each follow (subscribe + query round trip), µs.
+    follows_us: Vec<u64>,
+    /// Wall time spent in publish calls.
+    publish_wait: Duration,
     /// Rounds whose wait timed out.
     timed_out_rounds: u64,
 }
@@ -268,14 +272,19 @@ impl Exchange for ZenohEndpoint {
                 .map_or(0, |l| l.iter().filter(|&&r| r != self.robot).count());
             ledger.expected += followers as u64;
         }
-        ex.publish(key, record)
+        let started = Instant::now();
+        let done = ex
+            .publish(key, record)
             .map_err(|e| net_err("publish", e))
-            .map(|_| ())
+            .map(|_| ());
+        self.track.ledger().publish_wait += started.elapsed();
+        done
     }
 
     fn follow(&mut self, model: &ModelId, fingerprint: Fingerprint) -> Result<(), ExchangeError> {
         let timeout = self.query_timeout;
         let ex = self.exchange()?;
+        let started = Instant::now();
         let got = self.runtime.block_on(async {
             ex.follow(model, &fingerprint).await?;
             ex.query_with_timeout(model, &fingerprint, timeout).await
@@ -283,6 +292,8 @@ impl Exchange for ZenohEndpoint {
         let got = got.map_err(|e| net_err("follow", e))?;
         {
             let mut ledger = self.track.ledger();
+            let us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+            ledger.follows_us.push(us);
             let list = ledger
                 .followers
                 .entry((model.clone(), fingerprint))
@@ -413,6 +424,8 @@ impl Network for ZenohNetwork {
         let mut sorted = ledger.latencies_us.clone();
         sorted.sort_unstable();
         let ms = |us: u64| us as f64 / 1000.0;
+        let mut follows = ledger.follows_us.clone();
+        follows.sort_unstable();
         Some(Propagation {
             network: "zenoh",
             sessions: self.sessions,
@@ -425,6 +438,11 @@ impl Network for ZenohNetwork {
             unmatched: ledger.unmatched,
             timed_out_rounds: ledger.timed_out_rounds,
             settle_wait_s: ledger.settle_wait.as_secs_f64(),
+            follows: follows.len() as u64,
+            follow_p50_ms: ms(percentile(&follows, 0.5)),
+            follow_p99_ms: ms(percentile(&follows, 0.99)),
+            follow_wait_s: follows.iter().sum::<u64>() as f64 / 1e6,
+            publish_wait_s: ledger.publish_wait.as_secs_f64(),
         })
     }
 }
