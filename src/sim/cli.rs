@@ -9,14 +9,15 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use crate::core::synthesis::SynthesisConfig;
 
 use super::{
-    DEFAULT_EPISODES, DEFAULT_ROBOTS, DEFAULT_SEED, NetworkKind, SimConfig, SimError, SimReport,
-    ZENOH_MAX_ROBOTS,
+    AUTO_ZENOH_MAX_FLEET, DEFAULT_EPISODES, DEFAULT_ROBOTS, DEFAULT_SEED, DEFAULT_ZENOH_ROBOTS,
+    SimConfig, SimError, SimReport,
 };
 
 /// `--network`: which exchange joins the robots.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum NetworkChoice {
-    /// Real Zenoh up to ZENOH_MAX_ROBOTS robots, the in-process bus above.
+    /// `--zenoh-robots` robots on real Zenoh, the rest on the bus; the bus only above
+    /// 2,000 robots.
     Auto,
     /// Real Zenoh sessions on 127.0.0.1, one per robot, whatever the fleet size.
     Zenoh,
@@ -43,11 +44,15 @@ pub struct SimArgs {
     /// without the attack on the same episodes.
     #[arg(long, default_value_t = 0.0)]
     pub attackers: f64,
-    /// Exchange: real Zenoh sessions on 127.0.0.1 (one client session per robot, one
-    /// in-process router with storage), the in-process bus, or auto (Zenoh up to 200
-    /// robots, the bus above).
+    /// Exchange: zenoh = every robot on its own real Zenoh session (clients of one
+    /// in-process router with storage, 127.0.0.1 only); bus = the in-process exchange;
+    /// auto = the first --zenoh-robots robots on Zenoh and the rest on the bus (records
+    /// cross both ways), the bus only above 2,000 robots.
     #[arg(long, value_enum, default_value_t = NetworkChoice::Auto)]
     pub network: NetworkChoice,
+    /// Robots on real Zenoh sessions under `--network auto`.
+    #[arg(long, default_value_t = DEFAULT_ZENOH_ROBOTS)]
+    pub zenoh_robots: usize,
     /// Delivery delay of the in-process exchange, milliseconds.
     #[arg(long, default_value_t = SimConfig::default().delay_ms)]
     pub delay_ms: f64,
@@ -83,13 +88,13 @@ pub struct SimArgs {
 }
 
 impl SimArgs {
-    /// The network `--network` resolves to for this fleet size.
-    pub fn network_kind(&self) -> NetworkKind {
+    /// How many robots `--network` puts on real Zenoh for this fleet size.
+    pub fn zenoh_robots(&self) -> usize {
         match self.network {
-            NetworkChoice::Zenoh => NetworkKind::Zenoh,
-            NetworkChoice::Bus => NetworkKind::Bus,
-            NetworkChoice::Auto if self.robots <= ZENOH_MAX_ROBOTS => NetworkKind::Zenoh,
-            NetworkChoice::Auto => NetworkKind::Bus,
+            NetworkChoice::Zenoh => self.robots,
+            NetworkChoice::Bus => 0,
+            NetworkChoice::Auto if self.robots > AUTO_ZENOH_MAX_FLEET => 0,
+            NetworkChoice::Auto => self.zenoh_robots.min(self.robots),
         }
     }
 
@@ -107,7 +112,7 @@ impl SimArgs {
             republish_growth: self.republish_growth,
             trust_tolerance: self.trust_tolerance,
             neighbors: self.neighbors,
-            network: self.network_kind(),
+            zenoh_robots: self.zenoh_robots(),
             synthesis: SynthesisConfig {
                 prior_strength: self.k0,
                 outlier_z: self.outlier_z,
@@ -123,16 +128,21 @@ impl SimArgs {
 pub fn run(args: &SimArgs) -> Result<SimReport, SimError> {
     let config = args.config();
     config.validate()?;
-    match (args.network, config.network) {
-        (NetworkChoice::Auto, NetworkKind::Bus) => println!(
-            "network: {} robots > {ZENOH_MAX_ROBOTS}: using the in-process bus (`--network zenoh` forces one Zenoh session per robot)",
+    let z = config.zenoh_robots;
+    match args.network {
+        NetworkChoice::Auto if z == 0 => println!(
+            "network: {} robots > {AUTO_ZENOH_MAX_FLEET}: in-process bus only (`--network zenoh` forces one Zenoh session per robot)",
             config.robots
         ),
-        (_, NetworkKind::Zenoh) => println!(
-            "network: real Zenoh, {} client sessions of one in-process router on 127.0.0.1",
-            config.robots
+        _ if z == 0 => println!("network: in-process bus only"),
+        _ if z == config.robots => println!(
+            "network: real Zenoh for all {z} robots (one client session each, one in-process router with storage, 127.0.0.1)"
         ),
-        (_, NetworkKind::Bus) => println!("network: in-process bus"),
+        _ => println!(
+            "network: real Zenoh for {z} of {} robots (one client session each, one in-process router with storage, 127.0.0.1); the other {} on the in-process bus, records crossing both ways",
+            config.robots,
+            config.robots - z
+        ),
     }
     let bar = ProgressBar::new(config.episodes as u64);
     if std::io::stderr().is_terminal() {

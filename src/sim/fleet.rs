@@ -20,10 +20,10 @@ use crate::core::synthesis::SynthesisConfig;
 
 use super::baselines::{LOCAL, Metrics, ORACLE, Oracle, QIS, RAW, prior_from};
 use super::exchange::{Bus, BusConfig, Exchange, Network, Propagation, WireStats};
-use super::zenoh_net::{ZenohNetConfig, ZenohNetwork};
+use super::zenoh_net::{MixedNetwork, ZenohNetConfig, ZenohNetwork};
 use super::trust::TrustBook;
 use super::world::{ContextMix, FEATURE_NAMES, STATE_DIM, STATE_SCALE, Situation};
-use super::{NetworkKind, SimConfig, SimError, SimRng};
+use super::{SimConfig, SimError, SimRng};
 
 /// What a robot remembers about a class it has met.
 #[derive(Clone, Copy, Debug, Default)]
@@ -108,20 +108,22 @@ fn held_record_bytes(source: &SourceId) -> usize {
         + 8
 }
 
-/// Runs one simulation on the network `config.network` names (see [`simulate_on`]).
+/// Runs one simulation on the in-process bus, with the first `config.zenoh_robots`
+/// robots on real Zenoh sessions instead (see [`simulate_on`]).
 pub fn simulate(
     config: &SimConfig,
     poison: bool,
     progress: &mut dyn FnMut(usize),
 ) -> Result<RunOutcome, SimError> {
-    if config.network == NetworkKind::Zenoh {
-        let mut net = ZenohNetwork::start(ZenohNetConfig::default())?;
-        return simulate_on(&mut net, config, poison, progress);
-    }
     let mut bus = Bus::new(BusConfig {
         delay_ns: (config.delay_ms * 1e6) as i64,
         max_sources_per_address: config.max_sources_per_address,
     });
+    if config.zenoh_robots > 0 {
+        let zenoh = ZenohNetwork::start(ZenohNetConfig::default())?;
+        let mut mixed = MixedNetwork::new(bus, zenoh, config.zenoh_robots);
+        return simulate_on(&mut mixed, config, poison, progress);
+    }
     simulate_on(&mut bus, config, poison, progress)
 }
 

@@ -49,19 +49,13 @@ pub const DEFAULT_SEED: u64 = 7;
 /// The core default (5) suits noisier worlds; `--k0 5` shows that case.
 pub const SIM_PRIOR_STRENGTH: f64 = 1.0;
 
-/// Most robots `--network auto` runs over real Zenoh sessions; larger fleets use the
-/// in-process bus (one session per robot: measured 2 cores, see docs/BENCHMARKS.md).
-pub const ZENOH_MAX_ROBOTS: usize = 200;
-
-/// Which exchange joins the simulated robots.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum NetworkKind {
-    /// The in-process bus (configured delay; scales to 10,000 robots).
-    Bus,
-    /// Real Zenoh: one client session per robot, one in-process router, 127.0.0.1 only.
-    Zenoh,
-}
+/// Robots `--network auto` puts on real Zenoh sessions (the first ones; the rest of the
+/// fleet runs on the in-process bus). One session per robot costs a follow time that
+/// grows with the number of sessions (see docs/BENCHMARKS.md): 40 keeps the default run
+/// under 2 minutes on 2 cores.
+pub const DEFAULT_ZENOH_ROBOTS: usize = 40;
+/// Above this many robots `--network auto` uses the bus only.
+pub const AUTO_ZENOH_MAX_FLEET: usize = 2_000;
 
 /// Why a simulation could not run or report.
 #[derive(Debug, Error)]
@@ -161,8 +155,9 @@ pub struct SimConfig {
     pub windows: usize,
     /// Fraction of rounds counted as warm-up.
     pub warmup_fraction: f64,
-    /// The exchange joining the robots.
-    pub network: NetworkKind,
+    /// Robots on real Zenoh sessions (the first ones to connect); the others, and all
+    /// when 0, on the in-process bus.
+    pub zenoh_robots: usize,
     /// Synthesis settings shared by qis, local-only and the oracle.
     #[serde(skip)]
     pub synthesis: SynthesisConfig,
@@ -189,7 +184,7 @@ impl Default for SimConfig {
             trust_tolerance: 3.0,
             windows: 20,
             warmup_fraction: 0.25,
-            network: NetworkKind::Bus,
+            zenoh_robots: 0,
             synthesis: SynthesisConfig {
                 prior_strength: SIM_PRIOR_STRENGTH,
                 ..SynthesisConfig::default()
@@ -248,6 +243,9 @@ impl SimConfig {
         }
         if !self.attack_bias.is_finite() {
             return bad("attack_bias", "must be finite");
+        }
+        if self.zenoh_robots > self.robots {
+            return bad("zenoh_robots", "must be at most robots");
         }
         if self.windows == 0 {
             return bad("windows", "must be at least 1");

@@ -338,7 +338,13 @@ impl SimReport {
         }
         let w = &self.wire_per_robot;
         let how = match &self.propagation {
-            Some(_) => "over Zenoh; every source at a followed address".to_owned(),
+            Some(p) if p.sessions == c.robots => {
+                "over Zenoh; every source at a followed address".to_owned()
+            }
+            Some(p) => format!(
+                "{} robots over Zenoh with every source at a followed address, the rest on the bus with delay {} ms, fan-in <= {} sources per address",
+                p.sessions, c.delay_ms, c.max_sources_per_address
+            ),
             None => format!(
                 "delay {} ms, fan-in <= {} sources per address",
                 c.delay_ms, c.max_sources_per_address
@@ -356,8 +362,9 @@ impl SimReport {
             Some(p) => {
                 let _ = writeln!(
                     s,
-                    "network: real Zenoh, {} client sessions of one in-process router with storage on 127.0.0.1; propagation publish -> receiving robot's inbox p50 {:.2} ms, p99 {:.2} ms, max {:.1} ms over {} live deliveries ({} expected; {} rounds timed out waiting; {:.1} s waited at round ends)",
+                    "network: real Zenoh for {} of {} robots (a client session each, one in-process router with storage, 127.0.0.1); propagation publish -> receiving robot's inbox p50 {:.2} ms, p99 {:.2} ms, max {:.1} ms over {} live deliveries between them ({} expected; {} rounds timed out waiting; {:.1} s waited at round ends)",
                     p.sessions,
+                    c.robots,
                     p.p50_ms,
                     p.p99_ms,
                     p.max_ms,
@@ -399,15 +406,16 @@ impl SimReport {
             p.peak_rss_bytes as f64 / 1048576.0,
             c.robots,
             p.peak_rss_bytes as f64 / 1024.0 / c.robots as f64,
-            if self.propagation.is_some() {
-                "fleet storage in the Zenoh router (not counted)".to_owned()
-            } else {
-                format!(
-                    "fleet storage {} records / {:.1} MiB",
-                    self.storage_records,
-                    self.storage_bytes as f64 / 1048576.0
-                )
-            },
+            format!(
+                "fleet storage {} records / {:.1} MiB{}",
+                self.storage_records,
+                self.storage_bytes as f64 / 1048576.0,
+                if self.propagation.is_some() {
+                    " on the bus (the Zenoh router's storage is not counted)"
+                } else {
+                    ""
+                }
+            ),
             p.wall_s,
             p.episodes_per_s
         );

@@ -22,7 +22,9 @@
 //! bounded by a timeout, so the next round sees the records as a networked fleet with
 //! rounds of seconds would.
 
-use std::collections::HashMap;
+use std::cell::RefCell;
+use std::collections::{HashMap, HashSet};
+use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
@@ -459,5 +461,176 @@ mod tests {
         assert_eq!(percentile(&v, 1.0), 100);
         assert_eq!(percentile(&[7], 0.99), 7);
         assert_eq!(percentile(&[], 0.5), 0);
+    }
+}
+
+/// A fleet of which the first `zenoh_robots` robots run on real Zenoh and the rest on
+/// the in-process bus, so a large default fleet still exercises Zenoh within the time a
+/// demo allows (one session per robot does not scale to hundreds on 2 cores: each follow
+/// is a query every session's queryable answers, see docs/BENCHMARKS.md).
+///
+/// Records cross both ways: a Zenoh robot also publishes into the bus and follows there
+/// (through a shadow bus endpoint) to get the bus robots' records; what its shadow
+/// receives from other Zenoh robots is dropped, so records between Zenoh robots only
+/// ever cross Zenoh. The same pattern fits robots behind `qis_node` ROS topics.
+pub struct MixedNetwork {
+    bus: super::exchange::Bus,
+    zenoh: ZenohNetwork,
+    zenoh_robots: usize,
+    connected: usize,
+    zenoh_sources: Rc<RefCell<HashSet<SourceId>>>,
+}
+
+impl MixedNetwork {
+    /// The first `zenoh_robots` robots to connect go on Zenoh, the others on `bus`.
+    pub fn new(
+        bus: super::exchange::Bus,
+        zenoh: ZenohNetwork,
+        zenoh_robots: usize,
+    ) -> MixedNetwork {
+        MixedNetwork {
+            bus,
+            zenoh,
+            zenoh_robots,
+            connected: 0,
+            zenoh_sources: Rc::new(RefCell::new(HashSet::new())),
+        }
+    }
+}
+
+/// A robot's endpoint in a [`MixedNetwork`].
+pub enum MixedEndpoint {
+    /// A robot on the in-process bus.
+    Bus(super::exchange::BusEndpoint),
+    /// A robot on Zenoh, with its shadow on the bus for the bus robots' records.
+    Zenoh {
+        /// Its Zenoh session and exchange.
+        zenoh: Box<ZenohEndpoint>,
+        /// Its bus endpoint.
+        shadow: super::exchange::BusEndpoint,
+        /// Sources that are on Zenoh (their records must come over Zenoh).
+        zenoh_sources: Rc<RefCell<HashSet<SourceId>>>,
+        /// Scratch for the shadow's deliveries.
+        scratch: Vec<(RecordKey, OutcomeRecord)>,
+        /// Shadow deliveries dropped because they came from Zenoh robots.
+        duplicates: u64,
+    },
+}
+
+impl Exchange for MixedEndpoint {
+    fn publish(&mut self, key: &RecordKey, record: &OutcomeRecord) -> Result<(), ExchangeError> {
+        match self {
+            MixedEndpoint::Bus(b) => b.publish(key, record),
+            MixedEndpoint::Zenoh { zenoh, shadow, .. } => {
+                zenoh.publish(key, record)?;
+                shadow.publish(key, record)
+            }
+        }
+    }
+
+    fn follow(&mut self, model: &ModelId, fingerprint: Fingerprint) -> Result<(), ExchangeError> {
+        match self {
+            MixedEndpoint::Bus(b) => b.follow(model, fingerprint),
+            MixedEndpoint::Zenoh { zenoh, shadow, .. } => {
+                zenoh.follow(model, fingerprint)?;
+                shadow.follow(model, fingerprint)
+            }
+        }
+    }
+
+    fn poll(&mut self, out: &mut Vec<(RecordKey, OutcomeRecord)>) -> Result<(), ExchangeError> {
+        match self {
+            MixedEndpoint::Bus(b) => b.poll(out),
+            MixedEndpoint::Zenoh {
+                zenoh,
+                shadow,
+                zenoh_sources,
+                scratch,
+                duplicates,
+            } => {
+                zenoh.poll(out)?;
+                shadow.poll(scratch)?;
+                let on_zenoh = zenoh_sources.borrow();
+                for (key, record) in scratch.drain(..) {
+                    if on_zenoh.contains(&key.source) {
+                        *duplicates += 1;
+                    } else {
+                        out.push((key, record));
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn wire(&self) -> WireStats {
+        match self {
+            MixedEndpoint::Bus(b) => b.wire(),
+            MixedEndpoint::Zenoh {
+                zenoh,
+                shadow,
+                duplicates,
+                ..
+            } => {
+                // Zenoh traffic plus what the bus delivered from bus robots (the shadow's
+                // publications mirror the Zenoh ones and are not counted twice).
+                let (z, s) = (zenoh.wire(), shadow.wire());
+                let kept = s.received_records.saturating_sub(*duplicates);
+                let kept_bytes = (s.received_bytes as f64 * kept as f64
+                    / s.received_records.max(1) as f64) as u64;
+                WireStats {
+                    received_records: z.received_records + kept,
+                    received_bytes: z.received_bytes + kept_bytes,
+                    dropped: z.dropped + s.dropped,
+                    ..z
+                }
+            }
+        }
+    }
+
+    fn leave(&mut self) {
+        match self {
+            MixedEndpoint::Bus(b) => b.leave(),
+            MixedEndpoint::Zenoh { zenoh, shadow, .. } => {
+                zenoh.leave();
+                shadow.leave();
+            }
+        }
+    }
+}
+
+impl Network for MixedNetwork {
+    type Endpoint = MixedEndpoint;
+
+    fn connect(&mut self, source: SourceId) -> Result<MixedEndpoint, ExchangeError> {
+        self.connected += 1;
+        if self.connected > self.zenoh_robots {
+            return Ok(MixedEndpoint::Bus(self.bus.join(source)));
+        }
+        self.zenoh_sources.borrow_mut().insert(source.clone());
+        let zenoh = Box::new(self.zenoh.connect(source.clone())?);
+        Ok(MixedEndpoint::Zenoh {
+            zenoh,
+            shadow: self.bus.join(source),
+            zenoh_sources: self.zenoh_sources.clone(),
+            scratch: Vec::new(),
+            duplicates: 0,
+        })
+    }
+
+    fn advance(&mut self, now_ns: i64) {
+        self.bus.advance(now_ns);
+    }
+
+    fn end_round(&mut self) -> Result<(), ExchangeError> {
+        self.zenoh.end_round()
+    }
+
+    fn stored(&self) -> Option<(usize, usize)> {
+        Some((self.bus.stored_records(), self.bus.stored_bytes()))
+    }
+
+    fn propagation(&self) -> Option<Propagation> {
+        self.zenoh.propagation()
     }
 }
