@@ -192,7 +192,10 @@ fn a_mixed_fleet_shares_records_across_zenoh_and_the_bus() {
     let r = simulate(&config);
     let p = r.propagation.expect("zenoh measures propagation");
     assert_eq!(p.sessions, 8);
-    assert!(p.samples > 0 && p.delivered >= p.expected_deliveries, "{p:?}");
+    assert!(
+        p.samples > 0 && p.delivered >= p.expected_deliveries,
+        "{p:?}"
+    );
     assert!(r.storage_records > 0, "bus robots stored records");
     let b = &r.baselines;
     assert!(b[QIS].rmse_first_encounter < 0.6 * b[RAW].rmse_first_encounter);

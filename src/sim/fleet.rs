@@ -20,9 +20,9 @@ use crate::core::synthesis::SynthesisConfig;
 
 use super::baselines::{LOCAL, Metrics, ORACLE, Oracle, QIS, RAW, prior_from};
 use super::exchange::{Bus, BusConfig, Exchange, Network, Propagation, WireStats};
-use super::zenoh_net::{MixedNetwork, ZenohNetConfig, ZenohNetwork};
 use super::trust::TrustBook;
 use super::world::{ContextMix, FEATURE_NAMES, STATE_DIM, STATE_SCALE, Situation};
+use super::zenoh_net::{MixedNetwork, ZenohNetConfig, ZenohNetwork};
 use super::{SimConfig, SimError, SimRng};
 
 /// What a robot remembers about a class it has met.

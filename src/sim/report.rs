@@ -401,21 +401,18 @@ impl SimReport {
         let p = &self.process;
         let _ = writeln!(
             s,
-            "process: RSS {:.1} MiB (peak {:.1} MiB) for {} robots = {:.1} KiB per robot; {}; {:.1} s wall, {:.0} episodes/s",
+            "process: RSS {:.1} MiB (peak {:.1} MiB) for {} robots = {:.1} KiB per robot; fleet storage {} records / {:.1} MiB{}; {:.1} s wall, {:.0} episodes/s",
             p.rss_bytes as f64 / 1048576.0,
             p.peak_rss_bytes as f64 / 1048576.0,
             c.robots,
             p.peak_rss_bytes as f64 / 1024.0 / c.robots as f64,
-            format!(
-                "fleet storage {} records / {:.1} MiB{}",
-                self.storage_records,
-                self.storage_bytes as f64 / 1048576.0,
-                if self.propagation.is_some() {
-                    " on the bus (the Zenoh router's storage is not counted)"
-                } else {
-                    ""
-                }
-            ),
+            self.storage_records,
+            self.storage_bytes as f64 / 1048576.0,
+            if self.propagation.is_some() {
+                " on the bus (the Zenoh router's storage is not counted)"
+            } else {
+                ""
+            },
             p.wall_s,
             p.episodes_per_s
         );

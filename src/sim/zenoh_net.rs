@@ -245,7 +245,9 @@ async fn receive(
             match ledger.published_at.get(&id).copied() {
                 Some(at) => {
                     let us = now.saturating_duration_since(at).as_micros();
-                    ledger.latencies_us.push(u64::try_from(us).unwrap_or(u64::MAX));
+                    ledger
+                        .latencies_us
+                        .push(u64::try_from(us).unwrap_or(u64::MAX));
                 }
                 None => ledger.unmatched += 1,
             }
@@ -449,21 +451,6 @@ impl Network for ZenohNetwork {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::percentile;
-
-    #[test]
-    fn nearest_rank_percentiles() {
-        let v: Vec<u64> = (1..=100).collect();
-        assert_eq!(percentile(&v, 0.5), 50);
-        assert_eq!(percentile(&v, 0.99), 99);
-        assert_eq!(percentile(&v, 1.0), 100);
-        assert_eq!(percentile(&[7], 0.99), 7);
-        assert_eq!(percentile(&[], 0.5), 0);
-    }
-}
-
 /// A fleet of which the first `zenoh_robots` robots run on real Zenoh and the rest on
 /// the in-process bus, so a large default fleet still exercises Zenoh within the time a
 /// demo allows (one session per robot does not scale to hundreds on 2 cores: each follow
@@ -632,5 +619,20 @@ impl Network for MixedNetwork {
 
     fn propagation(&self) -> Option<Propagation> {
         self.zenoh.propagation()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::percentile;
+
+    #[test]
+    fn nearest_rank_percentiles() {
+        let v: Vec<u64> = (1..=100).collect();
+        assert_eq!(percentile(&v, 0.5), 50);
+        assert_eq!(percentile(&v, 0.99), 99);
+        assert_eq!(percentile(&v, 1.0), 100);
+        assert_eq!(percentile(&[7], 0.99), 7);
+        assert_eq!(percentile(&[], 0.5), 0);
     }
 }
