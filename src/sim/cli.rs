@@ -8,7 +8,22 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use crate::core::synthesis::SynthesisConfig;
 
-use super::{DEFAULT_EPISODES, DEFAULT_ROBOTS, DEFAULT_SEED, SimConfig, SimError, SimReport};
+use super::{
+    AUTO_ZENOH_MAX_FLEET, DEFAULT_EPISODES, DEFAULT_ROBOTS, DEFAULT_SEED, DEFAULT_ZENOH_ROBOTS,
+    SimConfig, SimError, SimReport,
+};
+
+/// `--network`: which exchange joins the robots.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum NetworkChoice {
+    /// `--zenoh-robots` robots on real Zenoh, the rest on the bus; the bus only above
+    /// 2,000 robots.
+    Auto,
+    /// Real Zenoh sessions on 127.0.0.1, one per robot, whatever the fleet size.
+    Zenoh,
+    /// The in-process bus.
+    Bus,
+}
 
 /// Arguments of `qis sim`.
 #[derive(Debug, Clone, Args)]
@@ -29,6 +44,15 @@ pub struct SimArgs {
     /// without the attack on the same episodes.
     #[arg(long, default_value_t = 0.0)]
     pub attackers: f64,
+    /// Exchange: zenoh = every robot on its own real Zenoh session (clients of one
+    /// in-process router with storage, 127.0.0.1 only); bus = the in-process exchange;
+    /// auto = the first --zenoh-robots robots on Zenoh and the rest on the bus (records
+    /// cross both ways), the bus only above 2,000 robots.
+    #[arg(long, value_enum, default_value_t = NetworkChoice::Auto)]
+    pub network: NetworkChoice,
+    /// Robots on real Zenoh sessions under `--network auto`.
+    #[arg(long, default_value_t = DEFAULT_ZENOH_ROBOTS)]
+    pub zenoh_robots: usize,
     /// Delivery delay of the in-process exchange, milliseconds.
     #[arg(long, default_value_t = SimConfig::default().delay_ms)]
     pub delay_ms: f64,
@@ -64,6 +88,16 @@ pub struct SimArgs {
 }
 
 impl SimArgs {
+    /// How many robots `--network` puts on real Zenoh for this fleet size.
+    pub fn zenoh_robots(&self) -> usize {
+        match self.network {
+            NetworkChoice::Zenoh => self.robots,
+            NetworkChoice::Bus => 0,
+            NetworkChoice::Auto if self.robots > AUTO_ZENOH_MAX_FLEET => 0,
+            NetworkChoice::Auto => self.zenoh_robots.min(self.robots),
+        }
+    }
+
     /// The simulation settings these arguments describe.
     pub fn config(&self) -> SimConfig {
         SimConfig {
@@ -78,6 +112,7 @@ impl SimArgs {
             republish_growth: self.republish_growth,
             trust_tolerance: self.trust_tolerance,
             neighbors: self.neighbors,
+            zenoh_robots: self.zenoh_robots(),
             synthesis: SynthesisConfig {
                 prior_strength: self.k0,
                 outlier_z: self.outlier_z,
@@ -93,6 +128,22 @@ impl SimArgs {
 pub fn run(args: &SimArgs) -> Result<SimReport, SimError> {
     let config = args.config();
     config.validate()?;
+    let z = config.zenoh_robots;
+    match args.network {
+        NetworkChoice::Auto if z == 0 => println!(
+            "network: {} robots > {AUTO_ZENOH_MAX_FLEET}: in-process bus only (`--network zenoh` forces one Zenoh session per robot)",
+            config.robots
+        ),
+        _ if z == 0 => println!("network: in-process bus only"),
+        _ if z == config.robots => println!(
+            "network: real Zenoh for all {z} robots (one client session each, one in-process router with storage, 127.0.0.1)"
+        ),
+        _ => println!(
+            "network: real Zenoh for {z} of {} robots (one client session each, one in-process router with storage, 127.0.0.1); the other {} on the in-process bus, records crossing both ways",
+            config.robots,
+            config.robots - z
+        ),
+    }
     let bar = ProgressBar::new(config.episodes as u64);
     if std::io::stderr().is_terminal() {
         bar.set_style(

@@ -39,6 +39,47 @@ pub enum ExchangeError {
     /// The endpoint has left the fleet.
     #[error("endpoint of {0} has left the fleet")]
     Left(SourceId),
+    /// A networked exchange failed (session, router, query).
+    #[error("network: {0}")]
+    Network(String),
+}
+
+/// Propagation measured by a networked exchange: publish call → record held in the
+/// receiving robot's inbox, over live deliveries (query replies are not counted).
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct Propagation {
+    /// Which network measured it.
+    pub network: &'static str,
+    /// Sessions opened (one per robot).
+    pub sessions: usize,
+    /// Live deliveries measured.
+    pub samples: u64,
+    /// Median latency (ms).
+    pub p50_ms: f64,
+    /// 99th percentile latency (ms).
+    pub p99_ms: f64,
+    /// Largest latency (ms).
+    pub max_ms: f64,
+    /// Live deliveries expected (followers of the address at each publication).
+    pub expected_deliveries: u64,
+    /// Live deliveries that arrived.
+    pub delivered: u64,
+    /// Deliveries whose publication was unknown (should be 0).
+    pub unmatched: u64,
+    /// Rounds whose wait for the expected deliveries timed out.
+    pub timed_out_rounds: u64,
+    /// Wall time the driver spent waiting for deliveries at round ends (s).
+    pub settle_wait_s: f64,
+    /// Follows (subscribe + one query round trip through the router).
+    pub follows: u64,
+    /// Median wall time of a follow (ms).
+    pub follow_p50_ms: f64,
+    /// 99th percentile wall time of a follow (ms).
+    pub follow_p99_ms: f64,
+    /// Total wall time in follows (s): the simulator waits for each one.
+    pub follow_wait_s: f64,
+    /// Total wall time in publish calls (s; they only queue).
+    pub publish_wait_s: f64,
 }
 
 /// Records and bytes one endpoint put on and took off the wire.
@@ -72,8 +113,8 @@ pub trait Exchange {
 }
 
 /// What joins simulated robots: hands out endpoints and moves the simulated clock.
-/// [`Bus`] is the in-process one; a networked one (Zenoh sessions on loopback) would
-/// open a session per robot in `connect` and let deliveries settle in `advance`.
+/// [`Bus`] is the in-process one; [`super::zenoh_net::ZenohNetwork`] opens a real Zenoh
+/// session per robot in `connect` and lets deliveries settle in `end_round`.
 pub trait Network {
     /// A robot's endpoint.
     type Endpoint: Exchange;
@@ -83,6 +124,16 @@ pub trait Network {
     fn advance(&mut self, now_ns: i64);
     /// Records and bytes the fleet's storage holds, when the network can tell.
     fn stored(&self) -> Option<(usize, usize)>;
+    /// The driver finished a round: a real-time network lets the round's deliveries
+    /// arrive (bounded) before the next round starts.
+    fn end_round(&mut self) -> Result<(), ExchangeError> {
+        Ok(())
+    }
+    /// Measured propagation latency, when the network measures it (the bus does not: its
+    /// delay is configured).
+    fn propagation(&self) -> Option<Propagation> {
+        None
+    }
 }
 
 /// Settings of the in-process bus.

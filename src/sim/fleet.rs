@@ -19,9 +19,10 @@ use crate::core::record::OutcomeRecord;
 use crate::core::synthesis::SynthesisConfig;
 
 use super::baselines::{LOCAL, Metrics, ORACLE, Oracle, QIS, RAW, prior_from};
-use super::exchange::{Bus, BusConfig, Exchange, Network, WireStats};
+use super::exchange::{Bus, BusConfig, Exchange, Network, Propagation, WireStats};
 use super::trust::TrustBook;
 use super::world::{ContextMix, FEATURE_NAMES, STATE_DIM, STATE_SCALE, Situation};
+use super::zenoh_net::{MixedNetwork, ZenohNetConfig, ZenohNetwork};
 use super::{SimConfig, SimError, SimRng};
 
 /// What a robot remembers about a class it has met.
@@ -90,6 +91,8 @@ pub struct RunOutcome {
     pub classes: usize,
     /// Received records ingested, by outcome of the ingest.
     pub ingested: u64,
+    /// Propagation measured by the network (real Zenoh), `None` on the bus.
+    pub propagation: Option<Propagation>,
 }
 
 /// Estimated heap + inline bytes of one received record held in an [`OutcomeMemory`].
@@ -105,7 +108,8 @@ fn held_record_bytes(source: &SourceId) -> usize {
         + 8
 }
 
-/// Runs one simulation on the in-process bus (see [`simulate_on`]).
+/// Runs one simulation on the in-process bus, with the first `config.zenoh_robots`
+/// robots on real Zenoh sessions instead (see [`simulate_on`]).
 pub fn simulate(
     config: &SimConfig,
     poison: bool,
@@ -115,6 +119,11 @@ pub fn simulate(
         delay_ns: (config.delay_ms * 1e6) as i64,
         max_sources_per_address: config.max_sources_per_address,
     });
+    if config.zenoh_robots > 0 {
+        let zenoh = ZenohNetwork::start(ZenohNetConfig::default())?;
+        let mut mixed = MixedNetwork::new(bus, zenoh, config.zenoh_robots);
+        return simulate_on(&mut mixed, config, poison, progress);
+    }
     simulate_on(&mut bus, config, poison, progress)
 }
 
@@ -416,6 +425,7 @@ pub fn simulate_on<N: Network>(
             network.advance(now);
             robot.episode(&mut scene, round, now)?;
         }
+        network.end_round()?;
         progress(round + 1);
     }
     Ok(tally(network, config, &robots, scene))
@@ -477,5 +487,6 @@ fn tally<N: Network>(
         memory,
         bus_records: stored.0,
         bus_bytes: stored.1,
+        propagation: network.propagation(),
     }
 }

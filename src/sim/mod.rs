@@ -4,6 +4,7 @@
 //!
 //! - [`world`]: the braking physics, the biased world model, the Zipf mix of classes;
 //! - [`exchange`]: the [`exchange::Exchange`] trait and the in-process bus;
+//! - [`zenoh_net`]: the same trait over real Zenoh sessions on loopback;
 //! - [`fleet`]: the robots and the round-based driver;
 //! - [`trust`]: per-source trust earned from outcomes;
 //! - [`baselines`]: raw, local-only, qis and central-oracle predictors and their errors;
@@ -18,6 +19,7 @@ pub mod plot;
 pub mod report;
 pub mod trust;
 pub mod world;
+pub mod zenoh_net;
 
 use serde::Serialize;
 use thiserror::Error;
@@ -46,6 +48,14 @@ pub const DEFAULT_SEED: u64 = 7;
 /// the class: empirical Bayes puts k0 = spread² / bias² well below 1; 1 is conservative.
 /// The core default (5) suits noisier worlds; `--k0 5` shows that case.
 pub const SIM_PRIOR_STRENGTH: f64 = 1.0;
+
+/// Robots `--network auto` puts on real Zenoh sessions (the first ones; the rest of the
+/// fleet runs on the in-process bus). One session per robot costs a follow time that
+/// grows with the number of sessions (see docs/BENCHMARKS.md): 40 keeps the default run
+/// under 2 minutes on 2 cores.
+pub const DEFAULT_ZENOH_ROBOTS: usize = 40;
+/// Above this many robots `--network auto` uses the bus only.
+pub const AUTO_ZENOH_MAX_FLEET: usize = 2_000;
 
 /// Why a simulation could not run or report.
 #[derive(Debug, Error)]
@@ -145,6 +155,9 @@ pub struct SimConfig {
     pub windows: usize,
     /// Fraction of rounds counted as warm-up.
     pub warmup_fraction: f64,
+    /// Robots on real Zenoh sessions (the first ones to connect); the others, and all
+    /// when 0, on the in-process bus.
+    pub zenoh_robots: usize,
     /// Synthesis settings shared by qis, local-only and the oracle.
     #[serde(skip)]
     pub synthesis: SynthesisConfig,
@@ -171,6 +184,7 @@ impl Default for SimConfig {
             trust_tolerance: 3.0,
             windows: 20,
             warmup_fraction: 0.25,
+            zenoh_robots: 0,
             synthesis: SynthesisConfig {
                 prior_strength: SIM_PRIOR_STRENGTH,
                 ..SynthesisConfig::default()
@@ -229,6 +243,9 @@ impl SimConfig {
         }
         if !self.attack_bias.is_finite() {
             return bad("attack_bias", "must be finite");
+        }
+        if self.zenoh_robots > self.robots {
+            return bad("zenoh_robots", "must be at most robots");
         }
         if self.windows == 0 {
             return bad("windows", "must be at least 1");

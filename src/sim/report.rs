@@ -7,7 +7,7 @@ use std::path::Path;
 use serde::Serialize;
 
 use super::baselines::{BaselineResult, LOCAL, ORACLE, QIS, RAW, SUPPORT_BUCKETS};
-use super::exchange::WireStats;
+use super::exchange::{Propagation, WireStats};
 use super::fleet::{MemoryFigures, RunOutcome};
 use super::world::{STATE_NAMES, STATE_SCALE};
 use super::{SimConfig, SimError};
@@ -150,6 +150,8 @@ pub struct SimReport {
     pub storage_records: usize,
     /// Bytes held by the fleet's storage at the end.
     pub storage_bytes: usize,
+    /// Propagation measured over real Zenoh (`None` on the bus, whose delay is configured).
+    pub propagation: Option<Propagation>,
     /// Attack scenario, when `attackers` > 0.
     pub attack: Option<AttackFigures>,
     /// Machine-dependent figures.
@@ -244,6 +246,7 @@ impl SimReport {
             memory: run.memory,
             storage_records: run.bus_records,
             storage_bytes: run.bus_bytes,
+            propagation: run.propagation,
             attack,
             process: ProcessFigures {
                 wall_s,
@@ -334,16 +337,56 @@ impl SimReport {
             );
         }
         let w = &self.wire_per_robot;
+        let how = match &self.propagation {
+            Some(p) if p.sessions == c.robots => {
+                "over Zenoh; every source at a followed address".to_owned()
+            }
+            Some(p) => format!(
+                "{} robots over Zenoh with every source at a followed address, the rest on the bus with delay {} ms, fan-in <= {} sources per address",
+                p.sessions, c.delay_ms, c.max_sources_per_address
+            ),
+            None => format!(
+                "delay {} ms, fan-in <= {} sources per address",
+                c.delay_ms, c.max_sources_per_address
+            ),
+        };
         let _ = writeln!(
             s,
-            "\nwire per robot: published {:.1} records / {:.1} KiB, received {:.1} records / {:.1} KiB (delay {} ms, fan-in <= {} sources per address)",
+            "\nwire per robot: published {:.1} records / {:.1} KiB, received {:.1} records / {:.1} KiB ({how})",
             w.published_records,
             w.published_bytes / 1024.0,
             w.received_records,
             w.received_bytes / 1024.0,
-            c.delay_ms,
-            c.max_sources_per_address
         );
+        match &self.propagation {
+            Some(p) => {
+                let _ = writeln!(
+                    s,
+                    "network: real Zenoh for {} of {} robots (a client session each, one in-process router with storage, 127.0.0.1); propagation publish -> receiving robot's inbox p50 {:.2} ms, p99 {:.2} ms, max {:.1} ms over {} live deliveries between them ({} expected; {} rounds timed out waiting; {:.1} s waited at round ends)",
+                    p.sessions,
+                    c.robots,
+                    p.p50_ms,
+                    p.p99_ms,
+                    p.max_ms,
+                    p.samples,
+                    p.expected_deliveries,
+                    p.timed_out_rounds,
+                    p.settle_wait_s
+                );
+                let _ = writeln!(
+                    s,
+                    "follow (subscribe + query through the router): p50 {:.2} ms, p99 {:.2} ms over {} follows, {:.1} s in total; {:.1} s in publish calls",
+                    p.follow_p50_ms, p.follow_p99_ms, p.follows, p.follow_wait_s, p.publish_wait_s
+                );
+            }
+            None => {
+                let _ = writeln!(
+                    s,
+                    "network: in-process bus (propagation is the configured {} ms delay, not a measurement; `--network zenoh` measures it)",
+                    c.delay_ms
+                );
+            }
+        }
         let m = &self.memory;
         let _ = writeln!(
             s,
@@ -358,13 +401,18 @@ impl SimReport {
         let p = &self.process;
         let _ = writeln!(
             s,
-            "process: RSS {:.1} MiB (peak {:.1} MiB) for {} robots = {:.1} KiB per robot; fleet storage {} records / {:.1} MiB; {:.1} s wall, {:.0} episodes/s",
+            "process: RSS {:.1} MiB (peak {:.1} MiB) for {} robots = {:.1} KiB per robot; fleet storage {} records / {:.1} MiB{}; {:.1} s wall, {:.0} episodes/s",
             p.rss_bytes as f64 / 1048576.0,
             p.peak_rss_bytes as f64 / 1048576.0,
             c.robots,
             p.peak_rss_bytes as f64 / 1024.0 / c.robots as f64,
             self.storage_records,
             self.storage_bytes as f64 / 1048576.0,
+            if self.propagation.is_some() {
+                " on the bus (the Zenoh router's storage is not counted)"
+            } else {
+                ""
+            },
             p.wall_s,
             p.episodes_per_s
         );

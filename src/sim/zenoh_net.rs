@@ -1,0 +1,638 @@
+//! The simulator's fleet over real Zenoh: every simulated robot gets its own
+//! [`FleetExchange`] (its own Zenoh session), all of them clients of one in-process
+//! [`FleetRouter`] with storage, on 127.0.0.1 only.
+//!
+//! Why clients of one router rather than peers: a client holds one TCP connection (to the
+//! router), so N robots cost N connections and the router does the fan-out; peers with
+//! gossip scouting would mesh (up to N² connections), which does not fit a few hundred
+//! sessions on 2 cores. The router's storage also gives late joiners the records of
+//! robots that have left, as the in-process bus does.
+//!
+//! The adapter is the fleet author's: publish → [`FleetExchange::publish`]; follow →
+//! [`FleetExchange::follow`] then a blocking [`FleetExchange::query`] whose replies are
+//! buffered for the next poll (the query's round trip through the router also orders the
+//! new subscription before any later put); poll → what the receive channel delivered;
+//! leave → [`FleetExchange::close`].
+//!
+//! Time: the simulated clock is not Zenoh's. A task per robot drains its receive channel
+//! as records arrive, stamping the wall time, so propagation latency (publish call →
+//! record held in the receiving robot's inbox, which its memory ingests at its next step)
+//! is measured, not configured. At the end of each round the driver waits until every
+//! live delivery expected so far has arrived (followers of the address at publish time),
+//! bounded by a timeout, so the next round sees the records as a networked fleet with
+//! rounds of seconds would.
+
+use std::cell::RefCell;
+use std::collections::{HashMap, HashSet};
+use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use tokio::runtime::Runtime;
+use tokio::task::JoinHandle;
+
+use super::exchange::{Exchange, ExchangeError, Network, Propagation, WireStats};
+use crate::core::ids::{Fingerprint, ModelId, RecordKey, SourceId};
+use crate::core::record::OutcomeRecord;
+use crate::fleet::router::router_config;
+use crate::fleet::{FleetConfig, FleetExchange, FleetRouter, Received};
+
+/// Fleet name of the simulated fleet's key space.
+const SIM_FLEET: &str = "sim";
+
+/// Settings of the Zenoh network.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ZenohNetConfig {
+    /// Wait for replies to one follow's query (ms).
+    pub query_timeout_ms: u64,
+    /// Longest wait at the end of a round for the expected deliveries (ms).
+    pub settle_timeout_ms: u64,
+}
+
+impl Default for ZenohNetConfig {
+    fn default() -> Self {
+        ZenohNetConfig {
+            query_timeout_ms: 2_000,
+            settle_timeout_ms: 2_000,
+        }
+    }
+}
+
+fn net_err(what: &str, e: impl std::fmt::Display) -> ExchangeError {
+    ExchangeError::Network(format!("{what}: {e}"))
+}
+
+/// Identity of one publication: (source, fingerprint, seq).
+type PubId = (SourceId, Fingerprint, u64);
+
+/// What the driver and the receive tasks share: publication times, who follows what,
+/// latency samples.
+#[derive(Default)]
+struct Ledger {
+    published_at: HashMap<PubId, Instant>,
+    /// Robots following each address (model is one per simulation, the fingerprint
+    /// names the address), active ones only.
+    followers: HashMap<(ModelId, Fingerprint), Vec<u32>>,
+    /// Live deliveries expected: for each publication, the followers at that moment.
+    expected: u64,
+    /// Shortfall written off when a round's wait timed out.
+    written_off: u64,
+    /// Publish → inbox latency of each live delivery (µs).
+    latencies_us: Vec<u64>,
+    /// Live deliveries whose publication was not found (should stay 0).
+    unmatched: u64,
+    /// Total wall time spent waiting at round ends.
+    settle_wait: Duration,
+    /// Wall time of each follow (subscribe + query round trip), µs.
+    follows_us: Vec<u64>,
+    /// Wall time spent in publish calls.
+    publish_wait: Duration,
+    /// Rounds whose wait timed out.
+    timed_out_rounds: u64,
+}
+
+struct Track {
+    ledger: Mutex<Ledger>,
+    delivered: AtomicU64,
+}
+
+impl Track {
+    fn ledger(&self) -> MutexGuard<'_, Ledger> {
+        // A few map operations per critical section: consistent even after a panic.
+        self.ledger.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Real Zenoh sessions on loopback: one in-process router with storage, one client
+/// session per robot (see the module doc).
+pub struct ZenohNetwork {
+    runtime: Arc<Runtime>,
+    router: Option<FleetRouter>,
+    connect: String,
+    config: ZenohNetConfig,
+    track: Arc<Track>,
+    sessions: usize,
+}
+
+impl ZenohNetwork {
+    /// Starts the router (with storage) on a free 127.0.0.1 port and a 2-thread runtime
+    /// for the exchanges' tasks.
+    pub fn start(config: ZenohNetConfig) -> Result<ZenohNetwork, ExchangeError> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .map_err(|e| net_err("tokio runtime", e))?;
+        let cfg = router_config(None, &["tcp/127.0.0.1:0".to_owned()])
+            .map_err(|e| net_err("router config", e))?;
+        let router = runtime
+            .block_on(FleetRouter::start(cfg))
+            .map_err(|e| net_err("router", e))?;
+        let connect = router
+            .locators()
+            .into_iter()
+            .find(|l| l.starts_with("tcp/127.0.0.1:") && !l.ends_with(":0"))
+            .ok_or_else(|| {
+                ExchangeError::Network(format!(
+                    "router listens on no loopback tcp port: {:?}",
+                    router.locators()
+                ))
+            })?;
+        tracing::info!(router = %connect, "sim: zenoh router with storage started");
+        Ok(ZenohNetwork {
+            runtime: Arc::new(runtime),
+            router: Some(router),
+            connect,
+            config,
+            track: Arc::new(Track {
+                ledger: Mutex::new(Ledger::default()),
+                delivered: AtomicU64::new(0),
+            }),
+            sessions: 0,
+        })
+    }
+
+    /// The router's endpoint (`tcp/127.0.0.1:<port>`).
+    pub fn router_endpoint(&self) -> &str {
+        &self.connect
+    }
+}
+
+impl Drop for ZenohNetwork {
+    fn drop(&mut self) {
+        if let Some(router) = self.router.take()
+            && let Err(e) = self.runtime.block_on(router.close())
+        {
+            tracing::warn!(error = %e, "sim: closing the zenoh router failed");
+        }
+    }
+}
+
+/// A robot's own Zenoh session and fleet exchange.
+pub struct ZenohEndpoint {
+    robot: u32,
+    source: SourceId,
+    runtime: Arc<Runtime>,
+    exchange: Option<FleetExchange>,
+    track: Arc<Track>,
+    /// Live records the receive task has taken off the channel.
+    inbox: Arc<Mutex<Vec<Received>>>,
+    /// Query replies, handed out at the next poll.
+    replies: Vec<Received>,
+    receiver: Option<JoinHandle<()>>,
+    query_timeout: Duration,
+    /// Counters frozen when the robot left.
+    final_wire: Option<WireStats>,
+}
+
+fn wire_of(ex: &FleetExchange) -> WireStats {
+    let s = ex.stats();
+    WireStats {
+        published_records: s.published,
+        // Includes the bytes of query replies this robot served for its own records.
+        published_bytes: s.bytes_out,
+        received_records: s.received,
+        received_bytes: s.bytes_in,
+        dropped: s.rejected() + s.dropped_overflow,
+    }
+}
+
+impl ZenohEndpoint {
+    fn exchange(&self) -> Result<&FleetExchange, ExchangeError> {
+        self.exchange
+            .as_ref()
+            .ok_or_else(|| ExchangeError::Left(self.source.clone()))
+    }
+
+    fn close(&mut self) {
+        if let Some(task) = self.receiver.take() {
+            task.abort();
+        }
+        let Some(ex) = self.exchange.take() else {
+            return;
+        };
+        self.final_wire = Some(wire_of(&ex));
+        {
+            let mut ledger = self.track.ledger();
+            for list in ledger.followers.values_mut() {
+                list.retain(|&r| r != self.robot);
+            }
+        }
+        if let Err(e) = self.runtime.block_on(ex.close()) {
+            tracing::warn!(source = %self.source, error = %e, "sim: closing a robot's session failed");
+        }
+    }
+}
+
+impl Drop for ZenohEndpoint {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+/// Takes records off a robot's receive channel as they arrive and stamps their latency.
+async fn receive(
+    mut rx: tokio::sync::mpsc::Receiver<Received>,
+    inbox: Arc<Mutex<Vec<Received>>>,
+    track: Arc<Track>,
+) {
+    while let Some((key, record)) = rx.recv().await {
+        let now = Instant::now();
+        {
+            let mut ledger = track.ledger();
+            let id = (key.source.clone(), key.fingerprint, record.seq.0);
+            match ledger.published_at.get(&id).copied() {
+                Some(at) => {
+                    let us = now.saturating_duration_since(at).as_micros();
+                    ledger
+                        .latencies_us
+                        .push(u64::try_from(us).unwrap_or(u64::MAX));
+                }
+                None => ledger.unmatched += 1,
+            }
+        }
+        inbox
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push((key, record));
+        track.delivered.fetch_add(1, Ordering::Release);
+    }
+}
+
+impl Exchange for ZenohEndpoint {
+    fn publish(&mut self, key: &RecordKey, record: &OutcomeRecord) -> Result<(), ExchangeError> {
+        let ex = self.exchange()?;
+        // Stamp and count before the put can possibly arrive anywhere.
+        {
+            let mut ledger = self.track.ledger();
+            ledger.published_at.insert(
+                (key.source.clone(), key.fingerprint, record.seq.0),
+                Instant::now(),
+            );
+            let followers = ledger
+                .followers
+                .get(&(key.model.clone(), key.fingerprint))
+                .map_or(0, |l| l.iter().filter(|&&r| r != self.robot).count());
+            ledger.expected += followers as u64;
+        }
+        let started = Instant::now();
+        let done = ex
+            .publish(key, record)
+            .map_err(|e| net_err("publish", e))
+            .map(|_| ());
+        self.track.ledger().publish_wait += started.elapsed();
+        done
+    }
+
+    fn follow(&mut self, model: &ModelId, fingerprint: Fingerprint) -> Result<(), ExchangeError> {
+        let timeout = self.query_timeout;
+        let ex = self.exchange()?;
+        let started = Instant::now();
+        let got = self.runtime.block_on(async {
+            ex.follow(model, &fingerprint).await?;
+            ex.query_with_timeout(model, &fingerprint, timeout).await
+        });
+        let got = got.map_err(|e| net_err("follow", e))?;
+        {
+            let mut ledger = self.track.ledger();
+            let us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+            ledger.follows_us.push(us);
+            let list = ledger
+                .followers
+                .entry((model.clone(), fingerprint))
+                .or_default();
+            if !list.contains(&self.robot) {
+                list.push(self.robot);
+            }
+        }
+        self.replies.extend(got);
+        Ok(())
+    }
+
+    fn poll(&mut self, out: &mut Vec<(RecordKey, OutcomeRecord)>) -> Result<(), ExchangeError> {
+        self.exchange()?;
+        out.append(&mut self.replies);
+        let mut inbox = self.inbox.lock().unwrap_or_else(PoisonError::into_inner);
+        out.append(&mut inbox);
+        Ok(())
+    }
+
+    fn wire(&self) -> WireStats {
+        match (&self.exchange, self.final_wire) {
+            (Some(ex), _) => wire_of(ex),
+            (None, Some(w)) => w,
+            (None, None) => WireStats::default(),
+        }
+    }
+
+    fn leave(&mut self) {
+        self.close();
+    }
+}
+
+/// Nearest-rank percentile of sorted samples.
+fn percentile(sorted: &[u64], p: f64) -> u64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    let rank = ((p * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+    sorted[rank - 1]
+}
+
+impl Network for ZenohNetwork {
+    type Endpoint = ZenohEndpoint;
+
+    fn connect(&mut self, source: SourceId) -> Result<ZenohEndpoint, ExchangeError> {
+        let fleet = FleetConfig {
+            fleet: SIM_FLEET.into(),
+            connect: vec![self.connect.clone()],
+            query_timeout_ms: self.config.query_timeout_ms,
+            // The simulator has its own republish budget: put each publication at once,
+            // share from the first outcome (as the bus does), no anti-entropy (rounds
+            // are short and the driver waits for deliveries).
+            publish_interval_ms: 0,
+            min_count_to_share: 1,
+            anti_entropy_period_ms: 0,
+            ..FleetConfig::default()
+        };
+        let mut settings = fleet.validate().map_err(|e| net_err("fleet config", e))?;
+        settings
+            .zenoh
+            .insert_json5("mode", "\"client\"")
+            .map_err(|e| net_err("zenoh mode", e))?;
+        settings
+            .zenoh
+            .insert_json5("listen/endpoints", "[]")
+            .map_err(|e| net_err("zenoh listen", e))?;
+        let (exchange, rx) = self
+            .runtime
+            .block_on(FleetExchange::start(settings, source.clone()))
+            .map_err(|e| net_err("session", e))?;
+        let inbox = Arc::new(Mutex::new(Vec::new()));
+        let receiver = self
+            .runtime
+            .spawn(receive(rx, inbox.clone(), self.track.clone()));
+        let robot = self.sessions as u32;
+        self.sessions += 1;
+        Ok(ZenohEndpoint {
+            robot,
+            source,
+            runtime: self.runtime.clone(),
+            exchange: Some(exchange),
+            track: self.track.clone(),
+            inbox,
+            replies: Vec::new(),
+            receiver: Some(receiver),
+            query_timeout: Duration::from_millis(self.config.query_timeout_ms),
+            final_wire: None,
+        })
+    }
+
+    fn advance(&mut self, _now_ns: i64) {
+        // Zenoh runs in real time; deliveries are awaited at the end of each round.
+    }
+
+    fn end_round(&mut self) -> Result<(), ExchangeError> {
+        let started = Instant::now();
+        let deadline = started + Duration::from_millis(self.config.settle_timeout_ms);
+        loop {
+            let delivered = self.track.delivered.load(Ordering::Acquire);
+            let mut ledger = self.track.ledger();
+            let owed = ledger.expected.saturating_sub(ledger.written_off);
+            if delivered >= owed {
+                ledger.settle_wait += started.elapsed();
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                tracing::warn!(
+                    missing = owed - delivered,
+                    "sim: zenoh deliveries still missing at the end of the round"
+                );
+                ledger.written_off += owed - delivered;
+                ledger.timed_out_rounds += 1;
+                ledger.settle_wait += started.elapsed();
+                return Ok(());
+            }
+            drop(ledger);
+            std::thread::sleep(Duration::from_micros(200));
+        }
+    }
+
+    fn stored(&self) -> Option<(usize, usize)> {
+        None
+    }
+
+    fn propagation(&self) -> Option<Propagation> {
+        let ledger = self.track.ledger();
+        let mut sorted = ledger.latencies_us.clone();
+        sorted.sort_unstable();
+        let ms = |us: u64| us as f64 / 1000.0;
+        let mut follows = ledger.follows_us.clone();
+        follows.sort_unstable();
+        Some(Propagation {
+            network: "zenoh",
+            sessions: self.sessions,
+            samples: sorted.len() as u64,
+            p50_ms: ms(percentile(&sorted, 0.5)),
+            p99_ms: ms(percentile(&sorted, 0.99)),
+            max_ms: ms(sorted.last().copied().unwrap_or(0)),
+            expected_deliveries: ledger.expected,
+            delivered: self.track.delivered.load(Ordering::Acquire),
+            unmatched: ledger.unmatched,
+            timed_out_rounds: ledger.timed_out_rounds,
+            settle_wait_s: ledger.settle_wait.as_secs_f64(),
+            follows: follows.len() as u64,
+            follow_p50_ms: ms(percentile(&follows, 0.5)),
+            follow_p99_ms: ms(percentile(&follows, 0.99)),
+            follow_wait_s: follows.iter().sum::<u64>() as f64 / 1e6,
+            publish_wait_s: ledger.publish_wait.as_secs_f64(),
+        })
+    }
+}
+
+/// A fleet of which the first `zenoh_robots` robots run on real Zenoh and the rest on
+/// the in-process bus, so a large default fleet still exercises Zenoh within the time a
+/// demo allows (one session per robot does not scale to hundreds on 2 cores: each follow
+/// is a query every session's queryable answers, see docs/BENCHMARKS.md).
+///
+/// Records cross both ways: a Zenoh robot also publishes into the bus and follows there
+/// (through a shadow bus endpoint) to get the bus robots' records; what its shadow
+/// receives from other Zenoh robots is dropped, so records between Zenoh robots only
+/// ever cross Zenoh. The same pattern fits robots behind `qis_node` ROS topics.
+pub struct MixedNetwork {
+    bus: super::exchange::Bus,
+    zenoh: ZenohNetwork,
+    zenoh_robots: usize,
+    connected: usize,
+    zenoh_sources: Rc<RefCell<HashSet<SourceId>>>,
+}
+
+impl MixedNetwork {
+    /// The first `zenoh_robots` robots to connect go on Zenoh, the others on `bus`.
+    pub fn new(
+        bus: super::exchange::Bus,
+        zenoh: ZenohNetwork,
+        zenoh_robots: usize,
+    ) -> MixedNetwork {
+        MixedNetwork {
+            bus,
+            zenoh,
+            zenoh_robots,
+            connected: 0,
+            zenoh_sources: Rc::new(RefCell::new(HashSet::new())),
+        }
+    }
+}
+
+/// A robot's endpoint in a [`MixedNetwork`].
+pub enum MixedEndpoint {
+    /// A robot on the in-process bus.
+    Bus(super::exchange::BusEndpoint),
+    /// A robot on Zenoh, with its shadow on the bus for the bus robots' records.
+    Zenoh {
+        /// Its Zenoh session and exchange.
+        zenoh: Box<ZenohEndpoint>,
+        /// Its bus endpoint.
+        shadow: super::exchange::BusEndpoint,
+        /// Sources that are on Zenoh (their records must come over Zenoh).
+        zenoh_sources: Rc<RefCell<HashSet<SourceId>>>,
+        /// Scratch for the shadow's deliveries.
+        scratch: Vec<(RecordKey, OutcomeRecord)>,
+        /// Shadow deliveries dropped because they came from Zenoh robots.
+        duplicates: u64,
+    },
+}
+
+impl Exchange for MixedEndpoint {
+    fn publish(&mut self, key: &RecordKey, record: &OutcomeRecord) -> Result<(), ExchangeError> {
+        match self {
+            MixedEndpoint::Bus(b) => b.publish(key, record),
+            MixedEndpoint::Zenoh { zenoh, shadow, .. } => {
+                zenoh.publish(key, record)?;
+                shadow.publish(key, record)
+            }
+        }
+    }
+
+    fn follow(&mut self, model: &ModelId, fingerprint: Fingerprint) -> Result<(), ExchangeError> {
+        match self {
+            MixedEndpoint::Bus(b) => b.follow(model, fingerprint),
+            MixedEndpoint::Zenoh { zenoh, shadow, .. } => {
+                zenoh.follow(model, fingerprint)?;
+                shadow.follow(model, fingerprint)
+            }
+        }
+    }
+
+    fn poll(&mut self, out: &mut Vec<(RecordKey, OutcomeRecord)>) -> Result<(), ExchangeError> {
+        match self {
+            MixedEndpoint::Bus(b) => b.poll(out),
+            MixedEndpoint::Zenoh {
+                zenoh,
+                shadow,
+                zenoh_sources,
+                scratch,
+                duplicates,
+            } => {
+                zenoh.poll(out)?;
+                shadow.poll(scratch)?;
+                let on_zenoh = zenoh_sources.borrow();
+                for (key, record) in scratch.drain(..) {
+                    if on_zenoh.contains(&key.source) {
+                        *duplicates += 1;
+                    } else {
+                        out.push((key, record));
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn wire(&self) -> WireStats {
+        match self {
+            MixedEndpoint::Bus(b) => b.wire(),
+            MixedEndpoint::Zenoh {
+                zenoh,
+                shadow,
+                duplicates,
+                ..
+            } => {
+                // Zenoh traffic plus what the bus delivered from bus robots (the shadow's
+                // publications mirror the Zenoh ones and are not counted twice).
+                let (z, s) = (zenoh.wire(), shadow.wire());
+                let kept = s.received_records.saturating_sub(*duplicates);
+                let kept_bytes = (s.received_bytes as f64 * kept as f64
+                    / s.received_records.max(1) as f64) as u64;
+                WireStats {
+                    received_records: z.received_records + kept,
+                    received_bytes: z.received_bytes + kept_bytes,
+                    dropped: z.dropped + s.dropped,
+                    ..z
+                }
+            }
+        }
+    }
+
+    fn leave(&mut self) {
+        match self {
+            MixedEndpoint::Bus(b) => b.leave(),
+            MixedEndpoint::Zenoh { zenoh, shadow, .. } => {
+                zenoh.leave();
+                shadow.leave();
+            }
+        }
+    }
+}
+
+impl Network for MixedNetwork {
+    type Endpoint = MixedEndpoint;
+
+    fn connect(&mut self, source: SourceId) -> Result<MixedEndpoint, ExchangeError> {
+        self.connected += 1;
+        if self.connected > self.zenoh_robots {
+            return Ok(MixedEndpoint::Bus(self.bus.join(source)));
+        }
+        self.zenoh_sources.borrow_mut().insert(source.clone());
+        let zenoh = Box::new(self.zenoh.connect(source.clone())?);
+        Ok(MixedEndpoint::Zenoh {
+            zenoh,
+            shadow: self.bus.join(source),
+            zenoh_sources: self.zenoh_sources.clone(),
+            scratch: Vec::new(),
+            duplicates: 0,
+        })
+    }
+
+    fn advance(&mut self, now_ns: i64) {
+        self.bus.advance(now_ns);
+    }
+
+    fn end_round(&mut self) -> Result<(), ExchangeError> {
+        self.zenoh.end_round()
+    }
+
+    fn stored(&self) -> Option<(usize, usize)> {
+        Some((self.bus.stored_records(), self.bus.stored_bytes()))
+    }
+
+    fn propagation(&self) -> Option<Propagation> {
+        self.zenoh.propagation()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::percentile;
+
+    #[test]
+    fn nearest_rank_percentiles() {
+        let v: Vec<u64> = (1..=100).collect();
+        assert_eq!(percentile(&v, 0.5), 50);
+        assert_eq!(percentile(&v, 0.99), 99);
+        assert_eq!(percentile(&v, 1.0), 100);
+        assert_eq!(percentile(&[7], 0.99), 7);
+        assert_eq!(percentile(&[], 0.5), 0);
+    }
+}
