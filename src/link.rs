@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
@@ -47,9 +47,12 @@ pub struct FleetLink {
     /// Own records waiting for their durable write: (record, share once written).
     pending_own: Mutex<HashMap<RecordKey, (OutcomeRecord, bool)>>,
     own_ready: Notify,
-    interests: mpsc::Sender<(ModelId, Fingerprint)>,
+    interests: mpsc::Sender<Interest>,
     stats: Arc<LinkStats>,
 }
+
+/// An address to ask the fleet about, and who waits for the answer.
+type Interest = (ModelId, Fingerprint, Option<oneshot::Sender<Vec<Received>>>);
 
 impl FleetLink {
     fn queue_own(&self, key: &RecordKey, record: &OutcomeRecord, share: bool) {
@@ -81,12 +84,29 @@ impl FleetPort for FleetLink {
     fn interest(&self, model: &ModelId, fingerprint: &Fingerprint) {
         if self
             .interests
-            .try_send((model.clone(), *fingerprint))
+            .try_send((model.clone(), *fingerprint, None))
             .is_err()
         {
             self.stats.interests_dropped.fetch_add(1, Ordering::Relaxed);
             debug!(%fingerprint, "fleet interest queue full: address left to anti-entropy");
         }
+    }
+
+    fn fetch(
+        &self,
+        model: &ModelId,
+        fingerprint: &Fingerprint,
+    ) -> Option<oneshot::Receiver<Vec<Received>>> {
+        let (tx, rx) = oneshot::channel();
+        if self
+            .interests
+            .try_send((model.clone(), *fingerprint, Some(tx)))
+            .is_err()
+        {
+            self.stats.interests_dropped.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        Some(rx)
     }
 }
 
@@ -250,7 +270,7 @@ async fn flush_own(port: &FleetLink, store: &Arc<Mutex<Store>>, exchange: Option
 
 /// Asks the fleet about newly met addresses and follows them.
 async fn ask_fleet(
-    mut interests: mpsc::Receiver<(ModelId, Fingerprint)>,
+    mut interests: mpsc::Receiver<Interest>,
     exchange: Arc<FleetExchange>,
     node: mpsc::Sender<Received>,
     store: Arc<Mutex<Store>>,
@@ -262,7 +282,7 @@ async fn ask_fleet(
             _ = cancel.cancelled() => break,
             n = interests.recv() => n,
         };
-        let Some((model, fingerprint)) = next else {
+        let Some((model, fingerprint, reply)) = next else {
             break;
         };
         // Subscribe first so nothing published between the query and the subscription
@@ -272,7 +292,14 @@ async fn ask_fleet(
             warn!(%fingerprint, "following an address: {e}");
         }
         match exchange.query(&model, &fingerprint).await {
-            Ok(found) => deliver(found, &node, &store, &stats).await,
+            Ok(found) => {
+                if let Some(reply) = reply {
+                    // The waiting prediction merges these at once; the copies sent on
+                    // to the node below are then replays (ignored as stale).
+                    let _ = reply.send(found.clone());
+                }
+                deliver(found, &node, &store, &stats).await
+            }
             Err(e) => {
                 stats.errors.fetch_add(1, Ordering::Relaxed);
                 warn!(%fingerprint, "fleet query: {e}");

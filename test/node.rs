@@ -415,3 +415,94 @@ async fn use_sim_time_follows_clock() {
     .await;
     n.shutdown().await;
 }
+
+/// Starts `qis node` as a process: its own store, the fleet exchange on loopback
+/// (listening on `listen`, connecting to `peer`), ROS over the test's router.
+fn spawn_qis_node(
+    router: &str,
+    ns: &str,
+    source: &str,
+    store: &std::path::Path,
+    listen: u16,
+    peer: u16,
+) -> tokio::process::Child {
+    tokio::process::Command::new(env!("CARGO_BIN_EXE_qis"))
+        .args(["node", "--connect", router, "--listen", "tcp/127.0.0.1:0"])
+        .args(["--ros-args", "-r", &format!("__ns:={ns}")])
+        .args(["-p", &format!("source_id:={source}")])
+        .args(["-p", &format!("store_path:={}", store.display())])
+        .args([
+            "-p",
+            &format!("exchange.listen:=[\"tcp/127.0.0.1:{listen}\"]"),
+        ])
+        .args([
+            "-p",
+            &format!("exchange.connect:=[\"tcp/127.0.0.1:{peer}\"]"),
+        ])
+        .stdout(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("qis binary starts")
+}
+
+/// The whole stack in separate processes: two `qis node`s, each with its own redb store
+/// and the Zenoh fleet exchange. B's FIRST prediction in a scenario only A has met is
+/// corrected by A's outcomes (fetched before answering); A killed with SIGKILL and
+/// restarted on its store still holds every outcome it had acknowledged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn qis_node_processes_share_outcomes_over_the_fleet_and_survive_sigkill() {
+    let (_router, endpoint) = router().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (pa, pb) = (free_port(), free_port());
+    let store_a = dir.path().join("a.redb");
+    let mut a = spawn_qis_node(&endpoint, "/pa", "robot-a", &store_a, pa, pb);
+    let _b = spawn_qis_node(
+        &endpoint,
+        "/pb",
+        "robot-b",
+        &dir.path().join("b.redb"),
+        pb,
+        pa,
+    );
+    let ctx = client(&endpoint);
+    let driver = ctx.create_node("driver").build().unwrap();
+    let ra = Robot::new(&driver, "/pa").await;
+    let rb = Robot::new(&driver, "/pb").await;
+
+    for i in 0..10 {
+        let (_, d) = ra
+            .episode(
+                &prediction(&format!("a{i}"), "road=ice", &[1.0, 0.0]),
+                &[1.8, 0.0],
+            )
+            .await;
+        assert!((d.residual[0] - 0.8).abs() < 1e-12);
+    }
+    // A publishes each record after its durable write; B's first prediction on ice asks
+    // the fleet before answering, so it already rests on A's outcomes (all 10, or 9 if
+    // it raced A's last write).
+    let (prior, _) = rb
+        .episode(&prediction("b0", "road=ice", &[1.0, 0.0]), &[1.8, 0.0])
+        .await;
+    assert_eq!(prior.r#match, CorrectedPrior::MATCH_EXACT, "{prior:?}");
+    assert_eq!(prior.sources, 1);
+    assert!(prior.support >= 9, "support {}", prior.support);
+    let s = f64::from(prior.support);
+    assert!(
+        (prior.correction[0] - 0.8 * s / (s + 5.0)).abs() < 1e-6,
+        "{:?}",
+        prior.correction
+    );
+
+    // kill -9 and restart on the same store: A's own outcomes are all still there.
+    a.start_kill().unwrap();
+    a.wait().await.unwrap();
+    drop(ra);
+    let _a2 = spawn_qis_node(&endpoint, "/pa", "robot-a", &store_a, pa, pb);
+    let ra = Robot::new(&driver, "/pa").await;
+    let (prior, _) = ra
+        .episode(&prediction("a-after", "road=ice", &[1.0, 0.0]), &[1.8, 0.0])
+        .await;
+    assert!(prior.support >= 10, "restored support {}", prior.support);
+    assert!(prior.correction[0] > 0.5, "{:?}", prior.correction);
+}

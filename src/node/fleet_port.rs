@@ -2,6 +2,8 @@
 //! hands own records to a [`FleetPort`] after each paired outcome and feeds records
 //! received from the fleet back with [`super::NodeLogic::on_record`].
 
+use tokio::sync::oneshot;
+
 use crate::core::ids::{Fingerprint, ModelId, RecordKey};
 use crate::core::record::OutcomeRecord;
 
@@ -21,6 +23,17 @@ pub trait FleetPort: Send + Sync {
     /// The node met an address it holds nothing about: the exchange should ask the fleet
     /// for it once and keep it fresh (DESIGN 1, step 3). Default: nothing to do.
     fn interest(&self, _model: &ModelId, _fingerprint: &Fingerprint) {}
+
+    /// Like [`interest`](Self::interest), but the caller waits for the answer of the
+    /// first query (to correct the very first prediction at an address). `None`: this
+    /// port cannot fetch; the caller falls back to `interest`.
+    fn fetch(
+        &self,
+        _model: &ModelId,
+        _fingerprint: &Fingerprint,
+    ) -> Option<oneshot::Receiver<Vec<(RecordKey, OutcomeRecord)>>> {
+        None
+    }
 }
 
 /// A node that keeps its records to itself (fleet exchange disabled).

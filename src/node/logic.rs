@@ -2,6 +2,8 @@
 //! one, with no binding, no I/O and no clock (time comes in as an argument), so the
 //! native and r2r bindings, the tests and the fleet simulator all run the same code.
 
+use std::collections::HashSet;
+
 use nalgebra::DVector;
 
 use crate::core::discrepancy::{Covariance, Discrepancy as Residual};
@@ -53,7 +55,13 @@ pub struct NodeLogic {
     pairing: PairingTable,
     counters: Counters,
     interests: Vec<(ModelId, Fingerprint)>,
+    /// Addresses already asked of the fleet (bounded: cleared when full, which at worst
+    /// repeats a query).
+    asked: HashSet<(ModelId, Fingerprint)>,
 }
+
+/// Most addresses remembered as asked of the fleet.
+const MAX_ASKED: usize = 100_000;
 
 /// A scenario's exact address and its sketch (for neighbors).
 fn address_of(
@@ -99,6 +107,7 @@ impl NodeLogic {
             pairing,
             counters: Counters::default(),
             interests: Vec::new(),
+            asked: HashSet::new(),
         })
     }
 
@@ -150,6 +159,24 @@ impl NodeLogic {
         r
     }
 
+    /// The address of a prediction this node holds nothing about and has not asked the
+    /// fleet for yet (then marked as asked): the binding fetches it from the fleet before
+    /// answering, so even the first prediction at an address is corrected. `None` for
+    /// known addresses and for input that `on_prediction` will refuse.
+    pub fn first_encounter(&mut self, p: &Prediction) -> Option<(ModelId, Fingerprint)> {
+        let model = ModelId::new(p.model_id.as_str()).ok()?;
+        let (fingerprint, _) = address_of(&self.fingerprinter, &p.scenario).ok()?;
+        if self.memory.address(&model, &fingerprint).is_some() {
+            return None;
+        }
+        if self.asked.len() >= MAX_ASKED {
+            self.asked.clear();
+        }
+        self.asked
+            .insert((model.clone(), fingerprint))
+            .then_some((model, fingerprint))
+    }
+
     /// Answers a prediction with its corrected prior and keeps it for its outcome.
     pub fn on_prediction(
         &mut self,
@@ -176,6 +203,7 @@ impl NodeLogic {
         self.expire(now_ns);
         if self.memory.address(&model, &fingerprint).is_none()
             && self.interests.len() < MAX_INTERESTS
+            && !self.asked.contains(&(model.clone(), fingerprint))
         {
             self.interests.push((model.clone(), fingerprint));
         }

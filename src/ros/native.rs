@@ -22,7 +22,7 @@ use super::msgs::{
     Outcome, Prediction, Query, Time,
 };
 use super::names::{NameError, Names};
-use crate::core::ids::RecordKey;
+use crate::core::ids::{Fingerprint, ModelId, RecordKey};
 use crate::core::record::OutcomeRecord;
 use crate::node::{FleetPort, InputError, LogLimiter, NodeLogic};
 
@@ -128,6 +128,31 @@ impl RejectLog {
                 suppressed,
                 "input rejected: {e}"
             );
+        }
+    }
+}
+
+/// Longest a first prediction at an address waits for the fleet's answer.
+pub const FIRST_ENCOUNTER_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Asks the fleet about an address met for the first time and merges the answer before
+/// the prediction is answered; without an answer in time the prediction goes on
+/// uncorrected (records that arrive later still count for the next one).
+async fn fetch_first(logic: &Shared, fleet: &dyn FleetPort, model: &ModelId, fp: &Fingerprint) {
+    let Some(rx) = fleet.fetch(model, fp) else {
+        fleet.interest(model, fp);
+        return;
+    };
+    match tokio::time::timeout(FIRST_ENCOUNTER_WAIT, rx).await {
+        Ok(Ok(found)) => {
+            let mut l = lock(logic);
+            for (key, record) in found {
+                l.on_record(&key, record);
+            }
+        }
+        Ok(Err(_)) => tracing::debug!(fingerprint = %fp, "fleet fetch dropped"),
+        Err(_) => {
+            tracing::debug!(fingerprint = %fp, "fleet fetch timed out; answering uncorrected")
         }
     }
 }
@@ -250,6 +275,10 @@ impl NativeNode {
                         tracing::warn!("prediction: undecodable message dropped");
                         continue;
                     };
+                    let first = lock(&logic).first_encounter(&p);
+                    if let Some((model, fp)) = first {
+                        fetch_first(&logic, fleet.as_ref(), &model, &fp).await;
+                    }
                     let (result, interests) = {
                         let mut l = lock(&logic);
                         let r = l.on_prediction(&p, clock.now_ns());
