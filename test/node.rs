@@ -445,6 +445,41 @@ fn spawn_qis_node(
         .expect("qis binary starts")
 }
 
+/// Waits (hang guard `WAIT`) until the fleet exchange listening on `port` serves a
+/// record of `source` with sequence number `seq`.
+async fn served_seq_reaches(port: u16, source: &str, seq: u64) {
+    let mut cfg = zenoh::Config::default();
+    cfg.insert_json5("mode", "\"peer\"").unwrap();
+    cfg.insert_json5("listen/endpoints", "[]").unwrap();
+    cfg.insert_json5("connect/endpoints", &format!("[\"tcp/127.0.0.1:{port}\"]"))
+        .unwrap();
+    cfg.insert_json5("scouting/multicast/enabled", "false")
+        .unwrap();
+    let session = zenoh::open(cfg).await.unwrap();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let replies = session.get(format!("qis/v1/**/{source}")).await.unwrap();
+        let mut best = 0;
+        while let Ok(reply) = replies.recv_async().await {
+            if let Ok(sample) = reply.result() {
+                let bytes = sample.payload().to_bytes();
+                if let Ok(d) = qis_ros::core::record::decode(&bytes) {
+                    best = best.max(d.record.seq.0);
+                }
+            }
+        }
+        if best >= seq {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "served seq {best} < {seq}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    session.close().await.unwrap();
+}
+
 /// The whole stack in separate processes: two `qis node`s, each with its own redb store
 /// and the Zenoh fleet exchange. B's FIRST prediction in a scenario only A has met is
 /// corrected by A's outcomes (fetched before answering); A killed with SIGKILL and
@@ -478,15 +513,16 @@ async fn qis_node_processes_share_outcomes_over_the_fleet_and_survive_sigkill() 
             .await;
         assert!((d.residual[0] - 0.8).abs() < 1e-12);
     }
-    // A publishes each record after its durable write; B's first prediction on ice asks
-    // the fleet before answering, so it already rests on A's outcomes (all 10, or 9 if
-    // it raced A's last write).
+    // A serves (and publishes) a record only after its durable write: once the fleet
+    // sees seq 10, all ten outcomes are on A's disk.
+    served_seq_reaches(pa, "robot-a", 10).await;
+    // B's first prediction on ice asks the fleet before answering.
     let (prior, _) = rb
         .episode(&prediction("b0", "road=ice", &[1.0, 0.0]), &[1.8, 0.0])
         .await;
     assert_eq!(prior.r#match, CorrectedPrior::MATCH_EXACT, "{prior:?}");
     assert_eq!(prior.sources, 1);
-    assert!(prior.support >= 9, "support {}", prior.support);
+    assert_eq!(prior.support, 10);
     let s = f64::from(prior.support);
     assert!(
         (prior.correction[0] - 0.8 * s / (s + 5.0)).abs() < 1e-6,
@@ -504,5 +540,10 @@ async fn qis_node_processes_share_outcomes_over_the_fleet_and_survive_sigkill() 
         .episode(&prediction("a-after", "road=ice", &[1.0, 0.0]), &[1.8, 0.0])
         .await;
     assert!(prior.support >= 10, "restored support {}", prior.support);
+    assert!(
+        prior.support <= 11,
+        "no outcome counted twice: {}",
+        prior.support
+    );
     assert!(prior.correction[0] > 0.5, "{:?}", prior.correction);
 }
