@@ -186,6 +186,19 @@ impl<E: Exchange> Robot<E> {
         }
         self.exchange.poll(&mut self.inbox)?;
         for (key, record) in self.inbox.drain(..) {
+            // Trust earned from outcomes, at arrival: where this robot has outcomes of its
+            // own, a record's claim is judged against them before the memory decides
+            // whether to keep it (a full address may drop it unjudged), so a liar is known
+            // from the busy classes before it is the lone voice in a thin one.
+            if key.source != self.source {
+                let own = self
+                    .memory
+                    .address(&key.model, &key.fingerprint)
+                    .and_then(|a| a.own.as_ref())
+                    .map(|o| &o.1);
+                self.trust
+                    .observe_arrival(&key.source, &record.summary, own, &STATE_SCALE);
+            }
             if let Some(index) = &mut self.neighbors {
                 index
                     .insert(&key.model, key.fingerprint, &record.sketch)

@@ -7,10 +7,16 @@
 //! honest sources, whose claims miss only by the spread inside a class, keep a trust near
 //! 1, and a source whose claims are far from what this robot sees loses its weight in
 //! every class. Unknown sources start at 1: trust is lost, not granted.
+//!
+//! A record is also judged when it arrives, against this robot's own summary at its
+//! address (see [`TrustBook::observe_arrival`]): with a fan-in budget per address most
+//! sources are never held where the robot measures, so judging only at measurement
+//! leaves most liars unknown until they are the lone voice in a thin class.
 
 use std::collections::HashMap;
 
 use crate::core::ids::SourceId;
+use crate::core::summary::Summary;
 
 /// Smallest weight of a new observation in the running mean (memory of ~50 outcomes).
 const MIN_RATE: f64 = 0.02;
@@ -71,6 +77,31 @@ impl TrustBook {
         g.mean_sq += rate * (gap_sq - g.mean_sq);
     }
 
+    /// Judges a record on arrival: its claimed mean residual against this robot's own
+    /// mean residual at the same address. Returns false (nothing judged) when the robot
+    /// has no outcome there or the dimensions differ.
+    pub fn observe_arrival(
+        &mut self,
+        source: &SourceId,
+        claimed: &Summary,
+        own: Option<&Summary>,
+        scale: &[f64],
+    ) -> bool {
+        let Some(own) = own.filter(|o| o.count() > 0 && o.dim() == claimed.dim()) else {
+            return false;
+        };
+        if claimed.dim() != scale.len() {
+            return false;
+        }
+        self.observe(
+            source,
+            claimed.mean().as_slice(),
+            own.mean().as_slice(),
+            scale,
+        );
+        true
+    }
+
     /// Sources with a trust record.
     pub fn len(&self) -> usize {
         self.gaps.len()
@@ -85,6 +116,7 @@ impl TrustBook {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::core::summary::Decay;
 
     #[test]
     fn liars_lose_trust_and_honest_sources_keep_it() {
@@ -103,5 +135,37 @@ mod tests {
         off.observe(&liar, &[51.0], &[1.0], &[1.0]);
         assert_eq!(off.trust(&liar), 1.0);
         assert!(off.is_empty());
+    }
+
+    fn summary(residuals: &[[f64; 2]]) -> Summary {
+        let mut s = Summary::empty(2).unwrap();
+        for (t, r) in residuals.iter().enumerate() {
+            s.add(r, t as i64, Decay::NONE).unwrap();
+        }
+        s
+    }
+
+    #[test]
+    fn records_are_judged_on_arrival_against_own_outcomes_only() {
+        let mut book = TrustBook::new(3.0);
+        let (honest, liar) = (SourceId::new("h").unwrap(), SourceId::new("l").unwrap());
+        let scale = [1.0, 0.5];
+        let own = summary(&[[1.0, -2.0], [1.4, -1.8]]);
+        let honest_claim = summary(&[[0.9, -2.1], [1.3, -2.0], [1.1, -1.9]]);
+        let liar_claim = summary(&[[51.0, 23.0]]);
+        // No own outcome at the address: nothing to judge against, trust unchanged.
+        assert!(!book.observe_arrival(&liar, &liar_claim, None, &scale));
+        let empty = Summary::empty(2).unwrap();
+        assert!(!book.observe_arrival(&liar, &liar_claim, Some(&empty), &scale));
+        assert_eq!(book.trust(&liar), 1.0);
+        assert!(book.is_empty());
+        // One arrival where the robot has its own outcomes is enough to expose the liar.
+        assert!(book.observe_arrival(&liar, &liar_claim, Some(&own), &scale));
+        assert!(book.observe_arrival(&honest, &honest_claim, Some(&own), &scale));
+        assert!(book.trust(&liar) < 0.01, "{}", book.trust(&liar));
+        assert!(book.trust(&honest) > 0.95, "{}", book.trust(&honest));
+        // A record of another dimension is not compared.
+        let other = Summary::from_sample(&[1.0], 0).unwrap();
+        assert!(!book.observe_arrival(&honest, &other, Some(&own), &scale));
     }
 }
