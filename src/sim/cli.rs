@@ -118,7 +118,7 @@ impl SimArgs {
             trust_tolerance: self.trust_tolerance,
             neighbors: self.neighbors,
             zenoh_robots: self.zenoh_robots(),
-            ros_robots: self.ros_robots,
+            ros_robots: self.ros_robots.min(self.robots),
             synthesis: SynthesisConfig {
                 prior_strength: self.k0,
                 outlier_z: self.outlier_z,
@@ -152,7 +152,7 @@ pub fn run(args: &SimArgs) -> Result<SimReport, SimError> {
     }
     if config.ros_robots > 0 {
         println!(
-            "ros: {} robots run through their own qis_node over ROS 2 topics (in-process nodes, loopback Zenoh router)",
+            "ros: up to {} robots (the last ones present the whole run) run through their own qis_node over ROS 2 topics (in-process nodes, loopback Zenoh router)",
             config.ros_robots
         );
     }
