@@ -203,3 +203,43 @@ fn a_mixed_fleet_shares_records_across_zenoh_and_the_bus() {
     assert!(b[QIS].rmse_first_encounter < 0.6 * b[RAW].rmse_first_encounter);
     assert!(b[QIS].rmse_after_warmup < b[LOCAL].rmse_after_warmup);
 }
+
+/// Robots whose loop runs through real `qis_node` instances over ROS 2 topics (in-process
+/// nodes, a Zenoh router on 127.0.0.1): the fleet's records reach each node through its
+/// fleet port, so the node's corrected prior beats the raw model on the node robot's first
+/// encounters of classes other robots have seen; the node's own records reach the fleet.
+#[test]
+fn node_robots_get_the_fleets_records_through_their_fleet_port() {
+    let config = SimConfig {
+        ros_robots: 2,
+        zenoh_robots: 4,
+        ..small(11)
+    };
+    let r = simulate(&config);
+    let n = r.ros.expect("node robots are reported");
+    assert_eq!(n.robots, 2);
+    assert_eq!(
+        n.episodes,
+        2 * 80,
+        "every episode of both robots went through a node"
+    );
+    assert!(n.fetches > 0, "{n:?}");
+    assert!(n.records_fed > 0, "{n:?}");
+    assert!(n.records_published > 0, "{n:?}");
+    assert!(n.first_encounters >= 5, "{n:?}");
+    // Local-only learning has nothing on a first encounter: only records that came
+    // through the fleet port can correct it.
+    assert!(
+        n.qis_rmse_first_encounter < 0.6 * n.raw_rmse_first_encounter,
+        "node {} vs raw {} on first encounters",
+        n.qis_rmse_first_encounter,
+        n.raw_rmse_first_encounter
+    );
+    assert!(
+        n.qis_rmse_after_warmup < 0.6 * n.raw_rmse_after_warmup,
+        "{n:?}"
+    );
+    assert!(n.round_trip_p50_ms <= n.round_trip_p99_ms, "{n:?}");
+    let b = &r.baselines;
+    assert!(b[QIS].rmse_first_encounter < 0.6 * b[RAW].rmse_first_encounter);
+}

@@ -163,6 +163,7 @@ pub struct NativeNode {
     cancel: CancellationToken,
     tasks: JoinSet<()>,
     names: Names,
+    clock: NodeClock,
     // Dropped last: the entities above hold references into the session.
     _node: Arc<ZNode>,
     _ctx: ZContext,
@@ -457,6 +458,7 @@ impl NativeNode {
             cancel,
             tasks,
             names,
+            clock,
             _node: node,
             _ctx: ctx,
         })
@@ -470,6 +472,12 @@ impl NativeNode {
     /// The node's names.
     pub fn names(&self) -> &Names {
         &self.names
+    }
+
+    /// The node's current time (ns): the latest `/clock` under `use_sim_time`, else the
+    /// system time. Lets a driver of simulated time wait until the node has seen a tick.
+    pub fn now_ns(&self) -> i64 {
+        self.clock.now_ns()
     }
 
     /// Stops every task and waits for them.

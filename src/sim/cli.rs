@@ -53,6 +53,11 @@ pub struct SimArgs {
     /// Robots on real Zenoh sessions under `--network auto`.
     #[arg(long, default_value_t = DEFAULT_ZENOH_ROBOTS)]
     pub zenoh_robots: usize,
+    /// Robots whose prediction/outcome loop runs through a real `qis_node` (in-process,
+    /// over ROS 2 topics on a loopback Zenoh router), its fleet port wired to the
+    /// simulated exchange; 0 disables.
+    #[arg(long, default_value_t = super::ros_node::DEFAULT_ROS_ROBOTS)]
+    pub ros_robots: usize,
     /// Delivery delay of the in-process exchange, milliseconds.
     #[arg(long, default_value_t = SimConfig::default().delay_ms)]
     pub delay_ms: f64,
@@ -113,6 +118,7 @@ impl SimArgs {
             trust_tolerance: self.trust_tolerance,
             neighbors: self.neighbors,
             zenoh_robots: self.zenoh_robots(),
+            ros_robots: self.ros_robots.min(self.robots),
             synthesis: SynthesisConfig {
                 prior_strength: self.k0,
                 outlier_z: self.outlier_z,
@@ -143,6 +149,12 @@ pub fn run(args: &SimArgs) -> Result<SimReport, SimError> {
             config.robots,
             config.robots - z
         ),
+    }
+    if config.ros_robots > 0 {
+        println!(
+            "ros: up to {} robots (the last ones present the whole run) run through their own qis_node over ROS 2 topics (in-process nodes, loopback Zenoh router)",
+            config.ros_robots
+        );
     }
     let bar = ProgressBar::new(config.episodes as u64);
     if std::io::stderr().is_terminal() {

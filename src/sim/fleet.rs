@@ -17,9 +17,11 @@ use crate::core::memory::{Ingest, MemoryConfig, OutcomeMemory};
 use crate::core::neighbors::{NeighborIndex, Sketch, sketch};
 use crate::core::record::OutcomeRecord;
 use crate::core::synthesis::SynthesisConfig;
+use crate::ros::msgs::{Outcome, Prediction, Scenario};
 
 use super::baselines::{LOCAL, Metrics, ORACLE, Oracle, QIS, RAW, prior_from};
 use super::exchange::{Bus, BusConfig, Exchange, Network, Propagation, WireStats};
+use super::ros_node::{self, NodeRobot, RosFigures, RosNodes};
 use super::trust::TrustBook;
 use super::world::{ContextMix, FEATURE_NAMES, STATE_DIM, STATE_SCALE, Situation};
 use super::zenoh_net::{MixedNetwork, ZenohNetConfig, ZenohNetwork};
@@ -49,6 +51,8 @@ pub struct Robot<E: Exchange> {
     /// Similarity index over the addresses this robot knows (two-level addressing),
     /// when neighbor borrowing is on.
     neighbors: Option<NeighborIndex>,
+    /// Its `qis_node`, when this robot's loop runs through one over ROS 2 topics.
+    node: Option<Box<NodeRobot>>,
 }
 
 /// Per-robot memory figures at the end of a run.
@@ -93,6 +97,8 @@ pub struct RunOutcome {
     pub ingested: u64,
     /// Propagation measured by the network (real Zenoh), `None` on the bus.
     pub propagation: Option<Propagation>,
+    /// The robots that ran through `qis_node` over ROS topics, if any.
+    pub ros: Option<RosFigures>,
 }
 
 /// Estimated heap + inline bytes of one received record held in an [`OutcomeMemory`].
@@ -138,6 +144,8 @@ struct Scene<'a> {
     mix: ContextMix,
     oracle: Oracle,
     metrics: Metrics,
+    /// The same bookkeeping for the robots that run through `qis_node` only.
+    node_metrics: Metrics,
     /// A class's sketch is a pure function of its canonical form: computed once per class.
     sketches: HashMap<Fingerprint, Sketch>,
     attack_offset: [f64; STATE_DIM],
@@ -185,6 +193,7 @@ impl<E: Exchange> Robot<E> {
             self.exchange.follow(&scene.model, fp)?;
         }
         self.exchange.poll(&mut self.inbox)?;
+        let mut fed = Vec::new();
         for (key, record) in self.inbox.drain(..) {
             // Trust earned from outcomes, at arrival: where this robot has outcomes of its
             // own, a record's claim is judged against them before the memory decides
@@ -204,9 +213,17 @@ impl<E: Exchange> Robot<E> {
                     .insert(&key.model, key.fingerprint, &record.sketch)
                     .map_err(SimError::Sketch)?;
             }
+            if self.node.is_some() {
+                fed.push((key.clone(), record.clone()));
+            }
             if self.memory.ingest(&key, record) == Ingest::Stored {
                 scene.ingested += 1;
             }
+        }
+        // A node robot's node gets the same records: those at a new address answer its
+        // first-encounter fetch, the others go into its record channel.
+        if let Some(node) = &mut self.node {
+            node.deliver(first.then_some(fp), fed)?;
         }
         Ok(first)
     }
@@ -253,6 +270,9 @@ impl<E: Exchange> Robot<E> {
         let predicted = situation.predict();
         let x = DVector::from_row_slice(&predicted);
         let trust = &self.trust;
+        // The node has no trust book: its in-process twin weighs every source 1 too, so
+        // the two priors can be compared.
+        let on_node = self.node.is_some();
         let qis = self.memory.prior(
             &scene.synthesis,
             &scene.model,
@@ -260,9 +280,41 @@ impl<E: Exchange> Robot<E> {
             &near,
             &x,
             None,
-            &|s| trust.trust(s),
+            &|s| if on_node { 1.0 } else { trust.trust(s) },
             now,
         )?;
+        let mut qis_state = [0.0; STATE_DIM];
+        for (q, v) in qis_state.iter_mut().zip(qis.state.iter()) {
+            *q = *v;
+        }
+        let episode_id = format!("{}-{round}", self.source);
+        if let Some(node) = &mut self.node {
+            let p = Prediction {
+                episode_id: episode_id.clone(),
+                model_id: scene.model.as_str().to_owned(),
+                scenario: Scenario {
+                    tags: tags.to_vec(),
+                    feature_names: scene.feature_names.clone(),
+                    features: features.to_vec(),
+                    embedding: Vec::new(),
+                },
+                state: predicted.to_vec(),
+                ..Prediction::default()
+            };
+            let prior = node.predict(now, &p)?;
+            if prior.state.len() != STATE_DIM {
+                return Err(SimError::Ros(format!(
+                    "corrected prior of {episode_id} has {} components",
+                    prior.state.len()
+                )));
+            }
+            let mut diff = 0.0_f64;
+            for d in 0..STATE_DIM {
+                diff = diff.max(((prior.state[d] - qis_state[d]) / STATE_SCALE[d]).abs());
+                qis_state[d] = prior.state[d];
+            }
+            node.compare(diff);
+        }
         let own = self
             .memory
             .address(&scene.model, &fp)
@@ -277,13 +329,18 @@ impl<E: Exchange> Robot<E> {
             predictions[RAW] = predicted;
             for d in 0..STATE_DIM {
                 predictions[LOCAL][d] = local[d];
-                predictions[QIS][d] = qis.state[d];
+                predictions[QIS][d] = qis_state[d];
                 predictions[ORACLE][d] = central[d];
             }
             let first_support = first.then(|| scene.oracle.count(&fp));
             scene
                 .metrics
                 .add(round, &predictions, &measured, first_support);
+            if on_node {
+                scene
+                    .node_metrics
+                    .add(round, &predictions, &measured, first_support);
+            }
         }
 
         let mut residual = [0.0; STATE_DIM];
@@ -317,20 +374,43 @@ impl<E: Exchange> Robot<E> {
         let record = self
             .memory
             .record_outcome(&scene.model, fp, sketch, &residual, now)?;
+        let key = RecordKey {
+            model: scene.model.clone(),
+            fingerprint: fp,
+            source: self.source.clone(),
+        };
+        // A node robot shares what its node handed to its fleet port (its own memory
+        // above only serves the local-only baseline and the comparison).
+        let shared = match &mut self.node {
+            Some(node) => {
+                let o = Outcome {
+                    episode_id,
+                    state: measured.to_vec(),
+                    ..Outcome::default()
+                };
+                node.outcome(&o)?.1.pop()
+            }
+            None => Some((key, record)),
+        };
         // Bandwidth budget: republish only when the own count grew by the configured
         // factor since the last publication (1, 2, 3, 4, 5, 7, 9, ... for 1.25).
-        let count = record.summary.count();
-        let known = self.known.entry(fp).or_default();
-        if known.published_count == 0
-            || count as f64 >= known.published_count as f64 * scene.config.republish_growth
-        {
-            known.published_count = count;
-            let key = RecordKey {
-                model: scene.model.clone(),
-                fingerprint: fp,
-                source: self.source.clone(),
-            };
-            self.exchange.publish(&key, &record)?;
+        if let Some((key, record)) = shared {
+            let count = record.summary.count();
+            let known = self.known.entry(fp).or_default();
+            if known.published_count == 0
+                || count as f64 >= known.published_count as f64 * scene.config.republish_growth
+            {
+                known.published_count = count;
+                self.exchange.publish(&key, &record)?;
+                if let Some(node) = &mut self.node {
+                    node.count_published();
+                }
+            }
+        }
+        if let Some(node) = &mut self.node {
+            for (model, f) in node.interests() {
+                self.exchange.follow(&model, f)?;
+            }
         }
         Ok(())
     }
@@ -381,6 +461,7 @@ fn spawn<N: Network>(
             inbox: Vec::new(),
             trust: TrustBook::new(config.trust_tolerance),
             neighbors: (config.neighbors > 0).then(NeighborIndex::new),
+            node: None,
         });
     }
     Ok(robots)
@@ -414,13 +495,41 @@ pub fn simulate_on<N: Network>(
         ),
         oracle: Oracle::default(),
         metrics: Metrics::new(rounds, config.windows, warmup),
+        node_metrics: Metrics::new(rounds, config.windows, warmup),
         sketches: HashMap::new(),
         attack_offset: STATE_SCALE.map(|s| s * config.attack_bias),
         refollow_ns: (config.refollow_s * 1e9) as i64,
         ingested: 0,
         synthesis,
     };
+    // Declared before the robots: their nodes shut down before the router closes.
+    let mut ros_nodes: Option<RosNodes> = None;
     let mut robots = spawn(network, config, scene.synthesis.decay())?;
+    if config.ros_robots > 0 {
+        let nodes = ros_nodes.insert(RosNodes::start()?);
+        let params = RosNodes::params(config);
+        // The last robots present the whole run and honest: their episodes come late in
+        // each round, after most of the fleet has published.
+        let mut picked = 0;
+        for robot in robots.iter_mut().rev() {
+            if picked == config.ros_robots {
+                break;
+            }
+            if robot.join_round == 0 && robot.leave_round == usize::MAX && !robot.attacker {
+                robot.node = Some(Box::new(nodes.attach(&robot.source, params.clone())?));
+                picked += 1;
+            }
+        }
+        if picked < config.ros_robots {
+            // A small fleet may have fewer such robots: run with those (the report
+            // counts the node robots that actually ran).
+            tracing::warn!(
+                asked = config.ros_robots,
+                picked,
+                "sim: fewer robots stay the whole run than --ros-robots asks"
+            );
+        }
+    }
     let interval_ns = (config.episode_interval_s * 1e9) as i64;
     let n = robots.len().max(1) as i64;
     for round in 0..rounds {
@@ -430,6 +539,9 @@ pub fn simulate_on<N: Network>(
             }
             if round == robot.leave_round {
                 robot.exchange.leave();
+                if let Some(node) = &mut robot.node {
+                    node.shutdown();
+                }
             }
             if round >= robot.leave_round {
                 continue;
@@ -441,7 +553,15 @@ pub fn simulate_on<N: Network>(
         network.end_round()?;
         progress(round + 1);
     }
-    Ok(tally(network, config, &robots, scene))
+    let outcome = tally(network, config, &robots, scene);
+    for robot in &mut robots {
+        if let Some(node) = &mut robot.node {
+            node.shutdown();
+        }
+    }
+    drop(robots);
+    drop(ros_nodes);
+    Ok(outcome)
 }
 
 /// The end-of-run figures: traffic of the honest robots, memory of those still present.
@@ -490,6 +610,16 @@ fn tally<N: Network>(
         memory.mean_addresses = sum_addr as f64 / k;
     }
     let stored = network.stored().unwrap_or_default();
+    let ros = robots.iter().any(|r| r.node.is_some()).then(|| {
+        let mut f = ros_node::figures(robots.iter().filter_map(|r| r.node.as_deref()));
+        let b = scene.node_metrics.results();
+        f.first_encounters = scene.node_metrics.first_encounters();
+        f.qis_rmse_first_encounter = b[QIS].rmse_first_encounter;
+        f.raw_rmse_first_encounter = b[RAW].rmse_first_encounter;
+        f.qis_rmse_after_warmup = b[QIS].rmse_after_warmup;
+        f.raw_rmse_after_warmup = b[RAW].rmse_after_warmup;
+        f
+    });
     RunOutcome {
         classes: scene.oracle.classes(),
         ingested: scene.ingested,
@@ -501,5 +631,6 @@ fn tally<N: Network>(
         bus_records: stored.0,
         bus_bytes: stored.1,
         propagation: network.propagation(),
+        ros,
     }
 }

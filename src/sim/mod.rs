@@ -17,6 +17,7 @@ pub mod exchange;
 pub mod fleet;
 pub mod plot;
 pub mod report;
+pub mod ros_node;
 pub mod trust;
 pub mod world;
 pub mod zenoh_net;
@@ -106,6 +107,9 @@ pub enum SimError {
     /// Serializing results failed.
     #[error("serializing results: {0}")]
     Json(#[from] serde_json::Error),
+    /// A robot running through `qis_node` failed (node, topics, router).
+    #[error("qis_node robot: {0}")]
+    Ros(String),
     /// Drawing the plot failed.
     #[error("plotting {path}: {reason}")]
     Plot {
@@ -158,6 +162,9 @@ pub struct SimConfig {
     /// Robots on real Zenoh sessions (the first ones to connect); the others, and all
     /// when 0, on the in-process bus.
     pub zenoh_robots: usize,
+    /// Robots whose prediction/outcome loop runs through a real `qis_node` over ROS 2
+    /// topics (the last ones present the whole run; 0 = none).
+    pub ros_robots: usize,
     /// Synthesis settings shared by qis, local-only and the oracle.
     #[serde(skip)]
     pub synthesis: SynthesisConfig,
@@ -185,6 +192,7 @@ impl Default for SimConfig {
             windows: 20,
             warmup_fraction: 0.25,
             zenoh_robots: 0,
+            ros_robots: 0,
             synthesis: SynthesisConfig {
                 prior_strength: SIM_PRIOR_STRENGTH,
                 ..SynthesisConfig::default()
@@ -246,6 +254,9 @@ impl SimConfig {
         }
         if self.zenoh_robots > self.robots {
             return bad("zenoh_robots", "must be at most robots");
+        }
+        if self.ros_robots > self.robots {
+            return bad("ros_robots", "must be at most robots");
         }
         if self.windows == 0 {
             return bad("windows", "must be at least 1");

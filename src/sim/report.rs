@@ -152,6 +152,8 @@ pub struct SimReport {
     pub storage_bytes: usize,
     /// Propagation measured over real Zenoh (`None` on the bus, whose delay is configured).
     pub propagation: Option<Propagation>,
+    /// The robots whose loop ran through `qis_node` over ROS 2 topics, if any.
+    pub ros: Option<super::ros_node::RosFigures>,
     /// Attack scenario, when `attackers` > 0.
     pub attack: Option<AttackFigures>,
     /// Machine-dependent figures.
@@ -247,6 +249,7 @@ impl SimReport {
             storage_records: run.bus_records,
             storage_bytes: run.bus_bytes,
             propagation: run.propagation,
+            ros: run.ros.clone(),
             attack,
             process: ProcessFigures {
                 wall_s,
@@ -386,6 +389,30 @@ impl SimReport {
                     c.delay_ms
                 );
             }
+        }
+        if let Some(r) = &self.ros {
+            let _ = writeln!(
+                s,
+                "through qis_node over ROS topics: {} robots, {} episodes, round trip prediction -> corrected_prior p50 {:.2} ms / p99 {:.2} ms (outcome -> discrepancy p50 {:.2} ms); fleet port: {} records shared into the exchange, {} received records fed in, {} first-encounter fetches; node prior vs in-process prior max diff {:.1e}",
+                r.robots,
+                r.episodes,
+                r.round_trip_p50_ms,
+                r.round_trip_p99_ms,
+                r.outcome_p50_ms,
+                r.records_published,
+                r.records_fed,
+                r.fetches,
+                r.max_prior_diff
+            );
+            let _ = writeln!(
+                s,
+                "  node robots' RMSE: first encounters ({}) corrected {:.3} vs raw {:.3}; after warm-up corrected {:.3} vs raw {:.3}",
+                r.first_encounters,
+                r.qis_rmse_first_encounter,
+                r.raw_rmse_first_encounter,
+                r.qis_rmse_after_warmup,
+                r.raw_rmse_after_warmup
+            );
         }
         let m = &self.memory;
         let _ = writeln!(
