@@ -430,6 +430,10 @@ fn spawn_qis_node(
         .args(["node", "--connect", router, "--listen", "tcp/127.0.0.1:0"])
         .args(["--ros-args", "-r", &format!("__ns:={ns}")])
         .args(["-p", &format!("source_id:={source}")])
+        // Generous bounds so a loaded machine cannot turn the first-encounter fetch into
+        // an uncorrected answer (they bound waits; nothing here measures speed).
+        .args(["-p", "first_encounter_wait_s:=20.0"])
+        .args(["-p", "exchange.query_timeout_ms:=10000"])
         .args(["-p", &format!("store_path:={}", store.display())])
         .args([
             "-p",

@@ -20,6 +20,8 @@ pub const DEFAULT_DIAGNOSTICS_PERIOD_S: f64 = 1.0;
 pub const DEFAULT_NEIGHBORS_K: usize = 8;
 /// Default own outcomes at an address before its record is shared (privacy budget).
 pub const DEFAULT_MIN_COUNT_TO_SHARE: u64 = 1;
+/// Default longest wait of a first prediction for the fleet's answer, seconds.
+pub const DEFAULT_FIRST_ENCOUNTER_WAIT_S: f64 = 1.0;
 /// Default fleet name.
 pub const DEFAULT_FLEET: &str = "default";
 
@@ -43,6 +45,9 @@ pub struct NodeParams {
     pub neighbors_k: usize,
     /// Own outcomes needed at an address before its record is shared with the fleet.
     pub min_count_to_share: u64,
+    /// Longest the first prediction at an unknown address waits for the fleet's answer,
+    /// seconds (0 = never wait: answer uncorrected, records count from the next one).
+    pub first_encounter_wait_s: f64,
     /// Follow `/clock` instead of the system clock (ROS 2 standard parameter).
     pub use_sim_time: bool,
     /// How scenarios become addresses.
@@ -74,6 +79,7 @@ impl Default for NodeParams {
             diagnostics_period_s: DEFAULT_DIAGNOSTICS_PERIOD_S,
             neighbors_k: DEFAULT_NEIGHBORS_K,
             min_count_to_share: DEFAULT_MIN_COUNT_TO_SHARE,
+            first_encounter_wait_s: DEFAULT_FIRST_ENCOUNTER_WAIT_S,
             use_sim_time: false,
             fingerprint: FingerprintConfig::default(),
             synthesis: SynthesisConfig::default(),
@@ -129,6 +135,14 @@ impl NodeParams {
         };
         positive("pending_timeout_s", self.pending_timeout_s)?;
         positive("diagnostics_period_s", self.diagnostics_period_s)?;
+        if !(self.first_encounter_wait_s.is_finite()
+            && (0.0..=60.0).contains(&self.first_encounter_wait_s))
+        {
+            return Err(ParamError::new(
+                "first_encounter_wait_s",
+                format!("must be in 0..=60, got {}", self.first_encounter_wait_s),
+            ));
+        }
         if self.store.max_received_records == 0 {
             return Err(ParamError::new(
                 "store.max_received_records",

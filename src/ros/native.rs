@@ -132,18 +132,21 @@ impl RejectLog {
     }
 }
 
-/// Longest a first prediction at an address waits for the fleet's answer.
-pub const FIRST_ENCOUNTER_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
-
 /// Asks the fleet about an address met for the first time and merges the answer before
 /// the prediction is answered; without an answer in time the prediction goes on
 /// uncorrected (records that arrive later still count for the next one).
-async fn fetch_first(logic: &Shared, fleet: &dyn FleetPort, model: &ModelId, fp: &Fingerprint) {
+async fn fetch_first(
+    logic: &Shared,
+    fleet: &dyn FleetPort,
+    model: &ModelId,
+    fp: &Fingerprint,
+    wait: Duration,
+) {
     let Some(rx) = fleet.fetch(model, fp) else {
         fleet.interest(model, fp);
         return;
     };
-    match tokio::time::timeout(FIRST_ENCOUNTER_WAIT, rx).await {
+    match tokio::time::timeout(wait, rx).await {
         Ok(Ok(found)) => {
             let mut l = lock(logic);
             for (key, record) in found {
@@ -209,6 +212,7 @@ impl NativeNode {
         )?;
         let node = Arc::new(node);
         let params = logic.params().clone();
+        let first_wait = Duration::from_secs_f64(params.first_encounter_wait_s);
         let clock = NodeClock {
             sim: params.use_sim_time.then(|| Arc::new(AtomicI64::new(0))),
         };
@@ -278,7 +282,7 @@ impl NativeNode {
                     };
                     let first = lock(&logic).first_encounter(&p);
                     if let Some((model, fp)) = first {
-                        fetch_first(&logic, fleet.as_ref(), &model, &fp).await;
+                        fetch_first(&logic, fleet.as_ref(), &model, &fp, first_wait).await;
                     }
                     let (result, interests) = {
                         let mut l = lock(&logic);
