@@ -20,6 +20,16 @@ pub trait FleetPort: Send + Sync {
     /// restart does not lose its outcomes. Default: nothing to keep.
     fn keep(&self, _key: &RecordKey, _record: &OutcomeRecord) {}
 
+    /// Hands over the own record of a paired outcome: shared when `share` (the privacy
+    /// budget is reached), else only kept.
+    fn own_record(&self, key: &RecordKey, record: &OutcomeRecord, share: bool) {
+        if share {
+            self.publish(key, record);
+        } else {
+            self.keep(key, record);
+        }
+    }
+
     /// The node met an address it holds nothing about: the exchange should ask the fleet
     /// for it once and keep it fresh (DESIGN 1, step 3). Default: nothing to do.
     fn interest(&self, _model: &ModelId, _fingerprint: &Fingerprint) {}

@@ -322,11 +322,7 @@ impl NativeNode {
                     match result {
                         Ok(effect) => {
                             let (key, record) = &effect.own_record;
-                            if effect.share {
-                                fleet.publish(key, record);
-                            } else {
-                                fleet.keep(key, record);
-                            }
+                            fleet.own_record(key, record, effect.share);
                             if let Err(e) = disc_pub.async_publish(&effect.discrepancy).await {
                                 tracing::error!(episode_id = %o.episode_id, "publishing discrepancy: {e}");
                             }

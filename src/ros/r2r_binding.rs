@@ -165,11 +165,7 @@ pub async fn run(
                 match r {
                     Ok(effect) => {
                         let (key, record) = &effect.own_record;
-                        if effect.share {
-                            fleet.publish(key, record);
-                        } else {
-                            fleet.keep(key, record);
-                        }
+                        fleet.own_record(key, record, effect.share);
                         if let Err(e) = disc_pub.publish_raw(&effect.discrepancy.serialize()) {
                             tracing::error!("publishing discrepancy: {e}");
                         }
