@@ -538,7 +538,9 @@ async fn qis_node_processes_share_outcomes_over_the_fleet_and_survive_sigkill() 
     a.start_kill().unwrap();
     a.wait().await.unwrap();
     drop(ra);
-    let _a2 = spawn_qis_node(&endpoint, "/pa", "robot-a", &store_a, pa, pb);
+    // A new fleet port: the identity of a robot is its store and source id, and the
+    // killed process's port may still be held by the kernel for a moment.
+    let _a2 = spawn_qis_node(&endpoint, "/pa", "robot-a", &store_a, free_port(), pb);
     let ra = Robot::new(&driver, "/pa").await;
     let (prior, _) = ra
         .episode(&prediction("a-after", "road=ice", &[1.0, 0.0]), &[1.8, 0.0])
