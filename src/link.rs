@@ -55,6 +55,28 @@ pub struct FleetLink {
 type Interest = (ModelId, Fingerprint, Option<oneshot::Sender<Vec<Received>>>);
 
 impl FleetLink {
+    /// Queues an address for the fleet task; false when it was not queued. Without an
+    /// exchange (queue closed) nothing is asked and nothing counted as dropped.
+    fn ask(
+        &self,
+        model: &ModelId,
+        fingerprint: &Fingerprint,
+        reply: Option<oneshot::Sender<Vec<Received>>>,
+    ) -> bool {
+        match self
+            .interests
+            .try_send((model.clone(), *fingerprint, reply))
+        {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.stats.interests_dropped.fetch_add(1, Ordering::Relaxed);
+                debug!(%fingerprint, "fleet interest queue full: address left to anti-entropy");
+                false
+            }
+        }
+    }
+
     fn queue_own(&self, key: &RecordKey, record: &OutcomeRecord, share: bool) {
         let mut pending = self
             .pending_own
@@ -82,14 +104,7 @@ impl FleetPort for FleetLink {
     }
 
     fn interest(&self, model: &ModelId, fingerprint: &Fingerprint) {
-        if self
-            .interests
-            .try_send((model.clone(), *fingerprint, None))
-            .is_err()
-        {
-            self.stats.interests_dropped.fetch_add(1, Ordering::Relaxed);
-            debug!(%fingerprint, "fleet interest queue full: address left to anti-entropy");
-        }
+        self.ask(model, fingerprint, None);
     }
 
     fn fetch(
@@ -98,15 +113,7 @@ impl FleetPort for FleetLink {
         fingerprint: &Fingerprint,
     ) -> Option<oneshot::Receiver<Vec<Received>>> {
         let (tx, rx) = oneshot::channel();
-        if self
-            .interests
-            .try_send((model.clone(), *fingerprint, Some(tx)))
-            .is_err()
-        {
-            self.stats.interests_dropped.fetch_add(1, Ordering::Relaxed);
-            return None;
-        }
-        Some(rx)
+        self.ask(model, fingerprint, Some(tx)).then_some(rx)
     }
 }
 
@@ -135,10 +142,7 @@ impl FleetLink {
         restored_own: &[(RecordKey, OutcomeRecord)],
         node_capacity: usize,
     ) -> (RunningLink, mpsc::Receiver<Received>) {
-        let (exchange, from_fleet) = match exchange {
-            Some((e, rx)) => (Some(e), Some(rx)),
-            None => (None, None),
-        };
+        let (exchange, from_fleet) = exchange.unzip();
         for (key, record) in restored_own {
             if let Some(Err(e)) = exchange.as_ref().map(|x| x.serve_own(key, record)) {
                 warn!(fingerprint = %key.fingerprint, "serving a restored record: {e}");
