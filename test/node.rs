@@ -542,9 +542,21 @@ async fn qis_node_processes_share_outcomes_over_the_fleet_and_survive_sigkill() 
     // killed process's port may still be held by the kernel for a moment.
     let _a2 = spawn_qis_node(&endpoint, "/pa", "robot-a", &store_a, free_port(), pb);
     let ra = Robot::new(&driver, "/pa").await;
-    let (prior, _) = ra
-        .episode(&prediction("a-after", "road=ice", &[1.0, 0.0]), &[1.8, 0.0])
-        .await;
+    // The killed node's graph entries can outlive it for a moment, so "matched" may still
+    // mean the dead subscriber: send fresh episodes until the new node answers one.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let prior = loop {
+        let p = prediction(&format!("a-after-{}", free_port()), "road=ice", &[1.0, 0.0]);
+        ra.pred.async_publish(&p).await.unwrap();
+        let answer = tokio::time::timeout(std::time::Duration::from_secs(2), ra.prior.async_recv());
+        if let Ok(Ok(prior)) = answer.await {
+            break prior;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "restarted node never answered"
+        );
+    };
     assert!(prior.support >= 10, "restored support {}", prior.support);
     assert!(
         prior.support <= 11,
