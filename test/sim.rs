@@ -85,8 +85,10 @@ fn memory_per_node_respects_its_bound() {
 
 #[test]
 fn poisoned_records_are_measured_against_the_same_episodes_without_attack() {
+    // Without the plausibility gate, a huge bias reaches the honest robots.
     let config = SimConfig {
         attackers: 0.15,
+        plausibility_margin: 0.0,
         ..small(9)
     };
     let r = simulate(&config);
@@ -103,6 +105,55 @@ fn poisoned_records_are_measured_against_the_same_episodes_without_attack() {
         a.qis_rmse_clean
     );
     assert!(a.qis_rmse_clean < a.raw_rmse);
+    assert!(r.synthesis.max_residual.is_empty());
+}
+
+#[test]
+fn the_plausibility_gate_and_trust_contain_the_attack() {
+    let config = SimConfig {
+        attackers: 0.15,
+        ..small(9)
+    };
+    let r = simulate(&config);
+    assert_eq!(
+        r.synthesis.max_residual.len(),
+        4,
+        "the gate is on by default"
+    );
+    let a = r.attack.expect("attack figures are reported");
+    assert!(
+        a.attacked_over_clean.met,
+        "huge residuals are gated: {} -> {}",
+        a.qis_rmse_clean, a.qis_rmse_attacked
+    );
+    // Trust earned from outcomes: the attackers' weight falls over the run, and falls
+    // below the honest robots'.
+    let (first, last) = (a.trust_curve[0], a.trust_curve[a.trust_curve.len() - 1]);
+    assert!(
+        last.attackers < 0.8 * first.attackers && last.attackers < last.honest,
+        "{:?}",
+        a.trust_curve
+    );
+    // A bias inside the gate is not stopped by it: there the median/MAD test and trust
+    // carry the defence (their figures on the 600-robot fleet: docs/BENCHMARKS.md).
+    let subtle = simulate(&SimConfig {
+        attack_bias: 5.0,
+        ..config
+    });
+    let s = subtle.attack.expect("attack figures are reported");
+    assert!(
+        s.qis_rmse_attacked > s.qis_rmse_clean,
+        "a subtle bias gets through the gate"
+    );
+    eprintln!(
+        "gated huge bias: {:.3} -> {:.3}; subtle bias: {:.3} -> {:.3}; trust in attackers {:.3} -> {:.3}",
+        a.qis_rmse_clean,
+        a.qis_rmse_attacked,
+        s.qis_rmse_clean,
+        s.qis_rmse_attacked,
+        first.attackers,
+        last.attackers
+    );
 }
 
 #[test]

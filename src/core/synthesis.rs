@@ -37,6 +37,10 @@ pub struct SynthesisConfig {
     pub half_life_s: f64,
     /// Largest correction per state dimension (one value for all, or one per dimension); empty = unbounded.
     pub max_correction: Vec<f64>,
+    /// Plausibility gate: largest mean residual a source may claim per state dimension
+    /// (one value for all, or one per dimension); a source claiming more is left out
+    /// entirely. Empty = no gate.
+    pub max_residual: Vec<f64>,
     /// Variance per dimension used when the prediction carries no covariance.
     pub default_variance: f64,
 }
@@ -53,6 +57,7 @@ impl Default for SynthesisConfig {
             outlier_z: 3.0,
             half_life_s: 24.0 * 3600.0,
             max_correction: Vec::new(),
+            max_residual: Vec::new(),
             default_variance: 1.0,
         }
     }
@@ -97,17 +102,26 @@ impl SynthesisConfig {
                 reason: "must be finite and >= 0 (0 = no decay)",
             });
         }
-        if self
-            .max_correction
-            .iter()
-            .any(|b| !(b.is_finite() && *b >= 0.0))
-        {
-            return Err(SynthesisConfigError {
-                field: "max_correction",
-                reason: "every bound must be finite and >= 0",
-            });
+        for (field, bounds) in [
+            ("max_correction", &self.max_correction),
+            ("max_residual", &self.max_residual),
+        ] {
+            if bounds.iter().any(|b| !(b.is_finite() && *b >= 0.0)) {
+                return Err(SynthesisConfigError {
+                    field,
+                    reason: "every bound must be finite and >= 0",
+                });
+            }
         }
         Ok(())
+    }
+
+    /// Whether a source claiming this mean residual passes the plausibility gate
+    /// (`max_residual`); always true without a gate.
+    pub fn plausible(&self, mean: &[f64]) -> bool {
+        mean.iter()
+            .enumerate()
+            .all(|(i, m)| m.abs() <= per_dimension(&self.max_residual, i))
     }
 
     /// The decay implied by `half_life_s`.
@@ -116,15 +130,21 @@ impl SynthesisConfig {
     }
 
     fn bound(&self, i: usize) -> f64 {
-        match self.max_correction.len() {
-            0 => f64::INFINITY,
-            1 => self.max_correction[0],
-            n => self
-                .max_correction
-                .get(i)
-                .copied()
-                .unwrap_or(self.max_correction[n - 1]),
-        }
+        per_dimension(&self.max_correction, i)
+    }
+}
+
+/// The bound for dimension `i` of a per-dimension list (one value = all dimensions, a
+/// short list repeats its last value, empty = unbounded).
+fn per_dimension(bounds: &[f64], i: usize) -> f64 {
+    match bounds {
+        [] => f64::INFINITY,
+        [all] => *all,
+        _ => bounds
+            .get(i)
+            .or(bounds.last())
+            .copied()
+            .unwrap_or(f64::INFINITY),
     }
 }
 
@@ -264,10 +284,19 @@ pub fn estimate(
         }
     }
     let decay = config.decay();
-    // One exp per source: the decayed weights feed both the support test and the weights.
+    // One exp per source: the decayed weights feed both the support test and the
+    // weights. A source failing the plausibility gate counts for nothing, not even as
+    // support that would stop neighbors from being borrowed.
+    let gated = !config.max_residual.is_empty();
     let mut weights: Vec<f64> = contributions
         .iter()
-        .map(|c| c.summary.weight() * decay.factor(c.summary.last_ns(), now_ns))
+        .map(|c| {
+            if gated && !config.plausible(c.summary.mean().as_slice()) {
+                0.0
+            } else {
+                c.summary.weight() * decay.factor(c.summary.last_ns(), now_ns)
+            }
+        })
         .collect();
     let exact_support: f64 = contributions
         .iter()
@@ -607,6 +636,50 @@ mod tests {
         };
         let p = synthesize(&cfg, &x, None, &[distrusted], 0).unwrap();
         assert_eq!(p.matched, Match::None);
+    }
+
+    #[test]
+    fn implausible_sources_are_left_out_and_do_not_count_as_support() {
+        let mut rng = Normal(6);
+        let honest = source(&[2.0, -1.0], 0.1, 3, &mut rng);
+        let liar = source(&[40.0, 0.0], 0.1, 50, &mut rng);
+        let near = source(&[2.5, -1.0], 0.1, 10, &mut rng);
+        let cfg = SynthesisConfig {
+            max_residual: vec![10.0, 5.0],
+            min_support: 5.0,
+            ..config()
+        };
+        assert!(cfg.plausible(&[9.9, -4.9]) && !cfg.plausible(&[0.0, 5.1]));
+        assert!(config().plausible(&[1e300]), "no gate: everything passes");
+        let x = DVector::zeros(2);
+        let neighbor = Contribution {
+            similarity: 0.9,
+            exact: false,
+            ..exact(&near)
+        };
+        let p = synthesize(&cfg, &x, None, &[exact(&honest), exact(&liar), neighbor], 0).unwrap();
+        assert_eq!(p.weights[1], 0.0, "the liar weighs nothing");
+        assert_eq!(p.support, 13, "the honest source and the borrowed neighbor");
+        assert_eq!(
+            p.matched,
+            Match::Neighbor,
+            "the liar's 50 outcomes are not support"
+        );
+        assert!(
+            p.correction[0] > 1.5 && p.correction[0] < 2.6,
+            "{}",
+            p.correction[0]
+        );
+        let ungated = synthesize(&config(), &x, None, &[exact(&honest), exact(&liar)], 0).unwrap();
+        assert!(
+            ungated.correction[0] > 2.6,
+            "without the gate the liar pulls it"
+        );
+        let bad = SynthesisConfig {
+            max_residual: vec![-1.0],
+            ..config()
+        };
+        assert_eq!(bad.validate().unwrap_err().field, "max_residual");
     }
 
     #[test]

@@ -77,6 +77,9 @@ pub struct Counters {
     pub records_published: u64,
     /// Fleet records stored in the memory.
     pub records_received: u64,
+    /// Fleet records whose claim fails the plausibility gate (`synthesis.max_residual`):
+    /// kept, so the store stays in step with the fleet, but given no weight.
+    pub records_implausible: u64,
     /// Pending predictions dropped because `max_pending` was reached.
     pub pending_evicted: u64,
     /// Pending predictions dropped after `pending_timeout_s`.
@@ -145,6 +148,10 @@ impl Report {
             ),
             ("records_published".into(), c.records_published.to_string()),
             ("records_received".into(), c.records_received.to_string()),
+            (
+                "records_implausible".into(),
+                c.records_implausible.to_string(),
+            ),
             ("raw_error_sum".into(), format!("{:.6}", c.raw_error_sum)),
             (
                 "corrected_error_sum".into(),

@@ -344,10 +344,19 @@ impl NodeLogic {
     /// Merges a record received from the fleet.
     pub fn on_record(&mut self, key: &RecordKey, record: OutcomeRecord) -> Ingest {
         let sketch = record.sketch;
+        // Counted only for records the memory stores, so a replay is not counted twice.
+        let implausible = !self
+            .params
+            .synthesis
+            .plausible(record.summary.mean().as_slice());
         let r = self.memory.ingest(key, record);
         match r {
             Ingest::Stored => {
                 self.counters.records_received += 1;
+                if implausible {
+                    self.counters.records_implausible += 1;
+                    tracing::debug!(source = %key.source, fingerprint = %key.fingerprint, "fleet record beyond the plausibility gate: kept, given no weight");
+                }
                 self.index(&key.model, key.fingerprint, &sketch);
             }
             // A replay of what is held is the normal result of anti-entropy, not an error.

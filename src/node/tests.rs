@@ -92,6 +92,37 @@ fn first_prediction_is_unchanged_then_learns_the_bias() {
 }
 
 #[test]
+fn records_beyond_the_plausibility_gate_are_counted_and_given_no_weight() {
+    let mut liar = node("robot-l", NodeParams::default());
+    let mut params = NodeParams::default();
+    params.synthesis.max_residual = vec![5.0];
+    let mut b = node("robot-b", params);
+    let effects = learn(&mut liar, "road=ice", 20, 50.0, 0);
+    let (key, rec) = effects
+        .last()
+        .unwrap()
+        .record_to_publish()
+        .cloned()
+        .unwrap();
+    assert_eq!(
+        b.on_record(&key, rec.clone()),
+        crate::core::memory::Ingest::Stored
+    );
+    assert_eq!(b.on_record(&key, rec), crate::core::memory::Ingest::Stale);
+    let p = b
+        .on_prediction(&prediction("b0", "road=ice", &[1.0, 2.0]), 30 * S)
+        .unwrap();
+    assert_eq!(
+        p.state,
+        vec![1.0, 2.0],
+        "the claim of a 50 m error is ignored"
+    );
+    assert_eq!(p.r#match, crate::ros::msgs::CorrectedPrior::MATCH_NONE);
+    let c = b.report().counters;
+    assert_eq!((c.records_received, c.records_implausible), (1, 1));
+}
+
+#[test]
 fn fleet_records_correct_another_robots_first_encounter() {
     let mut a = node("robot-a", NodeParams::default());
     let mut b = node("robot-b", NodeParams::default());
@@ -115,6 +146,7 @@ fn fleet_records_correct_another_robots_first_encounter() {
     assert_eq!(p.sources, 1);
     assert!(p.correction[0] < -0.7, "{:?}", p.correction);
     assert_eq!(b.report().counters.records_received, 1);
+    assert_eq!(b.report().counters.records_implausible, 0);
     let q = b.query(
         &QueryRequest {
             scenario: scenario("road=ice"),

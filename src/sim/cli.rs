@@ -44,6 +44,14 @@ pub struct SimArgs {
     /// without the attack on the same episodes.
     #[arg(long, default_value_t = 0.0)]
     pub attackers: f64,
+    /// Bias an attacker adds to every residual it publishes, in units of each component's
+    /// scale (50 = huge, 2 = subtle).
+    #[arg(long, default_value_t = SimConfig::default().attack_bias, allow_hyphen_values = true)]
+    pub attack_bias: f64,
+    /// Plausibility gate: sources claiming a mean residual beyond this multiple of the
+    /// world model's validation envelope are left out (`synthesis.max_residual`); 0 = no gate.
+    #[arg(long, default_value_t = SimConfig::default().plausibility_margin)]
+    pub plausibility_margin: f64,
     /// Exchange: zenoh = every robot on its own real Zenoh session (clients of one
     /// in-process router with storage, 127.0.0.1 only); bus = the in-process exchange;
     /// auto = the first --zenoh-robots robots on Zenoh and the rest on the bus (records
@@ -110,6 +118,8 @@ impl SimArgs {
             robots: self.robots,
             episodes: self.episodes,
             attackers: self.attackers,
+            attack_bias: self.attack_bias,
+            plausibility_margin: self.plausibility_margin,
             delay_ms: self.delay_ms,
             max_sources_per_address: self.max_sources,
             max_received_records: self.max_received_records,

@@ -99,6 +99,50 @@ pub struct RunOutcome {
     pub propagation: Option<Propagation>,
     /// The robots that ran through `qis_node` over ROS topics, if any.
     pub ros: Option<RosFigures>,
+    /// How much honest robots trust attackers and honest sources, at the end of each
+    /// window (empty without attackers).
+    pub trust_curve: Vec<TrustPoint>,
+}
+
+/// Mean trust honest robots give at one moment (unknown sources count 1, as in the
+/// synthesis).
+#[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize)]
+pub struct TrustPoint {
+    /// Rounds done.
+    pub round: usize,
+    /// Mean trust in the attackers' sources.
+    pub attackers: f64,
+    /// Mean trust in other honest robots' sources.
+    pub honest: f64,
+}
+
+/// Mean trust honest robots present at `round` give to the attackers and to the other
+/// honest robots (present or not).
+fn trust_point<E: Exchange>(robots: &[Robot<E>], round: usize) -> TrustPoint {
+    let (mut attackers, mut na, mut honest, mut nh) = (0.0, 0u64, 0.0, 0u64);
+    for judge in robots
+        .iter()
+        .filter(|r| !r.attacker && r.join_round <= round && round < r.leave_round)
+    {
+        for other in robots {
+            if other.source == judge.source {
+                continue;
+            }
+            let t = judge.trust.trust(&other.source);
+            if other.attacker {
+                attackers += t;
+                na += 1;
+            } else {
+                honest += t;
+                nh += 1;
+            }
+        }
+    }
+    TrustPoint {
+        round: round + 1,
+        attackers: attackers / na.max(1) as f64,
+        honest: honest / nh.max(1) as f64,
+    }
 }
 
 /// Estimated heap + inline bytes of one received record held in an [`OutcomeMemory`].
@@ -207,6 +251,12 @@ impl<E: Exchange> Robot<E> {
                     .map(|o| &o.1);
                 self.trust
                     .observe_arrival(&key.source, &record.summary, own, &STATE_SCALE);
+                self.trust.observe_plausibility(
+                    &key.source,
+                    &record.summary,
+                    &scene.synthesis.max_residual,
+                    &STATE_SCALE,
+                );
             }
             if let Some(index) = &mut self.neighbors {
                 index
@@ -532,6 +582,8 @@ pub fn simulate_on<N: Network>(
     }
     let interval_ns = (config.episode_interval_s * 1e9) as i64;
     let n = robots.len().max(1) as i64;
+    let window = (rounds / config.windows).max(1);
+    let mut trust_curve = Vec::new();
     for round in 0..rounds {
         for (i, robot) in robots.iter_mut().enumerate() {
             if round < robot.join_round {
@@ -551,9 +603,13 @@ pub fn simulate_on<N: Network>(
             robot.episode(&mut scene, round, now)?;
         }
         network.end_round()?;
+        if config.attackers > 0.0 && (round + 1) % window == 0 {
+            trust_curve.push(trust_point(&robots, round));
+        }
         progress(round + 1);
     }
-    let outcome = tally(network, config, &robots, scene);
+    let mut outcome = tally(network, config, &robots, scene);
+    outcome.trust_curve = trust_curve;
     for robot in &mut robots {
         if let Some(node) = &mut robot.node {
             node.shutdown();
@@ -632,5 +688,6 @@ fn tally<N: Network>(
         bus_bytes: stored.1,
         propagation: network.propagation(),
         ros,
+        trust_curve: Vec::new(),
     }
 }

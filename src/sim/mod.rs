@@ -22,6 +22,7 @@ pub mod trust;
 pub mod world;
 pub mod zenoh_net;
 
+use rand::SeedableRng;
 use serde::Serialize;
 use thiserror::Error;
 
@@ -151,6 +152,9 @@ pub struct SimConfig {
     pub attackers: f64,
     /// Bias an attacker adds to every residual, in units of each component's scale.
     pub attack_bias: f64,
+    /// The plausibility gate (`synthesis.max_residual`) as a multiple of the world model's
+    /// validation envelope ([`world::residual_envelope`]); 0 = no gate.
+    pub plausibility_margin: f64,
     /// Neighbor addresses borrowed from when exact support is thin (0 = exact only).
     pub neighbors: usize,
     /// Trust tolerance (scale units) of a source's claims against own outcomes; 0 = off.
@@ -187,6 +191,7 @@ impl Default for SimConfig {
             refollow_s: 600.0,
             attackers: 0.0,
             attack_bias: 50.0,
+            plausibility_margin: 1.5,
             neighbors: 0,
             trust_tolerance: 3.0,
             windows: 20,
@@ -249,6 +254,12 @@ impl SimConfig {
         if !(self.trust_tolerance.is_finite() && self.trust_tolerance >= 0.0) {
             return bad("trust_tolerance", "must be finite and >= 0 (0 = off)");
         }
+        if !(self.plausibility_margin.is_finite() && self.plausibility_margin >= 0.0) {
+            return bad(
+                "plausibility_margin",
+                "must be finite and >= 0 (0 = no gate)",
+            );
+        }
         if !self.attack_bias.is_finite() {
             return bad("attack_bias", "must be finite");
         }
@@ -265,10 +276,33 @@ impl SimConfig {
     }
 }
 
+/// Situations drawn per context to measure the world model's validation envelope.
+const ENVELOPE_SAMPLES_PER_CONTEXT: usize = 200;
+
+impl SimConfig {
+    /// These settings with `synthesis.max_residual` set to `plausibility_margin` times
+    /// the world model's validation envelope, unless a gate is already configured or the
+    /// margin is 0. The envelope comes from its own random stream, so it does not shift
+    /// the episodes.
+    pub fn with_plausibility_gate(&self) -> SimConfig {
+        let mut config = self.clone();
+        if self.plausibility_margin > 0.0 && self.synthesis.max_residual.is_empty() {
+            let mut rng = SimRng::seed_from_u64(self.seed ^ 0xE57E_1093);
+            let envelope = world::residual_envelope(ENVELOPE_SAMPLES_PER_CONTEXT, &mut rng);
+            config.synthesis.max_residual = envelope
+                .iter()
+                .map(|e| e * self.plausibility_margin)
+                .collect();
+        }
+        config
+    }
+}
+
 /// Runs the simulation (twice when there are attackers: once without, for reference,
 /// on the same episodes) and gathers the report. `progress` gets the rounds done.
 pub fn run(config: &SimConfig, progress: &mut dyn FnMut(usize)) -> Result<SimReport, SimError> {
     config.validate()?;
+    let config = &config.with_plausibility_gate();
     let started = std::time::Instant::now();
     let outcome = fleet::simulate(config, true, progress)?;
     let wall_s = started.elapsed().as_secs_f64();

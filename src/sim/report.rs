@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use super::baselines::{BaselineResult, LOCAL, ORACLE, QIS, RAW, SUPPORT_BUCKETS};
 use super::exchange::{Propagation, WireStats};
-use super::fleet::{MemoryFigures, RunOutcome};
+use super::fleet::{MemoryFigures, RunOutcome, TrustPoint};
 use super::world::{STATE_NAMES, STATE_SCALE};
 use super::{SimConfig, SimError};
 
@@ -66,8 +66,12 @@ pub struct Targets {
     pub qis_over_oracle: Target,
 }
 
+/// The poisoning target (issue 6): qis RMSE after warm-up under attack at most this
+/// many times the same run's without the attack.
+pub const TARGET_ATTACKED_OVER_CLEAN: f64 = 1.1;
+
 /// An attack scenario's effect on the qis corrected prior.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct AttackFigures {
     /// Robots that published poisoned records.
     pub attackers: usize,
@@ -83,6 +87,10 @@ pub struct AttackFigures {
     pub raw_rmse: f64,
     /// Raw RMSE after warm-up without attack (equal: the same episodes are scored).
     pub raw_rmse_clean: f64,
+    /// qis RMSE after warm-up, attacked / clean, against [`TARGET_ATTACKED_OVER_CLEAN`].
+    pub attacked_over_clean: Target,
+    /// Trust honest robots give attackers and honest sources, per window.
+    pub trust_curve: Vec<TrustPoint>,
 }
 
 /// Process figures (not deterministic: they depend on the machine).
@@ -99,7 +107,7 @@ pub struct ProcessFigures {
 }
 
 /// The synthesis settings of the run (qis, local-only and oracle alike).
-#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct SynthesisFigures {
     /// Prior strength k0.
     pub prior_strength: f64,
@@ -111,6 +119,8 @@ pub struct SynthesisFigures {
     pub outlier_z: f64,
     /// Half-life of an outcome's weight (s).
     pub half_life_s: f64,
+    /// Plausibility gate per state component (`max_residual`, state units); empty = none.
+    pub max_residual: Vec<f64>,
 }
 
 /// Everything a run reports.
@@ -214,6 +224,11 @@ impl SimReport {
                 qis_first_attacked: baselines[QIS].rmse_first_encounter,
                 raw_rmse: baselines[RAW].rmse_after_warmup,
                 raw_rmse_clean: cb[RAW].rmse_after_warmup,
+                attacked_over_clean: Target::new(
+                    baselines[QIS].rmse_after_warmup / cb[QIS].rmse_after_warmup,
+                    TARGET_ATTACKED_OVER_CLEAN,
+                ),
+                trust_curve: run.trust_curve.clone(),
             }
         });
         let episodes = run.metrics.episodes();
@@ -226,6 +241,7 @@ impl SimReport {
                 max_source_weight: sc.max_source_weight,
                 outlier_z: sc.outlier_z,
                 half_life_s: sc.half_life_s,
+                max_residual: sc.max_residual.clone(),
             },
             episodes,
             robots: run.honest_robots,
@@ -285,6 +301,21 @@ impl SimReport {
             c.trust_tolerance,
             c.neighbors
         );
+        if !self.synthesis.max_residual.is_empty() {
+            let gate: Vec<String> = self
+                .synthesis
+                .max_residual
+                .iter()
+                .zip(&self.state_scale)
+                .map(|(g, s)| format!("{:.1}", g / s))
+                .collect();
+            let _ = writeln!(
+                s,
+                "plausibility gate: sources claiming a mean residual beyond [{}] x scale ({} x the model's validation envelope) are left out",
+                gate.join(", "),
+                c.plausibility_margin
+            );
+        }
         let raw = &self.baselines[RAW];
         let _ = writeln!(
             s,
@@ -480,6 +511,25 @@ impl SimReport {
                 a.qis_first_clean,
                 a.qis_first_attacked
             );
+            let _ = writeln!(
+                s,
+                "  corrected RMSE under attack <= {:.1} x without:  {:.3}  {}",
+                a.attacked_over_clean.bound,
+                a.attacked_over_clean.measured,
+                mark(&a.attacked_over_clean)
+            );
+            if let (Some(first), Some(last)) = (a.trust_curve.first(), a.trust_curve.last()) {
+                let _ = writeln!(
+                    s,
+                    "  trust honest robots give the attackers {:.3} (round {}) -> {:.3} (round {}); other honest robots {:.3} -> {:.3}",
+                    first.attackers,
+                    first.round,
+                    last.attackers,
+                    last.round,
+                    first.honest,
+                    last.honest
+                );
+            }
         }
         s
     }

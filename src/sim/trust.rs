@@ -102,6 +102,40 @@ impl TrustBook {
         true
     }
 
+    /// Judges a record's claim against the plausibility gate (`max_residual`, per
+    /// dimension as in the synthesis; empty = no gate): a claim beyond the gate counts as
+    /// a miss by its excess over the gate, so a source that keeps claiming the implausible
+    /// loses its weight at every address, including those the gate alone would not catch.
+    /// Returns whether the claim was implausible.
+    pub fn observe_plausibility(
+        &mut self,
+        source: &SourceId,
+        claimed: &Summary,
+        max_residual: &[f64],
+        scale: &[f64],
+    ) -> bool {
+        let Some(&last) = max_residual.last() else {
+            return false;
+        };
+        if claimed.dim() != scale.len() {
+            return false;
+        }
+        let claimed = claimed.mean().as_slice();
+        let gated: Vec<f64> = claimed
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                let b = max_residual.get(i).copied().unwrap_or(last);
+                c.clamp(-b, b)
+            })
+            .collect();
+        if gated.iter().zip(claimed).all(|(g, c)| g == c) {
+            return false;
+        }
+        self.observe(source, claimed, &gated, scale);
+        true
+    }
+
     /// Sources with a trust record.
     pub fn len(&self) -> usize {
         self.gaps.len()
@@ -167,5 +201,20 @@ mod tests {
         // A record of another dimension is not compared.
         let other = Summary::from_sample(&[1.0], 0).unwrap();
         assert!(!book.observe_arrival(&honest, &other, Some(&own), &scale));
+    }
+
+    #[test]
+    fn claims_beyond_the_gate_cost_trust_everywhere() {
+        let mut book = TrustBook::new(3.0);
+        let (honest, liar) = (SourceId::new("h").unwrap(), SourceId::new("l").unwrap());
+        let scale = [1.0, 0.5];
+        let gate = [10.0, 5.0];
+        let big_but_plausible = summary(&[[9.0, -4.0]]);
+        assert!(!book.observe_plausibility(&honest, &big_but_plausible, &gate, &scale));
+        assert!(!book.observe_plausibility(&honest, &big_but_plausible, &[], &scale));
+        assert_eq!(book.trust(&honest), 1.0, "a plausible claim is not judged");
+        let beyond = summary(&[[9.0, 20.0]]);
+        assert!(book.observe_plausibility(&liar, &beyond, &gate, &scale));
+        assert!(book.trust(&liar) < 0.05, "{}", book.trust(&liar));
     }
 }

@@ -304,6 +304,25 @@ impl Situation {
     }
 }
 
+/// The validation envelope of the world model: the largest |reality − prediction| per
+/// state component over `per_context` random situations of every context. It is what an
+/// engineer who validated the model offline would configure as the plausibility gate
+/// (`max_residual`): no honest robot's mean residual can lie outside it.
+pub fn residual_envelope(per_context: usize, rng: &mut SimRng) -> [f64; STATE_DIM] {
+    let mut envelope = [0.0_f64; STATE_DIM];
+    for context in Context::all() {
+        for _ in 0..per_context {
+            let situation = Situation::draw(context, rng);
+            let predicted = situation.predict();
+            let measured = situation.measure(rng);
+            for d in 0..STATE_DIM {
+                envelope[d] = envelope[d].max((measured[d] - predicted[d]).abs());
+            }
+        }
+    }
+    envelope
+}
+
 struct Physics {
     speed: f64,
     grade_pct: f64,
@@ -454,6 +473,25 @@ mod tests {
         assert!(dry.abs() < 1.0, "and nearly right on dry asphalt: {dry}");
         let s = situation(1, 1, 1, 7.0, 2.0);
         assert_ne!(s.measure(&mut rng), s.measure(&mut rng));
+    }
+
+    #[test]
+    fn the_envelope_bounds_every_class_mean_and_is_finite() {
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
+        let envelope = residual_envelope(200, &mut rng);
+        eprintln!(
+            "envelope (scale units): {:?}",
+            std::array::from_fn::<f64, STATE_DIM, _>(|d| envelope[d] / STATE_SCALE[d])
+        );
+        assert!(envelope.iter().all(|e| e.is_finite() && *e > 0.0));
+        let icy = situation(5, 2, 2, 4.0, 0.0);
+        let p = icy.predict();
+        for _ in 0..200 {
+            let m = icy.measure(&mut rng);
+            for d in 0..STATE_DIM {
+                assert!((m[d] - p[d]).abs() <= envelope[d] * 1.5, "component {d}");
+            }
+        }
     }
 
     #[test]
