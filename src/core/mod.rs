@@ -10,6 +10,7 @@ pub mod record;
 pub mod store;
 pub mod summary;
 pub mod synthesis;
+pub mod trust;
 
 /// Largest state dimension accepted anywhere (messages, records, synthesis); larger
 /// arrays are refused as oversized, which bounds every allocation made for one input.

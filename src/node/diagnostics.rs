@@ -126,6 +126,10 @@ pub struct Report {
     pub addresses: usize,
     /// Fleet records held.
     pub received_records: usize,
+    /// Sources judged by trust earned from outcomes.
+    pub trust_sources: usize,
+    /// Judged sources whose trust fell below one half.
+    pub trust_distrusted: usize,
     /// Whether corrected priors go to the shadow topic.
     pub shadow_mode: bool,
 }
@@ -148,6 +152,8 @@ impl Report {
             ),
             ("records_published".into(), c.records_published.to_string()),
             ("records_received".into(), c.records_received.to_string()),
+            ("trust_sources".into(), self.trust_sources.to_string()),
+            ("trust_distrusted".into(), self.trust_distrusted.to_string()),
             (
                 "records_implausible".into(),
                 c.records_implausible.to_string(),
@@ -224,6 +230,8 @@ mod tests {
             pending: 0,
             addresses: 0,
             received_records: 0,
+            trust_sources: 4,
+            trust_distrusted: 1,
             shadow_mode: true,
         };
         let kv = r.key_values();
@@ -234,6 +242,7 @@ mod tests {
             );
         }
         assert!(kv.contains(&("rejected.non_finite".into(), "2".into())));
+        assert!(kv.contains(&("trust_distrusted".into(), "1".into())));
     }
 
     #[test]

@@ -14,6 +14,7 @@ use crate::core::neighbors::{MAX_EMBEDDING_DIM, NeighborIndex, Sketch, sketch};
 use crate::core::record::OutcomeRecord;
 use crate::core::summary::Summary;
 use crate::core::synthesis::Match;
+use crate::core::trust::TrustBook;
 use crate::ros::msgs::{
     CorrectedPrior, Discrepancy, Outcome, Prediction, QueryRequest, QueryResponse, Scenario,
 };
@@ -53,6 +54,7 @@ pub struct NodeLogic {
     memory: OutcomeMemory,
     neighbors: NeighborIndex,
     pairing: PairingTable,
+    trust: TrustBook,
     counters: Counters,
     interests: Vec<(ModelId, Fingerprint)>,
     /// Addresses already asked of the fleet (bounded: cleared when full, which at worst
@@ -98,6 +100,7 @@ impl NodeLogic {
         })?;
         let memory = OutcomeMemory::new(source, params.memory.clone(), params.synthesis.decay());
         let pairing = PairingTable::new(params.max_pending, params.pending_timeout_ns());
+        let trust = TrustBook::new(params.trust.clone());
         Ok(NodeLogic {
             params,
             fleet,
@@ -105,6 +108,7 @@ impl NodeLogic {
             memory,
             neighbors: NeighborIndex::new(),
             pairing,
+            trust,
             counters: Counters::default(),
             interests: Vec::new(),
             asked: HashSet::new(),
@@ -221,6 +225,7 @@ impl NodeLogic {
         } else {
             Vec::new()
         };
+        let trust = &self.trust;
         let prior = self.memory.prior(
             &self.params.synthesis,
             &model,
@@ -228,7 +233,7 @@ impl NodeLogic {
             &neighbors,
             &predicted,
             predicted_cov.to_matrix().as_ref(),
-            &|_| 1.0,
+            &|s| trust.trust(s),
             now_ns,
         )?;
         let msg = CorrectedPrior {
@@ -308,6 +313,14 @@ impl NodeLogic {
             &pending.predicted_cov.sum(&measured_cov),
         )?;
         let p = self.pairing.take(&o.episode_id).map_err(miss)?;
+        // Trust earned from outcomes: every source held here is judged by what was just
+        // measured, before the outcome joins the own summary.
+        if let Some(addr) = self.memory.address(&p.model, &p.fingerprint) {
+            for held in &addr.received {
+                self.trust
+                    .observe(&held.source, held.summary.mean().as_slice(), &r.residual);
+            }
+        }
         let record =
             self.memory
                 .record_outcome(&p.model, p.fingerprint, p.sketch, &r.residual, now_ns)?;
@@ -349,6 +362,23 @@ impl NodeLogic {
             .params
             .synthesis
             .plausible(record.summary.mean().as_slice());
+        // Judged on arrival, before the memory decides whether to keep it: a full address
+        // may drop it unjudged, and a liar is best known from the addresses where this
+        // robot has outcomes of its own before it is the lone voice somewhere thin.
+        if key.source != *self.memory.own_source() {
+            let own = self
+                .memory
+                .address(&key.model, &key.fingerprint)
+                .and_then(|a| a.own.as_ref())
+                .map(|o| &o.1);
+            self.trust
+                .observe_arrival(&key.source, &record.summary, own);
+            self.trust.observe_plausibility(
+                &key.source,
+                &record.summary,
+                &self.params.synthesis.max_residual,
+            );
+        }
         let r = self.memory.ingest(key, record);
         match r {
             Ingest::Stored => {
@@ -431,6 +461,7 @@ impl NodeLogic {
         out.source_ids = parts.iter().map(|p| p.0.as_str().to_owned()).collect();
         out.source_seqs = parts.iter().map(|p| p.1).collect();
         let zero = DVector::zeros(dim);
+        let trust = &self.trust;
         let prior = self.memory.prior(
             &self.params.synthesis,
             &model,
@@ -438,7 +469,7 @@ impl NodeLogic {
             &[],
             &zero,
             None,
-            &|_| 1.0,
+            &|s| trust.trust(s),
             now_ns,
         )?;
         out.r#match = match prior.matched {
@@ -459,6 +490,8 @@ impl NodeLogic {
             pending: self.pairing.len(),
             addresses: self.memory.addresses_len(),
             received_records: self.memory.received_len(),
+            trust_sources: self.trust.len(),
+            trust_distrusted: self.trust.distrusted(0.5),
             shadow_mode: self.params.shadow_mode,
         }
     }

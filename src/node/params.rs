@@ -8,6 +8,7 @@ use crate::core::fingerprint::{FingerprintConfig, Fingerprinter};
 use crate::core::memory::MemoryConfig;
 use crate::core::store::StoreConfig;
 use crate::core::synthesis::SynthesisConfig;
+use crate::core::trust::TrustConfig;
 use crate::fleet::FleetConfig;
 
 /// Default most predictions waiting for their outcome.
@@ -54,6 +55,9 @@ pub struct NodeParams {
     pub fingerprint: FingerprintConfig,
     /// How the corrected prior is computed.
     pub synthesis: SynthesisConfig,
+    /// Trust earned from outcomes: how sources whose claims miss this robot's outcomes
+    /// lose weight.
+    pub trust: TrustConfig,
     /// Bounds of the in-memory outcome memory.
     pub memory: MemoryConfig,
     /// Embedded store file; empty = `$ROS_HOME/qis/<fleet>.<node name>.redb` (ROS_HOME
@@ -83,6 +87,7 @@ impl Default for NodeParams {
             use_sim_time: false,
             fingerprint: FingerprintConfig::default(),
             synthesis: SynthesisConfig::default(),
+            trust: TrustConfig::default(),
             memory: MemoryConfig::default(),
             store_path: String::new(),
             store: StoreConfig::default(),
@@ -169,6 +174,9 @@ impl NodeParams {
         self.synthesis
             .validate()
             .map_err(|e| ParamError::new(format!("synthesis.{}", e.field), e.reason))?;
+        self.trust
+            .validate()
+            .map_err(|e| ParamError::new(format!("trust.{}", e.field), e.reason))?;
         self.fingerprint
             .validate()
             .map_err(|e| ParamError::new(format!("fingerprint.features.{}", e.feature), e.reason))

@@ -123,6 +123,58 @@ fn records_beyond_the_plausibility_gate_are_counted_and_given_no_weight() {
 }
 
 #[test]
+fn a_source_whose_claims_miss_this_robots_outcomes_loses_its_weight_everywhere() {
+    let mut liar = node("robot-l", NodeParams::default());
+    let mut b = node("robot-b", NodeParams::default());
+    // B knows "road=wet" from its own outcomes (reality = prediction + 1).
+    learn(&mut b, "road=wet", 10, 1.0, 0);
+    // The liar claims +20 at road=wet and at road=ice, which B has never met.
+    let claim = |tag: &str, n: &mut NodeLogic| {
+        let effects = learn(n, tag, 10, 20.0, 100 * S);
+        effects
+            .last()
+            .unwrap()
+            .record_to_publish()
+            .cloned()
+            .unwrap()
+    };
+    let (wet_key, wet) = claim("road=wet", &mut liar);
+    let (ice_key, ice) = claim("road=ice", &mut liar);
+    b.on_record(&wet_key, wet);
+    let r = b.report();
+    assert_eq!(
+        (r.trust_sources, r.trust_distrusted),
+        (1, 1),
+        "judged on arrival"
+    );
+    b.on_record(&ice_key, ice.clone());
+    let p = b
+        .on_prediction(&prediction("b-ice", "road=ice", &[1.0, 2.0]), 200 * S)
+        .unwrap();
+    assert!(
+        p.correction[0] < 2.0,
+        "a distrusted source barely moves a first encounter: {:?}",
+        p.correction
+    );
+    // With trust off the same record would pull it most of the way to +20.
+    let mut trusting = node(
+        "robot-t",
+        NodeParams {
+            trust: crate::core::trust::TrustConfig {
+                tolerance: 0.0,
+                ..Default::default()
+            },
+            ..NodeParams::default()
+        },
+    );
+    trusting.on_record(&ice_key, ice);
+    let q = trusting
+        .on_prediction(&prediction("t-ice", "road=ice", &[1.0, 2.0]), 200 * S)
+        .unwrap();
+    assert!(q.correction[0] > 10.0, "{:?}", q.correction);
+}
+
+#[test]
 fn fleet_records_correct_another_robots_first_encounter() {
     let mut a = node("robot-a", NodeParams::default());
     let mut b = node("robot-b", NodeParams::default());

@@ -17,12 +17,12 @@ use crate::core::memory::{Ingest, MemoryConfig, OutcomeMemory};
 use crate::core::neighbors::{NeighborIndex, Sketch, sketch};
 use crate::core::record::OutcomeRecord;
 use crate::core::synthesis::SynthesisConfig;
+use crate::core::trust::TrustBook;
 use crate::ros::msgs::{Outcome, Prediction, Scenario};
 
 use super::baselines::{LOCAL, Metrics, ORACLE, Oracle, QIS, RAW, prior_from};
 use super::exchange::{Bus, BusConfig, Exchange, Network, Propagation, WireStats};
 use super::ros_node::{self, NodeRobot, RosFigures, RosNodes};
-use super::trust::TrustBook;
 use super::world::{ContextMix, FEATURE_NAMES, STATE_DIM, STATE_SCALE, Situation};
 use super::zenoh_net::{MixedNetwork, ZenohNetConfig, ZenohNetwork};
 use super::{SimConfig, SimError, SimRng};
@@ -250,12 +250,11 @@ impl<E: Exchange> Robot<E> {
                     .and_then(|a| a.own.as_ref())
                     .map(|o| &o.1);
                 self.trust
-                    .observe_arrival(&key.source, &record.summary, own, &STATE_SCALE);
+                    .observe_arrival(&key.source, &record.summary, own);
                 self.trust.observe_plausibility(
                     &key.source,
                     &record.summary,
                     &scene.synthesis.max_residual,
-                    &STATE_SCALE,
                 );
             }
             if let Some(index) = &mut self.neighbors {
@@ -320,8 +319,6 @@ impl<E: Exchange> Robot<E> {
         let predicted = situation.predict();
         let x = DVector::from_row_slice(&predicted);
         let trust = &self.trust;
-        // The node has no trust book: its in-process twin weighs every source 1 too, so
-        // the two priors can be compared.
         let on_node = self.node.is_some();
         let qis = self.memory.prior(
             &scene.synthesis,
@@ -330,7 +327,7 @@ impl<E: Exchange> Robot<E> {
             &near,
             &x,
             None,
-            &|s| if on_node { 1.0 } else { trust.trust(s) },
+            &|s| trust.trust(s),
             now,
         )?;
         let mut qis_state = [0.0; STATE_DIM];
@@ -400,12 +397,8 @@ impl<E: Exchange> Robot<E> {
         // Trust earned from outcomes: judge every source held here by this outcome.
         if let Some(addr) = self.memory.address(&scene.model, &fp) {
             for r in &addr.received {
-                self.trust.observe(
-                    &r.source,
-                    r.summary.mean().as_slice(),
-                    &residual,
-                    &STATE_SCALE,
-                );
+                self.trust
+                    .observe(&r.source, r.summary.mean().as_slice(), &residual);
             }
         }
         scene
@@ -509,7 +502,7 @@ fn spawn<N: Network>(
             leave_round,
             attacker,
             inbox: Vec::new(),
-            trust: TrustBook::new(config.trust_tolerance),
+            trust: TrustBook::new(config.trust()),
             neighbors: (config.neighbors > 0).then(NeighborIndex::new),
             node: None,
         });

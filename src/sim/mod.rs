@@ -18,7 +18,6 @@ pub mod fleet;
 pub mod plot;
 pub mod report;
 pub mod ros_node;
-pub mod trust;
 pub mod world;
 pub mod zenoh_net;
 
@@ -273,6 +272,18 @@ impl SimConfig {
             return bad("windows", "must be at least 1");
         }
         self.synthesis.validate().map_err(SimError::Synthesis)
+    }
+}
+
+impl SimConfig {
+    /// The trust settings every robot (and its node) uses: gaps in units of each state
+    /// component's scale.
+    pub fn trust(&self) -> crate::core::trust::TrustConfig {
+        crate::core::trust::TrustConfig {
+            tolerance: self.trust_tolerance,
+            scale: world::STATE_SCALE.to_vec(),
+            ..crate::core::trust::TrustConfig::default()
+        }
     }
 }
 

@@ -209,14 +209,15 @@ impl RosNodes {
         })
     }
 
-    /// The node parameters of a simulated robot: the simulator's fingerprint, synthesis
-    /// and memory settings, simulated time, no neighbor search unless the sim borrows.
+    /// The node parameters of a simulated robot: the simulator's fingerprint, synthesis,
+    /// trust and memory settings, simulated time, no neighbor search unless the sim borrows.
     pub fn params(config: &SimConfig) -> NodeParams {
         NodeParams {
             fleet: "sim".into(),
             use_sim_time: true,
             fingerprint: super::world::fingerprint_config(),
             synthesis: config.synthesis.clone(),
+            trust: config.trust(),
             memory: MemoryConfig {
                 max_received_records: config.max_received_records,
                 ..MemoryConfig::default()

@@ -1,0 +1,357 @@
+//! Trust earned from outcomes (DESIGN 6): how much weight a robot gives each source.
+//!
+//! After each of its own outcomes at an address, a robot compares what every source it
+//! holds there claimed (its mean residual) with the residual it just measured. The mean
+//! squared gap, in units of each component's `scale`, is kept per source as a running
+//! mean (the last ~`1 / MIN_RATE` observations count); trust = 1 / (1 + gap² /
+//! tolerance²), so honest sources, whose claims miss only by the spread inside a class,
+//! keep a trust near 1, and a source whose claims are far from what this robot sees loses
+//! its weight in every class. Unknown sources start at 1: trust is lost, not granted.
+//!
+//! A record is also judged when it arrives, against this robot's own summary at its
+//! address ([`TrustBook::observe_arrival`]), and against the plausibility gate
+//! ([`TrustBook::observe_plausibility`]): with a fan-in budget per address most sources
+//! are never held where the robot measures, so judging only at measurement leaves most
+//! liars unknown until they are the lone voice in a thin class.
+//!
+//! Pure: no clock, no I/O. Trust is per robot and per source, kept in memory only (a
+//! restarted robot starts trusting again and re-learns from its next outcomes).
+
+use std::collections::HashMap;
+
+use serde::Deserialize;
+use thiserror::Error;
+
+use super::ids::SourceId;
+use super::summary::Summary;
+
+/// Smallest weight of a new observation in the running mean (memory of ~50 outcomes).
+const MIN_RATE: f64 = 0.02;
+
+/// Settings of trust (per robot; the fleet need not agree on them).
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrustConfig {
+    /// Gap (RMS over components, in `scale` units) at which a source's weight halves;
+    /// 0 turns trust off (every source weighs 1).
+    pub tolerance: f64,
+    /// Typical error size per state component (one value = all, a short list repeats its
+    /// last value, empty = 1 for every component): gaps are measured in these units.
+    pub scale: Vec<f64>,
+    /// Most sources judged at once; past it the most trusted judgement is forgotten
+    /// (it differs least from an unknown source's).
+    pub max_sources: usize,
+}
+
+impl Default for TrustConfig {
+    fn default() -> Self {
+        TrustConfig {
+            tolerance: 3.0,
+            scale: Vec::new(),
+            max_sources: 10_000,
+        }
+    }
+}
+
+/// A trust setting out of range (names the field).
+#[derive(Debug, Error, Clone, PartialEq)]
+#[error("trust.{field}: {reason}")]
+pub struct TrustConfigError {
+    /// The bad field.
+    pub field: &'static str,
+    /// What is wrong.
+    pub reason: &'static str,
+}
+
+impl TrustConfig {
+    /// Checks every field.
+    pub fn validate(&self) -> Result<(), TrustConfigError> {
+        if !(self.tolerance.is_finite() && self.tolerance >= 0.0) {
+            return Err(TrustConfigError {
+                field: "tolerance",
+                reason: "must be finite and >= 0 (0 = off)",
+            });
+        }
+        if self.scale.iter().any(|s| !(s.is_finite() && *s > 0.0)) {
+            return Err(TrustConfigError {
+                field: "scale",
+                reason: "every scale must be finite and > 0",
+            });
+        }
+        if self.max_sources == 0 {
+            return Err(TrustConfigError {
+                field: "max_sources",
+                reason: "must be at least 1",
+            });
+        }
+        Ok(())
+    }
+
+    fn scale(&self, i: usize) -> f64 {
+        self.scale
+            .get(i)
+            .or(self.scale.last())
+            .copied()
+            .unwrap_or(1.0)
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+struct Gap {
+    mean_sq: f64,
+    n: f64,
+}
+
+/// Per-source trust of one robot.
+#[derive(Clone, Debug)]
+pub struct TrustBook {
+    config: TrustConfig,
+    gaps: HashMap<SourceId, Gap>,
+}
+
+impl Default for TrustBook {
+    fn default() -> Self {
+        TrustBook::new(TrustConfig::default())
+    }
+}
+
+impl TrustBook {
+    /// A book with the given (validated) settings.
+    pub fn new(config: TrustConfig) -> TrustBook {
+        TrustBook {
+            config,
+            gaps: HashMap::new(),
+        }
+    }
+
+    fn enabled(&self) -> bool {
+        self.config.tolerance > 0.0
+    }
+
+    /// The weight in [0, 1] given to a source's records.
+    pub fn trust(&self, source: &SourceId) -> f64 {
+        if !self.enabled() {
+            return 1.0;
+        }
+        let tol_sq = self.config.tolerance * self.config.tolerance;
+        self.gaps
+            .get(source)
+            .map_or(1.0, |g| 1.0 / (1.0 + g.mean_sq / tol_sq))
+    }
+
+    /// Records how far a source's claimed mean residual was from a measured residual.
+    pub fn observe(&mut self, source: &SourceId, claimed: &[f64], measured: &[f64]) {
+        if !self.enabled() || claimed.len() != measured.len() {
+            return;
+        }
+        let gap_sq = claimed
+            .iter()
+            .zip(measured)
+            .enumerate()
+            .map(|(i, (c, m))| ((c - m) / self.config.scale(i)).powi(2))
+            .sum::<f64>()
+            / claimed.len().max(1) as f64;
+        if !gap_sq.is_finite() {
+            return;
+        }
+        if !self.gaps.contains_key(source) && self.gaps.len() >= self.config.max_sources {
+            self.forget_most_trusted();
+        }
+        let g = match self.gaps.get_mut(source) {
+            Some(g) => g,
+            None => self.gaps.entry(source.clone()).or_default(),
+        };
+        g.n += 1.0;
+        let rate = (1.0 / g.n).max(MIN_RATE);
+        g.mean_sq += rate * (gap_sq - g.mean_sq);
+    }
+
+    /// Drops the judgement closest to "unknown" (smallest gap), so the bound never makes
+    /// a robot forget a liar before an honest source.
+    fn forget_most_trusted(&mut self) {
+        let best = self
+            .gaps
+            .iter()
+            .min_by(|a, b| a.1.mean_sq.total_cmp(&b.1.mean_sq))
+            .map(|(s, _)| s.clone());
+        if let Some(s) = best {
+            self.gaps.remove(&s);
+        }
+    }
+
+    /// Judges a record on arrival: its claimed mean residual against this robot's own
+    /// mean residual at the same address. Returns false (nothing judged) when the robot
+    /// has no outcome there or the dimensions differ.
+    pub fn observe_arrival(
+        &mut self,
+        source: &SourceId,
+        claimed: &Summary,
+        own: Option<&Summary>,
+    ) -> bool {
+        let Some(own) = own.filter(|o| o.count() > 0 && o.dim() == claimed.dim()) else {
+            return false;
+        };
+        self.observe(source, claimed.mean().as_slice(), own.mean().as_slice());
+        true
+    }
+
+    /// Judges a record's claim against the plausibility gate (`max_residual`, per
+    /// dimension as in the synthesis; empty = no gate): a claim beyond the gate counts as
+    /// a miss by its excess over the gate, so a source that keeps claiming the implausible
+    /// loses its weight at every address, including those the gate alone would not catch.
+    /// Returns whether the claim was implausible.
+    pub fn observe_plausibility(
+        &mut self,
+        source: &SourceId,
+        claimed: &Summary,
+        max_residual: &[f64],
+    ) -> bool {
+        let Some(&last) = max_residual.last() else {
+            return false;
+        };
+        let claimed = claimed.mean().as_slice();
+        let gated: Vec<f64> = claimed
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                let b = max_residual.get(i).copied().unwrap_or(last);
+                c.clamp(-b, b)
+            })
+            .collect();
+        if gated.iter().zip(claimed).all(|(g, c)| g == c) {
+            return false;
+        }
+        self.observe(source, claimed, &gated);
+        true
+    }
+
+    /// Sources with a trust record.
+    pub fn len(&self) -> usize {
+        self.gaps.len()
+    }
+
+    /// True when no source has been judged yet.
+    pub fn is_empty(&self) -> bool {
+        self.gaps.is_empty()
+    }
+
+    /// Judged sources whose trust is below `threshold`.
+    pub fn distrusted(&self, threshold: f64) -> usize {
+        self.gaps
+            .keys()
+            .filter(|s| self.trust(s) < threshold)
+            .count()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::summary::Decay;
+
+    fn book(tolerance: f64, scale: &[f64]) -> TrustBook {
+        TrustBook::new(TrustConfig {
+            tolerance,
+            scale: scale.to_vec(),
+            ..TrustConfig::default()
+        })
+    }
+
+    #[test]
+    fn liars_lose_trust_and_honest_sources_keep_it() {
+        let mut book = book(3.0, &[1.0, 0.5]);
+        let (honest, liar) = (SourceId::new("h").unwrap(), SourceId::new("l").unwrap());
+        assert_eq!(book.trust(&liar), 1.0, "unknown sources start trusted");
+        for i in 0..20 {
+            let measured = [1.0 + 0.1 * (i % 3) as f64, -2.0];
+            book.observe(&honest, &[1.1, -2.05], &measured);
+            book.observe(&liar, &[51.0, 23.0], &measured);
+        }
+        assert!(book.trust(&honest) > 0.99, "{}", book.trust(&honest));
+        assert!(book.trust(&liar) < 0.01, "{}", book.trust(&liar));
+        assert_eq!((book.len(), book.distrusted(0.5)), (2, 1));
+        let mut off = TrustBook::new(TrustConfig {
+            tolerance: 0.0,
+            ..TrustConfig::default()
+        });
+        off.observe(&liar, &[51.0], &[1.0]);
+        assert_eq!(off.trust(&liar), 1.0);
+        assert!(off.is_empty());
+    }
+
+    fn summary(residuals: &[[f64; 2]]) -> Summary {
+        let mut s = Summary::empty(2).unwrap();
+        for (t, r) in residuals.iter().enumerate() {
+            s.add(r, t as i64, Decay::NONE).unwrap();
+        }
+        s
+    }
+
+    #[test]
+    fn records_are_judged_on_arrival_against_own_outcomes_only() {
+        let mut book = book(3.0, &[1.0, 0.5]);
+        let (honest, liar) = (SourceId::new("h").unwrap(), SourceId::new("l").unwrap());
+        let own = summary(&[[1.0, -2.0], [1.4, -1.8]]);
+        let honest_claim = summary(&[[0.9, -2.1], [1.3, -2.0], [1.1, -1.9]]);
+        let liar_claim = summary(&[[51.0, 23.0]]);
+        // No own outcome at the address: nothing to judge against, trust unchanged.
+        assert!(!book.observe_arrival(&liar, &liar_claim, None));
+        let empty = Summary::empty(2).unwrap();
+        assert!(!book.observe_arrival(&liar, &liar_claim, Some(&empty)));
+        assert_eq!(book.trust(&liar), 1.0);
+        assert!(book.is_empty());
+        // One arrival where the robot has its own outcomes is enough to expose the liar.
+        assert!(book.observe_arrival(&liar, &liar_claim, Some(&own)));
+        assert!(book.observe_arrival(&honest, &honest_claim, Some(&own)));
+        assert!(book.trust(&liar) < 0.01, "{}", book.trust(&liar));
+        assert!(book.trust(&honest) > 0.95, "{}", book.trust(&honest));
+        // A record of another dimension is not compared.
+        let other = Summary::from_sample(&[1.0], 0).unwrap();
+        assert!(!book.observe_arrival(&honest, &other, Some(&own)));
+    }
+
+    #[test]
+    fn claims_beyond_the_gate_cost_trust_everywhere() {
+        let mut book = book(3.0, &[1.0, 0.5]);
+        let (honest, liar) = (SourceId::new("h").unwrap(), SourceId::new("l").unwrap());
+        let gate = [10.0, 5.0];
+        let big_but_plausible = summary(&[[9.0, -4.0]]);
+        assert!(!book.observe_plausibility(&honest, &big_but_plausible, &gate));
+        assert!(!book.observe_plausibility(&honest, &big_but_plausible, &[]));
+        assert_eq!(book.trust(&honest), 1.0, "a plausible claim is not judged");
+        let beyond = summary(&[[9.0, 20.0]]);
+        assert!(book.observe_plausibility(&liar, &beyond, &gate));
+        assert!(book.trust(&liar) < 0.05, "{}", book.trust(&liar));
+    }
+
+    #[test]
+    fn the_bound_forgets_the_most_trusted_judgement_first() {
+        let mut book = TrustBook::new(TrustConfig {
+            max_sources: 2,
+            ..TrustConfig::default()
+        });
+        let [a, b, c] = ["a", "b", "c"].map(|s| SourceId::new(s).unwrap());
+        book.observe(&a, &[30.0], &[0.0]);
+        book.observe(&b, &[0.1], &[0.0]);
+        book.observe(&c, &[20.0], &[0.0]);
+        assert_eq!(book.len(), 2);
+        assert_eq!(book.trust(&b), 1.0, "the honest judgement was forgotten");
+        assert!(book.trust(&a) < 0.05 && book.trust(&c) < 0.05);
+        for bad in [
+            TrustConfig {
+                tolerance: f64::NAN,
+                ..TrustConfig::default()
+            },
+            TrustConfig {
+                scale: vec![0.0],
+                ..TrustConfig::default()
+            },
+            TrustConfig {
+                max_sources: 0,
+                ..TrustConfig::default()
+            },
+        ] {
+            assert!(bad.validate().is_err(), "{bad:?}");
+        }
+    }
+}
