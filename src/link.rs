@@ -21,7 +21,7 @@ use tracing::{debug, warn};
 use crate::core::ids::{Fingerprint, ModelId, RecordKey};
 use crate::core::record::OutcomeRecord;
 use crate::core::store::Store;
-use crate::fleet::{FleetExchange, Received};
+use crate::fleet::{FleetExchange, FleetStats, Received};
 use crate::node::FleetPort;
 
 /// Bound on addresses waiting for their first fleet query.
@@ -40,6 +40,8 @@ pub struct LinkStats {
     pub interests_dropped: AtomicU64,
     /// Store or exchange failures (logged).
     pub errors: AtomicU64,
+    /// Addresses known from the store followed again after a restart.
+    pub refollowed: AtomicU64,
 }
 
 /// The node's [`FleetPort`]: persistence first, then the fleet.
@@ -49,6 +51,8 @@ pub struct FleetLink {
     own_ready: Notify,
     interests: mpsc::Sender<Interest>,
     stats: Arc<LinkStats>,
+    /// The exchange's counters (not the exchange itself, which shutdown must own alone).
+    fleet_stats: Option<Arc<FleetStats>>,
 }
 
 /// An address to ask the fleet about, and who waits for the answer.
@@ -115,6 +119,46 @@ impl FleetPort for FleetLink {
         let (tx, rx) = oneshot::channel();
         self.ask(model, fingerprint, Some(tx)).then_some(rx)
     }
+
+    fn diagnostics(&self) -> (Vec<(String, String)>, u64) {
+        let r = |c: &AtomicU64| c.load(Ordering::Relaxed).to_string();
+        let l = &self.stats;
+        let mut kv: Vec<(String, String)> = [
+            ("store.own_persisted", r(&l.own_persisted)),
+            ("store.received_persisted", r(&l.received_persisted)),
+            ("link.interests_dropped", r(&l.interests_dropped)),
+            ("link.refollowed", r(&l.refollowed)),
+            ("link.errors", r(&l.errors)),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+        let Some(fleet) = &self.fleet_stats else {
+            return (kv, 0);
+        };
+        let f = fleet.snapshot();
+        kv.extend(
+            [
+                ("fleet.received", f.received),
+                ("fleet.accepted", f.accepted),
+                ("fleet.bytes_in", f.bytes_in),
+                ("fleet.rejected_key", f.rejected_key),
+                ("fleet.rejected_decode", f.rejected_decode),
+                ("fleet.rejected_unsigned", f.rejected_unsigned),
+                ("fleet.rejected_signature", f.rejected_signature),
+                ("fleet.dropped_overflow", f.dropped_overflow),
+                ("fleet.published", f.published),
+                ("fleet.bytes_out", f.bytes_out),
+                ("fleet.withheld", f.withheld),
+                ("fleet.queries", f.queries),
+                ("fleet.query_errors", f.query_errors),
+                ("fleet.anti_entropy_rounds", f.anti_entropy_rounds),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v.to_string())),
+        );
+        (kv, f.rejected())
+    }
 }
 
 /// A started link: the port for the node, the records for the node, and its tasks.
@@ -156,6 +200,7 @@ impl FleetLink {
             own_ready: Notify::new(),
             interests: interest_tx,
             stats: stats.clone(),
+            fleet_stats: exchange.as_ref().map(FleetExchange::stats_handle),
         });
         let store = Arc::new(Mutex::new(store));
         let exchange = exchange.map(Arc::new);
@@ -374,6 +419,45 @@ async fn deliver(
 }
 
 impl RunningLink {
+    /// Follows again the addresses a restarted robot knows from its store (at most the
+    /// exchange's live-subscription budget, in the order given), and asks the fleet what
+    /// changed there meanwhile. Without this a restored address is never subscribed again:
+    /// the node knows it, so it is no first encounter, and it would miss every newer
+    /// record. Runs in its own task beside first-encounter fetches, so those never queue
+    /// behind it. Does nothing without an exchange.
+    pub fn refollow(&mut self, addresses: Vec<(ModelId, Fingerprint)>) {
+        let Some(exchange) = self.exchange.clone() else {
+            return;
+        };
+        let node = self._idle_sender.clone();
+        let (store, stats, cancel) = (self.store.clone(), self.stats.clone(), self.cancel.clone());
+        let budget = exchange.max_follows();
+        self.tasks.spawn(async move {
+            for (model, fingerprint) in addresses.into_iter().take(budget) {
+                if cancel.is_cancelled() {
+                    break;
+                }
+                if let Err(e) = exchange.follow(&model, &fingerprint).await {
+                    stats.errors.fetch_add(1, Ordering::Relaxed);
+                    warn!(%fingerprint, "following a restored address: {e}");
+                    continue;
+                }
+                stats.refollowed.fetch_add(1, Ordering::Relaxed);
+                let found = tokio::select! {
+                    _ = cancel.cancelled() => break,
+                    found = exchange.query(&model, &fingerprint) => found,
+                };
+                match found {
+                    Ok(found) => deliver(found, &node, &store, &stats).await,
+                    Err(e) => {
+                        stats.errors.fetch_add(1, Ordering::Relaxed);
+                        warn!(%fingerprint, "fleet query for a restored address: {e}");
+                    }
+                }
+            }
+        });
+    }
+
     /// Stops the tasks after writing and publishing what is pending, flushes the store's
     /// use order and closes the exchange.
     pub async fn shutdown(mut self) {

@@ -120,6 +120,18 @@ async fn start_link(
 ) -> anyhow::Result<(RunningLink, mpsc::Receiver<Received>)> {
     let stored = store.load().context("reading the store")?;
     let mut own = Vec::new();
+    // Own addresses first: where this robot has been is where it is likely to return.
+    let mut known = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for r in stored
+        .iter()
+        .filter(|r| r.own)
+        .chain(stored.iter().filter(|r| !r.own))
+    {
+        if seen.insert((r.key.model.clone(), r.key.fingerprint)) {
+            known.push((r.key.model.clone(), r.key.fingerprint));
+        }
+    }
     for r in stored {
         if r.own {
             if r.key.source == *logic.source() {
@@ -148,12 +160,9 @@ async fn start_link(
     let (exchange, from_fleet) = FleetExchange::start(settings, logic.source().clone())
         .await
         .context("starting the fleet exchange")?;
-    Ok(FleetLink::start(
-        store,
-        Some((exchange, from_fleet)),
-        &own,
-        4096,
-    ))
+    let (mut link, to_node) = FleetLink::start(store, Some((exchange, from_fleet)), &own, 4096);
+    link.refollow(known);
+    Ok((link, to_node))
 }
 
 async fn run_node(a: NodeArgs, ros: args::RosArgs) -> anyhow::Result<()> {

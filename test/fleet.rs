@@ -693,3 +693,96 @@ async fn keygen_writes_a_key_whose_public_half_it_prints() {
         .expect("run keygen");
     assert!(!again.status.success());
 }
+
+/// A robot restarted on its store knows its addresses, so none is a first encounter:
+/// the link must follow them again, or it never hears of newer records there. Also
+/// checks that what the exchange refuses from the network reaches the node's
+/// diagnostics.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_link_follows_its_stored_addresses_again_and_reports_refusals() {
+    use qis_ros::core::store::{Store, StoreConfig};
+    use qis_ros::link::FleetLink;
+    use qis_ros::node::FleetPort;
+    use std::sync::atomic::Ordering;
+
+    let dir = tempfile::tempdir().unwrap();
+    let model = ModelId::new(MODEL).unwrap();
+    let (py, px) = (free_port(), free_port());
+    let (y, _y_rx) = start(peer_config(py, &[]), "robot-y").await;
+    // Y learned at fp(7) while X was down.
+    let (ky, ry) = own_record("robot-y", fp(7), 3, &[0.5, -0.5]);
+    assert_eq!(y.publish(&ky, &ry).unwrap(), Publish::Queued);
+
+    // X's previous life left an own record at fp(7) in its store.
+    let mut store = Store::open(dir.path().join("x.redb"), StoreConfig::default()).unwrap();
+    let (kx, rx) = own_record("robot-x", fp(7), 3, &[0.4, -0.4]);
+    store.put_own(&kx, &rx).unwrap();
+    let (x, x_rx) = start(peer_config(px, &[py]), "robot-x").await;
+    let (mut link, mut to_node) = FleetLink::start(store, Some((x, x_rx)), &[(kx, rx)], 64);
+    link.refollow(vec![(model.clone(), fp(7))]);
+
+    // The refollow query brings what Y learned meanwhile...
+    recv_until(&mut to_node, |(k, r)| k == &ky && r.seq == ry.seq).await;
+    assert_eq!(link.stats.refollowed.load(Ordering::Relaxed), 1);
+    // ...and the subscription brings what Y learns next (anti-entropy is off here).
+    let (ky2, ry2) = own_record("robot-y", fp(7), 5, &[0.5, -0.5]);
+    assert!(ry2.seq > ry.seq);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        // Y republishes until the subscription, declared asynchronously, delivers.
+        y.publish(&ky2, &ry2).unwrap();
+        let got = timeout(Duration::from_millis(300), async {
+            loop {
+                let (k, r) = to_node.recv().await.expect("channel open");
+                if k == ky2 && r.seq == ry2.seq {
+                    return;
+                }
+            }
+        })
+        .await;
+        if got.is_ok() {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the restored address was not followed again"
+        );
+    }
+
+    // Garbage on the fleet's key space is refused by X's exchange and shows in the
+    // diagnostics the node publishes.
+    let fleet = FleetName::new(FLEET).unwrap();
+    let garbage_key = RecordKey {
+        model: model.clone(),
+        fingerprint: fp(7),
+        source: SourceId::new("robot-g").unwrap(),
+    };
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        y.session()
+            .put(record_key(&fleet, &garbage_key), b"not a record".to_vec())
+            .await
+            .unwrap();
+        let (values, refused) = link.port.diagnostics();
+        if refused > 0 {
+            let get = |k: &str| {
+                values
+                    .iter()
+                    .find(|(key, _)| key == k)
+                    .map(|(_, v)| v.parse::<u64>().unwrap())
+                    .unwrap_or_else(|| panic!("{k} missing from {values:?}"))
+            };
+            assert!(get("fleet.rejected_decode") >= 1);
+            assert!(get("fleet.accepted") >= 2);
+            assert_eq!(get("link.refollowed"), 1);
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "garbage never counted: {values:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    link.shutdown().await;
+    y.close().await.unwrap();
+}

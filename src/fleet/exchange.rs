@@ -172,9 +172,19 @@ impl FleetExchange {
         &self.shared.intake.fleet
     }
 
+    /// Most addresses followed live at once (`max_live_subscriptions`).
+    pub fn max_follows(&self) -> usize {
+        lock(&self.shared.follows).capacity()
+    }
+
     /// The Zenoh session (for diagnostics such as peer lists).
     pub fn session(&self) -> &Session {
         &self.shared.session
+    }
+
+    /// The exchange's live counters (shared: they keep counting after this call).
+    pub fn stats_handle(&self) -> Arc<FleetStats> {
+        self.shared.intake.stats.clone()
     }
 
     /// The exchange's counters now.

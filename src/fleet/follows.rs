@@ -21,6 +21,11 @@ impl<K: Hash + Eq + Clone, S> Follows<K, S> {
         }
     }
 
+    /// Most subscriptions held.
+    pub(crate) fn capacity(&self) -> usize {
+        self.capacity
+    }
+
     /// Marks `id` as just used; false if it is not followed.
     pub(crate) fn touch(&mut self, id: &K) -> bool {
         self.tick += 1;

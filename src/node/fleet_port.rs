@@ -44,6 +44,13 @@ pub trait FleetPort: Send + Sync {
     ) -> Option<oneshot::Receiver<Vec<(RecordKey, OutcomeRecord)>>> {
         None
     }
+
+    /// The port's own counters for `/diagnostics` (persistence, fleet traffic, records
+    /// refused from the network), as key/value text pairs, and how many fleet records it
+    /// has refused so far (a rise turns the report to WARN). Default: nothing.
+    fn diagnostics(&self) -> (Vec<(String, String)>, u64) {
+        (Vec::new(), 0)
+    }
 }
 
 /// A node that keeps its records to itself (fleet exchange disabled).

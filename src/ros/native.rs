@@ -368,12 +368,14 @@ impl NativeNode {
             });
         }
         {
-            let (logic, cancel, clock) = (logic.clone(), cancel.clone(), clock.clone());
+            let (logic, cancel, clock, fleet) =
+                (logic.clone(), cancel.clone(), clock.clone(), fleet.clone());
             let period = Duration::from_secs_f64(params.diagnostics_period_s);
             let (name, node_ref) = (format!("{}: outcome memory", names.fqn()), node.clone());
             tasks.spawn(async move {
                 let mut tick = tokio::time::interval(period);
                 let mut last = (Instant::now(), 0u64, 0u64, 0u64);
+                let mut fleet_rejected_before = 0u64;
                 loop {
                     tokio::select! {
                         _ = cancel.cancelled() => break,
@@ -389,8 +391,13 @@ impl NativeNode {
                     let c = &report.counters;
                     let dt = last.0.elapsed().as_secs_f64().max(1e-9);
                     let rate = |n: u64, before: u64| format!("{:.1}", (n - before) as f64 / dt);
-                    let rejected_now = c.rejected_total() - last.3;
+                    let (fleet_values, fleet_rejected) = fleet.diagnostics();
+                    // Input refused by the node plus records refused from the network.
+                    let rejected_now = c.rejected_total() - last.3
+                        + fleet_rejected.saturating_sub(fleet_rejected_before);
+                    fleet_rejected_before = fleet_rejected;
                     let mut values = report.key_values();
+                    values.extend(fleet_values);
                     values.push(("prediction_rate_hz".into(), rate(c.predictions, last.1)));
                     values.push(("outcome_rate_hz".into(), rate(c.outcomes, last.2)));
                     let info = node_ref.session().info();

@@ -202,6 +202,7 @@ pub async fn run(
                         values: report
                             .key_values()
                             .into_iter()
+                            .chain(fleet.diagnostics().0)
                             .map(|(key, value)| KeyValue { key, value })
                             .collect(),
                     }],
