@@ -813,6 +813,8 @@ async fn qis_node_soak_over_ros_topics_stays_within_its_bounds() {
     let half = started + Duration::from_secs(secs) / 2;
     let mut rss_half = None;
     let (mut predictions, mut outcomes, mut unanswered) = (0u64, 0u64, 0u64);
+    // Answered predictions left without an outcome (they wait in the pairing table).
+    let mut unpaired = 0u64;
     // Batches of 500: deep enough to keep the node busy, small enough for its input
     // queues (depth 1000). One episode in ten gets no outcome, so pending predictions
     // reach `max_pending` and are evicted.
@@ -831,6 +833,8 @@ async fn qis_node_soak_over_ros_topics_stays_within_its_bounds() {
             if rng.range(0, 10) != 0 {
                 driver.outcome(id, 0.5).await;
                 outcomes += 1;
+            } else {
+                unpaired += 1;
             }
         }
         if rss_half.is_none() && Instant::now() >= half {
@@ -847,7 +851,8 @@ async fn qis_node_soak_over_ros_topics_stays_within_its_bounds() {
     let rate = predictions as f64 / elapsed;
     println!(
         "node soak: {secs} s, {predictions} predictions answered ({rate:.0}/s, target 20,000/s), \
-         {outcomes} outcomes sent, {unanswered} predictions unanswered within 2 s, \
+         {outcomes} outcomes sent, {unpaired} predictions left unpaired, {unanswered} \
+         predictions unanswered within 2 s, \
          {} fleet records offered by the peer",
         peer.answered.load(std::sync::atomic::Ordering::Relaxed)
     );
@@ -870,6 +875,22 @@ async fn qis_node_soak_over_ros_topics_stays_within_its_bounds() {
         received <= SOAK_MAX_RECEIVED,
         "memory holds {received} fleet records, bound {SOAK_MAX_RECEIVED}"
     );
+    let addresses = diag_u64(&diag, "cache_addresses");
+    assert!(
+        addresses <= SOAK_SCENARIOS,
+        "{addresses} addresses held: only {SOAK_SCENARIOS} scenarios exist (fleet-only addresses must go with their evicted records)"
+    );
+    // The bounds were reached, not just respected.
+    assert!(
+        diag_u64(&diag, "records_received") > SOAK_MAX_RECEIVED,
+        "fewer fleet records arrived than the bound: eviction not exercised"
+    );
+    if unpaired > SOAK_MAX_PENDING {
+        assert!(
+            diag_u64(&diag, "pending_evicted") > 0,
+            "{unpaired} predictions left unpaired, bound {SOAK_MAX_PENDING}, none evicted"
+        );
+    }
     assert!(
         pending <= SOAK_MAX_PENDING,
         "{pending} pending, bound {SOAK_MAX_PENDING}"
