@@ -899,10 +899,19 @@ async fn qis_node_soak_over_ros_topics_stays_within_its_bounds() {
         diag_u64(&diag, "predictions") >= predictions,
         "node counted fewer predictions than answered"
     );
+    // The driver sends only valid input, so the only refusal can be an outcome whose
+    // prediction was evicted from the full pairing table before the outcome task got
+    // to it (in a release build the outcome task can lag a batch behind, and pending
+    // then holds unpaired predictions plus two batches): never more than were evicted.
+    let no_prediction = diag_u64(&diag, "rejected.no_prediction");
     assert_eq!(
         diag_u64(&diag, "rejected_total"),
-        0,
-        "the driver sends only valid input"
+        no_prediction,
+        "only outcomes without a pending prediction may be refused"
+    );
+    assert!(
+        no_prediction <= diag_u64(&diag, "pending_evicted"),
+        "{no_prediction} outcomes refused for want of a prediction, more than were evicted"
     );
     // Leak guard, generous (allocator arenas, Zenoh buffers): no more than 64 MiB of
     // growth in the second half, where every address has been met and bounds are full.
