@@ -46,13 +46,22 @@ pub struct LinkStats {
 
 /// The node's [`FleetPort`]: persistence first, then the fleet.
 pub struct FleetLink {
-    /// Own records waiting for their durable write: (record, share once written).
-    pending_own: Mutex<HashMap<RecordKey, (OutcomeRecord, bool)>>,
+    /// Own records waiting for their durable write.
+    pending_own: Mutex<HashMap<RecordKey, PendingOwn>>,
     own_ready: Notify,
     interests: mpsc::Sender<Interest>,
     stats: Arc<LinkStats>,
     /// The exchange's counters (not the exchange itself, which shutdown must own alone).
     fleet_stats: Option<Arc<FleetStats>>,
+}
+
+/// An own record waiting for its durable write.
+struct PendingOwn {
+    record: OutcomeRecord,
+    /// Share it with the fleet once written.
+    share: bool,
+    /// Receipts of the outcomes it contains, answered once written (true) or failed.
+    receipts: Vec<oneshot::Sender<bool>>,
 }
 
 /// An address to ask the fleet about, and who waits for the answer.
@@ -81,18 +90,29 @@ impl FleetLink {
         }
     }
 
-    fn queue_own(&self, key: &RecordKey, record: &OutcomeRecord, share: bool) {
+    fn queue_own(
+        &self,
+        key: &RecordKey,
+        record: &OutcomeRecord,
+        share: bool,
+        receipt: Option<oneshot::Sender<bool>>,
+    ) {
         let mut pending = self
             .pending_own
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        // Records are cumulative: a newer version replaces one not yet written.
-        match pending.get(key) {
-            Some((held, _)) if held.seq >= record.seq => {}
-            _ => {
-                pending.insert(key.clone(), (record.clone(), share));
-            }
+        // Records are cumulative: a newer version replaces one not yet written and takes
+        // over its receipts (it contains their outcomes).
+        let entry = pending.entry(key.clone()).or_insert_with(|| PendingOwn {
+            record: record.clone(),
+            share,
+            receipts: Vec::new(),
+        });
+        if record.seq > entry.record.seq {
+            entry.record = record.clone();
+            entry.share = share;
         }
+        entry.receipts.extend(receipt);
         drop(pending);
         self.own_ready.notify_one();
     }
@@ -100,11 +120,22 @@ impl FleetLink {
 
 impl FleetPort for FleetLink {
     fn publish(&self, key: &RecordKey, record: &OutcomeRecord) {
-        self.queue_own(key, record, true);
+        self.queue_own(key, record, true, None);
     }
 
     fn keep(&self, key: &RecordKey, record: &OutcomeRecord) {
-        self.queue_own(key, record, false);
+        self.queue_own(key, record, false, None);
+    }
+
+    fn own_record_receipt(
+        &self,
+        key: &RecordKey,
+        record: &OutcomeRecord,
+        share: bool,
+    ) -> Option<oneshot::Receiver<bool>> {
+        let (tx, rx) = oneshot::channel();
+        self.queue_own(key, record, share, Some(tx));
+        Some(rx)
     }
 
     fn interest(&self, model: &ModelId, fingerprint: &Fingerprint) {
@@ -264,16 +295,29 @@ async fn persist_and_publish(
 }
 
 async fn flush_own(port: &FleetLink, store: &Arc<Mutex<Store>>, exchange: Option<&FleetExchange>) {
-    let (batch, share): (Vec<(RecordKey, OutcomeRecord)>, Vec<bool>) = port
+    let mut batch = Vec::new();
+    let mut share = Vec::new();
+    let mut receipts = Vec::new();
+    for (k, p) in port
         .pending_own
         .lock()
         .unwrap_or_else(PoisonError::into_inner)
         .drain()
-        .map(|(k, (r, s))| ((k, r), s))
-        .unzip();
+    {
+        batch.push((k, p.record));
+        share.push(p.share);
+        receipts.extend(p.receipts);
+    }
     if batch.is_empty() {
         return;
     }
+    // Every receipt is answered on every path below; a dropped sender also reads as
+    // "not written" on the other side.
+    let answer = |receipts: Vec<oneshot::Sender<bool>>, durable: bool| {
+        for r in receipts {
+            let _ = r.send(durable);
+        }
+    };
     let store = store.clone();
     let written = tokio::task::spawn_blocking(move || {
         let r = store
@@ -288,6 +332,7 @@ async fn flush_own(port: &FleetLink, store: &Arc<Mutex<Store>>, exchange: Option
         Err(e) => {
             port.stats.errors.fetch_add(1, Ordering::Relaxed);
             warn!("store task failed: {e}");
+            answer(receipts, false);
             return;
         }
     };
@@ -296,6 +341,7 @@ async fn flush_own(port: &FleetLink, store: &Arc<Mutex<Store>>, exchange: Option
             port.stats
                 .own_persisted
                 .fetch_add(n as u64, Ordering::Relaxed);
+            answer(receipts, true);
         }
         Err(e) => {
             // Not durable, so not published: the next outcome at each address produces a
@@ -305,6 +351,7 @@ async fn flush_own(port: &FleetLink, store: &Arc<Mutex<Store>>, exchange: Option
                 records = batch.len(),
                 "store write failed, records not published: {e}"
             );
+            answer(receipts, false);
             return;
         }
     }

@@ -484,9 +484,9 @@ async fn qis_node_sigkilled_during_ingest_loses_no_published_record_and_counts_n
     let mut stored: HashMap<String, OutcomeRecord> = HashMap::new();
     let mut next_ep = 0u64;
     let mut published_checked = 0;
-    // Kills that caught outcomes not yet durable, and outcomes lost although their
-    // discrepancy had come (lower bound).
-    let (mut kills_in_flight, mut acked_lost) = (0u64, 0u64);
+    // Kills that caught outcomes not yet durable, and durable outcomes whose discrepancy
+    // never came (lower bound).
+    let (mut kills_in_flight, mut durable_unacked) = (0u64, 0u64);
     for life in 0..=kills {
         let last = life == kills;
         let node = NodeProcess::spawn(&endpoint, "/k", &store, observer.port, &params);
@@ -567,24 +567,33 @@ async fn qis_node_sigkilled_during_ingest_loses_no_published_record_and_counts_n
         }
         let published = observer.records();
         published_checked = check_published_against_store(&published, &now, &when);
-        if last {
-            let got = discrepancies.lock().expect("lock").clone();
-            let mut acked: BTreeMap<String, u64> = BTreeMap::new();
-            let mut unique = HashSet::new();
-            for ep in &got {
-                if let Some(fp) = this.episodes.get(ep) {
-                    assert!(
-                        unique.insert(ep.clone()),
-                        "discrepancy of {ep} published twice"
-                    );
-                    *acked.entry(fp.clone()).or_default() += 1;
-                }
+        // A discrepancy is the node's receipt: published only once its outcome's record
+        // is durable. So whatever a kill catches, every outcome acknowledged in this life
+        // is in the store; after the clean stop the count is exact.
+        let got = discrepancies.lock().expect("lock").clone();
+        let mut acked_per_fp: BTreeMap<String, u64> = BTreeMap::new();
+        let mut unique = HashSet::new();
+        for ep in &got {
+            if let Some(fp) = this.episodes.get(ep) {
+                assert!(
+                    unique.insert(ep.clone()),
+                    "discrepancy of {ep} published twice"
+                );
+                *acked_per_fp.entry(fp.clone()).or_default() += 1;
             }
-            for (fp, r) in &now {
-                let before = this.restored.get(fp).copied().unwrap_or(0);
-                let n = acked.get(fp).copied().unwrap_or(0);
+        }
+        for (fp, n) in &acked_per_fp {
+            let before = this.restored.get(fp).copied().unwrap_or(0);
+            let count = now.get(fp).map_or(0, |r| r.summary.count());
+            assert!(
+                count >= before + n,
+                "{when}: {fp}: {n} outcomes acknowledged by their discrepancy, but the store \
+                 holds {count} = {before} restored + {} (an acknowledged outcome was lost)",
+                count.saturating_sub(before)
+            );
+            if last {
                 assert_eq!(
-                    r.summary.count(),
+                    count,
                     before + n,
                     "{when}: {fp}: stored count != {before} restored + {n} acknowledged"
                 );
@@ -600,21 +609,15 @@ async fn qis_node_sigkilled_during_ingest_loses_no_published_record_and_counts_n
                 .count() as u64
         };
         // What a kill caught in flight: outcomes sent but not durable (lost with the
-        // process, never acknowledged as stored), and outcomes durable whose
-        // discrepancy never came (the kill fell between the fold and its publication,
-        // or the sample died with the process).
+        // process, never acknowledged), and outcomes durable whose discrepancy never
+        // came (the kill fell between the write and the publication).
         kills_in_flight += u64::from(!last && gained < sent);
-        acked_lost += acked.saturating_sub(gained);
-        // The discrepancy is published after the fold but not after the durable write
-        // (see docs/RELIABILITY.md), so a kill can also lose outcomes whose
-        // discrepancy came: at least `acked - gained` of them.
+        durable_unacked += gained.saturating_sub(acked);
         println!(
             "life {life}: {sent} outcomes sent, {acked} discrepancies, {gained} made durable \
-             (lost in flight {}, of them acknowledged by a discrepancy >= {}; durable but \
-             unacknowledged >= {}); store {total} outcomes over {} fingerprints; {} records \
-             seen published so far",
+             (lost in flight, never acknowledged {}; durable but unacknowledged >= {}); \
+             store {total} outcomes over {} fingerprints; {} records seen published so far",
             sent - gained.min(sent),
-            acked.saturating_sub(gained),
             gained.saturating_sub(acked),
             now.len(),
             published.len()
@@ -630,7 +633,8 @@ async fn qis_node_sigkilled_during_ingest_loses_no_published_record_and_counts_n
         "node crash test: {kills} SIGKILLs + 1 SIGTERM in {:.1} s; {sent} outcomes sent, \
          {acked} discrepancies received, {stored_total} outcomes stored, {published_checked} \
          published records checked against the store; {kills_in_flight} kills caught outcomes \
-         in flight; >= {acked_lost} outcomes lost after their discrepancy",
+         in flight; every acknowledged outcome stored; >= {durable_unacked} durable outcomes \
+         never acknowledged",
         started.elapsed().as_secs_f64()
     );
     assert!(

@@ -30,6 +30,21 @@ pub trait FleetPort: Send + Sync {
         }
     }
 
+    /// Like [`own_record`](Self::own_record), with a receipt: the receiver yields true
+    /// once the record (or a newer one of its key, which contains its outcomes) is
+    /// durable, false when the write failed. The binding publishes the outcome's
+    /// `discrepancy` only after it, so a discrepancy means "recorded". `None`: this port
+    /// keeps nothing to wait for. Default: `own_record`, no receipt.
+    fn own_record_receipt(
+        &self,
+        key: &RecordKey,
+        record: &OutcomeRecord,
+        share: bool,
+    ) -> Option<oneshot::Receiver<bool>> {
+        self.own_record(key, record, share);
+        None
+    }
+
     /// The node met an address it holds nothing about: the exchange should ask the fleet
     /// for it once and keep it fresh (DESIGN 1, step 3). Default: nothing to do.
     fn interest(&self, _model: &ModelId, _fingerprint: &Fingerprint) {}

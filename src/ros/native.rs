@@ -132,6 +132,9 @@ impl RejectLog {
     }
 }
 
+/// Most discrepancies waiting for their outcome's durable write.
+const DISCREPANCY_QUEUE: usize = 4096;
+
 /// Asks the fleet about an address met for the first time and merges the answer before
 /// the prediction is answered; without an answer in time the prediction goes on
 /// uncorrected (records that arrive later still count for the next one).
@@ -303,6 +306,30 @@ impl NativeNode {
                 }
             });
         }
+        // Discrepancies leave in arrival order, each once its outcome's record is durable
+        // (a discrepancy is the node's receipt for an outcome). The queue is bounded, so a
+        // store that falls behind slows the outcome task rather than growing memory.
+        let (receipts_tx, mut receipts_rx) = mpsc::channel::<(
+            Option<tokio::sync::oneshot::Receiver<bool>>,
+            Discrepancy,
+        )>(DISCREPANCY_QUEUE);
+        tasks.spawn(async move {
+            // Drains the queue to its end after the outcome task stops (at shutdown the
+            // link writes what is pending, so every receipt is answered).
+            while let Some((receipt, discrepancy)) = receipts_rx.recv().await {
+                if let Some(receipt) = receipt
+                    && !receipt.await.unwrap_or(false)
+                {
+                    tracing::warn!(
+                        episode_id = %discrepancy.episode_id,
+                        "outcome not written to the store; discrepancy published anyway"
+                    );
+                }
+                if let Err(e) = disc_pub.async_publish(&discrepancy).await {
+                    tracing::error!(episode_id = %discrepancy.episode_id, "publishing discrepancy: {e}");
+                }
+            }
+        });
         {
             let (logic, cancel, clock, fleet) =
                 (logic.clone(), cancel.clone(), clock.clone(), fleet.clone());
@@ -322,9 +349,13 @@ impl NativeNode {
                     match result {
                         Ok(effect) => {
                             let (key, record) = &effect.own_record;
-                            fleet.own_record(key, record, effect.share);
-                            if let Err(e) = disc_pub.async_publish(&effect.discrepancy).await {
-                                tracing::error!(episode_id = %o.episode_id, "publishing discrepancy: {e}");
+                            let receipt = fleet.own_record_receipt(key, record, effect.share);
+                            if receipts_tx
+                                .send((receipt, effect.discrepancy))
+                                .await
+                                .is_err()
+                            {
+                                break;
                             }
                         }
                         Err(e) => rejects.log("outcome", &e),

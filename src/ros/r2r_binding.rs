@@ -114,6 +114,22 @@ pub async fn run(
         }
     };
     let logic = Arc::new(Mutex::new(logic));
+    // Discrepancies leave in arrival order, each once its outcome's record is durable
+    // (the node's receipt for an outcome); bounded, so a slow store slows the loop.
+    let (receipts_tx, mut receipts_rx) =
+        mpsc::channel::<(Option<tokio::sync::oneshot::Receiver<bool>>, Vec<u8>)>(4096);
+    let discrepancies = tokio::spawn(async move {
+        while let Some((receipt, bytes)) = receipts_rx.recv().await {
+            if let Some(receipt) = receipt
+                && !receipt.await.unwrap_or(false)
+            {
+                tracing::warn!("outcome not written to the store; discrepancy published anyway");
+            }
+            if let Err(e) = disc_pub.publish_raw(&bytes) {
+                tracing::error!("publishing discrepancy: {e}");
+            }
+        }
+    });
 
     // rcl needs its executor spun; r2r's node is driven from one blocking thread.
     let spin_stop = stop.clone();
@@ -155,19 +171,23 @@ pub async fn run(
                 }
             }
             Some(bytes) = outcomes.next() => {
-                let mut l = logic.lock().unwrap_or_else(|e| e.into_inner());
-                let Some(o) = decode::<Outcome>(&bytes) else {
-                    l.on_malformed();
-                    continue;
+                let r = {
+                    let mut l = logic.lock().unwrap_or_else(|e| e.into_inner());
+                    match decode::<Outcome>(&bytes) {
+                        Some(o) => Some(l.on_outcome(&o, now())),
+                        None => {
+                            l.on_malformed();
+                            None
+                        }
+                    }
                 };
-                let r = l.on_outcome(&o, now());
-                drop(l);
+                let Some(r) = r else { continue };
                 match r {
                     Ok(effect) => {
                         let (key, record) = &effect.own_record;
-                        fleet.own_record(key, record, effect.share);
-                        if let Err(e) = disc_pub.publish_raw(&effect.discrepancy.serialize()) {
-                            tracing::error!("publishing discrepancy: {e}");
+                        let receipt = fleet.own_record_receipt(key, record, effect.share);
+                        if receipts_tx.send((receipt, effect.discrepancy.serialize())).await.is_err() {
+                            tracing::error!("discrepancy queue closed");
                         }
                     }
                     Err(e) => {
@@ -214,6 +234,10 @@ pub async fn run(
         }
     }
     stop.store(true, Ordering::Relaxed);
+    // The last discrepancies go out once their records are written (the caller shuts
+    // the link down after this returns, so the node's own writes are already queued).
+    drop(receipts_tx);
+    let _ = discrepancies.await;
     let _ = spinner.await;
     Ok(())
 }
