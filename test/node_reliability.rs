@@ -162,6 +162,20 @@ impl NodeProcess {
 /// A sample seen on the fleet: key expression and payload.
 type Sampled = (String, Vec<u8>);
 
+/// Zenoh settings of a test peer that listens on `port` (127.0.0.1), dials nobody and
+/// does not scout: the node's fleet exchange connects to it.
+fn listening_peer(port: u16) -> zenoh::Config {
+    let mut cfg = zenoh::Config::default();
+    cfg.insert_json5("mode", "\"peer\"").expect("mode");
+    cfg.insert_json5("listen/endpoints", &format!("[\"tcp/127.0.0.1:{port}\"]"))
+        .expect("listen");
+    cfg.insert_json5("connect/endpoints", "[]")
+        .expect("connect");
+    cfg.insert_json5("scouting/multicast/enabled", "false")
+        .expect("scouting");
+    cfg
+}
+
 /// A Zenoh peer the node's fleet exchange connects to: it listens on a loopback port
 /// and records every sample published under `qis/**` (the node's records).
 struct FleetObserver {
@@ -174,15 +188,9 @@ struct FleetObserver {
 impl FleetObserver {
     async fn start() -> Self {
         let port = free_port();
-        let mut cfg = zenoh::Config::default();
-        cfg.insert_json5("mode", "\"peer\"").expect("mode");
-        cfg.insert_json5("listen/endpoints", &format!("[\"tcp/127.0.0.1:{port}\"]"))
-            .expect("listen");
-        cfg.insert_json5("connect/endpoints", "[]")
-            .expect("connect");
-        cfg.insert_json5("scouting/multicast/enabled", "false")
-            .expect("scouting");
-        let session = zenoh::open(cfg).await.expect("observer session");
+        let session = zenoh::open(listening_peer(port))
+            .await
+            .expect("observer session");
         let seen = Arc::new(Mutex::new(Vec::new()));
         let sink = seen.clone();
         let sub = session
@@ -665,15 +673,9 @@ impl FleetPeer {
         use qis_ros::core::summary::Summary;
         use zenoh::Wait;
         let port = free_port();
-        let mut cfg = zenoh::Config::default();
-        cfg.insert_json5("mode", "\"peer\"").expect("mode");
-        cfg.insert_json5("listen/endpoints", &format!("[\"tcp/127.0.0.1:{port}\"]"))
-            .expect("listen");
-        cfg.insert_json5("connect/endpoints", "[]")
-            .expect("connect");
-        cfg.insert_json5("scouting/multicast/enabled", "false")
-            .expect("scouting");
-        let session = zenoh::open(cfg).await.expect("fleet peer session");
+        let session = zenoh::open(listening_peer(port))
+            .await
+            .expect("fleet peer session");
         let answered = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let count = answered.clone();
         let fleet = FleetName::new(FLEET).expect("fleet name");

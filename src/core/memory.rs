@@ -263,11 +263,17 @@ impl OutcomeMemory {
         self.models.get(model.as_str())?.get(fingerprint)
     }
 
-    /// Number of own outcomes folded in for one address.
-    pub fn own_count(&self, model: &ModelId, fingerprint: &Fingerprint) -> u64 {
+    /// This robot's own summary at one address, if it has outcomes there.
+    pub fn own_summary(&self, model: &ModelId, fingerprint: &Fingerprint) -> Option<&Summary> {
         self.address(model, fingerprint)
             .and_then(|a| a.own.as_ref())
-            .map_or(0, |o| o.1.count())
+            .map(|o| &o.1)
+    }
+
+    /// Number of own outcomes folded in for one address.
+    pub fn own_count(&self, model: &ModelId, fingerprint: &Fingerprint) -> u64 {
+        self.own_summary(model, fingerprint)
+            .map_or(0, Summary::count)
     }
 
     /// Number of received records held.

@@ -225,6 +225,26 @@ impl TrustBook {
         true
     }
 
+    /// Judges a record from the fleet when it arrives, before the memory decides whether
+    /// to keep it (a full address may drop it unjudged): against this robot's own summary
+    /// at its address (`own`), so a liar is known from the addresses where this robot has
+    /// outcomes before it is the lone voice somewhere thin, and against the plausibility
+    /// gate. Records of this robot's own source are not judged.
+    pub fn judge_record(
+        &mut self,
+        own_source: &SourceId,
+        source: &SourceId,
+        claimed: &Summary,
+        own: Option<&Summary>,
+        max_residual: &[f64],
+    ) {
+        if source == own_source {
+            return;
+        }
+        self.observe_arrival(source, claimed, own);
+        self.observe_plausibility(source, claimed, max_residual);
+    }
+
     /// Sources with a trust record.
     pub fn len(&self) -> usize {
         self.gaps.len()

@@ -362,23 +362,13 @@ impl NodeLogic {
             .params
             .synthesis
             .plausible(record.summary.mean().as_slice());
-        // Judged on arrival, before the memory decides whether to keep it: a full address
-        // may drop it unjudged, and a liar is best known from the addresses where this
-        // robot has outcomes of its own before it is the lone voice somewhere thin.
-        if key.source != *self.memory.own_source() {
-            let own = self
-                .memory
-                .address(&key.model, &key.fingerprint)
-                .and_then(|a| a.own.as_ref())
-                .map(|o| &o.1);
-            self.trust
-                .observe_arrival(&key.source, &record.summary, own);
-            self.trust.observe_plausibility(
-                &key.source,
-                &record.summary,
-                &self.params.synthesis.max_residual,
-            );
-        }
+        self.trust.judge_record(
+            self.memory.own_source(),
+            &key.source,
+            &record.summary,
+            self.memory.own_summary(&key.model, &key.fingerprint),
+            &self.params.synthesis.max_residual,
+        );
         let r = self.memory.ingest(key, record);
         match r {
             Ingest::Stored => {

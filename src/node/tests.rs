@@ -1,7 +1,8 @@
 //! Unit tests of `NodeLogic`: pairing, correction, fleet input, rejection counting.
 
 use super::*;
-use crate::core::ids::SourceId;
+use crate::core::ids::{RecordKey, SourceId};
+use crate::core::record::OutcomeRecord;
 use crate::ros::msgs::{Outcome, Prediction, QueryRequest, Scenario};
 
 const S: i64 = 1_000_000_000;
@@ -47,6 +48,15 @@ fn learn(node: &mut NodeLogic, tag: &str, n: usize, bias: f64, t0: i64) -> Vec<O
                 .unwrap()
         })
         .collect()
+}
+
+/// The record the last of `effects` shares with the fleet.
+fn last_shared(effects: &[OutcomeEffect]) -> (RecordKey, OutcomeRecord) {
+    effects
+        .last()
+        .and_then(OutcomeEffect::record_to_publish)
+        .cloned()
+        .expect("the last outcome shares its record")
 }
 
 #[test]
@@ -98,12 +108,7 @@ fn records_beyond_the_plausibility_gate_are_counted_and_given_no_weight() {
     params.synthesis.max_residual = vec![5.0];
     let mut b = node("robot-b", params);
     let effects = learn(&mut liar, "road=ice", 20, 50.0, 0);
-    let (key, rec) = effects
-        .last()
-        .unwrap()
-        .record_to_publish()
-        .cloned()
-        .unwrap();
+    let (key, rec) = last_shared(&effects);
     assert_eq!(
         b.on_record(&key, rec.clone()),
         crate::core::memory::Ingest::Stored
@@ -131,12 +136,7 @@ fn a_source_whose_claims_miss_this_robots_outcomes_loses_its_weight_everywhere()
     // The liar claims +20 at road=wet and at road=ice, which B has never met.
     let claim = |tag: &str, n: &mut NodeLogic| {
         let effects = learn(n, tag, 10, 20.0, 100 * S);
-        effects
-            .last()
-            .unwrap()
-            .record_to_publish()
-            .cloned()
-            .unwrap()
+        last_shared(&effects)
     };
     let (wet_key, wet) = claim("road=wet", &mut liar);
     let (ice_key, ice) = claim("road=ice", &mut liar);
@@ -179,12 +179,7 @@ fn fleet_records_correct_another_robots_first_encounter() {
     let mut a = node("robot-a", NodeParams::default());
     let mut b = node("robot-b", NodeParams::default());
     let effects = learn(&mut a, "road=ice", 20, -1.0, 0);
-    let (key, rec) = effects
-        .last()
-        .unwrap()
-        .record_to_publish()
-        .cloned()
-        .unwrap();
+    let (key, rec) = last_shared(&effects);
     assert_eq!(
         b.on_record(&key, rec.clone()),
         crate::core::memory::Ingest::Stored

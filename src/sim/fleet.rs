@@ -239,24 +239,13 @@ impl<E: Exchange> Robot<E> {
         self.exchange.poll(&mut self.inbox)?;
         let mut fed = Vec::new();
         for (key, record) in self.inbox.drain(..) {
-            // Trust earned from outcomes, at arrival: where this robot has outcomes of its
-            // own, a record's claim is judged against them before the memory decides
-            // whether to keep it (a full address may drop it unjudged), so a liar is known
-            // from the busy classes before it is the lone voice in a thin one.
-            if key.source != self.source {
-                let own = self
-                    .memory
-                    .address(&key.model, &key.fingerprint)
-                    .and_then(|a| a.own.as_ref())
-                    .map(|o| &o.1);
-                self.trust
-                    .observe_arrival(&key.source, &record.summary, own);
-                self.trust.observe_plausibility(
-                    &key.source,
-                    &record.summary,
-                    &scene.synthesis.max_residual,
-                );
-            }
+            self.trust.judge_record(
+                &self.source,
+                &key.source,
+                &record.summary,
+                self.memory.own_summary(&key.model, &key.fingerprint),
+                &scene.synthesis.max_residual,
+            );
             if let Some(index) = &mut self.neighbors {
                 index
                     .insert(&key.model, key.fingerprint, &record.sketch)
@@ -362,11 +351,7 @@ impl<E: Exchange> Robot<E> {
             }
             node.compare(diff);
         }
-        let own = self
-            .memory
-            .address(&scene.model, &fp)
-            .and_then(|a| a.own.as_ref())
-            .map(|o| &o.1);
+        let own = self.memory.own_summary(&scene.model, &fp);
         let local = prior_from(&scene.synthesis, own, &x, now)?;
         let central = prior_from(&scene.synthesis, scene.oracle.summary(&fp), &x, now)?;
         let measured = situation.measure(&mut self.rng);
