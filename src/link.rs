@@ -202,7 +202,9 @@ pub struct RunningLink {
     exchange: Option<Arc<FleetExchange>>,
     cancel: CancellationToken,
     tasks: JoinSet<()>,
-    _idle_sender: mpsc::Sender<Received>,
+    /// The node's record channel: held so it stays open (and empty) when the robot
+    /// learns alone, and used by [`RunningLink::refollow`].
+    to_node: mpsc::Sender<Received>,
 }
 
 impl FleetLink {
@@ -260,8 +262,6 @@ impl FleetLink {
                 cancel.clone(),
             ));
         }
-        // Held so the node's channel stays open (and empty) when the robot learns alone.
-        let idle_sender = node_tx;
         let link = RunningLink {
             port,
             stats,
@@ -269,7 +269,7 @@ impl FleetLink {
             exchange,
             cancel,
             tasks,
-            _idle_sender: idle_sender,
+            to_node: node_tx,
         };
         (link, node_rx)
     }
@@ -476,7 +476,7 @@ impl RunningLink {
         let Some(exchange) = self.exchange.clone() else {
             return;
         };
-        let node = self._idle_sender.clone();
+        let node = self.to_node.clone();
         let (store, stats, cancel) = (self.store.clone(), self.stats.clone(), self.cancel.clone());
         let budget = exchange.max_follows();
         self.tasks.spawn(async move {

@@ -121,7 +121,7 @@ impl SynthesisConfig {
     pub fn plausible(&self, mean: &[f64]) -> bool {
         mean.iter()
             .enumerate()
-            .all(|(i, m)| m.abs() <= per_dimension(&self.max_residual, i))
+            .all(|(i, m)| per_dimension(&self.max_residual, i).is_none_or(|b| m.abs() <= b))
     }
 
     /// The decay implied by `half_life_s`.
@@ -130,22 +130,15 @@ impl SynthesisConfig {
     }
 
     fn bound(&self, i: usize) -> f64 {
-        per_dimension(&self.max_correction, i)
+        per_dimension(&self.max_correction, i).unwrap_or(f64::INFINITY)
     }
 }
 
-/// The bound for dimension `i` of a per-dimension list (one value = all dimensions, a
-/// short list repeats its last value, empty = unbounded).
-fn per_dimension(bounds: &[f64], i: usize) -> f64 {
-    match bounds {
-        [] => f64::INFINITY,
-        [all] => *all,
-        _ => bounds
-            .get(i)
-            .or(bounds.last())
-            .copied()
-            .unwrap_or(f64::INFINITY),
-    }
+/// The value for dimension `i` of a per-dimension list (one value = all dimensions, a
+/// short list repeats its last value); `None` for an empty list. Every per-dimension
+/// setting (correction bounds, the plausibility gate, trust scales) reads it this way.
+pub(crate) fn per_dimension(list: &[f64], i: usize) -> Option<f64> {
+    list.get(i).or(list.last()).copied()
 }
 
 /// Why no prior could be synthesized.

@@ -24,6 +24,7 @@ use thiserror::Error;
 
 use super::ids::SourceId;
 use super::summary::Summary;
+use super::synthesis::per_dimension;
 
 /// Smallest weight of a new observation in the running mean (memory of ~50 outcomes).
 const MIN_RATE: f64 = 0.02;
@@ -88,11 +89,7 @@ impl TrustConfig {
     }
 
     fn scale(&self, i: usize) -> f64 {
-        self.scale
-            .get(i)
-            .or(self.scale.last())
-            .copied()
-            .unwrap_or(1.0)
+        per_dimension(&self.scale, i).unwrap_or(1.0)
     }
 }
 
@@ -206,17 +203,14 @@ impl TrustBook {
         claimed: &Summary,
         max_residual: &[f64],
     ) -> bool {
-        let Some(&last) = max_residual.last() else {
+        if max_residual.is_empty() {
             return false;
-        };
+        }
         let claimed = claimed.mean().as_slice();
         let gated: Vec<f64> = claimed
             .iter()
             .enumerate()
-            .map(|(i, c)| {
-                let b = max_residual.get(i).copied().unwrap_or(last);
-                c.clamp(-b, b)
-            })
+            .map(|(i, c)| per_dimension(max_residual, i).map_or(*c, |b| c.clamp(-b, b)))
             .collect();
         if gated.iter().zip(claimed).all(|(g, c)| g == c) {
             return false;
@@ -229,7 +223,8 @@ impl TrustBook {
     /// to keep it (a full address may drop it unjudged): against this robot's own summary
     /// at its address (`own`), so a liar is known from the addresses where this robot has
     /// outcomes before it is the lone voice somewhere thin, and against the plausibility
-    /// gate. Records of this robot's own source are not judged.
+    /// gate. Records of this robot's own source are not judged. Returns whether the claim
+    /// lies beyond the gate.
     pub fn judge_record(
         &mut self,
         own_source: &SourceId,
@@ -237,12 +232,12 @@ impl TrustBook {
         claimed: &Summary,
         own: Option<&Summary>,
         max_residual: &[f64],
-    ) {
+    ) -> bool {
         if source == own_source {
-            return;
+            return false;
         }
         self.observe_arrival(source, claimed, own);
-        self.observe_plausibility(source, claimed, max_residual);
+        self.observe_plausibility(source, claimed, max_residual)
     }
 
     /// Sources with a trust record.

@@ -358,11 +358,7 @@ impl NodeLogic {
     pub fn on_record(&mut self, key: &RecordKey, record: OutcomeRecord) -> Ingest {
         let sketch = record.sketch;
         // Counted only for records the memory stores, so a replay is not counted twice.
-        let implausible = !self
-            .params
-            .synthesis
-            .plausible(record.summary.mean().as_slice());
-        self.trust.judge_record(
+        let implausible = self.trust.judge_record(
             self.memory.own_source(),
             &key.source,
             &record.summary,

@@ -273,9 +273,7 @@ impl SimConfig {
         }
         self.synthesis.validate().map_err(SimError::Synthesis)
     }
-}
 
-impl SimConfig {
     /// The trust settings every robot (and its node) uses: gaps in units of each state
     /// component's scale.
     pub fn trust(&self) -> crate::core::trust::TrustConfig {
@@ -285,12 +283,7 @@ impl SimConfig {
             ..crate::core::trust::TrustConfig::default()
         }
     }
-}
 
-/// Situations drawn per context to measure the world model's validation envelope.
-const ENVELOPE_SAMPLES_PER_CONTEXT: usize = 200;
-
-impl SimConfig {
     /// These settings with `synthesis.max_residual` set to `plausibility_margin` times
     /// the world model's validation envelope, unless a gate is already configured or the
     /// margin is 0. The envelope comes from its own random stream, so it does not shift
@@ -308,6 +301,9 @@ impl SimConfig {
         config
     }
 }
+
+/// Situations drawn per context to measure the world model's validation envelope.
+const ENVELOPE_SAMPLES_PER_CONTEXT: usize = 200;
 
 /// Runs the simulation (twice when there are attackers: once without, for reference,
 /// on the same episodes) and gathers the report. `progress` gets the rounds done.
