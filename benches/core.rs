@@ -94,6 +94,7 @@ fn benches(c: &mut Criterion) {
             trust: 1.0,
             similarity: 1.0,
             exact: true,
+            young: false,
         })
         .collect();
     let cfg = SynthesisConfig::default();
@@ -135,6 +136,7 @@ fn benches(c: &mut Criterion) {
                     seq: Seq(1),
                     sketch: Sketch([1; SKETCH_DIM]),
                     summary: s.clone(),
+                    time_base: Default::default(),
                 },
             );
         }
@@ -154,6 +156,7 @@ fn benches(c: &mut Criterion) {
                     seq: Seq(1),
                     sketch: Sketch([1; SKETCH_DIM]),
                     summary: sums[0].clone(),
+                    time_base: Default::default(),
                 },
             );
         }
@@ -177,7 +180,7 @@ fn benches(c: &mut Criterion) {
                         &[],
                         black_box(&x),
                         None,
-                        &|_| 1.0,
+                        &|_| qis_ros::core::trust::SourceTrust::FULL,
                         100_000_000,
                     )
                     .expect("valid")

@@ -13,8 +13,7 @@ use qis_ros::core::memory::{Ingest, MemoryConfig, OutcomeMemory};
 use qis_ros::core::neighbors::Sketch;
 use qis_ros::core::record::OutcomeRecord;
 use qis_ros::core::summary::Decay;
-use qis_ros::fleet::signing::public_key_hex;
-use qis_ros::fleet::{FleetConfig, FleetExchange, Publish};
+use qis_ros::fleet::{FleetConfig, FleetExchange, Identity, Publish};
 
 const WARMUP: usize = 100;
 const DIM: usize = 8;
@@ -30,10 +29,7 @@ fn percentiles(mut v: Vec<Duration>) -> (f64, f64) {
     (at(0.50), at(0.99))
 }
 
-fn config(listen: u16, connect: u16, signed: bool, dir: &std::path::Path) -> FleetConfig {
-    let key = ed25519_dalek::SigningKey::from_bytes(&[7; 32]);
-    let key_file = dir.join(format!("{listen}.key"));
-    std::fs::write(&key_file, hex::encode(key.to_bytes())).expect("key file");
+fn config(listen: u16, connect: u16, signed: bool) -> FleetConfig {
     FleetConfig {
         fleet: "bench".into(),
         listen: vec![format!("tcp/127.0.0.1:{listen}")],
@@ -41,32 +37,29 @@ fn config(listen: u16, connect: u16, signed: bool, dir: &std::path::Path) -> Fle
         publish_interval_ms: 0,
         min_count_to_share: 1,
         anti_entropy_period_ms: 0,
-        signing_key_file: signed.then_some(key_file),
-        fleet_keys: if signed {
-            vec![public_key_hex(&key)]
-        } else {
-            vec![]
-        },
+        unsigned: !signed,
         ..FleetConfig::default()
     }
 }
 
 async fn run(signed: bool, rounds: usize) {
-    let dir = tempfile::tempdir().expect("tempdir");
     let (pa, pb) = (free_port(), free_port());
-    let (a, _rx_a) = FleetExchange::start(
-        config(pa, pb, signed, dir.path())
-            .validate()
-            .expect("config"),
-        SourceId::new("robot-a").unwrap(),
-    )
-    .await
-    .expect("A starts");
+    // Signed: self-certifying identities (the default); unsigned: named robots.
+    let identity = |name: &str| {
+        if signed {
+            Identity::generate()
+        } else {
+            Identity::unsigned(SourceId::new(name).unwrap())
+        }
+    };
+    let id_a = identity("robot-a");
+    let a_source = id_a.source().clone();
+    let (a, _rx_a) = FleetExchange::start(config(pa, pb, signed).validate().expect("config"), id_a)
+        .await
+        .expect("A starts");
     let (b, mut rx_b) = FleetExchange::start(
-        config(pb, pa, signed, dir.path())
-            .validate()
-            .expect("config"),
-        SourceId::new("robot-b").unwrap(),
+        config(pb, pa, signed).validate().expect("config"),
+        identity("robot-b"),
     )
     .await
     .expect("B starts");
@@ -75,7 +68,7 @@ async fn run(signed: bool, rounds: usize) {
     let key = RecordKey {
         model: model.clone(),
         fingerprint: fp,
-        source: SourceId::new("robot-a").unwrap(),
+        source: a_source,
     };
     // Pre-compute the record versions so only the exchange is timed.
     let mut own = OutcomeMemory::new(

@@ -209,22 +209,18 @@ pub struct RunningLink {
 
 impl FleetLink {
     /// Starts the link's tasks; returns it with the channel of fleet records for the
-    /// node. `restored_own` records are served to fleet queries at once (they are
-    /// already durable).
+    /// node. Own records restored from the store are not served until the node shares
+    /// them again: which version was last shared before the restart is not kept, and
+    /// serving a newer one could reveal fewer than `min_count_to_share` outcomes by
+    /// difference (privacy budget). Routers' storages keep serving the shared version.
     ///
     /// Without an exchange (`None`) the link only persists: the robot learns alone.
     pub fn start(
         store: Store,
         exchange: Option<(FleetExchange, mpsc::Receiver<Received>)>,
-        restored_own: &[(RecordKey, OutcomeRecord)],
         node_capacity: usize,
     ) -> (RunningLink, mpsc::Receiver<Received>) {
         let (exchange, from_fleet) = exchange.unzip();
-        for (key, record) in restored_own {
-            if let Some(Err(e)) = exchange.as_ref().map(|x| x.serve_own(key, record)) {
-                warn!(fingerprint = %key.fingerprint, "serving a restored record: {e}");
-            }
-        }
         let (interest_tx, interest_rx) = mpsc::channel(INTEREST_QUEUE);
         let (node_tx, node_rx) = mpsc::channel(node_capacity.max(1));
         let stats = Arc::new(LinkStats::default());

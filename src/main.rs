@@ -1,6 +1,5 @@
 //! `qis`: the command line of qis_ros.
 
-use std::hash::BuildHasher;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -9,7 +8,7 @@ use clap::{Parser, Subcommand};
 
 use qis_ros::core::ids::SourceId;
 use qis_ros::core::store::Store;
-use qis_ros::fleet::{FleetExchange, Received};
+use qis_ros::fleet::{FleetExchange, Identity, Received};
 use qis_ros::link::{FleetLink, RunningLink};
 use qis_ros::node::{FleetPort, NodeLogic, NodeParams, ParamError};
 use qis_ros::ros::native::{DEFAULT_INPUT_DEPTH, NativeConfig, NativeNode, ZenohOptions};
@@ -69,13 +68,6 @@ fn init_logging(level: Option<&str>, default: &str) {
         .init();
 }
 
-/// A fresh pseudonymous source id: 64 random bits (std's per-process random hash keys).
-fn random_source_id() -> anyhow::Result<SourceId> {
-    let bits = std::collections::hash_map::RandomState::new()
-        .hash_one((std::process::id(), std::time::SystemTime::now()));
-    Ok(SourceId::new(format!("robot-{bits:016x}"))?)
-}
-
 /// The store file: `store_path`, or `$ROS_HOME/qis/<fleet>.<node>.redb` (`~/.ros`).
 fn store_path(params: &NodeParams, names: &Names) -> anyhow::Result<PathBuf> {
     if !params.store_path.is_empty() {
@@ -92,21 +84,33 @@ fn store_path(params: &NodeParams, names: &Names) -> anyhow::Result<PathBuf> {
         .join(format!("{}.{node}.redb", params.fleet)))
 }
 
-/// The robot's source id: the `source_id` parameter, else the one kept beside the store
-/// (so own records restored after a restart keep their source), else a new random one.
-fn source_id(params: &NodeParams, store: &Path) -> anyhow::Result<SourceId> {
+/// The robot's identity: in a signed fleet (the default) the key in `identity_file`, or
+/// beside the store (`<store>.key`), created at first start with mode 0600; its source
+/// id is the public key. With `exchange.unsigned: true`, the `source_id` parameter or
+/// the id kept beside the store (`<store>.source`), else a new random one.
+fn identity(params: &NodeParams, store: &Path) -> anyhow::Result<Identity> {
+    if !params.exchange.unsigned {
+        let file = if params.identity_file.is_empty() {
+            store.with_extension("key")
+        } else {
+            PathBuf::from(&params.identity_file)
+        };
+        return Ok(Identity::load_or_create(&file)?);
+    }
     if !params.source_id.is_empty() {
-        return Ok(SourceId::new(params.source_id.clone())?);
+        return Ok(Identity::unsigned(SourceId::new(params.source_id.clone())?));
     }
     let file = store.with_extension("source");
     match std::fs::read_to_string(&file) {
-        Ok(s) => SourceId::new(s.trim())
-            .with_context(|| format!("{} holds an invalid source id", file.display())),
+        Ok(s) => Ok(Identity::unsigned(SourceId::new(s.trim()).with_context(
+            || format!("{} holds an invalid source id", file.display()),
+        )?)),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let id = random_source_id()?;
+            // A random name: the public key of a throwaway identity.
+            let id = Identity::generate().source().clone();
             std::fs::write(&file, id.as_str())
                 .with_context(|| format!("writing {}", file.display()))?;
-            Ok(id)
+            Ok(Identity::unsigned(id))
         }
         Err(e) => Err(e).with_context(|| format!("reading {}", file.display())),
     }
@@ -117,9 +121,9 @@ async fn start_link(
     params: &NodeParams,
     logic: &mut NodeLogic,
     store: Store,
+    identity: Identity,
 ) -> anyhow::Result<(RunningLink, mpsc::Receiver<Received>)> {
     let stored = store.load().context("reading the store")?;
-    let mut own = Vec::new();
     // Own addresses first: where this robot has been is where it is likely to return.
     let mut known = Vec::new();
     let mut seen = std::collections::HashSet::new();
@@ -132,23 +136,27 @@ async fn start_link(
             known.push((r.key.model.clone(), r.key.fingerprint));
         }
     }
+    let now = qis_ros::ros::clock::system_ns();
+    let mut own = 0usize;
     for r in stored {
         if r.own {
             if r.key.source == *logic.source() {
-                own.push((r.key.clone(), r.record.clone()));
+                own += 1;
                 logic.restore_own(&r.key, r.record);
             }
         } else {
-            logic.on_record(&r.key, r.record);
+            // Checked like a record from the network: a stored record from the future
+            // (kept by an older version) is refused here, not trusted forever.
+            logic.on_record(&r.key, r.record, now);
         }
     }
     tracing::info!(
-        own = own.len(),
+        own,
         received = store.received_len(),
         "restored from the store"
     );
     if !params.exchange_enabled {
-        return Ok(FleetLink::start(store, None, &own, 4096));
+        return Ok(FleetLink::start(store, None, 4096));
     }
     let mut exchange = params.exchange.clone();
     exchange.fleet = params.fleet.clone();
@@ -157,10 +165,10 @@ async fn start_link(
         param: format!("exchange.{}", e.field),
         reason: e.reason,
     })?;
-    let (exchange, from_fleet) = FleetExchange::start(settings, logic.source().clone())
+    let (exchange, from_fleet) = FleetExchange::start(settings, identity)
         .await
         .context("starting the fleet exchange")?;
-    let (mut link, to_node) = FleetLink::start(store, Some((exchange, from_fleet)), &own, 4096);
+    let (mut link, to_node) = FleetLink::start(store, Some((exchange, from_fleet)), 4096);
     link.refollow(known);
     Ok((link, to_node))
 }
@@ -178,14 +186,15 @@ async fn run_node(a: NodeArgs, ros: args::RosArgs) -> anyhow::Result<()> {
     }
     let store = Store::open(&path, params.store.clone())
         .with_context(|| format!("opening the store {}", path.display()))?;
-    let source = source_id(&params, &path)?;
+    let identity = identity(&params, &path)?;
+    let source = identity.source().clone();
     let domain_id = match std::env::var("ROS_DOMAIN_ID") {
         Ok(v) if !v.is_empty() => v.parse().context("ROS_DOMAIN_ID must be an integer")?,
         _ => 0,
     };
-    tracing::info!(source = %source, fleet = %params.fleet, store = %path.display(), "starting");
+    tracing::info!(source = %source, signed = identity.signing_key().is_some(), fleet = %params.fleet, store = %path.display(), "starting");
     let mut logic = NodeLogic::new(params.clone(), source)?;
-    let (link, records_rx) = start_link(&params, &mut logic, store).await?;
+    let (link, records_rx) = start_link(&params, &mut logic, store, identity).await?;
     let port: Arc<dyn FleetPort> = link.port.clone();
     #[cfg(feature = "r2r")]
     if a.r2r {

@@ -14,9 +14,11 @@ use qis_ros::core::neighbors::Sketch;
 use qis_ros::core::record::OutcomeRecord;
 use qis_ros::core::summary::Decay;
 use qis_ros::core::synthesis::SynthesisConfig;
+use qis_ros::core::trust::SourceTrust;
+use qis_ros::fleet::identity::source_id_of;
 use qis_ros::fleet::keys::record_key;
 use qis_ros::fleet::signing::{public_key_hex, seal};
-use qis_ros::fleet::{FleetConfig, FleetExchange, Publish, Received};
+use qis_ros::fleet::{FleetConfig, FleetExchange, Identity, Publish, Received};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::sync::mpsc;
@@ -45,12 +47,21 @@ fn key_of(seed: u8) -> SigningKey {
 }
 
 fn write_key(dir: &Path, name: &str, key: &SigningKey) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt as _;
     let p = dir.join(name);
     std::fs::write(&p, hex::encode(key.to_bytes())).expect("write key file");
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).expect("chmod 600");
     p
 }
 
-/// Peer settings on loopback with the given endpoints.
+/// The self-certifying source id of a key.
+fn sid(key: &SigningKey) -> String {
+    source_id_of(&key.verifying_key()).as_str().to_owned()
+}
+
+/// Peer settings on loopback with the given endpoints. Unsigned (the explicit opt-out),
+/// so these tests can name their robots; `three_peers_share_verify_and_survive_the_source`
+/// and test/attack.rs run the signed default.
 fn peer_config(listen: u16, connect: &[u16]) -> FleetConfig {
     FleetConfig {
         fleet: FLEET.into(),
@@ -60,17 +71,30 @@ fn peer_config(listen: u16, connect: &[u16]) -> FleetConfig {
         publish_interval_ms: 0,
         min_count_to_share: 3,
         anti_entropy_period_ms: 0,
+        unsigned: true,
         ..FleetConfig::default()
     }
 }
 
+/// Signed peer settings (the default) on loopback.
+fn signed_config(listen: u16, connect: &[u16]) -> FleetConfig {
+    FleetConfig {
+        unsigned: false,
+        ..peer_config(listen, connect)
+    }
+}
+
 async fn start(cfg: FleetConfig, source: &str) -> (FleetExchange, mpsc::Receiver<Received>) {
-    FleetExchange::start(
-        cfg.validate().expect("valid config"),
-        SourceId::new(source).unwrap(),
-    )
-    .await
-    .expect("exchange starts")
+    start_as(cfg, Identity::unsigned(SourceId::new(source).unwrap())).await
+}
+
+async fn start_as(
+    cfg: FleetConfig,
+    identity: Identity,
+) -> (FleetExchange, mpsc::Receiver<Received>) {
+    FleetExchange::start(cfg.validate().expect("valid config"), identity)
+        .await
+        .expect("exchange starts")
 }
 
 /// Spawns `qis-fleet <args>` and waits (bounded) for its `ready` line on stdout.
@@ -196,7 +220,7 @@ fn corrected(m: &mut OutcomeMemory, fingerprint: &Fingerprint) -> (DVector<f64>,
             &[],
             &DVector::zeros(2),
             None,
-            &|_| 1.0,
+            &|_| SourceTrust::FULL,
             10_000_000,
         )
         .unwrap();
@@ -215,8 +239,6 @@ async fn three_peers_share_verify_and_survive_the_source() {
     // A: a separate process that reports 10 outcomes (residual 0.5, -0.25) for s.
     let a = spawn_ready(&[
         "peer",
-        "--source",
-        "robot-a",
         "--fleet",
         FLEET,
         "--listen",
@@ -236,25 +258,24 @@ async fn three_peers_share_verify_and_survive_the_source() {
     ])
     .await;
 
-    let trusted = |mut c: FleetConfig| {
-        for (src, k) in [("robot-a", &ka), ("robot-b", &kb), ("robot-c", &kc)] {
-            c.trusted_sources.insert(src.into(), public_key_hex(k));
-        }
+    // Admission: only these three keys may write in this fleet.
+    let admitted = |mut c: FleetConfig| {
+        c.allowed_keys = [&ka, &kb, &kc].iter().map(|k| public_key_hex(k)).collect();
         c
     };
-    let mut cfg_b = trusted(peer_config(pb, &[pa]));
-    cfg_b.signing_key_file = Some(write_key(dir.path(), "b.key", &kb));
+    let (a_id, b_id, c_id) = (sid(&ka), sid(&kb), sid(&kc));
+    let mut cfg_b = admitted(signed_config(pb, &[pa]));
     // Anti-entropy on: a live sample sent before a link is up is still delivered.
     cfg_b.anti_entropy_period_ms = 300;
-    let (b, mut rx_b) = start(cfg_b, "robot-b").await;
+    let (b, mut rx_b) = start_as(cfg_b, Identity::signed(kb.clone())).await;
 
     // B never met s: one query brings A's record, and B's first prior reflects it.
     let got = query_until(&b, &s, |g| !g.is_empty()).await;
     assert_eq!(got.len(), 1, "{got:?}");
     let (key, rec) = got[0].clone();
-    assert_eq!(key.source.as_str(), "robot-a");
+    assert_eq!(key.source.as_str(), a_id);
     assert_eq!((rec.seq, rec.summary.count()), (Seq(10), 10));
-    let mut mem_b = memory("robot-b");
+    let mut mem_b = memory(&b_id);
     let (before, _) = corrected(&mut mem_b, &s);
     assert_eq!(before, DVector::zeros(2));
     assert_eq!(mem_b.ingest(&key, rec.clone()), Ingest::Stored);
@@ -269,26 +290,25 @@ async fn three_peers_share_verify_and_survive_the_source() {
     assert!(!b.follow(&key.model, &s).await.unwrap());
 
     // C joins later (connects to A and B) and gets the same record.
-    let mut cfg_c = trusted(peer_config(pc, &[pa, pb]));
-    cfg_c.signing_key_file = Some(write_key(dir.path(), "c.key", &kc));
-    let (c, _rx_c) = start(cfg_c, "robot-c").await;
+    let cfg_c = admitted(signed_config(pc, &[pa, pb]));
+    let (c, _rx_c) = start_as(cfg_c, Identity::signed(kc.clone())).await;
     let got_c = query_until(&c, &s, |g| {
-        g.iter().any(|(k, _)| k.source.as_str() == "robot-a")
+        g.iter().any(|(k, _)| k.source.as_str() == &a_id)
     })
     .await;
     let (_, rec_c) = got_c
         .iter()
-        .find(|(k, _)| k.source.as_str() == "robot-a")
+        .find(|(k, _)| k.source.as_str() == &a_id)
         .unwrap();
     assert_eq!(rec_c, &rec);
-    let mut mem_c = memory("robot-c");
+    let mut mem_c = memory(&c_id);
     mem_c.ingest(&key, rec_c.clone());
     assert_eq!(corrected(&mut mem_c, &s), (state_b.clone(), 1));
 
     // C shares its own record for s: B receives it live and verified.
-    let (key_c, rec_own_c) = own_record("robot-c", s, 4, &[0.4, -0.2]);
+    let (key_c, rec_own_c) = own_record(&c_id, s, 4, &[0.4, -0.2]);
     assert_eq!(c.publish(&key_c, &rec_own_c).unwrap(), Publish::Queued);
-    let (k, r) = recv_until(&mut rx_b, |(k, _)| k.source.as_str() == "robot-c").await;
+    let (k, r) = recv_until(&mut rx_b, |(k, _)| k.source.as_str() == &c_id).await;
     assert_eq!((r.seq, r.summary.count()), (Seq(4), 4));
     assert_eq!(mem_b.ingest(&k, r), Ingest::Stored);
 
@@ -311,7 +331,7 @@ async fn three_peers_share_verify_and_survive_the_source() {
     let raw = zenoh::open(raw_cfg).await.unwrap();
     let fleet = FleetName::new(FLEET).unwrap();
     let ke_a = record_key(&fleet, &key);
-    let (_, newer) = own_record("robot-a", s, 20, &[9.0, 9.0]);
+    let (_, newer) = own_record(&a_id, s, 20, &[9.0, 9.0]);
     let before_stats = b.stats();
     let mut sent = 0;
     let deadline = tokio::time::Instant::now() + WAIT;
@@ -346,12 +366,12 @@ async fn three_peers_share_verify_and_survive_the_source() {
 
     // A genuine replay (A's older seq 5, correctly signed): verified, delivered, and the
     // memory keeps the newer seq, so nothing is double counted.
-    let (_, older) = own_record("robot-a", s, 5, &[0.5, -0.25]);
+    let (_, older) = own_record(&a_id, s, 5, &[0.5, -0.25]);
     raw.put(&ke_a, seal(&older, &ke_a, Some(&ka)).unwrap())
         .await
         .unwrap();
     let (k, r) = recv_until(&mut rx_b, |(k, r)| {
-        k.source.as_str() == "robot-a" && r.seq == Seq(5)
+        k.source.as_str() == &a_id && r.seq == Seq(5)
     })
     .await;
     let (state_before_replay, _) = corrected(&mut mem_b, &s);
@@ -369,13 +389,13 @@ async fn three_peers_share_verify_and_survive_the_source() {
     let (state_after, sources_after) = corrected(&mut mem_b, &s);
     assert_eq!(sources_after, 2);
     assert!(state_after[0] > 0.1, "{state_after}");
-    let (key_b, rec_own_b) = own_record("robot-b", s, 3, &[0.45, -0.2]);
+    let (key_b, rec_own_b) = own_record(&b_id, s, 3, &[0.45, -0.2]);
     assert_eq!(b.publish(&key_b, &rec_own_b).unwrap(), Publish::Queued);
     let got_c = query_until(&c, &s, |g| {
-        g.iter().any(|(k, _)| k.source.as_str() == "robot-b")
+        g.iter().any(|(k, _)| k.source.as_str() == &b_id)
     })
     .await;
-    assert!(got_c.iter().all(|(k, _)| k.source.as_str() != "robot-c"));
+    assert!(got_c.iter().all(|(k, _)| k.source.as_str() != &c_id));
 
     b.close().await.unwrap();
     c.close().await.unwrap();
@@ -718,7 +738,7 @@ async fn a_restarted_link_follows_its_stored_addresses_again_and_reports_refusal
     let (kx, rx) = own_record("robot-x", fp(7), 3, &[0.4, -0.4]);
     store.put_own(&kx, &rx).unwrap();
     let (x, x_rx) = start(peer_config(px, &[py]), "robot-x").await;
-    let (mut link, mut to_node) = FleetLink::start(store, Some((x, x_rx)), &[(kx, rx)], 64);
+    let (mut link, mut to_node) = FleetLink::start(store, Some((x, x_rx)), 64);
     link.refollow(vec![(model.clone(), fp(7))]);
 
     // The refollow query brings what Y learned meanwhile...

@@ -37,6 +37,7 @@ fn valid_record(dim: usize, seed: u64) -> Vec<u8> {
         seq: Seq(seed),
         sketch: Sketch([(seed % 100) as i8; SKETCH_DIM]),
         summary: s,
+        time_base: Default::default(),
     }
     .encode()
     .expect("encodable")

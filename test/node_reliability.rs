@@ -701,6 +701,7 @@ impl FleetPeer {
                         seq: Seq(1),
                         sketch: Sketch([i as i8; SKETCH_DIM]),
                         summary,
+                        time_base: Default::default(),
                     };
                     let reply_key = format!("{prefix}/peer-{i}");
                     let bytes = record.encode().expect("encodes");

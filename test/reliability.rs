@@ -21,12 +21,20 @@ use qis_ros::core::store::{Store, StoreConfig};
 use qis_ros::core::summary::Decay;
 use qis_ros::fleet::keys::record_key;
 use qis_ros::fleet::signing::seal;
-use qis_ros::fleet::{FleetConfig, FleetExchange, FleetSettings, Received};
+use qis_ros::fleet::{FleetConfig, FleetExchange, FleetSettings, Identity, Received};
 use tokio::io::{AsyncBufReadExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdout, Command};
 use tokio::sync::mpsc;
 use tokio::time::timeout;
 use zenoh::sample::Locality;
+
+/// These tests exercise the store, partitions and transports with named robots, so they
+/// run the unsigned opt-out; signatures and admission are tested in test/fleet.rs and
+/// test/attack.rs.
+fn unsigned(mut settings: qis_ros::fleet::FleetSettings) -> qis_ros::fleet::FleetSettings {
+    settings.admission = qis_ros::fleet::Admission::Unsigned;
+    settings
+}
 
 const FLEET: &str = "rel fleet";
 const MODEL: &str = "rel/v1";
@@ -135,10 +143,12 @@ async fn sigkill_during_ingest_loses_no_acked_record_and_counts_nothing_twice() 
         .zenoh
         .insert_json5("connect/endpoints", "[]")
         .unwrap();
-    let (watcher, mut published) =
-        FleetExchange::start(settings, SourceId::new("watcher").unwrap())
-            .await
-            .expect("watcher starts");
+    let (watcher, mut published) = FleetExchange::start(
+        unsigned(settings),
+        Identity::unsigned(SourceId::new("watcher").unwrap()),
+    )
+    .await
+    .expect("watcher starts");
     let crash_model = ModelId::new("crash/v1").unwrap();
     for b in 0..FINGERPRINTS {
         watcher.follow(&crash_model, &fp(b)).await.unwrap();
@@ -352,9 +362,10 @@ impl Node {
     }
 
     async fn join_with(&mut self, settings: FleetSettings, fps: &[Fingerprint]) {
-        let (ex, rx) = FleetExchange::start(settings, self.source.clone())
-            .await
-            .expect("exchange starts");
+        let (ex, rx) =
+            FleetExchange::start(unsigned(settings), Identity::unsigned(self.source.clone()))
+                .await
+                .expect("exchange starts");
         for ((f, source), rec) in &self.view {
             if *source == self.source.as_str() {
                 ex.serve_own(&self.key(*f), rec).unwrap();
@@ -913,7 +924,7 @@ async fn without_the_fleet_certificate_a_peer_can_neither_read_nor_write() {
         let mut settings = fleet_cfg.validate().unwrap();
         settings.zenoh = mtls_zenoh(&pki.ca, &pki.robot[i], listen, &connect);
         let source = SourceId::new(["robot-a", "robot-b"][i]).unwrap();
-        FleetExchange::start(settings, source)
+        FleetExchange::start(unsigned(settings), Identity::unsigned(source))
     };
     let (a, _rx_a) = start_robot(0, pa, vec![pb]).await.expect("A starts");
     let (b, mut rx_b) = start_robot(1, pb, vec![pa]).await.expect("B starts");
@@ -1105,7 +1116,10 @@ async fn mtls_router_storage_serves_members_only() {
         .validate()
         .unwrap();
         set_tls_files(&mut settings.zenoh, &pki.ca, &pki.robot[i], false);
-        FleetExchange::start(settings, SourceId::new(source).unwrap())
+        FleetExchange::start(
+            unsigned(settings),
+            Identity::unsigned(SourceId::new(source).unwrap()),
+        )
     };
     let f = fp(0x7e);
     // A publishes and leaves; B, joining later, gets A's record from the storage.
@@ -1287,14 +1301,14 @@ async fn soak_memory_stays_bounded() {
         ..FleetConfig::default()
     };
     let (a, _rx_a) = FleetExchange::start(
-        cfg(pa, pb).validate().unwrap(),
-        SourceId::new("robot-a").unwrap(),
+        unsigned(cfg(pa, pb).validate().unwrap()),
+        Identity::unsigned(SourceId::new("robot-a").unwrap()),
     )
     .await
     .unwrap();
     let (b, mut rx_b) = FleetExchange::start(
-        cfg(pb, pa).validate().unwrap(),
-        SourceId::new("robot-b").unwrap(),
+        unsigned(cfg(pb, pa).validate().unwrap()),
+        Identity::unsigned(SourceId::new("robot-b").unwrap()),
     )
     .await
     .unwrap();

@@ -14,7 +14,7 @@ use qis_ros::core::memory::{MemoryConfig, OutcomeMemory};
 use qis_ros::core::neighbors::Sketch;
 use qis_ros::core::summary::Decay;
 use qis_ros::fleet::signing::public_key_hex;
-use qis_ros::fleet::{FleetConfig, FleetExchange, FleetRouter, router::router_config};
+use qis_ros::fleet::{FleetConfig, FleetExchange, FleetRouter, Identity, router::router_config};
 
 #[derive(Parser)]
 #[command(
@@ -43,9 +43,10 @@ enum Command {
         /// Fleet settings (JSON, the `FleetConfig` fields); flags below override.
         #[arg(long)]
         config: Option<PathBuf>,
-        /// This peer's source id.
+        /// This peer's source id: only for unsigned fleets (`"unsigned": true` in the
+        /// config); a signed peer's id is its public key.
         #[arg(long)]
-        source: String,
+        source: Option<String>,
         /// Fleet name.
         #[arg(long)]
         fleet: Option<String>,
@@ -55,7 +56,8 @@ enum Command {
         /// Zenoh connect endpoint (repeatable).
         #[arg(long)]
         connect: Vec<String>,
-        /// Signing key file (64 hex digits).
+        /// Identity key file (64 hex digits, mode 0600; created when missing); none = a
+        /// fresh key for this run.
         #[arg(long)]
         key_file: Option<PathBuf>,
         /// World-model id.
@@ -155,14 +157,20 @@ async fn main() -> Result<()> {
             if !connect.is_empty() {
                 cfg.connect = connect;
             }
-            if key_file.is_some() {
-                cfg.signing_key_file = key_file;
-            }
             if residual.is_empty() {
                 bail!("--residual needs at least one value");
             }
+            let identity = match (cfg.unsigned, key_file, source) {
+                (true, _, Some(name)) => Identity::unsigned(SourceId::new(name)?),
+                (true, _, None) => bail!("an unsigned peer needs --source"),
+                (false, _, Some(_)) => {
+                    bail!("--source is only for unsigned fleets: a signed peer's id is its key")
+                }
+                (false, Some(file), None) => Identity::load_or_create(&file)?,
+                (false, None, None) => Identity::generate(),
+            };
             let settings = cfg.validate()?;
-            let source = SourceId::new(source)?;
+            let source = identity.source().clone();
             let key = RecordKey {
                 model: ModelId::new(model)?,
                 fingerprint: Fingerprint::from_hex(&fingerprint)?,
@@ -173,7 +181,7 @@ async fn main() -> Result<()> {
                 MemoryConfig::default(),
                 Decay::from_half_life_secs(0.0),
             );
-            let (exchange, mut rx) = FleetExchange::start(settings, source).await?;
+            let (exchange, mut rx) = FleetExchange::start(settings, identity).await?;
             let mut record = None;
             for i in 0..outcomes {
                 // Deterministic spread around the given residual, so the covariance is real.
@@ -194,7 +202,7 @@ async fn main() -> Result<()> {
             if follow {
                 exchange.follow(&key.model, &key.fingerprint).await?;
             }
-            say("ready peer")?;
+            say(&format!("ready peer {source}"))?;
             loop {
                 tokio::select! {
                     r = rx.recv() => match r {
@@ -221,6 +229,8 @@ async fn main() -> Result<()> {
                 min_count_to_share: 1,
                 publish_interval_ms: 0,
                 anti_entropy_period_ms: 0,
+                // The crash workload names its source (`--source`); it tests the store.
+                unsigned: true,
                 ..FleetConfig::default()
             });
             ingest_loop(&store, source, model, fingerprints, fleet).await?
@@ -263,7 +273,9 @@ async fn ingest_loop(
     let restored = store.load()?;
     let own = restored.iter().filter(|r| r.own).count();
     let exchange = match fleet {
-        Some(cfg) => Some(FleetExchange::start(cfg.validate()?, source.clone()).await?),
+        Some(cfg) => {
+            Some(FleetExchange::start(cfg.validate()?, Identity::unsigned(source.clone())).await?)
+        }
         None => None,
     };
     for r in restored.into_iter().filter(|r| r.own) {

@@ -12,11 +12,13 @@ use thiserror::Error;
 
 use super::ids::{Fingerprint, ModelId, RecordKey, Seq, SourceId};
 use super::neighbors::Sketch;
-use super::record::OutcomeRecord;
+use super::privacy::PrivacyBudget;
+use super::record::{OutcomeRecord, TimeBase};
 use super::summary::{Decay, Summary, SummaryError};
 use super::synthesis::{
     Contribution, FleetEstimate, Prior, SynthesisConfig, SynthesisError, estimate, synthesize,
 };
+use super::trust::SourceTrust;
 
 /// Bounds of the in-memory outcome memory.
 #[derive(Clone, Debug, PartialEq, Deserialize)]
@@ -61,6 +63,9 @@ pub enum Ingest {
     OwnSource,
     /// Its dimension differs from the other records of this address: ignored.
     DimensionConflict,
+    /// Refused before the memory by the node's record bounds (see
+    /// [`crate::core::plausibility`]): never stored, never pooled.
+    Refused,
 }
 
 /// One source's latest record at an address.
@@ -82,6 +87,10 @@ pub struct Address {
     pub sketch: Option<Sketch>,
     /// This robot's own summary and its version.
     pub own: Option<(Seq, Summary)>,
+    /// Own outcomes in the version last shared with the fleet (privacy budget); a
+    /// restored address counts as shared at its restored count, since what was shared
+    /// before the restart is not known and the budget must hold across it.
+    pub own_shared: u64,
     /// Latest record per other source.
     pub received: Vec<SourceRecord>,
     /// Last pooled estimate (exact address only) and when it was computed; dropped on
@@ -111,6 +120,7 @@ pub struct OutcomeMemory {
     lru: BTreeMap<u64, RecordKey>,
     received_len: usize,
     tick: u64,
+    time_base: TimeBase,
 }
 
 impl OutcomeMemory {
@@ -124,7 +134,36 @@ impl OutcomeMemory {
             lru: BTreeMap::new(),
             received_len: 0,
             tick: 0,
+            time_base: TimeBase::Wall,
         }
+    }
+
+    /// Sets the clock own records are stamped with (sim time under `use_sim_time`).
+    pub fn set_time_base(&mut self, time_base: TimeBase) {
+        self.time_base = time_base;
+    }
+
+    /// Whether the own record at an address may be shared now under `budget`; when it
+    /// may, the address counts as shared at its current count.
+    pub fn take_share(
+        &mut self,
+        model: &ModelId,
+        fingerprint: &Fingerprint,
+        budget: PrivacyBudget,
+    ) -> bool {
+        let Some(addr) = self
+            .models
+            .get_mut(model.as_str())
+            .and_then(|m| m.get_mut(fingerprint))
+        else {
+            return false;
+        };
+        let count = addr.own.as_ref().map_or(0, |o| o.1.count());
+        let share = budget.may_share(count, addr.own_shared);
+        if share {
+            addr.own_shared = count;
+        }
+        share
     }
 
     fn entry(&mut self, model: &ModelId, fingerprint: Fingerprint) -> &mut Address {
@@ -151,7 +190,7 @@ impl OutcomeMemory {
         residual: &[f64],
         t_ns: i64,
     ) -> Result<OutcomeRecord, MemoryError> {
-        let decay = self.decay;
+        let (decay, time_base) = (self.decay, self.time_base);
         let addr = self.entry(model, fingerprint);
         addr.sketch.get_or_insert(sketch);
         addr.cached = None;
@@ -171,6 +210,7 @@ impl OutcomeMemory {
             seq,
             sketch: addr.sketch.unwrap_or(sketch),
             summary: summary.clone(),
+            time_base,
         })
     }
 
@@ -185,6 +225,7 @@ impl OutcomeMemory {
         addr.sketch.get_or_insert(record.sketch);
         if addr.own.as_ref().is_none_or(|(seq, _)| *seq < record.seq) {
             addr.cached = None;
+            addr.own_shared = record.summary.count();
             addr.own = Some((record.seq, record.summary));
         }
     }
@@ -307,7 +348,7 @@ impl OutcomeMemory {
         neighbors: &[(Fingerprint, f32)],
         predicted: &DVector<f64>,
         predicted_cov: Option<&DMatrix<f64>>,
-        trust: &dyn Fn(&SourceId) -> f64,
+        trust: &dyn Fn(&SourceId) -> SourceTrust,
         now_ns: i64,
     ) -> Result<Prior, MemoryError> {
         self.tick += 1;
@@ -349,14 +390,17 @@ impl OutcomeMemory {
                     trust: 1.0,
                     similarity,
                     exact,
+                    young: false,
                 });
             }
             for r in &addr.received {
+                let t = trust(&r.source);
                 contributions.push(Contribution {
                     summary: &r.summary,
-                    trust: trust(&r.source),
+                    trust: t.weight,
                     similarity,
                     exact,
+                    young: t.young,
                 });
             }
         }
@@ -405,6 +449,7 @@ mod tests {
             seq: Seq(seq),
             sketch: Sketch([3; SKETCH_DIM]),
             summary: s,
+            time_base: Default::default(),
         }
     }
 
@@ -454,7 +499,16 @@ mod tests {
             ..Default::default()
         };
         let p = mem
-            .prior(&cfg, &m, &fp, &[], &DVector::zeros(1), None, &|_| 1.0, 0)
+            .prior(
+                &cfg,
+                &m,
+                &fp,
+                &[],
+                &DVector::zeros(1),
+                None,
+                &|_| SourceTrust::FULL,
+                0,
+            )
             .unwrap();
         assert_eq!(p.support, 12, "latest record replaces, never adds");
         assert_eq!(p.sources, 1);
@@ -478,8 +532,17 @@ mod tests {
         mem.ingest(&key("b", f2), record(1, 1.0, 1));
         // Using f1 makes f2's record the least recently used.
         let scfg = SynthesisConfig::default();
-        mem.prior(&scfg, &m, &f1, &[], &DVector::zeros(1), None, &|_| 1.0, 0)
-            .unwrap();
+        mem.prior(
+            &scfg,
+            &m,
+            &f1,
+            &[],
+            &DVector::zeros(1),
+            None,
+            &|_| SourceTrust::FULL,
+            0,
+        )
+        .unwrap();
         mem.ingest(&key("c", f3), record(1, 1.0, 1));
         assert_eq!(mem.received_len(), 2);
         assert!(mem.address(&m, &f2).is_none());
@@ -503,12 +566,30 @@ mod tests {
         };
         let x = DVector::zeros(1);
         let p = mem
-            .prior(&cfg, &m, &fp, &[(near, 0.9)], &x, None, &|_| 1.0, 0)
+            .prior(
+                &cfg,
+                &m,
+                &fp,
+                &[(near, 0.9)],
+                &x,
+                None,
+                &|_| SourceTrust::FULL,
+                0,
+            )
             .unwrap();
         assert_eq!(p.matched, crate::core::synthesis::Match::Neighbor);
         assert!(p.correction[0] > 1.5);
         let p = mem
-            .prior(&cfg, &m, &fp, &[(near, 0.9)], &x, None, &|_| 0.0, 0)
+            .prior(
+                &cfg,
+                &m,
+                &fp,
+                &[(near, 0.9)],
+                &x,
+                None,
+                &|_| SourceTrust::NONE,
+                0,
+            )
             .unwrap();
         assert_eq!(p.support, 0, "an untrusted source contributes nothing");
     }
@@ -530,38 +611,47 @@ mod tests {
         let x = DVector::from_vec(vec![0.0]);
         mem.ingest(&key("a", fp), record(1, 1.0, 10));
         let p1 = mem
-            .prior(&cfg, &m, &fp, &[], &x, None, &|_| 1.0, 0)
+            .prior(&cfg, &m, &fp, &[], &x, None, &|_| SourceTrust::FULL, 0)
             .unwrap();
         // Same answer from the cache, and for a different prediction the same correction.
         let p2 = mem
-            .prior(&cfg, &m, &fp, &[], &x, None, &|_| 1.0, 10)
+            .prior(&cfg, &m, &fp, &[], &x, None, &|_| SourceTrust::FULL, 10)
             .unwrap();
         assert_eq!(p1, p2);
         let y = DVector::from_vec(vec![5.0]);
         let p3 = mem
-            .prior(&cfg, &m, &fp, &[], &y, None, &|_| 1.0, 20)
+            .prior(&cfg, &m, &fp, &[], &y, None, &|_| SourceTrust::FULL, 20)
             .unwrap();
         assert_eq!(p3.correction, p1.correction);
         assert!((p3.state[0] - 5.0 - p1.correction[0]).abs() < 1e-12);
         // A newer record invalidates at once.
         mem.ingest(&key("a", fp), record(2, 3.0, 10));
         let p4 = mem
-            .prior(&cfg, &m, &fp, &[], &x, None, &|_| 1.0, 30)
+            .prior(&cfg, &m, &fp, &[], &x, None, &|_| SourceTrust::FULL, 30)
             .unwrap();
         assert!(p4.correction[0] > p1.correction[0] + 1.0);
         // So does an own outcome.
         mem.record_outcome(&m, fp, sk, &[-50.0], 40).unwrap();
         let p5 = mem
-            .prior(&cfg, &m, &fp, &[], &x, None, &|_| 1.0, 50)
+            .prior(&cfg, &m, &fp, &[], &x, None, &|_| SourceTrust::FULL, 50)
             .unwrap();
         assert_ne!(p5.support, p4.support);
         // Trust changes are picked up once the estimate ages past the ttl (1 s).
         let p6 = mem
-            .prior(&cfg, &m, &fp, &[], &x, None, &|_| 0.0, 60)
+            .prior(&cfg, &m, &fp, &[], &x, None, &|_| SourceTrust::NONE, 60)
             .unwrap();
         assert_eq!(p6, p5);
         let p7 = mem
-            .prior(&cfg, &m, &fp, &[], &x, None, &|_| 0.0, 2_000_000_000)
+            .prior(
+                &cfg,
+                &m,
+                &fp,
+                &[],
+                &x,
+                None,
+                &|_| SourceTrust::NONE,
+                2_000_000_000,
+            )
             .unwrap();
         assert_eq!(p7.sources, 1, "only the own summary is left at trust 0");
     }
@@ -582,12 +672,12 @@ mod tests {
         for s in ["s1", "s2", "s3", "s4"] {
             mem.ingest(&key(s, a), record(1, 1.0, 1));
         }
-        mem.prior(&scfg, &m, &a, &[], &x, None, &|_| 1.0, 0)
+        mem.prior(&scfg, &m, &a, &[], &x, None, &|_| SourceTrust::FULL, 0)
             .unwrap();
         for i in 2..12u8 {
             let f = Fingerprint([i; 16]);
             mem.ingest(&key(&format!("n{i}"), f), record(1, 1.0, 1));
-            mem.prior(&scfg, &m, &f, &[], &x, None, &|_| 1.0, 0)
+            mem.prior(&scfg, &m, &f, &[], &x, None, &|_| SourceTrust::FULL, 0)
                 .unwrap();
         }
         let held = |f: Fingerprint| mem.address(&m, &f).map_or(0, |x| x.received.len());

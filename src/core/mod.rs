@@ -6,6 +6,8 @@ pub mod fingerprint;
 pub mod ids;
 pub mod memory;
 pub mod neighbors;
+pub mod plausibility;
+pub mod privacy;
 pub mod record;
 pub mod store;
 pub mod summary;

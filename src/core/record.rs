@@ -1,12 +1,13 @@
 //! The outcome record: a source's summary for one address, in its versioned binary form.
 //!
 //! This is what is stored and what crosses the network (layout in docs/PROTOCOL.md).
-//! All integers and floats are little endian. Version 1:
+//! All integers and floats are little endian. Version 2 (version 1 is the same layout
+//! without the time-base flag; it is still read, as wall time):
 //!
 //! | offset | size | field |
 //! |---|---|---|
-//! | 0 | 1 | version = 1 |
-//! | 1 | 1 | flags: bit 0 = a 64-byte ed25519 signature trails the body; other bits 0 |
+//! | 0 | 1 | version = 2 |
+//! | 1 | 1 | flags: bit 0 = a 64-byte ed25519 signature trails the body; bit 1 = times are simulation time (`/clock`), else wall time since the Unix epoch; other bits 0 |
 //! | 2 | 1 | state dimension n, 1..=64 |
 //! | 3 | 1 | reserved, 0 |
 //! | 4 | 8 | seq (u64), grows with every new version of this source's record |
@@ -30,13 +31,26 @@ use super::ids::Seq;
 use super::neighbors::{SKETCH_DIM, Sketch};
 use super::summary::Summary;
 
-/// The record layout version this code writes and reads.
-pub const RECORD_VERSION: u8 = 1;
+/// The record layout version this code writes (it reads this and [`RECORD_VERSION_V1`]).
+pub const RECORD_VERSION: u8 = 2;
+/// The first record layout: as version 2 without the time-base flag (wall time).
+pub const RECORD_VERSION_V1: u8 = 1;
 /// Length of an ed25519 signature trailer.
 pub const SIGNATURE_LEN: usize = 64;
 /// Bytes before the mean vector.
 pub const HEADER_LEN: usize = 52 + SKETCH_DIM;
-const FLAG_SIGNED: u8 = 0b1;
+const FLAG_SIGNED: u8 = 0b01;
+const FLAG_SIM_TIME: u8 = 0b10;
+
+/// The clock a record's times come from; records of another time base are not comparable.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum TimeBase {
+    /// Wall-clock nanoseconds since the Unix epoch.
+    #[default]
+    Wall,
+    /// Simulation time (ROS `/clock`, `use_sim_time`).
+    Sim,
+}
 
 /// Why bytes could not be read as a record.
 #[derive(Debug, Error, Clone, PartialEq)]
@@ -48,12 +62,14 @@ pub enum DecodeError {
         len: usize,
     },
     /// A version this code does not read.
-    #[error("record version {got} not supported (this build reads {RECORD_VERSION})")]
+    #[error(
+        "record version {got} not supported (this build reads {RECORD_VERSION_V1} and {RECORD_VERSION})"
+    )]
     UnsupportedVersion {
         /// Version byte found.
         got: u8,
     },
-    /// Flag or reserved bits that version 1 does not define.
+    /// Flag or reserved bits that the record's version does not define.
     #[error("record has unknown flags {flags:#04x} or reserved byte {reserved}")]
     UnknownFlags {
         /// Flags byte found.
@@ -106,6 +122,8 @@ pub struct OutcomeRecord {
     pub sketch: Sketch,
     /// The residual statistics.
     pub summary: Summary,
+    /// The clock the summary's times come from.
+    pub time_base: TimeBase,
 }
 
 /// A decoded record and, when present, its signature and the bytes it covers.
@@ -134,7 +152,12 @@ impl OutcomeRecord {
         let n = s.dim();
         let mut out = Vec::with_capacity(body_len(n) + if signed { SIGNATURE_LEN } else { 0 });
         out.push(RECORD_VERSION);
-        out.push(if signed { FLAG_SIGNED } else { 0 });
+        let sim = if self.time_base == TimeBase::Sim {
+            FLAG_SIM_TIME
+        } else {
+            0
+        };
+        out.push(if signed { FLAG_SIGNED } else { 0 } | sim);
         out.push(n as u8);
         out.push(0);
         out.extend_from_slice(&self.seq.0.to_le_bytes());
@@ -195,13 +218,20 @@ pub fn decode(bytes: &[u8]) -> Result<DecodedRecord, DecodeError> {
     if bytes.len() < HEADER_LEN {
         return Err(DecodeError::Truncated { len: bytes.len() });
     }
-    if bytes[0] != RECORD_VERSION {
-        return Err(DecodeError::UnsupportedVersion { got: bytes[0] });
-    }
+    let known_flags = match bytes[0] {
+        RECORD_VERSION => FLAG_SIGNED | FLAG_SIM_TIME,
+        RECORD_VERSION_V1 => FLAG_SIGNED,
+        got => return Err(DecodeError::UnsupportedVersion { got }),
+    };
     let (flags, reserved) = (bytes[1], bytes[3]);
-    if flags & !FLAG_SIGNED != 0 || reserved != 0 {
+    if flags & !known_flags != 0 || reserved != 0 {
         return Err(DecodeError::UnknownFlags { flags, reserved });
     }
+    let time_base = if flags & FLAG_SIM_TIME != 0 {
+        TimeBase::Sim
+    } else {
+        TimeBase::Wall
+    };
     let n = bytes[2] as usize;
     if n == 0 || n > MAX_STATE_DIM {
         return Err(DecodeError::BadDimension { dim: n });
@@ -264,6 +294,7 @@ pub fn decode(bytes: &[u8]) -> Result<DecodedRecord, DecodeError> {
             seq,
             sketch,
             summary: Summary::from_parts(count, weight, weight_sq, mean, m2, first_ns, last_ns),
+            time_base,
         },
         signature,
         body_len: body,
@@ -291,6 +322,7 @@ mod tests {
             seq: Seq(42),
             sketch: Sketch(sk),
             summary: s,
+            time_base: TimeBase::Wall,
         }
     }
 
@@ -302,6 +334,17 @@ mod tests {
         let d = decode(&bytes).unwrap();
         assert_eq!(d.record, rec);
         assert_eq!(d.signature, None);
+    }
+
+    #[test]
+    fn time_base_round_trips() {
+        let rec = OutcomeRecord {
+            time_base: TimeBase::Sim,
+            ..record(2, 4)
+        };
+        let bytes = rec.encode().unwrap();
+        assert_eq!(bytes[1], FLAG_SIM_TIME);
+        assert_eq!(decode(&bytes).unwrap().record, rec);
     }
 
     #[test]
@@ -319,8 +362,14 @@ mod tests {
         let good = record(2, 3).encode().unwrap();
         assert_eq!(decode(&good[..10]), Err(DecodeError::Truncated { len: 10 }));
         let mut v = good.clone();
-        v[0] = 2;
-        assert_eq!(decode(&v), Err(DecodeError::UnsupportedVersion { got: 2 }));
+        v[0] = 3;
+        assert_eq!(decode(&v), Err(DecodeError::UnsupportedVersion { got: 3 }));
+        // Version 1 has no time-base flag.
+        let mut v = good.clone();
+        v[0] = RECORD_VERSION_V1;
+        assert_eq!(decode(&v).unwrap().record, record(2, 3));
+        v[1] = FLAG_SIM_TIME;
+        assert!(matches!(decode(&v), Err(DecodeError::UnknownFlags { .. })));
         let mut v = good.clone();
         v.push(0);
         assert!(matches!(decode(&v), Err(DecodeError::WrongLength { .. })));

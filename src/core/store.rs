@@ -386,6 +386,7 @@ mod tests {
             seq: Seq(seq),
             sketch: Sketch([1; 32]),
             summary: Summary::from_sample(&[value, -value], 1_000).unwrap(),
+            time_base: Default::default(),
         }
     }
 

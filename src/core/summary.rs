@@ -187,7 +187,9 @@ impl Summary {
         }
         self.weight = w;
         self.weight_sq = self.weight_sq * fa * fa + other.weight_sq * fb * fb;
-        self.count += other.count;
+        // Saturating: a count cannot overflow, whatever a peer claimed (records are bounded
+        // by `validation.max_count` before they merge; this guards every other path).
+        self.count = self.count.saturating_add(other.count);
         self.first_ns = self.first_ns.min(other.first_ns);
         self.last_ns = t_ref;
         Ok(())

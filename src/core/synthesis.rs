@@ -43,6 +43,9 @@ pub struct SynthesisConfig {
     pub max_residual: Vec<f64>,
     /// Variance per dimension used when the prediction carries no covariance.
     pub default_variance: f64,
+    /// Most weight (in outcomes) that young sources (trust not yet earned) carry together
+    /// at one address, so new or rotating source ids cannot outvote known ones.
+    pub max_young_weight: f64,
 }
 
 /// Default prior strength k0.
@@ -59,6 +62,7 @@ impl Default for SynthesisConfig {
             max_correction: Vec::new(),
             max_residual: Vec::new(),
             default_variance: 1.0,
+            max_young_weight: 2.0,
         }
     }
 }
@@ -90,6 +94,7 @@ impl SynthesisConfig {
         positive("max_source_weight", self.max_source_weight)?;
         positive("outlier_z", self.outlier_z)?;
         positive("default_variance", self.default_variance)?;
+        positive("max_young_weight", self.max_young_weight)?;
         if !(self.min_support.is_finite() && self.min_support >= 0.0) {
             return Err(SynthesisConfigError {
                 field: "min_support",
@@ -183,6 +188,9 @@ pub struct Contribution<'a> {
     pub similarity: f64,
     /// Whether it comes from the exact address (false = a neighbor).
     pub exact: bool,
+    /// A source that has not yet earned full trust: young sources together carry at
+    /// most `max_young_weight`.
+    pub young: bool,
 }
 
 /// Which addresses the corrected prior rests on.
@@ -306,6 +314,7 @@ pub fn estimate(
             0.0
         };
     }
+    cap_young(config.max_young_weight, contributions, &mut weights);
     down_weight_outliers(config.outlier_z, contributions, &mut weights);
 
     // Pooling by hand rather than by Summary::merge: same algebra (decay cancels in
@@ -358,6 +367,20 @@ pub fn estimate(
     for (i, c) in mean.iter_mut().enumerate() {
         let b = config.bound(i);
         *c = c.clamp(-b, b);
+    }
+    // Records are bounded before they get here, so this cannot happen; if it ever does,
+    // the prediction is answered unchanged rather than with inf or NaN.
+    if !(mean.iter().all(|v| v.is_finite()) && residual_cov.iter().all(|v| v.is_finite())) {
+        return Ok(FleetEstimate {
+            correction: DVector::zeros(n),
+            residual_cov: DMatrix::zeros(n, n),
+            confidence: 0.0,
+            support: 0,
+            sources: 0,
+            matched: Match::None,
+            weights: vec![0.0; weights.len()],
+            borrowed: borrow,
+        });
     }
     Ok(FleetEstimate {
         correction: mean,
@@ -423,6 +446,24 @@ impl FleetEstimate {
             matched: self.matched,
             weights: self.weights.clone(),
         })
+    }
+}
+
+/// Scales young sources down together so that their total weight is at most `cap`.
+fn cap_young(cap: f64, contributions: &[Contribution<'_>], weights: &mut [f64]) {
+    let total: f64 = contributions
+        .iter()
+        .zip(weights.iter())
+        .filter(|(c, _)| c.young)
+        .map(|(_, w)| *w)
+        .sum();
+    if total > cap {
+        let k = cap / total;
+        for (c, w) in contributions.iter().zip(weights.iter_mut()) {
+            if c.young {
+                *w *= k;
+            }
+        }
     }
 }
 
@@ -502,6 +543,7 @@ mod tests {
             trust: 1.0,
             similarity: 1.0,
             exact: true,
+            young: false,
         }
     }
 
@@ -592,6 +634,7 @@ mod tests {
             trust: 1.0,
             similarity: 0.8,
             exact: false,
+            young: false,
         };
         let thin = synthesize(&cfg, &x, None, &[exact(&exact_few), neighbor.clone()], 0).unwrap();
         assert_eq!(thin.matched, Match::Neighbor);

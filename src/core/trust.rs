@@ -6,7 +6,14 @@
 //! mean (the last ~`1 / MIN_RATE` observations count); trust = 1 / (1 + gap² /
 //! tolerance²), so honest sources, whose claims miss only by the spread inside a class,
 //! keep a trust near 1, and a source whose claims are far from what this robot sees loses
-//! its weight in every class. Unknown sources start at 1: trust is lost, not granted.
+//! its weight in every class.
+//!
+//! Trust is also earned: a source never judged starts at `initial` (default 0.1) and
+//! reaches its full weight only after `earn_outcomes` judgements that agreed with this
+//! robot (gap within `tolerance`): trust = 1 / (1 + gap² / tolerance²) × (initial +
+//! (1 − initial) · min(1, agreed / earn_outcomes)). A source below full weight is
+//! *young*; the synthesis caps the total weight of young sources at an address
+//! (`synthesis.max_young_weight`), so rotating source ids (Sybil) buys nothing.
 //!
 //! A record is also judged when it arrives, against this robot's own summary at its
 //! address ([`TrustBook::observe_arrival`]), and against the plausibility gate
@@ -39,9 +46,13 @@ pub struct TrustConfig {
     /// Typical error size per state component (one value = all, a short list repeats its
     /// last value, empty = 1 for every component): gaps are measured in these units.
     pub scale: Vec<f64>,
-    /// Most sources judged at once; past it the most trusted judgement is forgotten
-    /// (it differs least from an unknown source's).
+    /// Most sources judged at once; past it the judgement resting on the fewest
+    /// observations is forgotten (that source becomes young again).
     pub max_sources: usize,
+    /// Weight factor in (0, 1] of a source never judged (1 = trust is only lost).
+    pub initial: f64,
+    /// Agreeing judgements a source needs to reach full weight (0 = at once).
+    pub earn_outcomes: f64,
 }
 
 impl Default for TrustConfig {
@@ -50,6 +61,8 @@ impl Default for TrustConfig {
             tolerance: 3.0,
             scale: Vec::new(),
             max_sources: 10_000,
+            initial: 0.1,
+            earn_outcomes: 3.0,
         }
     }
 }
@@ -79,6 +92,18 @@ impl TrustConfig {
                 reason: "every scale must be finite and > 0",
             });
         }
+        if !(self.initial.is_finite() && self.initial > 0.0 && self.initial <= 1.0) {
+            return Err(TrustConfigError {
+                field: "initial",
+                reason: "must be in (0, 1]",
+            });
+        }
+        if !(self.earn_outcomes.is_finite() && self.earn_outcomes >= 0.0) {
+            return Err(TrustConfigError {
+                field: "earn_outcomes",
+                reason: "must be finite and >= 0",
+            });
+        }
         if self.max_sources == 0 {
             return Err(TrustConfigError {
                 field: "max_sources",
@@ -97,6 +122,34 @@ impl TrustConfig {
 struct Gap {
     mean_sq: f64,
     n: f64,
+    /// Judgements whose gap was within the tolerance.
+    agreed: f64,
+}
+
+/// A gap (in squared scale units) that stands for "beyond measure": non-finite claims
+/// count as this large a miss, and no single miss counts for more.
+const MAX_GAP_SQ: f64 = 1e12;
+
+/// How a source enters the synthesis: its weight factor and whether it is still young.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct SourceTrust {
+    /// Weight factor in [0, 1].
+    pub weight: f64,
+    /// Not yet at full weight: counts toward the cap on young sources.
+    pub young: bool,
+}
+
+impl SourceTrust {
+    /// Full, earned weight (trust off, or a source that earned it).
+    pub const FULL: SourceTrust = SourceTrust {
+        weight: 1.0,
+        young: false,
+    };
+    /// No weight at all.
+    pub const NONE: SourceTrust = SourceTrust {
+        weight: 0.0,
+        young: false,
+    };
 }
 
 /// Per-source trust of one robot.
@@ -127,13 +180,29 @@ impl TrustBook {
 
     /// The weight in [0, 1] given to a source's records.
     pub fn trust(&self, source: &SourceId) -> f64 {
+        self.source(source).weight
+    }
+
+    /// A source's weight factor and whether it is young (see the module doc).
+    pub fn source(&self, source: &SourceId) -> SourceTrust {
         if !self.enabled() {
-            return 1.0;
+            return SourceTrust::FULL;
         }
         let tol_sq = self.config.tolerance * self.config.tolerance;
-        self.gaps
+        let (base, agreed) = self
+            .gaps
             .get(source)
-            .map_or(1.0, |g| 1.0 / (1.0 + g.mean_sq / tol_sq))
+            .map_or((1.0, 0.0), |g| (1.0 / (1.0 + g.mean_sq / tol_sq), g.agreed));
+        let earned = if self.config.earn_outcomes > 0.0 {
+            (agreed / self.config.earn_outcomes).min(1.0)
+        } else {
+            1.0
+        };
+        let initial = self.config.initial;
+        SourceTrust {
+            weight: base * (initial + (1.0 - initial) * earned),
+            young: earned < 1.0,
+        }
     }
 
     /// Records how far a source's claimed mean residual was from a measured residual.
@@ -148,9 +217,11 @@ impl TrustBook {
             .map(|(i, (c, m))| ((c - m) / self.config.scale(i)).powi(2))
             .sum::<f64>()
             / claimed.len().max(1) as f64;
-        if !gap_sq.is_finite() {
-            return;
-        }
+        let gap_sq = if gap_sq.is_finite() {
+            gap_sq.min(MAX_GAP_SQ)
+        } else {
+            MAX_GAP_SQ
+        };
         if !self.gaps.contains_key(source) && self.gaps.len() >= self.config.max_sources {
             self.forget_most_trusted();
         }
@@ -161,15 +232,22 @@ impl TrustBook {
         g.n += 1.0;
         let rate = (1.0 / g.n).max(MIN_RATE);
         g.mean_sq += rate * (gap_sq - g.mean_sq);
+        if gap_sq <= self.config.tolerance * self.config.tolerance {
+            g.agreed += 1.0;
+        }
     }
 
-    /// Drops the judgement closest to "unknown" (smallest gap), so the bound never makes
-    /// a robot forget a liar before an honest source.
+    /// Drops the judgement resting on the fewest observations (ties: the smallest gap):
+    /// a forgotten source is young again, so forgetting never hands a liar full weight.
     fn forget_most_trusted(&mut self) {
         let best = self
             .gaps
             .iter()
-            .min_by(|a, b| a.1.mean_sq.total_cmp(&b.1.mean_sq))
+            .min_by(|a, b| {
+                a.1.n
+                    .total_cmp(&b.1.n)
+                    .then(a.1.mean_sq.total_cmp(&b.1.mean_sq))
+            })
             .map(|(s, _)| s.clone());
         if let Some(s) = best {
             self.gaps.remove(&s);
@@ -250,12 +328,22 @@ impl TrustBook {
         self.gaps.is_empty()
     }
 
-    /// Judged sources whose trust is below `threshold`.
+    /// Judged sources whose claims missed enough to put their trust below `threshold`
+    /// (youth aside: a newcomer is young, not distrusted).
     pub fn distrusted(&self, threshold: f64) -> usize {
+        if !self.enabled() {
+            return 0;
+        }
+        let tol_sq = self.config.tolerance * self.config.tolerance;
         self.gaps
-            .keys()
-            .filter(|s| self.trust(s) < threshold)
+            .values()
+            .filter(|g| 1.0 / (1.0 + g.mean_sq / tol_sq) < threshold)
             .count()
+    }
+
+    /// Judged sources that have not yet earned full weight.
+    pub fn young(&self) -> usize {
+        self.gaps.keys().filter(|s| self.source(s).young).count()
     }
 }
 
@@ -276,13 +364,18 @@ mod tests {
     fn liars_lose_trust_and_honest_sources_keep_it() {
         let mut book = book(3.0, &[1.0, 0.5]);
         let (honest, liar) = (SourceId::new("h").unwrap(), SourceId::new("l").unwrap());
-        assert_eq!(book.trust(&liar), 1.0, "unknown sources start trusted");
+        assert_eq!(book.trust(&liar), 0.1, "unknown sources start young");
+        assert!(book.source(&liar).young);
         for i in 0..20 {
             let measured = [1.0 + 0.1 * (i % 3) as f64, -2.0];
             book.observe(&honest, &[1.1, -2.05], &measured);
             book.observe(&liar, &[51.0, 23.0], &measured);
         }
         assert!(book.trust(&honest) > 0.99, "{}", book.trust(&honest));
+        assert!(
+            !book.source(&honest).young,
+            "agreeing judgements earn full weight"
+        );
         assert!(book.trust(&liar) < 0.01, "{}", book.trust(&liar));
         assert_eq!((book.len(), book.distrusted(0.5)), (2, 1));
         let mut off = TrustBook::new(TrustConfig {
@@ -313,12 +406,18 @@ mod tests {
         assert!(!book.observe_arrival(&liar, &liar_claim, None));
         let empty = Summary::empty(2).unwrap();
         assert!(!book.observe_arrival(&liar, &liar_claim, Some(&empty)));
-        assert_eq!(book.trust(&liar), 1.0);
+        assert_eq!(book.trust(&liar), 0.1, "unjudged: still young");
         assert!(book.is_empty());
-        // One arrival where the robot has its own outcomes is enough to expose the liar.
+        // One arrival where the robot has its own outcomes is enough to expose the liar;
+        // the honest source earns its weight over `earn_outcomes` agreeing arrivals.
         assert!(book.observe_arrival(&liar, &liar_claim, Some(&own)));
         assert!(book.observe_arrival(&honest, &honest_claim, Some(&own)));
         assert!(book.trust(&liar) < 0.01, "{}", book.trust(&liar));
+        assert!(book.source(&honest).young);
+        assert!(book.trust(&honest) > 0.35, "{}", book.trust(&honest));
+        book.observe_arrival(&honest, &honest_claim, Some(&own));
+        book.observe_arrival(&honest, &honest_claim, Some(&own));
+        assert!(!book.source(&honest).young);
         assert!(book.trust(&honest) > 0.95, "{}", book.trust(&honest));
         // A record of another dimension is not compared.
         let other = Summary::from_sample(&[1.0], 0).unwrap();
@@ -333,14 +432,14 @@ mod tests {
         let big_but_plausible = summary(&[[9.0, -4.0]]);
         assert!(!book.observe_plausibility(&honest, &big_but_plausible, &gate));
         assert!(!book.observe_plausibility(&honest, &big_but_plausible, &[]));
-        assert_eq!(book.trust(&honest), 1.0, "a plausible claim is not judged");
+        assert!(book.is_empty(), "a plausible claim is not judged");
         let beyond = summary(&[[9.0, 20.0]]);
         assert!(book.observe_plausibility(&liar, &beyond, &gate));
         assert!(book.trust(&liar) < 0.05, "{}", book.trust(&liar));
     }
 
     #[test]
-    fn the_bound_forgets_the_most_trusted_judgement_first() {
+    fn the_bound_forgets_the_least_evidence_and_never_hands_out_full_trust() {
         let mut book = TrustBook::new(TrustConfig {
             max_sources: 2,
             ..TrustConfig::default()
@@ -350,7 +449,8 @@ mod tests {
         book.observe(&b, &[0.1], &[0.0]);
         book.observe(&c, &[20.0], &[0.0]);
         assert_eq!(book.len(), 2);
-        assert_eq!(book.trust(&b), 1.0, "the honest judgement was forgotten");
+        // All rest on one observation: the smallest gap (b) goes, and b is young again.
+        assert_eq!(book.trust(&b), 0.1, "a forgotten source starts over, young");
         assert!(book.trust(&a) < 0.05 && book.trust(&c) < 0.05);
         for bad in [
             TrustConfig {

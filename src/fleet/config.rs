@@ -1,16 +1,14 @@
 //! Fleet exchange settings: one serde struct, defaults in one place, and `validate()`
 //! that turns it into the resolved [`FleetSettings`] the exchange runs on.
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use ed25519_dalek::SigningKey;
 use serde::Deserialize;
 use thiserror::Error;
 
-use super::signing::{TrustList, parse_public_key, parse_signing_key};
-use crate::core::ids::{FleetName, SourceId};
+use super::signing::{Admission, parse_public_key};
+use crate::core::ids::FleetName;
 
 /// Default fleet name.
 pub const DEFAULT_FLEET: &str = "default";
@@ -18,8 +16,7 @@ pub const DEFAULT_FLEET: &str = "default";
 pub const DEFAULT_QUERY_TIMEOUT_MS: u64 = 500;
 /// Default least interval between two publications of one fingerprint's record, ms.
 pub const DEFAULT_PUBLISH_INTERVAL_MS: u64 = 100;
-/// Default number of own outcomes before a fingerprint's record is shared (privacy).
-pub const DEFAULT_MIN_COUNT_TO_SHARE: u64 = 3;
+pub use crate::core::privacy::DEFAULT_MIN_COUNT_TO_SHARE;
 /// Default bound on live subscriptions (followed fingerprints).
 pub const DEFAULT_MAX_LIVE_SUBSCRIPTIONS: usize = 1024;
 /// Default anti-entropy period, ms (0 disables it).
@@ -54,12 +51,13 @@ pub struct FleetConfig {
     pub anti_entropy_period_ms: u64,
     /// Capacity of the channel of received records (>= 1); overflow is dropped and counted.
     pub channel_capacity: usize,
-    /// File holding this node's ed25519 secret seed as 64 hex digits; none = unsigned.
-    pub signing_key_file: Option<PathBuf>,
-    /// Public keys (64 hex digits) pinned per source id.
-    pub trusted_sources: BTreeMap<String, String>,
-    /// Public keys (64 hex digits) that may sign for any source without a pinned key.
-    pub fleet_keys: Vec<String>,
+    /// Opt out of signatures: records go unsigned and any well-formed record is accepted
+    /// under any source id. Off by default: every record is signed by the key its
+    /// self-certifying source id names, and unsigned or forged records are refused.
+    pub unsigned: bool,
+    /// Fleet admission: public keys (64 hex digits) allowed to write records; empty =
+    /// any self-certified key. Ignored (refused) with `unsigned`.
+    pub allowed_keys: Vec<String>,
 }
 
 impl Default for FleetConfig {
@@ -75,9 +73,8 @@ impl Default for FleetConfig {
             max_live_subscriptions: DEFAULT_MAX_LIVE_SUBSCRIPTIONS,
             anti_entropy_period_ms: DEFAULT_ANTI_ENTROPY_PERIOD_MS,
             channel_capacity: DEFAULT_CHANNEL_CAPACITY,
-            signing_key_file: None,
-            trusted_sources: BTreeMap::new(),
-            fleet_keys: Vec::new(),
+            unsigned: false,
+            allowed_keys: Vec::new(),
         }
     }
 }
@@ -118,10 +115,8 @@ pub struct FleetSettings {
     pub anti_entropy_period: Option<Duration>,
     /// Capacity of the received-records channel.
     pub channel_capacity: usize,
-    /// This node's signing key, if records are signed.
-    pub signing_key: Option<SigningKey>,
-    /// Who may sign received records.
-    pub trust: TrustList,
+    /// Who may write records and how it is checked.
+    pub admission: Admission,
 }
 
 fn endpoints_json(field: &'static str, eps: &[String]) -> Result<String, FleetConfigError> {
@@ -164,30 +159,24 @@ impl FleetConfig {
                 )
                 .map_err(|e| err("connect", e.to_string()))?;
         }
-        let signing_key = match &self.signing_key_file {
-            Some(path) => {
-                let text = std::fs::read_to_string(path)
-                    .map_err(|e| err("signing_key_file", format!("{}: {e}", path.display())))?;
-                Some(
-                    parse_signing_key(&text)
-                        .map_err(|e| err("signing_key_file", format!("{}: {e}", path.display())))?,
-                )
-            }
-            None => None,
-        };
-        let mut pinned = Vec::with_capacity(self.trusted_sources.len());
-        for (source, key) in &self.trusted_sources {
-            let id = SourceId::new(source.as_str())
-                .map_err(|e| err("trusted_sources", format!("{source:?}: {e}")))?;
-            let key = parse_public_key(key)
-                .map_err(|e| err("trusted_sources", format!("{source:?}: {e}")))?;
-            pinned.push((id, key));
+        if self.unsigned && !self.allowed_keys.is_empty() {
+            return Err(err(
+                "allowed_keys",
+                "an admission list needs signatures; remove it or `unsigned: true`",
+            ));
         }
-        let fleet_keys = self
-            .fleet_keys
-            .iter()
-            .map(|k| parse_public_key(k).map_err(|e| err("fleet_keys", format!("{k:?}: {e}"))))
-            .collect::<Result<Vec<_>, _>>()?;
+        let admission = if self.unsigned {
+            Admission::Unsigned
+        } else {
+            Admission::allow(
+                self.allowed_keys
+                    .iter()
+                    .map(|k| {
+                        parse_public_key(k).map_err(|e| err("allowed_keys", format!("{k:?}: {e}")))
+                    })
+                    .collect::<Result<Vec<_>, _>>()?,
+            )
+        };
         Ok(FleetSettings {
             fleet,
             zenoh,
@@ -198,8 +187,7 @@ impl FleetConfig {
             anti_entropy_period: (self.anti_entropy_period_ms > 0)
                 .then(|| Duration::from_millis(self.anti_entropy_period_ms)),
             channel_capacity: self.channel_capacity,
-            signing_key,
-            trust: TrustList::new(pinned, fleet_keys),
+            admission,
         })
     }
 }
@@ -220,7 +208,7 @@ mod tests {
                 .unwrap()
                 .contains("127.0.0.1")
         );
-        assert!(s.signing_key.is_none() && s.trust.is_empty());
+        assert!(s.admission.is_signed(), "signed by default");
     }
 
     #[test]
@@ -296,26 +284,18 @@ mod tests {
         );
         assert_eq!(
             bad(FleetConfig {
-                signing_key_file: Some("/nonexistent".into()),
+                allowed_keys: vec!["zz".into()],
                 ..d()
             }),
-            "signing_key_file"
+            "allowed_keys"
         );
         assert_eq!(
             bad(FleetConfig {
-                fleet_keys: vec!["zz".into()],
+                allowed_keys: vec!["00".repeat(32)],
+                unsigned: true,
                 ..d()
             }),
-            "fleet_keys"
-        );
-        let mut pinned = BTreeMap::new();
-        pinned.insert("a".to_owned(), "00".repeat(31));
-        assert_eq!(
-            bad(FleetConfig {
-                trusted_sources: pinned,
-                ..d()
-            }),
-            "trusted_sources"
+            "allowed_keys"
         );
     }
 

@@ -31,6 +31,7 @@ use zenoh::query::{Query, Queryable};
 
 use super::config::FleetSettings;
 use super::follows::Follows;
+use super::identity::Identity;
 use super::intake::{Address, HAVE_PARAMETER, Intake, Received, seq_in_digest};
 use super::keys::{address_selector, escape_chunk, record_key, source_selector};
 use super::outbox::{Outbox, Sealed, put};
@@ -48,6 +49,14 @@ pub enum FleetError {
     /// The record could not be encoded.
     #[error(transparent)]
     Encode(#[from] EncodeError),
+    /// The fleet requires signatures and the identity has no key.
+    #[error(
+        "this fleet signs records: identity {id} has no signing key (set `unsigned: true` to opt out)"
+    )]
+    UnsignedIdentity {
+        /// The identity's source id.
+        id: String,
+    },
     /// Only this node's own records can be published.
     #[error("cannot publish a record of source {got}: this node is {own}")]
     NotOwnSource {
@@ -109,27 +118,45 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl FleetExchange {
-    /// Opens a Zenoh session with `settings.zenoh` and starts the exchange for source
-    /// `own`; returns it with the receiving end of the channel of [`Received`] records.
+    /// Opens a Zenoh session with `settings.zenoh` and starts the exchange for
+    /// `identity`; returns it with the receiving end of the channel of [`Received`]
+    /// records. A signed fleet (the default) needs a signed identity.
     pub async fn start(
         settings: FleetSettings,
-        own: SourceId,
+        identity: Identity,
     ) -> Result<(FleetExchange, mpsc::Receiver<Received>), FleetError> {
+        if settings.admission.is_signed() && identity.signing_key().is_none() {
+            return Err(FleetError::UnsignedIdentity {
+                id: identity.source().to_string(),
+            });
+        }
         let session = zenoh::open(settings.zenoh.clone()).await.map_err(zerr)?;
-        Self::with_session(session, settings, own).await
+        Self::with_session(session, settings, identity).await
     }
 
     /// Starts the exchange on an already open session (`settings.zenoh` is not used).
     pub async fn with_session(
         session: Session,
         settings: FleetSettings,
-        own: SourceId,
+        identity: Identity,
     ) -> Result<(FleetExchange, mpsc::Receiver<Received>), FleetError> {
+        if settings.admission.is_signed() && identity.signing_key().is_none() {
+            return Err(FleetError::UnsignedIdentity {
+                id: identity.source().to_string(),
+            });
+        }
+        let own = identity.source().clone();
+        // Unsigned fleets put no signature on the wire even when a key exists.
+        let signing_key = settings
+            .admission
+            .is_signed()
+            .then(|| identity.signing_key().cloned())
+            .flatten();
         let (tx, rx) = mpsc::channel(settings.channel_capacity);
         let intake = Arc::new(Intake {
             fleet: settings.fleet.clone(),
             own: own.clone(),
-            trust: settings.trust,
+            admission: settings.admission,
             stats: Arc::new(FleetStats::default()),
             tx,
             digests: Default::default(),
@@ -141,7 +168,7 @@ impl FleetExchange {
         let shared = Arc::new(Shared {
             session,
             intake,
-            signing_key: settings.signing_key,
+            signing_key,
             query_timeout: settings.query_timeout,
             min_count_to_share: settings.min_count_to_share,
             served: RwLock::new(BTreeMap::new()),

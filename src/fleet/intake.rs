@@ -18,7 +18,7 @@ use zenoh::sample::Sample;
 
 use super::exchange::FleetError;
 use super::keys::{address_selector, escape_chunk, parse_record_key};
-use super::signing::{TrustList, VerifyError};
+use super::signing::{Admission, VerifyError};
 use super::stats::{FleetStats, bump};
 use crate::core::ids::{Fingerprint, FleetName, ModelId, RecordKey, Seq, SourceId};
 use crate::core::record::OutcomeRecord;
@@ -65,7 +65,7 @@ pub(crate) fn seq_in_digest(have: &str, escaped_source: &str) -> Option<Seq> {
 pub(crate) struct Intake {
     pub(crate) fleet: FleetName,
     pub(crate) own: SourceId,
-    pub(crate) trust: TrustList,
+    pub(crate) admission: Admission,
     pub(crate) stats: Arc<FleetStats>,
     pub(crate) tx: mpsc::Sender<Received>,
     /// Digests of followed addresses (entries exist only while followed: bounded).
@@ -124,7 +124,7 @@ impl Intake {
         }
         bump(&self.stats.received, 1);
         bump(&self.stats.bytes_in, payload.len() as u64);
-        match self.trust.open(key_expr, &key.source, payload) {
+        match self.admission.open(key_expr, &key.source, payload) {
             Ok(record) => {
                 bump(&self.stats.accepted, 1);
                 Some((key, record))
@@ -133,7 +133,9 @@ impl Intake {
                 let counter = match e {
                     VerifyError::Decode(_) => &self.stats.rejected_decode,
                     VerifyError::Unsigned => &self.stats.rejected_unsigned,
-                    VerifyError::BadSignature { .. } => &self.stats.rejected_signature,
+                    VerifyError::BadSignature { .. }
+                    | VerifyError::NotSelfCertified { .. }
+                    | VerifyError::NotAdmitted { .. } => &self.stats.rejected_signature,
                 };
                 bump(counter, 1);
                 // Debug, not warn: a hostile peer must not be able to flood the log; the

@@ -4,6 +4,7 @@
 pub mod config;
 pub mod exchange;
 mod follows;
+pub mod identity;
 pub mod intake;
 pub mod keys;
 mod outbox;
@@ -13,8 +14,9 @@ pub mod stats;
 
 pub use config::{FleetConfig, FleetConfigError, FleetSettings};
 pub use exchange::{FleetError, FleetExchange, Publish};
+pub use identity::{Identity, IdentityError};
 pub use intake::{Address, Received};
 pub use keys::KeyError;
 pub use router::{FleetRouter, RouterError};
-pub use signing::{TrustList, VerifyError};
+pub use signing::{Admission, VerifyError};
 pub use stats::{FleetStats, FleetStatsSnapshot};

@@ -4,13 +4,16 @@
 //! `\n` + the record body (`encode_body(true)`, so the flag byte that announces the
 //! signature is covered too). Binding the key means a valid record cannot be replayed
 //! under another fleet, model, fingerprint or source. The 64-byte signature trails the
-//! body (record v1 layout). Spelled out in docs/PROTOCOL.md, "Signatures".
+//! body (record layout). The key that must verify it is the one the source id names
+//! (self-certifying ids, see [`super::identity`]). Spelled out in docs/PROTOCOL.md,
+//! "Signatures".
 
-use std::collections::HashMap;
+use std::collections::HashSet;
 
 use ed25519_dalek::{Signature, Signer as _, SigningKey, VerifyingKey};
 use thiserror::Error;
 
+use super::identity::key_of_source;
 use crate::core::ids::SourceId;
 use crate::core::record::{DecodeError, EncodeError, OutcomeRecord, decode};
 
@@ -40,13 +43,25 @@ pub enum VerifyError {
     /// The payload is not a record.
     #[error(transparent)]
     Decode(#[from] DecodeError),
-    /// A trust list is configured and the record carries no signature.
+    /// The record carries no signature and this fleet requires signatures.
     #[error("record is unsigned and this fleet requires signatures")]
     Unsigned,
-    /// No trusted key verifies the signature.
-    #[error("signature does not verify against any trusted key for source {from}")]
+    /// The source id is not a public key, so nothing can vouch for the record.
+    #[error("source {from} is not a self-certifying id (64 hex digits of an ed25519 key)")]
+    NotSelfCertified {
+        /// The source the key expression names.
+        from: String,
+    },
+    /// The source's key is not on this fleet's admission list.
+    #[error("source {from} is not admitted to this fleet")]
+    NotAdmitted {
+        /// The source the key expression names.
+        from: String,
+    },
+    /// The signature does not verify against the key the source id names.
+    #[error("signature does not verify against the key of source {from}")]
     BadSignature {
-        /// The source the key names.
+        /// The source the key expression names.
         from: String,
     },
 }
@@ -98,60 +113,72 @@ pub fn seal(
     Ok(bytes)
 }
 
-/// Who may sign records: per-source pinned keys and fleet-wide keys.
+/// Who may write records, and how that is checked.
 ///
-/// An empty trust list means the fleet runs unsigned: every well-formed record is
-/// accepted (signed or not, since nothing can be checked). A non-empty one requires a
-/// valid signature: by the source's pinned key when it has one, else by any fleet key.
-#[derive(Clone, Debug, Default)]
-pub struct TrustList {
-    by_source: HashMap<SourceId, VerifyingKey>,
-    fleet: Vec<VerifyingKey>,
+/// - `SelfCertified` (the default): every record must be signed by the key its source id
+///   names ([`key_of_source`]); with a non-empty admission list only those keys may write
+///   at all. Nobody can write as another source without its secret key.
+/// - `Unsigned` (explicit opt-out, `exchange.unsigned: true`): every well-formed record
+///   is accepted under any source id; nothing can be checked.
+#[derive(Clone, Debug)]
+pub enum Admission {
+    /// Signed records under self-certifying source ids, optionally from listed keys only.
+    SelfCertified {
+        /// Public keys admitted to write; empty = any self-certified key.
+        allowed: HashSet<[u8; KEY_LEN]>,
+    },
+    /// No signature checks (opt-out).
+    Unsigned,
 }
 
-impl TrustList {
-    /// A trust list from pinned (source, key) pairs and fleet-wide keys.
-    pub fn new(
-        by_source: impl IntoIterator<Item = (SourceId, VerifyingKey)>,
-        fleet: impl IntoIterator<Item = VerifyingKey>,
-    ) -> Self {
-        TrustList {
-            by_source: by_source.into_iter().collect(),
-            fleet: fleet.into_iter().collect(),
+impl Default for Admission {
+    fn default() -> Self {
+        Admission::SelfCertified {
+            allowed: HashSet::new(),
+        }
+    }
+}
+
+impl Admission {
+    /// Self-certified records from the given keys only (empty = from any key).
+    pub fn allow(keys: impl IntoIterator<Item = VerifyingKey>) -> Self {
+        Admission::SelfCertified {
+            allowed: keys.into_iter().map(|k| k.to_bytes()).collect(),
         }
     }
 
-    /// True when no key is configured (the fleet runs unsigned).
-    pub fn is_empty(&self) -> bool {
-        self.by_source.is_empty() && self.fleet.is_empty()
+    /// True when records are signed and checked.
+    pub fn is_signed(&self) -> bool {
+        matches!(self, Admission::SelfCertified { .. })
     }
 
-    /// Decodes a payload received under `key_expr` from `source` and checks its signature.
+    /// Decodes a payload received under `key_expr` from `source` and checks who wrote it.
     pub fn open(
         &self,
         key_expr: &str,
         source: &SourceId,
         payload: &[u8],
     ) -> Result<OutcomeRecord, VerifyError> {
-        let decoded = decode(payload)?;
-        if self.is_empty() {
-            return Ok(decoded.record);
-        }
-        let sig = decoded.signature.ok_or(VerifyError::Unsigned)?;
-        let sig = Signature::from_bytes(&sig);
-        let message = signed_message(key_expr, &payload[..decoded.body_len]);
-        let ok = |k: &VerifyingKey| k.verify_strict(&message, &sig).is_ok();
-        let verified = match self.by_source.get(source) {
-            Some(pinned) => ok(pinned),
-            None => self.fleet.iter().any(ok),
+        let Admission::SelfCertified { allowed } = self else {
+            return Ok(decode(payload)?.record);
         };
-        if verified {
-            Ok(decoded.record)
-        } else {
-            Err(VerifyError::BadSignature {
+        // The cheap checks first: a stranger's garbage costs no signature verification.
+        let key = key_of_source(source).ok_or_else(|| VerifyError::NotSelfCertified {
+            from: source.as_str().to_owned(),
+        })?;
+        if !allowed.is_empty() && !allowed.contains(key.as_bytes()) {
+            return Err(VerifyError::NotAdmitted {
                 from: source.as_str().to_owned(),
-            })
+            });
         }
+        let decoded = decode(payload)?;
+        let sig = decoded.signature.ok_or(VerifyError::Unsigned)?;
+        let message = signed_message(key_expr, &payload[..decoded.body_len]);
+        key.verify_strict(&message, &Signature::from_bytes(&sig))
+            .map_err(|_| VerifyError::BadSignature {
+                from: source.as_str().to_owned(),
+            })?;
+        Ok(decoded.record)
     }
 }
 
@@ -161,12 +188,14 @@ mod tests {
     use crate::core::ids::Seq;
     use crate::core::neighbors::Sketch;
     use crate::core::summary::Summary;
+    use crate::fleet::identity::source_id_of;
 
     fn record(seq: u64) -> OutcomeRecord {
         OutcomeRecord {
             seq: Seq(seq),
             sketch: Sketch([3; 32]),
             summary: Summary::from_sample(&[0.5, -1.0], 1_000).unwrap(),
+            time_base: Default::default(),
         }
     }
 
@@ -174,56 +203,67 @@ mod tests {
         SigningKey::from_bytes(&[seed; KEY_LEN])
     }
 
-    const KE: &str = "qis/v1/f/m/00000000000000000000000000000000/a";
+    fn ke(source: &SourceId) -> String {
+        format!("qis/v1/f/m/00000000000000000000000000000000/{source}")
+    }
 
     #[test]
-    fn signed_records_verify_and_tampering_is_caught() {
-        let a = SourceId::new("a").unwrap();
-        let trust = TrustList::new([(a.clone(), key(1).verifying_key())], []);
-        let bytes = seal(&record(4), KE, Some(&key(1))).unwrap();
-        assert_eq!(trust.open(KE, &a, &bytes), Ok(record(4)));
-        // Any flipped body byte (here the seq) breaks the signature or the decode.
+    fn only_the_key_a_source_id_names_can_write_as_it() {
+        let a = source_id_of(&key(1).verifying_key());
+        let ke_a = ke(&a);
+        let open = Admission::default();
+        let bytes = seal(&record(4), &ke_a, Some(&key(1))).unwrap();
+        assert_eq!(open.open(&ke_a, &a, &bytes), Ok(record(4)));
+        // Any flipped body byte (here the seq) breaks the signature.
         let mut t = bytes.clone();
         t[4] ^= 1;
         assert!(matches!(
-            trust.open(KE, &a, &t),
+            open.open(&ke_a, &a, &t),
             Err(VerifyError::BadSignature { .. })
         ));
-        // Same bytes under another key (moved to another fingerprint) are refused.
-        let moved = KE.replace("/a", "/b").replace("000/", "001/");
-        assert!(trust.open(&moved, &a, &bytes).is_err());
-        // A forger's key, and an unsigned record, are refused.
-        let forged = seal(&record(5), KE, Some(&key(2))).unwrap();
+        // The same bytes under another key expression (moved address) are refused.
+        let moved = ke_a.replace("000/", "001/");
+        assert!(open.open(&moved, &a, &bytes).is_err());
+        // A forger signing with its own key under a's id, and an unsigned record, fail.
+        let forged = seal(&record(u64::MAX), &ke_a, Some(&key(2))).unwrap();
         assert!(matches!(
-            trust.open(KE, &a, &forged),
+            open.open(&ke_a, &a, &forged),
             Err(VerifyError::BadSignature { .. })
         ));
-        let unsigned = seal(&record(5), KE, None).unwrap();
-        assert_eq!(trust.open(KE, &a, &unsigned), Err(VerifyError::Unsigned));
+        let unsigned = seal(&record(5), &ke_a, None).unwrap();
+        assert_eq!(open.open(&ke_a, &a, &unsigned), Err(VerifyError::Unsigned));
+        // A name that is not a key cannot vouch for anything.
+        let named = SourceId::new("robot-a").unwrap();
+        assert!(matches!(
+            open.open(&ke(&named), &named, &unsigned),
+            Err(VerifyError::NotSelfCertified { .. })
+        ));
     }
 
     #[test]
-    fn fleet_keys_cover_unpinned_sources_only() {
+    fn admission_list_limits_who_writes() {
+        let a = source_id_of(&key(1).verifying_key());
+        let b = source_id_of(&key(2).verifying_key());
+        let only_a = Admission::allow([key(1).verifying_key()]);
+        let by_a = seal(&record(1), &ke(&a), Some(&key(1))).unwrap();
+        let by_b = seal(&record(1), &ke(&b), Some(&key(2))).unwrap();
+        assert!(only_a.open(&ke(&a), &a, &by_a).is_ok());
+        assert!(matches!(
+            only_a.open(&ke(&b), &b, &by_b),
+            Err(VerifyError::NotAdmitted { .. })
+        ));
+    }
+
+    #[test]
+    fn unsigned_opt_out_accepts_any_well_formed_record() {
         let a = SourceId::new("a").unwrap();
-        let b = SourceId::new("b").unwrap();
-        let trust = TrustList::new(
-            [(a.clone(), key(1).verifying_key())],
-            [key(9).verifying_key()],
+        let unsigned = seal(&record(1), &ke(&a), None).unwrap();
+        assert_eq!(
+            Admission::Unsigned.open(&ke(&a), &a, &unsigned),
+            Ok(record(1))
         );
-        let by_fleet = seal(&record(1), KE, Some(&key(9))).unwrap();
-        assert!(trust.open(KE, &b, &by_fleet).is_ok());
-        // a is pinned: the fleet key does not speak for it.
-        assert!(trust.open(KE, &a, &by_fleet).is_err());
-    }
-
-    #[test]
-    fn empty_trust_list_accepts_unsigned() {
-        let a = SourceId::new("a").unwrap();
-        let trust = TrustList::default();
-        let unsigned = seal(&record(1), KE, None).unwrap();
-        assert_eq!(trust.open(KE, &a, &unsigned), Ok(record(1)));
         assert!(matches!(
-            trust.open(KE, &a, &unsigned[..10]),
+            Admission::Unsigned.open(&ke(&a), &a, &unsigned[..10]),
             Err(VerifyError::Decode(_))
         ));
     }

@@ -25,11 +25,19 @@ pub enum RejectKind {
     Malformed,
     /// A fleet record refused by the memory (stale, own source, dimension conflict).
     FleetRecord,
+    /// A fleet record whose times lie beyond the allowed clock skew.
+    FutureRecord,
+    /// A fleet record on another time base (sim vs wall time).
+    TimeBaseRecord,
+    /// A fleet record claiming what no honest node can (count, weights, magnitude).
+    ImplausibleRecord,
+    /// An outcome whose residual exceeds `validation.max_abs_residual`.
+    HugeOutcome,
 }
 
 impl RejectKind {
     /// Every kind, in report order.
-    pub const ALL: [RejectKind; 10] = [
+    pub const ALL: [RejectKind; 14] = [
         RejectKind::NoPrediction,
         RejectKind::Duplicate,
         RejectKind::DimensionMismatch,
@@ -40,6 +48,10 @@ impl RejectKind {
         RejectKind::BadCovariance,
         RejectKind::Malformed,
         RejectKind::FleetRecord,
+        RejectKind::FutureRecord,
+        RejectKind::TimeBaseRecord,
+        RejectKind::ImplausibleRecord,
+        RejectKind::HugeOutcome,
     ];
 
     /// Stable snake_case name, used as the diagnostics key suffix.
@@ -55,6 +67,10 @@ impl RejectKind {
             RejectKind::BadCovariance => "bad_covariance",
             RejectKind::Malformed => "malformed",
             RejectKind::FleetRecord => "fleet_record",
+            RejectKind::FutureRecord => "future_record",
+            RejectKind::TimeBaseRecord => "time_base_record",
+            RejectKind::ImplausibleRecord => "implausible_record",
+            RejectKind::HugeOutcome => "huge_outcome",
         }
     }
 
@@ -80,6 +96,12 @@ pub struct Counters {
     /// Fleet records whose claim fails the plausibility gate (`synthesis.max_residual`):
     /// kept, so the store stays in step with the fleet, but given no weight.
     pub records_implausible: u64,
+    /// Outcomes whose record did not become durable: no discrepancy (receipt) was
+    /// published for them.
+    pub outcomes_not_durable: u64,
+    /// Corrected priors that came out non-finite and were replaced by the prediction
+    /// (should stay 0: records are bounded before they reach the synthesis).
+    pub priors_non_finite: u64,
     /// Pending predictions dropped because `max_pending` was reached.
     pub pending_evicted: u64,
     /// Pending predictions dropped after `pending_timeout_s`.
@@ -130,6 +152,8 @@ pub struct Report {
     pub trust_sources: usize,
     /// Judged sources whose trust fell below one half.
     pub trust_distrusted: usize,
+    /// Judged sources that have not yet earned full weight.
+    pub trust_young: usize,
     /// Whether corrected priors go to the shadow topic.
     pub shadow_mode: bool,
 }
@@ -154,10 +178,16 @@ impl Report {
             ("records_received".into(), c.records_received.to_string()),
             ("trust_sources".into(), self.trust_sources.to_string()),
             ("trust_distrusted".into(), self.trust_distrusted.to_string()),
+            ("trust_young".into(), self.trust_young.to_string()),
             (
                 "records_implausible".into(),
                 c.records_implausible.to_string(),
             ),
+            (
+                "outcomes_not_durable".into(),
+                c.outcomes_not_durable.to_string(),
+            ),
+            ("priors_non_finite".into(), c.priors_non_finite.to_string()),
             ("raw_error_sum".into(), format!("{:.6}", c.raw_error_sum)),
             (
                 "corrected_error_sum".into(),
@@ -232,6 +262,7 @@ mod tests {
             received_records: 0,
             trust_sources: 4,
             trust_distrusted: 1,
+            trust_young: 2,
             shadow_mode: true,
         };
         let kv = r.key_values();

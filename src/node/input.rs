@@ -67,6 +67,19 @@ pub enum InputError {
     /// An invalid identifier.
     #[error("{0}")]
     BadId(IdError),
+    /// An outcome whose residual is beyond `validation.max_abs_residual`: folding it in
+    /// would make the summary overflow or dominate every prior.
+    #[error(
+        "outcome residual {value:e} in component {index} exceeds the bound {max:e} (validation.max_abs_residual)"
+    )]
+    HugeOutcome {
+        /// State component.
+        index: usize,
+        /// The residual.
+        value: f64,
+        /// The bound.
+        max: f64,
+    },
     /// A covariance that cannot be one.
     #[error("{what}: {reason}")]
     BadCovariance {
@@ -90,6 +103,7 @@ impl InputError {
             InputError::BadId(IdError::TooLong { .. }) => RejectKind::Oversized,
             InputError::BadId(_) => RejectKind::BadId,
             InputError::BadCovariance { .. } => RejectKind::BadCovariance,
+            InputError::HugeOutcome { .. } => RejectKind::HugeOutcome,
         }
     }
 }

@@ -11,9 +11,11 @@ use crate::core::fingerprint::Fingerprinter;
 use crate::core::ids::{Fingerprint, FleetName, ModelId, RecordKey, SourceId};
 use crate::core::memory::{Ingest, OutcomeMemory};
 use crate::core::neighbors::{MAX_EMBEDDING_DIM, NeighborIndex, Sketch, sketch};
-use crate::core::record::OutcomeRecord;
+use crate::core::plausibility::{Implausible, RecordBounds, ResidualEnvelope};
+use crate::core::privacy::PrivacyBudget;
+use crate::core::record::{OutcomeRecord, TimeBase};
 use crate::core::summary::Summary;
-use crate::core::synthesis::Match;
+use crate::core::synthesis::{Match, SynthesisConfig};
 use crate::core::trust::TrustBook;
 use crate::ros::msgs::{
     CorrectedPrior, Discrepancy, Outcome, Prediction, QueryRequest, QueryResponse, Scenario,
@@ -55,6 +57,15 @@ pub struct NodeLogic {
     neighbors: NeighborIndex,
     pairing: PairingTable,
     trust: TrustBook,
+    /// The synthesis settings in force: `params.synthesis`, with the plausibility gate
+    /// learned from this robot's residuals when none is configured.
+    synthesis: SynthesisConfig,
+    /// Which model the learned gate in `synthesis` is for (one gate at a time; a robot
+    /// rarely runs several world models, and switching recomputes it).
+    gate_model: Option<ModelId>,
+    envelope: ResidualEnvelope,
+    bounds: RecordBounds,
+    budget: PrivacyBudget,
     counters: Counters,
     interests: Vec<(ModelId, Fingerprint)>,
     /// Addresses already asked of the fleet (bounded: cleared when full, which at worst
@@ -98,10 +109,24 @@ impl NodeLogic {
             param: "fleet".into(),
             reason: e.to_string(),
         })?;
-        let memory = OutcomeMemory::new(source, params.memory.clone(), params.synthesis.decay());
+        let time_base = if params.use_sim_time {
+            TimeBase::Sim
+        } else {
+            TimeBase::Wall
+        };
+        let mut memory =
+            OutcomeMemory::new(source, params.memory.clone(), params.synthesis.decay());
+        memory.set_time_base(time_base);
         let pairing = PairingTable::new(params.max_pending, params.pending_timeout_ns());
         let trust = TrustBook::new(params.trust.clone());
         Ok(NodeLogic {
+            synthesis: params.synthesis.clone(),
+            gate_model: None,
+            envelope: ResidualEnvelope::default(),
+            bounds: params.validation.bounds(time_base),
+            budget: PrivacyBudget {
+                min_count: params.min_count_to_share,
+            },
             params,
             fleet,
             fingerprinter,
@@ -213,29 +238,44 @@ impl NodeLogic {
         }
         // Neighbors are searched only when the exact address is thin, which keeps the
         // faiss search off the path of well-known scenarios.
-        let neighbors = if (self.exact_count(&model, &fingerprint) as f64)
-            < self.params.synthesis.min_support
-        {
-            self.neighbors
-                .nearest(&model, &sketch, self.params.neighbors_k)
-                .unwrap_or_else(|e| {
-                    tracing::warn!(%fingerprint, "neighbor search: {e}");
-                    Vec::new()
-                })
-        } else {
-            Vec::new()
-        };
+        self.refresh_gate(&model);
+        let neighbors =
+            if (self.exact_count(&model, &fingerprint) as f64) < self.synthesis.min_support {
+                self.neighbors
+                    .nearest(&model, &sketch, self.params.neighbors_k)
+                    .unwrap_or_else(|e| {
+                        tracing::warn!(%fingerprint, "neighbor search: {e}");
+                        Vec::new()
+                    })
+            } else {
+                Vec::new()
+            };
         let trust = &self.trust;
-        let prior = self.memory.prior(
-            &self.params.synthesis,
+        let mut prior = self.memory.prior(
+            &self.synthesis,
             &model,
             &fingerprint,
             &neighbors,
             &predicted,
             predicted_cov.to_matrix().as_ref(),
-            &|s| trust.trust(s),
+            &|s| trust.source(s),
             now_ns,
         )?;
+        if !(prior.state.iter().all(|v| v.is_finite())
+            && prior.covariance.iter().all(|v| v.is_finite()))
+        {
+            // Bounded records make this unreachable; the guard keeps the promise anyway.
+            self.counters.priors_non_finite += 1;
+            tracing::warn!(%fingerprint, "non-finite prior replaced by the prediction");
+            prior = crate::core::synthesis::synthesize(
+                &self.synthesis,
+                &predicted,
+                predicted_cov.to_matrix().as_ref(),
+                &[],
+                now_ns,
+            )
+            .map_err(crate::core::memory::MemoryError::from)?;
+        }
         let msg = CorrectedPrior {
             header: p.header.clone(),
             episode_id: p.episode_id.clone(),
@@ -299,6 +339,7 @@ impl NodeLogic {
         };
         let pending = self.pairing.get(&o.episode_id).map_err(miss)?;
         let n = pending.predicted.len();
+        let max = self.params.validation.max_abs_residual;
         if measured.len() != n {
             return Err(InputError::DimensionMismatch {
                 what: "outcome.state (prediction's dimension)",
@@ -312,6 +353,15 @@ impl NodeLogic {
             &o.state,
             &pending.predicted_cov.sum(&measured_cov),
         )?;
+        if let Some((index, value)) = r.residual.iter().enumerate().find(|(_, v)| v.abs() > max) {
+            // Refused before it touches the summary, which would overflow (and then be
+            // refused by peers and lost at the next restart); the prediction stays pending.
+            return Err(InputError::HugeOutcome {
+                index,
+                value: *value,
+                max,
+            });
+        }
         let p = self.pairing.take(&o.episode_id).map_err(miss)?;
         // Trust earned from outcomes: every source held here is judged by what was just
         // measured, before the outcome joins the own summary.
@@ -324,12 +374,21 @@ impl NodeLogic {
         let record =
             self.memory
                 .record_outcome(&p.model, p.fingerprint, p.sketch, &r.residual, now_ns)?;
+        let stated = pending_sd(&p.predicted_cov.sum(&measured_cov), n);
+        if self
+            .envelope
+            .observe(&p.model, &r.residual, stated.as_deref())
+            && self.gate_model.as_ref() == Some(&p.model)
+        {
+            self.gate_model = None;
+        }
         self.index(&p.model, p.fingerprint, &p.sketch);
         self.counters.outcomes += 1;
         self.counters.raw_error_sum += r.error_norm;
         self.counters.corrected_error_sum += (&measured - &p.corrected).norm();
-        let shared =
-            self.memory.own_count(&p.model, &p.fingerprint) >= self.params.min_count_to_share;
+        let shared = self
+            .memory
+            .take_share(&p.model, &p.fingerprint, self.budget);
         let discrepancy = Discrepancy {
             header: o.header.clone(),
             episode_id: o.episode_id.clone(),
@@ -354,8 +413,24 @@ impl NodeLogic {
         })
     }
 
-    /// Merges a record received from the fleet.
-    pub fn on_record(&mut self, key: &RecordKey, record: OutcomeRecord) -> Ingest {
+    /// Checks a record received from the fleet against the record bounds (time base,
+    /// clock skew, count, weights, magnitude) as seen at `now_ns`, and merges it.
+    pub fn on_record(&mut self, key: &RecordKey, record: OutcomeRecord, now_ns: i64) -> Ingest {
+        if let Err(e) = self.bounds.check(&record, now_ns) {
+            self.counters.reject(match e {
+                Implausible::Future { .. } => RejectKind::FutureRecord,
+                Implausible::TimeBase { .. } => RejectKind::TimeBaseRecord,
+                _ => RejectKind::ImplausibleRecord,
+            });
+            // Debug: a hostile peer must not be able to flood the log; counters carry it.
+            tracing::debug!(source = %key.source, fingerprint = %key.fingerprint, kind = e.kind(), "fleet record refused: {e}");
+            // A claim no honest node makes is also a miss for trust.
+            if key.source != *self.memory.own_source() {
+                self.trust.observe(&key.source, &[f64::INFINITY], &[0.0]);
+            }
+            return Ingest::Refused;
+        }
+        self.refresh_gate(&key.model);
         let sketch = record.sketch;
         // Counted only for records the memory stores, so a replay is not counted twice.
         let implausible = self.trust.judge_record(
@@ -363,7 +438,7 @@ impl NodeLogic {
             &key.source,
             &record.summary,
             self.memory.own_summary(&key.model, &key.fingerprint),
-            &self.params.synthesis.max_residual,
+            &self.synthesis.max_residual,
         );
         let r = self.memory.ingest(key, record);
         match r {
@@ -380,8 +455,14 @@ impl NodeLogic {
             Ingest::OwnSource | Ingest::DimensionConflict => {
                 self.counters.reject(RejectKind::FleetRecord)
             }
+            Ingest::Refused => {}
         }
         r
+    }
+
+    /// Counts an outcome whose record did not become durable (no receipt was sent).
+    pub fn on_not_durable(&mut self) {
+        self.counters.outcomes_not_durable += 1;
     }
 
     /// Counts a message the binding could not decode.
@@ -419,7 +500,8 @@ impl NodeLogic {
             fingerprint: fingerprint.to_hex(),
             ..QueryResponse::default()
         };
-        let decay = self.params.synthesis.decay();
+        let decay = self.synthesis.decay();
+        self.refresh_gate(&model);
         let Some(addr) = self.memory.address(&model, &fingerprint) else {
             return Ok(out);
         };
@@ -449,13 +531,13 @@ impl NodeLogic {
         let zero = DVector::zeros(dim);
         let trust = &self.trust;
         let prior = self.memory.prior(
-            &self.params.synthesis,
+            &self.synthesis,
             &model,
             &fingerprint,
             &[],
             &zero,
             None,
-            &|s| trust.trust(s),
+            &|s| trust.source(s),
             now_ns,
         )?;
         out.r#match = match prior.matched {
@@ -469,6 +551,32 @@ impl NodeLogic {
         Ok(out)
     }
 
+    /// Puts the plausibility gate for `model` in force: the configured
+    /// `synthesis.max_residual`, else `validation.envelope_margin ×` this robot's residual
+    /// envelope once it holds `validation.envelope_min_outcomes` own outcomes of the model.
+    fn refresh_gate(&mut self, model: &ModelId) {
+        if !self.params.synthesis.max_residual.is_empty() || self.gate_model.as_ref() == Some(model)
+        {
+            return;
+        }
+        let v = &self.params.validation;
+        match self
+            .envelope
+            .gate(model, v.envelope_margin, v.envelope_min_outcomes)
+        {
+            Some(gate) => {
+                self.synthesis.max_residual = gate;
+                self.gate_model = Some(model.clone());
+            }
+            None => self.synthesis.max_residual.clear(),
+        }
+    }
+
+    /// The plausibility gate in force per state component (empty = none yet).
+    pub fn plausibility_gate(&self) -> &[f64] {
+        &self.synthesis.max_residual
+    }
+
     /// A health report for `/diagnostics`.
     pub fn report(&self) -> Report {
         Report {
@@ -478,7 +586,14 @@ impl NodeLogic {
             received_records: self.memory.received_len(),
             trust_sources: self.trust.len(),
             trust_distrusted: self.trust.distrusted(0.5),
+            trust_young: self.trust.young(),
             shadow_mode: self.params.shadow_mode,
         }
     }
+}
+
+/// Standard deviation per component that a covariance states, if it states one.
+fn pending_sd(cov: &Covariance, n: usize) -> Option<Vec<f64>> {
+    cov.to_matrix()
+        .map(|m| (0..n).map(|i| m[(i, i)].max(0.0).sqrt()).collect())
 }

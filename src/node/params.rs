@@ -6,6 +6,7 @@ use thiserror::Error;
 
 use crate::core::fingerprint::{FingerprintConfig, Fingerprinter};
 use crate::core::memory::MemoryConfig;
+use crate::core::plausibility::ValidationConfig;
 use crate::core::store::StoreConfig;
 use crate::core::synthesis::SynthesisConfig;
 use crate::core::trust::TrustConfig;
@@ -19,8 +20,7 @@ pub const DEFAULT_PENDING_TIMEOUT_S: f64 = 300.0;
 pub const DEFAULT_DIAGNOSTICS_PERIOD_S: f64 = 1.0;
 /// Default neighbors asked for when exact support is thin.
 pub const DEFAULT_NEIGHBORS_K: usize = 8;
-/// Default own outcomes at an address before its record is shared (privacy budget).
-pub const DEFAULT_MIN_COUNT_TO_SHARE: u64 = 1;
+pub use crate::core::privacy::DEFAULT_MIN_COUNT_TO_SHARE;
 /// Default longest wait of a first prediction for the fleet's answer, seconds.
 pub const DEFAULT_FIRST_ENCOUNTER_WAIT_S: f64 = 1.0;
 /// Default fleet name.
@@ -32,8 +32,12 @@ pub const DEFAULT_FLEET: &str = "default";
 pub struct NodeParams {
     /// Fleet name: records are exchanged only within one fleet.
     pub fleet: String,
-    /// This robot's pseudonymous source id; empty = a random one at start-up.
+    /// This robot's source id, only with `exchange.unsigned: true`; empty = derived from
+    /// the node's key (signed fleets: the id is the public key, so it cannot be chosen).
     pub source_id: String,
+    /// The node's ed25519 key file (created with mode 0600 at first start); empty =
+    /// beside the store (`<store>.key`).
+    pub identity_file: String,
     /// Publish corrected priors on `corrected_prior_shadow` instead of `corrected_prior`.
     pub shadow_mode: bool,
     /// Most predictions waiting for their outcome; the oldest is dropped beyond it.
@@ -44,7 +48,8 @@ pub struct NodeParams {
     pub diagnostics_period_s: f64,
     /// Neighbor addresses asked for when exact support is below `synthesis.min_support`.
     pub neighbors_k: usize,
-    /// Own outcomes needed at an address before its record is shared with the fleet.
+    /// Privacy budget k: own outcomes needed at an address before its record is shared
+    /// with the fleet, and new ones needed before it is shared again.
     pub min_count_to_share: u64,
     /// Longest the first prediction at an unknown address waits for the fleet's answer,
     /// seconds (0 = never wait: answer uncorrected, records count from the next one).
@@ -58,6 +63,8 @@ pub struct NodeParams {
     /// Trust earned from outcomes: how sources whose claims miss this robot's outcomes
     /// lose weight.
     pub trust: TrustConfig,
+    /// Bounds on what a fleet record may claim, and the learned plausibility gate.
+    pub validation: ValidationConfig,
     /// Bounds of the in-memory outcome memory.
     pub memory: MemoryConfig,
     /// Embedded store file; empty = `$ROS_HOME/qis/<fleet>.<node name>.redb` (ROS_HOME
@@ -77,6 +84,7 @@ impl Default for NodeParams {
         NodeParams {
             fleet: DEFAULT_FLEET.into(),
             source_id: String::new(),
+            identity_file: String::new(),
             shadow_mode: false,
             max_pending: DEFAULT_MAX_PENDING,
             pending_timeout_s: DEFAULT_PENDING_TIMEOUT_S,
@@ -88,6 +96,7 @@ impl Default for NodeParams {
             fingerprint: FingerprintConfig::default(),
             synthesis: SynthesisConfig::default(),
             trust: TrustConfig::default(),
+            validation: ValidationConfig::default(),
             memory: MemoryConfig::default(),
             store_path: String::new(),
             store: StoreConfig::default(),
@@ -124,6 +133,26 @@ impl NodeParams {
         if !self.source_id.is_empty() {
             crate::core::ids::SourceId::new(self.source_id.clone())
                 .map_err(|e| ParamError::new("source_id", e.to_string()))?;
+            if !self.exchange.unsigned {
+                return Err(ParamError::new(
+                    "source_id",
+                    "a signed fleet derives the source id from the node's key; leave it empty or set exchange.unsigned: true",
+                ));
+            }
+        }
+        if self.min_count_to_share == 0 {
+            return Err(ParamError::new("min_count_to_share", "must be >= 1, got 0"));
+        }
+        if self.exchange.min_count_to_share != crate::core::privacy::DEFAULT_MIN_COUNT_TO_SHARE
+            && self.exchange.min_count_to_share != self.min_count_to_share
+        {
+            return Err(ParamError::new(
+                "exchange.min_count_to_share",
+                format!(
+                    "the privacy budget is set by `min_count_to_share` ({}), got {}",
+                    self.min_count_to_share, self.exchange.min_count_to_share
+                ),
+            ));
         }
         if self.max_pending == 0 {
             return Err(ParamError::new("max_pending", "must be >= 1, got 0"));
@@ -177,6 +206,9 @@ impl NodeParams {
         self.trust
             .validate()
             .map_err(|e| ParamError::new(format!("trust.{}", e.field), e.reason))?;
+        self.validation
+            .validate()
+            .map_err(|e| ParamError::new(format!("validation.{}", e.field), e.reason))?;
         self.fingerprint
             .validate()
             .map_err(|e| ParamError::new(format!("fingerprint.features.{}", e.feature), e.reason))

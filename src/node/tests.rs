@@ -6,6 +6,8 @@ use crate::core::record::OutcomeRecord;
 use crate::ros::msgs::{Outcome, Prediction, QueryRequest, Scenario};
 
 const S: i64 = 1_000_000_000;
+/// A time after every record the tests make (records are checked against clock skew).
+const LATER: i64 = 1_000_000 * S;
 
 fn node(source: &str, params: NodeParams) -> NodeLogic {
     NodeLogic::new(params, SourceId::new(source).unwrap()).unwrap()
@@ -74,10 +76,11 @@ fn first_prediction_is_unchanged_then_learns_the_bias() {
     assert_eq!(eff.discrepancy.error_norm, 0.5);
     assert!(eff.discrepancy.mahalanobis.is_nan());
     assert_eq!(eff.discrepancy.fingerprint, first.fingerprint);
-    let (key, rec) = eff
-        .record_to_publish()
-        .cloned()
-        .expect("min_count_to_share = 1");
+    assert!(
+        eff.record_to_publish().is_none(),
+        "privacy budget: one outcome is never shared"
+    );
+    let (key, rec) = &eff.own_record;
     assert_eq!(key.source.as_str(), "robot-a");
     assert_eq!(rec.summary.count(), 1);
     learn(&mut n, "weather=rain", 40, 0.5, 10 * S);
@@ -110,10 +113,13 @@ fn records_beyond_the_plausibility_gate_are_counted_and_given_no_weight() {
     let effects = learn(&mut liar, "road=ice", 20, 50.0, 0);
     let (key, rec) = last_shared(&effects);
     assert_eq!(
-        b.on_record(&key, rec.clone()),
+        b.on_record(&key, rec.clone(), LATER),
         crate::core::memory::Ingest::Stored
     );
-    assert_eq!(b.on_record(&key, rec), crate::core::memory::Ingest::Stale);
+    assert_eq!(
+        b.on_record(&key, rec, LATER),
+        crate::core::memory::Ingest::Stale
+    );
     let p = b
         .on_prediction(&prediction("b0", "road=ice", &[1.0, 2.0]), 30 * S)
         .unwrap();
@@ -140,14 +146,14 @@ fn a_source_whose_claims_miss_this_robots_outcomes_loses_its_weight_everywhere()
     };
     let (wet_key, wet) = claim("road=wet", &mut liar);
     let (ice_key, ice) = claim("road=ice", &mut liar);
-    b.on_record(&wet_key, wet);
+    b.on_record(&wet_key, wet, LATER);
     let r = b.report();
     assert_eq!(
         (r.trust_sources, r.trust_distrusted),
         (1, 1),
         "judged on arrival"
     );
-    b.on_record(&ice_key, ice.clone());
+    b.on_record(&ice_key, ice.clone(), LATER);
     let p = b
         .on_prediction(&prediction("b-ice", "road=ice", &[1.0, 2.0]), 200 * S)
         .unwrap();
@@ -167,7 +173,7 @@ fn a_source_whose_claims_miss_this_robots_outcomes_loses_its_weight_everywhere()
             ..NodeParams::default()
         },
     );
-    trusting.on_record(&ice_key, ice);
+    trusting.on_record(&ice_key, ice, LATER);
     let q = trusting
         .on_prediction(&prediction("t-ice", "road=ice", &[1.0, 2.0]), 200 * S)
         .unwrap();
@@ -178,21 +184,31 @@ fn a_source_whose_claims_miss_this_robots_outcomes_loses_its_weight_everywhere()
 fn fleet_records_correct_another_robots_first_encounter() {
     let mut a = node("robot-a", NodeParams::default());
     let mut b = node("robot-b", NodeParams::default());
+    // B earns trust in A where both have outcomes: three of A's records agree with B's.
+    let wet_a = learn(&mut a, "road=wet", 15, 0.3, 0);
+    learn(&mut b, "road=wet", 15, 0.3, 0);
+    for e in wet_a.iter().filter_map(OutcomeEffect::record_to_publish) {
+        b.on_record(&e.0, e.1.clone(), LATER);
+    }
+    assert_eq!(b.report().trust_young, 0, "A earned full weight");
     let effects = learn(&mut a, "road=ice", 20, -1.0, 0);
     let (key, rec) = last_shared(&effects);
     assert_eq!(
-        b.on_record(&key, rec.clone()),
+        b.on_record(&key, rec.clone(), LATER),
         crate::core::memory::Ingest::Stored
     );
     // The same record again is a replay, not counted as received twice.
-    assert_eq!(b.on_record(&key, rec), crate::core::memory::Ingest::Stale);
+    assert_eq!(
+        b.on_record(&key, rec, LATER),
+        crate::core::memory::Ingest::Stale
+    );
     let p = b
         .on_prediction(&prediction("b0", "road=ice", &[1.0, 2.0]), 30 * S)
         .unwrap();
     assert_eq!(p.r#match, crate::ros::msgs::CorrectedPrior::MATCH_EXACT);
     assert_eq!(p.sources, 1);
     assert!(p.correction[0] < -0.7, "{:?}", p.correction);
-    assert_eq!(b.report().counters.records_received, 1);
+    assert_eq!(b.report().counters.records_received, 4);
     assert_eq!(b.report().counters.records_implausible, 0);
     let q = b.query(
         &QueryRequest {
@@ -322,9 +338,10 @@ fn records_are_shared_only_after_min_count() {
         ..NodeParams::default()
     };
     let mut n = node("robot-a", params);
-    let effects = learn(&mut n, "p=q", 4, 0.1, 0);
+    let effects = learn(&mut n, "p=q", 7, 0.1, 0);
     let shared: Vec<bool> = effects.iter().map(|e| e.share).collect();
-    assert_eq!(shared, vec![false, false, true, true]);
+    // Shared at 3, then again only after 3 more: no two shared versions differ by < 3.
+    assert_eq!(shared, vec![false, false, true, false, false, true, false]);
     assert_eq!(n.report().counters.records_published, 2);
 }
 
@@ -378,7 +395,7 @@ fn a_thin_address_borrows_from_a_similar_one() {
             .cloned();
     }
     let (key, rec) = last.unwrap();
-    b.on_record(&key, rec);
+    b.on_record(&key, rec, LATER);
     // Speed 4.5 is the next bin: a different address, but a near one.
     let p = b.on_prediction(&at("b0", 4.5), 40 * S).unwrap();
     assert_ne!(p.fingerprint, key.fingerprint.to_hex());

@@ -2,6 +2,7 @@
 //! native (hiroz, rmw_zenoh wire format) and r2r runners around [`crate::node::NodeLogic`].
 
 pub mod args;
+pub mod clock;
 pub mod msgs;
 pub mod names;
 pub mod native;

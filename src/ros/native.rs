@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use hiroz::Builder;
 use hiroz::context::{ZContext, ZContextBuilder};
@@ -90,9 +90,7 @@ impl NodeClock {
         match &self.sim {
             // Before the first /clock message sim time is 0, as in rclcpp.
             Some(t) => t.load(Ordering::Relaxed),
-            None => SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX)),
+            None => super::clock::system_ns(),
         }
     }
 }
@@ -140,6 +138,7 @@ const DISCREPANCY_QUEUE: usize = 4096;
 /// uncorrected (records that arrive later still count for the next one).
 async fn fetch_first(
     logic: &Shared,
+    clock: &NodeClock,
     fleet: &dyn FleetPort,
     model: &ModelId,
     fp: &Fingerprint,
@@ -151,9 +150,10 @@ async fn fetch_first(
     };
     match tokio::time::timeout(wait, rx).await {
         Ok(Ok(found)) => {
+            let now = clock.now_ns();
             let mut l = lock(logic);
             for (key, record) in found {
-                l.on_record(&key, record);
+                l.on_record(&key, record, now);
             }
         }
         Ok(Err(_)) => tracing::debug!(fingerprint = %fp, "fleet fetch dropped"),
@@ -285,7 +285,7 @@ impl NativeNode {
                     };
                     let first = lock(&logic).first_encounter(&p);
                     if let Some((model, fp)) = first {
-                        fetch_first(&logic, fleet.as_ref(), &model, &fp, first_wait).await;
+                        fetch_first(&logic, &clock, fleet.as_ref(), &model, &fp, first_wait).await;
                     }
                     let (result, interests) = {
                         let mut l = lock(&logic);
@@ -313,6 +313,7 @@ impl NativeNode {
             Option<tokio::sync::oneshot::Receiver<bool>>,
             Discrepancy,
         )>(DISCREPANCY_QUEUE);
+        let receipt_logic = logic.clone();
         tasks.spawn(async move {
             // Drains the queue to its end after the outcome task stops (at shutdown the
             // link writes what is pending, so every receipt is answered).
@@ -320,10 +321,13 @@ impl NativeNode {
                 if let Some(receipt) = receipt
                     && !receipt.await.unwrap_or(false)
                 {
-                    tracing::warn!(
+                    // The discrepancy is the receipt of a durable outcome: none without.
+                    lock(&receipt_logic).on_not_durable();
+                    tracing::error!(
                         episode_id = %discrepancy.episode_id,
-                        "outcome not written to the store; discrepancy published anyway"
+                        "outcome not written to the store: no discrepancy published"
                     );
+                    continue;
                 }
                 if let Err(e) = disc_pub.async_publish(&discrepancy).await {
                     tracing::error!(episode_id = %discrepancy.episode_id, "publishing discrepancy: {e}");
@@ -364,7 +368,7 @@ impl NativeNode {
             });
         }
         {
-            let (logic, cancel) = (logic.clone(), cancel.clone());
+            let (logic, cancel, clock) = (logic.clone(), cancel.clone(), clock.clone());
             tasks.spawn(async move {
                 loop {
                     let rec = tokio::select! {
@@ -372,7 +376,7 @@ impl NativeNode {
                         r = records.recv() => r,
                     };
                     let Some((key, record)) = rec else { break };
-                    let r = lock(&logic).on_record(&key, record);
+                    let r = lock(&logic).on_record(&key, record, clock.now_ns());
                     tracing::trace!(fingerprint = %key.fingerprint, source = %key.source, ?r, "fleet record");
                 }
             });

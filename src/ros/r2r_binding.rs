@@ -11,7 +11,7 @@
 
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use futures_util::StreamExt;
 use hiroz::msg::{ZDeserializer, ZMessage};
@@ -49,11 +49,7 @@ where
     <T::Serdes as ZDeserializer>::deserialize(bytes).ok()
 }
 
-fn system_ns() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
-}
+use super::clock::system_ns;
 
 /// Runs `qis_node` on r2r until `stop` is set. `name` is the default node name (rcl
 /// applies `-r __node:=` / `__ns:=` from the process arguments).
@@ -118,12 +114,19 @@ pub async fn run(
     // (the node's receipt for an outcome); bounded, so a slow store slows the loop.
     let (receipts_tx, mut receipts_rx) =
         mpsc::channel::<(Option<tokio::sync::oneshot::Receiver<bool>>, Vec<u8>)>(4096);
+    let receipt_logic = logic.clone();
     let discrepancies = tokio::spawn(async move {
         while let Some((receipt, bytes)) = receipts_rx.recv().await {
             if let Some(receipt) = receipt
                 && !receipt.await.unwrap_or(false)
             {
-                tracing::warn!("outcome not written to the store; discrepancy published anyway");
+                // The discrepancy is the receipt of a durable outcome: none without.
+                receipt_logic
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .on_not_durable();
+                tracing::error!("outcome not written to the store: no discrepancy published");
+                continue;
             }
             if let Err(e) = disc_pub.publish_raw(&bytes) {
                 tracing::error!("publishing discrepancy: {e}");
@@ -199,7 +202,7 @@ pub async fn run(
                 }
             }
             Some((key, record)) = records.recv() => {
-                logic.lock().unwrap_or_else(|e| e.into_inner()).on_record(&key, record);
+                logic.lock().unwrap_or_else(|e| e.into_inner()).on_record(&key, record, now());
             }
             Some(bytes) = async { match clock.as_mut() { Some(c) => c.next().await, None => std::future::pending().await } } => {
                 if let (Some(c), Some(t)) = (decode::<Clock>(&bytes), &sim) {

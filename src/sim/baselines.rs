@@ -40,6 +40,7 @@ pub fn prior_from(
             trust: 1.0,
             similarity: 1.0,
             exact: true,
+            young: false,
         })
         .into_iter()
         .collect();

@@ -513,6 +513,7 @@ mod tests {
             seq: Seq(seq),
             sketch: Sketch([0; SKETCH_DIM]),
             summary: Summary::from_sample(&[x], 0).unwrap(),
+            time_base: Default::default(),
         }
     }
 

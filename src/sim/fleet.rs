@@ -316,7 +316,7 @@ impl<E: Exchange> Robot<E> {
             &near,
             &x,
             None,
-            &|s| trust.trust(s),
+            &|s| trust.source(s),
             now,
         )?;
         let mut qis_state = [0.0; STATE_DIM];
