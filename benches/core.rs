@@ -218,6 +218,54 @@ fn benches(c: &mut Criterion) {
         .expect("valid scenario");
     g.bench_function("sketch", |b| b.iter(|| sketch(black_box(&canonical), &[])));
     g.finish();
+    records(c);
+}
+
+/// The cost of signing by default, per record: seal + open (the sender's and receiver's
+/// work for one shared record) signed and self-certified vs the unsigned opt-out. The
+/// prediction path signs nothing, so `core_path` is the same in both modes; a record is
+/// sealed once per `min_count_to_share` outcomes and opened once per record received.
+fn records(c: &mut Criterion) {
+    use qis_ros::fleet::identity::Identity;
+    use qis_ros::fleet::keys::record_key;
+    use qis_ros::fleet::signing::{Admission, seal};
+    let mut s = Summary::empty(DIM).expect("dim");
+    for i in 0..20 {
+        let r: Vec<f64> = (0..DIM).map(|d| (i * d) as f64 * 0.01).collect();
+        s.add(&r, i as i64, Decay::NONE).expect("finite");
+    }
+    let record = OutcomeRecord {
+        seq: Seq(20),
+        sketch: Sketch([1; SKETCH_DIM]),
+        summary: s,
+        time_base: Default::default(),
+    };
+    let identity = Identity::generate();
+    let key = RecordKey {
+        model: ModelId::new("wm").expect("valid id"),
+        fingerprint: qis_ros::core::ids::Fingerprint([5; 16]),
+        source: identity.source().clone(),
+    };
+    let ke = record_key(
+        &qis_ros::core::ids::FleetName::new("bench").expect("valid"),
+        &key,
+    );
+    let mut g = c.benchmark_group("record");
+    g.throughput(Throughput::Elements(1));
+    let (signed, unsigned) = (Admission::default(), Admission::Unsigned);
+    g.bench_function("seal_open_signed", |b| {
+        b.iter(|| {
+            let bytes = seal(black_box(&record), &ke, identity.signing_key()).expect("seal");
+            signed.open(&ke, &key.source, &bytes).expect("verifies")
+        })
+    });
+    g.bench_function("seal_open_unsigned", |b| {
+        b.iter(|| {
+            let bytes = seal(black_box(&record), &ke, None).expect("seal");
+            unsigned.open(&ke, &key.source, &bytes).expect("decodes")
+        })
+    });
+    g.finish();
 }
 
 criterion_group!(core, benches);

@@ -84,7 +84,12 @@ fn signed_config(listen: u16, connect: &[u16]) -> FleetConfig {
     }
 }
 
+/// An exchange under a name: the unsigned opt-out, whatever `cfg` says.
 async fn start(cfg: FleetConfig, source: &str) -> (FleetExchange, mpsc::Receiver<Received>) {
+    let cfg = FleetConfig {
+        unsigned: true,
+        ..cfg
+    };
     start_as(cfg, Identity::unsigned(SourceId::new(source).unwrap())).await
 }
 
@@ -292,13 +297,10 @@ async fn three_peers_share_verify_and_survive_the_source() {
     // C joins later (connects to A and B) and gets the same record.
     let cfg_c = admitted(signed_config(pc, &[pa, pb]));
     let (c, _rx_c) = start_as(cfg_c, Identity::signed(kc.clone())).await;
-    let got_c = query_until(&c, &s, |g| {
-        g.iter().any(|(k, _)| k.source.as_str() == &a_id)
-    })
-    .await;
+    let got_c = query_until(&c, &s, |g| g.iter().any(|(k, _)| k.source.as_str() == a_id)).await;
     let (_, rec_c) = got_c
         .iter()
-        .find(|(k, _)| k.source.as_str() == &a_id)
+        .find(|(k, _)| k.source.as_str() == a_id)
         .unwrap();
     assert_eq!(rec_c, &rec);
     let mut mem_c = memory(&c_id);
@@ -308,7 +310,7 @@ async fn three_peers_share_verify_and_survive_the_source() {
     // C shares its own record for s: B receives it live and verified.
     let (key_c, rec_own_c) = own_record(&c_id, s, 4, &[0.4, -0.2]);
     assert_eq!(c.publish(&key_c, &rec_own_c).unwrap(), Publish::Queued);
-    let (k, r) = recv_until(&mut rx_b, |(k, _)| k.source.as_str() == &c_id).await;
+    let (k, r) = recv_until(&mut rx_b, |(k, _)| k.source.as_str() == c_id).await;
     assert_eq!((r.seq, r.summary.count()), (Seq(4), 4));
     assert_eq!(mem_b.ingest(&k, r), Ingest::Stored);
 
@@ -371,7 +373,7 @@ async fn three_peers_share_verify_and_survive_the_source() {
         .await
         .unwrap();
     let (k, r) = recv_until(&mut rx_b, |(k, r)| {
-        k.source.as_str() == &a_id && r.seq == Seq(5)
+        k.source.as_str() == a_id && r.seq == Seq(5)
     })
     .await;
     let (state_before_replay, _) = corrected(&mut mem_b, &s);
@@ -391,11 +393,8 @@ async fn three_peers_share_verify_and_survive_the_source() {
     assert!(state_after[0] > 0.1, "{state_after}");
     let (key_b, rec_own_b) = own_record(&b_id, s, 3, &[0.45, -0.2]);
     assert_eq!(b.publish(&key_b, &rec_own_b).unwrap(), Publish::Queued);
-    let got_c = query_until(&c, &s, |g| {
-        g.iter().any(|(k, _)| k.source.as_str() == &b_id)
-    })
-    .await;
-    assert!(got_c.iter().all(|(k, _)| k.source.as_str() != &c_id));
+    let got_c = query_until(&c, &s, |g| g.iter().any(|(k, _)| k.source.as_str() == b_id)).await;
+    assert!(got_c.iter().all(|(k, _)| k.source.as_str() != c_id));
 
     b.close().await.unwrap();
     c.close().await.unwrap();

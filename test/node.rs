@@ -180,12 +180,16 @@ async fn two_nodes_correct_each_others_predictions_over_ros_topics() {
     assert_eq!(on_ice.r#match, CorrectedPrior::MATCH_EXACT);
     assert_eq!(on_ice.sources, 1);
     assert_eq!(on_ice.support, 20);
+    // A is a stranger to B (they share no address, no admission list): its 20 outcomes
+    // weigh trust.initial x 20 = 2, at most synthesis.max_young_weight = 2, so the fleet
+    // gets w = 2 / (2 + 5) of the correction until A earns B's trust.
+    let young = 2.0 / (2.0 + 5.0);
     assert!(
-        (on_ice.correction[0] - 0.8 * 20.0 / 25.0).abs() < 1e-6,
+        (on_ice.correction[0] - 0.8 * young).abs() < 1e-6,
         "{:?}",
         on_ice.correction
     );
-    assert!((on_ice.state[0] - (1.0 + 0.8 * 20.0 / 25.0)).abs() < 1e-6);
+    assert!((on_ice.state[0] - (1.0 + 0.8 * young)).abs() < 1e-6);
     let (on_gravel, _) = ra
         .episode(
             &prediction("a-gravel", "road=gravel", &[2.0, 2.0]),
@@ -194,7 +198,7 @@ async fn two_nodes_correct_each_others_predictions_over_ros_topics() {
         .await;
     assert_eq!(on_gravel.sources, 1);
     assert!(
-        (on_gravel.correction[0] + 0.5 * 20.0 / 25.0).abs() < 1e-6,
+        (on_gravel.correction[0] + 0.5 * young).abs() < 1e-6,
         "{:?}",
         on_gravel.correction
     );
@@ -416,20 +420,35 @@ async fn use_sim_time_follows_clock() {
     n.shutdown().await;
 }
 
+/// Writes an ed25519 identity key file (mode 0600) from a seed; returns its source id.
+fn identity_file(path: &std::path::Path, seed: u8) -> String {
+    use std::os::unix::fs::PermissionsExt as _;
+    let key = ed25519_dalek::SigningKey::from_bytes(&[seed; 32]);
+    std::fs::write(path, hex::encode(key.to_bytes())).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    hex::encode(key.verifying_key().as_bytes())
+}
+
 /// Starts `qis node` as a process: its own store, the fleet exchange on loopback
-/// (listening on `listen`, connecting to `peer`), ROS over the test's router.
+/// (listening on `listen`, connecting to `peer`), ROS over the test's router. Signed
+/// (the default): its identity is `<store>.key`; `admitted` is the fleet's admission
+/// list (public keys = source ids).
 fn spawn_qis_node(
     router: &str,
     ns: &str,
-    source: &str,
+    admitted: &[&str],
     store: &std::path::Path,
     listen: u16,
     peer: u16,
 ) -> tokio::process::Child {
+    let allowed: Vec<String> = admitted.iter().map(|k| format!("\"{k}\"")).collect();
     tokio::process::Command::new(env!("CARGO_BIN_EXE_qis"))
         .args(["node", "--connect", router, "--listen", "tcp/127.0.0.1:0"])
         .args(["--ros-args", "-r", &format!("__ns:={ns}")])
-        .args(["-p", &format!("source_id:={source}")])
+        .args([
+            "-p",
+            &format!("exchange.allowed_keys:=[{}]", allowed.join(",")),
+        ])
         // Generous bounds so a loaded machine cannot turn the first-encounter fetch into
         // an uncorrected answer (they bound waits; nothing here measures speed).
         .args(["-p", "first_encounter_wait_s:=20.0"])
@@ -494,15 +513,13 @@ async fn qis_node_processes_share_outcomes_over_the_fleet_and_survive_sigkill() 
     let dir = tempfile::tempdir().unwrap();
     let (pa, pb) = (free_port(), free_port());
     let store_a = dir.path().join("a.redb");
-    let mut a = spawn_qis_node(&endpoint, "/pa", "robot-a", &store_a, pa, pb);
-    let _b = spawn_qis_node(
-        &endpoint,
-        "/pb",
-        "robot-b",
-        &dir.path().join("b.redb"),
-        pb,
-        pa,
-    );
+    let store_b = dir.path().join("b.redb");
+    // The fleet's operator admits both keys; identities live beside the stores.
+    let robot_a = identity_file(&store_a.with_extension("key"), 1);
+    let robot_b = identity_file(&store_b.with_extension("key"), 2);
+    let admitted = [robot_a.as_str(), robot_b.as_str()];
+    let mut a = spawn_qis_node(&endpoint, "/pa", &admitted, &store_a, pa, pb);
+    let _b = spawn_qis_node(&endpoint, "/pb", &admitted, &store_b, pb, pa);
     let ctx = client(&endpoint);
     let driver = ctx.create_node("driver").build().unwrap();
     let ra = Robot::new(&driver, "/pa").await;
@@ -519,7 +536,7 @@ async fn qis_node_processes_share_outcomes_over_the_fleet_and_survive_sigkill() 
     }
     // A serves (and publishes) a record only after its durable write: once the fleet
     // sees seq 10, all ten outcomes are on A's disk.
-    served_seq_reaches(pa, "robot-a", 10).await;
+    served_seq_reaches(pa, &robot_a, 10).await;
     // B's first prediction on ice asks the fleet before answering.
     let (prior, _) = rb
         .episode(&prediction("b0", "road=ice", &[1.0, 0.0]), &[1.8, 0.0])
@@ -540,7 +557,7 @@ async fn qis_node_processes_share_outcomes_over_the_fleet_and_survive_sigkill() 
     drop(ra);
     // A new fleet port: the identity of a robot is its store and source id, and the
     // killed process's port may still be held by the kernel for a moment.
-    let _a2 = spawn_qis_node(&endpoint, "/pa", "robot-a", &store_a, free_port(), pb);
+    let _a2 = spawn_qis_node(&endpoint, "/pa", &admitted, &store_a, free_port(), pb);
     let ra = Robot::new(&driver, "/pa").await;
     // The killed node's graph entries can outlive it for a moment, so "matched" may still
     // mean the dead subscriber: send fresh episodes until the new node answers one.

@@ -85,7 +85,9 @@ impl NodeProcess {
         let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_qis"));
         cmd.args(["node", "--connect", router, "--listen", "tcp/127.0.0.1:0"])
             .args(["--ros-args", "-r", &format!("__ns:={ns}")])
-            .args(["-p", "source_id:=robot-k"])
+            // Named and unsigned (the explicit opt-out): this test is about the store
+            // and its fleet peer answers with records from made-up, unsigned sources.
+            .args(["-p", "source_id:=robot-k", "-p", "exchange.unsigned:=true"])
             .args(["-p", &format!("store_path:={}", store.display())])
             // A fresh fleet port each start: a killed process's port can linger.
             .args([

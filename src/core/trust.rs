@@ -13,7 +13,9 @@
 //! robot (gap within `tolerance`): trust = 1 / (1 + gap² / tolerance²) × (initial +
 //! (1 − initial) · min(1, agreed / earn_outcomes)). A source below full weight is
 //! *young*; the synthesis caps the total weight of young sources at an address
-//! (`synthesis.max_young_weight`), so rotating source ids (Sybil) buys nothing.
+//! (`synthesis.max_young_weight`), so rotating source ids (Sybil) buys nothing. Sources
+//! the fleet's operator admitted by key (`exchange.allowed_keys`) are *vouched*: they
+//! start at full weight and are never young (they still lose trust when they miss).
 //!
 //! A record is also judged when it arrives, against this robot's own summary at its
 //! address ([`TrustBook::observe_arrival`]), and against the plausibility gate
@@ -24,7 +26,7 @@
 //! Pure: no clock, no I/O. Trust is per robot and per source, kept in memory only (a
 //! restarted robot starts trusting again and re-learns from its next outcomes).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use serde::Deserialize;
 use thiserror::Error;
@@ -157,6 +159,8 @@ impl SourceTrust {
 pub struct TrustBook {
     config: TrustConfig,
     gaps: HashMap<SourceId, Gap>,
+    /// Sources admitted by the operator: full weight from the start.
+    vouched: HashSet<SourceId>,
 }
 
 impl Default for TrustBook {
@@ -171,7 +175,13 @@ impl TrustBook {
         TrustBook {
             config,
             gaps: HashMap::new(),
+            vouched: HashSet::new(),
         }
+    }
+
+    /// Marks sources as vouched for (admitted by key): they need not earn their weight.
+    pub fn vouch(&mut self, sources: impl IntoIterator<Item = SourceId>) {
+        self.vouched.extend(sources);
     }
 
     fn enabled(&self) -> bool {
@@ -193,7 +203,7 @@ impl TrustBook {
             .gaps
             .get(source)
             .map_or((1.0, 0.0), |g| (1.0 / (1.0 + g.mean_sq / tol_sq), g.agreed));
-        let earned = if self.config.earn_outcomes > 0.0 {
+        let earned = if self.config.earn_outcomes > 0.0 && !self.vouched.contains(source) {
             (agreed / self.config.earn_outcomes).min(1.0)
         } else {
             1.0
@@ -393,6 +403,18 @@ mod tests {
             s.add(r, t as i64, Decay::NONE).unwrap();
         }
         s
+    }
+
+    #[test]
+    fn vouched_sources_start_at_full_weight_and_can_still_lose_it() {
+        let mut book = book(3.0, &[1.0]);
+        let admitted = SourceId::new("a").unwrap();
+        book.vouch([admitted.clone()]);
+        assert_eq!(book.source(&admitted), SourceTrust::FULL);
+        for _ in 0..20 {
+            book.observe(&admitted, &[40.0], &[0.0]);
+        }
+        assert!(book.trust(&admitted) < 0.05);
     }
 
     #[test]

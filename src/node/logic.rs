@@ -118,7 +118,15 @@ impl NodeLogic {
             OutcomeMemory::new(source, params.memory.clone(), params.synthesis.decay());
         memory.set_time_base(time_base);
         let pairing = PairingTable::new(params.max_pending, params.pending_timeout_ns());
-        let trust = TrustBook::new(params.trust.clone());
+        let mut trust = TrustBook::new(params.trust.clone());
+        // A key on the admission list is the source id it names (self-certifying ids).
+        trust.vouch(
+            params
+                .exchange
+                .allowed_keys
+                .iter()
+                .filter_map(|k| SourceId::new(k.trim().to_ascii_lowercase()).ok()),
+        );
         Ok(NodeLogic {
             synthesis: params.synthesis.clone(),
             gate_model: None,
