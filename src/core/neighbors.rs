@@ -92,7 +92,9 @@ fn normalize(v: &mut [f64; SKETCH_DIM]) -> bool {
 /// half of its neighboring bins' vectors); the embedding is randomly projected to
 /// [`SKETCH_DIM`] components. Both halves are normalized, summed with equal weight,
 /// normalized again and quantized, so cosine similarity of sketches tracks how much
-/// two scenarios share.
+/// two scenarios share. When the scenario carries a fleet key, every token hash is the
+/// keyed one ([`FleetKey::token_hash`](super::fingerprint::FleetKey::token_hash)), so
+/// sketches compare within the fleet but not against an outsider's dictionary.
 pub fn sketch(canonical: &CanonicalScenario, embedding: &[f32]) -> Result<Sketch, NeighborError> {
     if embedding.len() > MAX_EMBEDDING_DIM {
         return Err(NeighborError::OversizedEmbedding {
@@ -102,14 +104,16 @@ pub fn sketch(canonical: &CanonicalScenario, embedding: &[f32]) -> Result<Sketch
     if let Some(index) = embedding.iter().position(|v| !v.is_finite()) {
         return Err(NeighborError::NonFiniteEmbedding { index });
     }
+    let key = canonical.key.as_ref();
+    let hash = |parts: &[&[u8]]| key.map_or_else(|| fnv1a64(parts), |k| k.token_hash(parts));
     let mut symbolic = [0.0; SKETCH_DIM];
     for tag in &canonical.tags {
-        add_signs(&mut symbolic, fnv1a64(&[b"t ", tag.as_bytes()]), 1.0);
+        add_signs(&mut symbolic, hash(&[b"t ", tag.as_bytes()]), 1.0);
     }
     for (name, bin) in &canonical.features {
         for (offset, weight) in BIN_SPREAD {
             let b = bin.saturating_add(offset).to_string();
-            let h = fnv1a64(&[b"f ", name.as_bytes(), b" ", b.as_bytes()]);
+            let h = hash(&[b"f ", name.as_bytes(), b" ", b.as_bytes()]);
             add_signs(&mut symbolic, h, weight);
         }
     }
@@ -119,7 +123,10 @@ pub fn sketch(canonical: &CanonicalScenario, embedding: &[f32]) -> Result<Sketch
     }
     let mut projected = [0.0; SKETCH_DIM];
     for (i, &e) in embedding.iter().enumerate() {
-        let h = fnv1a64(&[b"e ", i.to_string().as_bytes()]);
+        let h = match key {
+            Some(k) => k.embedding_hash(i),
+            None => fnv1a64(&[b"e ", i.to_string().as_bytes()]),
+        };
         add_signs(&mut projected, h, f64::from(e));
     }
     if normalize(&mut projected) {
@@ -267,6 +274,7 @@ mod tests {
         CanonicalScenario {
             tags: tags.iter().map(|s| s.to_string()).collect(),
             features: features.iter().map(|(n, b)| (n.to_string(), *b)).collect(),
+            key: None,
         }
     }
 
@@ -363,6 +371,42 @@ mod tests {
                 .nearest(&other_model, &sketch(&c, &[]).unwrap(), 3)
                 .unwrap()
                 .is_empty()
+        );
+    }
+
+    #[test]
+    fn keyed_sketches_compare_within_the_fleet_only() {
+        use crate::core::fingerprint::FleetKey;
+        let secret = b"000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
+        let key = FleetKey::new(secret).unwrap();
+        // Pinned (independent Python hmac): H_K("a") for the test secret.
+        assert_eq!(key.token_hash(&[b"a"]), 0x24d5_5718_826a_f9e4);
+        assert_eq!(
+            key.token_hash(&[b"t ", b"weather=rain"]),
+            0xef06_c747_64d5_8c17
+        );
+        let with = |c: CanonicalScenario, k: &FleetKey| CanonicalScenario {
+            key: Some(k.clone()),
+            ..c
+        };
+        let base = canon(&["surface=ice", "weather=snow"], &[("speed", 3)]);
+        let next = canon(&["surface=ice", "weather=snow"], &[("speed", 4)]);
+        let e: Vec<f32> = (0..64).map(|i| (i as f32).sin()).collect();
+        let plain = sketch(&base, &e).unwrap();
+        let keyed = sketch(&with(base.clone(), &key), &e).unwrap();
+        let again = sketch(&with(base.clone(), &FleetKey::new(secret).unwrap()), &e).unwrap();
+        let other_key = FleetKey::new(b"another fleet's secret").unwrap();
+        let other = sketch(&with(base.clone(), &other_key), &e).unwrap();
+        assert_eq!(keyed, again, "same secret, same sketch");
+        assert_ne!(keyed, plain);
+        assert_ne!(keyed, other);
+        // Similarity is preserved inside the fleet.
+        let keyed_next = sketch(&with(next, &key), &e).unwrap();
+        assert!(keyed.similarity(&keyed_next) > 0.8);
+        assert_eq!(key.embedding_hash(7), key.token_hash(&[b"e ", b"7"]));
+        assert_eq!(
+            key.embedding_hash(MAX_EMBEDDING_DIM + 1),
+            key.token_hash(&[b"e ", (MAX_EMBEDDING_DIM + 1).to_string().as_bytes()])
         );
     }
 }

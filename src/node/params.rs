@@ -211,7 +211,7 @@ impl NodeParams {
             .map_err(|e| ParamError::new(format!("validation.{}", e.field), e.reason))?;
         self.fingerprint
             .validate()
-            .map_err(|e| ParamError::new(format!("fingerprint.features.{}", e.feature), e.reason))
+            .map_err(|e| ParamError::new(format!("fingerprint.{}", e.field()), e.reason()))
     }
 
     /// Pending timeout in nanoseconds.
@@ -249,6 +249,12 @@ mod tests {
             ..NodeParams::default()
         };
         assert_eq!(p.validate().unwrap_err().param, "fleet");
+        let mut p = NodeParams::default();
+        p.fingerprint.fleet_secret_file = Some("/nonexistent/qis.secret".into());
+        assert_eq!(
+            p.validate().unwrap_err().param,
+            "fingerprint.fleet_secret_file"
+        );
     }
 
     #[test]
