@@ -119,6 +119,7 @@ impl NodeLogic {
         memory.set_time_base(time_base);
         let pairing = PairingTable::new(params.max_pending, params.pending_timeout_ns());
         let trust = TrustBook::new(params.trust.clone());
+        let neighbors = NeighborIndex::with_capacity(params.neighbors_max_addresses);
         Ok(NodeLogic {
             synthesis: params.synthesis.clone(),
             gate_model: None,
@@ -131,7 +132,7 @@ impl NodeLogic {
             fleet,
             fingerprinter,
             memory,
-            neighbors: NeighborIndex::new(),
+            neighbors,
             pairing,
             trust,
             counters: Counters::default(),
@@ -587,6 +588,7 @@ impl NodeLogic {
             trust_sources: self.trust.len(),
             trust_distrusted: self.trust.distrusted(0.5),
             trust_young: self.trust.young(),
+            neighbors_evicted: self.neighbors.evicted(),
             shadow_mode: self.params.shadow_mode,
         }
     }

@@ -419,6 +419,24 @@ fn a_thin_address_borrows_from_a_similar_one() {
 }
 
 #[test]
+fn the_neighbor_index_is_bounded_and_its_evictions_reported() {
+    let params = NodeParams {
+        neighbors_max_addresses: 2,
+        ..NodeParams::default()
+    };
+    let mut n = node("robot-a", params);
+    for (i, tag) in ["a=1", "b=1", "c=1"].iter().enumerate() {
+        learn(&mut n, tag, 1, 0.5, i as i64 * 10 * S);
+    }
+    let r = n.report();
+    assert_eq!(r.neighbors_evicted, 1);
+    assert!(
+        r.key_values()
+            .contains(&("neighbors_evicted".into(), "1".into()))
+    );
+}
+
+#[test]
 fn a_fleet_secret_keys_the_nodes_addresses_and_sketches() {
     let dir = tempfile::tempdir().unwrap();
     let secret = |name: &str, text: &str| {
