@@ -184,6 +184,8 @@ impl FleetPort for FleetLink {
                 ("fleet.queries", f.queries),
                 ("fleet.query_errors", f.query_errors),
                 ("fleet.anti_entropy_rounds", f.anti_entropy_rounds),
+                ("fleet.digest_dropped", f.digest_dropped),
+                ("fleet.served_evicted", f.served_evicted),
             ]
             .into_iter()
             .map(|(k, v)| (k.to_owned(), v.to_string())),

@@ -794,6 +794,9 @@ async fn a_restarted_link_follows_its_stored_addresses_again_and_reports_refusal
             assert!(get("fleet.rejected_decode") >= 1);
             assert!(get("fleet.accepted") >= 2);
             assert_eq!(get("link.refollowed"), 1);
+            // The bounds' counters reach /diagnostics too (nothing exceeded them here).
+            assert_eq!(get("fleet.digest_dropped"), 0);
+            assert_eq!(get("fleet.served_evicted"), 0);
             break;
         }
         assert!(

@@ -28,7 +28,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Runs a Zenoh router with the storage manager holding `qis/**` until Ctrl-C.
+    /// Runs a Zenoh router with the storage manager holding the record keys until Ctrl-C.
     Router {
         /// Zenoh JSON5 config (default: the embedded config/zenoh-router.json5).
         #[arg(long)]

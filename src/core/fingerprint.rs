@@ -12,15 +12,26 @@
 //!   16 bytes of their SHA-256.
 //!
 //! So tag order, case, whitespace and float noise within a bin never change the address.
+//!
+//! Keyed (optional, `fleet_secret_file`): with a fleet secret the fingerprint is the first
+//! 16 bytes of HMAC-SHA256(secret, canonical bytes) instead, so an outsider without the
+//! secret cannot reverse addresses from a dictionary of plausible tags; the sketch's
+//! projections are keyed too (see [`FleetKey`] and docs/PROTOCOL.md, "Keyed").
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
 
+use hmac::{Hmac, KeyInit, Mac};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use thiserror::Error;
 
 use super::ids::{FINGERPRINT_LEN, Fingerprint};
+use super::neighbors::MAX_EMBEDDING_DIM;
+
+type HmacSha256 = Hmac<Sha256>;
 
 /// Domain-separation prefix; changing the canonical form means a new version here.
 pub const CANONICAL_PREFIX: &str = "qis.fp.v1\n";
@@ -32,6 +43,10 @@ pub const MAX_FEATURES: usize = 64;
 pub const MAX_TAG_LEN: usize = 256;
 /// Largest bin index magnitude: beyond it quantization would lose integer precision.
 pub const MAX_BIN: f64 = 9_007_199_254_740_992.0; // 2^53
+/// Fewest bytes a fleet secret may have (after trimming surrounding whitespace).
+pub const MIN_SECRET_LEN: usize = 16;
+/// Message under which the sketch key is derived from the fleet secret.
+pub const SKETCH_KEY_LABEL: &str = "qis.sketch.v1";
 
 /// Why a scenario has no address.
 #[derive(Debug, Error, Clone, PartialEq)]
@@ -88,14 +103,156 @@ pub enum FingerprintError {
     },
 }
 
+/// Why a fleet secret cannot be used.
+#[derive(Debug, Error, Clone, PartialEq)]
+pub enum SecretError {
+    /// The secret file cannot be read.
+    #[error("cannot read {path}: {reason}")]
+    Unreadable {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        reason: String,
+    },
+    /// The secret is shorter than [`MIN_SECRET_LEN`] bytes.
+    #[error(
+        "{path}: the secret has {len} bytes, at least {MIN_SECRET_LEN} are needed (e.g. 64 hex digits)"
+    )]
+    TooShort {
+        /// The file (empty when the secret was given as bytes).
+        path: PathBuf,
+        /// Bytes found after trimming.
+        len: usize,
+    },
+}
+
 /// Why a fingerprint config is invalid (names the field).
 #[derive(Debug, Error, Clone, PartialEq)]
-#[error("fingerprint.features.{feature}: {reason}")]
-pub struct FingerprintConfigError {
-    /// Feature whose bins are invalid.
-    pub feature: String,
-    /// What is wrong.
-    pub reason: String,
+pub enum FingerprintConfigError {
+    /// A feature's bins are invalid.
+    #[error("fingerprint.features.{feature}: {reason}")]
+    Bins {
+        /// Feature whose bins are invalid.
+        feature: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// `fleet_secret_file` is unreadable or too short.
+    #[error("fingerprint.fleet_secret_file: {0}")]
+    Secret(#[from] SecretError),
+}
+
+impl FingerprintConfigError {
+    /// The field at fault below `fingerprint.`: `features.<name>` or `fleet_secret_file`.
+    pub fn field(&self) -> String {
+        match self {
+            FingerprintConfigError::Bins { feature, .. } => format!("features.{feature}"),
+            FingerprintConfigError::Secret(_) => "fleet_secret_file".into(),
+        }
+    }
+
+    /// What is wrong, without the field name.
+    pub fn reason(&self) -> String {
+        match self {
+            FingerprintConfigError::Bins { reason, .. } => reason.clone(),
+            FingerprintConfigError::Secret(e) => e.to_string(),
+        }
+    }
+}
+
+/// A fleet secret made ready: keyed HMAC states for addresses and sketch projections.
+/// Cheap to clone; its `Debug` never shows the secret.
+#[derive(Clone)]
+pub struct FleetKey(Arc<KeyState>);
+
+struct KeyState {
+    /// HMAC-SHA256 keyed with the secret: addresses.
+    address: HmacSha256,
+    /// K_s = HMAC-SHA256(secret, [`SKETCH_KEY_LABEL`]): what the sketch hashes are keyed with.
+    sketch_key: [u8; 32],
+    /// HMAC-SHA256 keyed with K_s: sketch token hashes.
+    sketch: HmacSha256,
+    /// Token hashes of embedding indices `e <i>`, computed on first use.
+    embedding: OnceLock<Box<[u64]>>,
+}
+
+impl std::fmt::Debug for FleetKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("FleetKey(<secret>)")
+    }
+}
+
+impl PartialEq for FleetKey {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0) || self.0.sketch_key == other.0.sketch_key
+    }
+}
+
+impl Eq for FleetKey {}
+
+impl FleetKey {
+    /// A key from secret bytes (surrounding ASCII whitespace is trimmed first).
+    pub fn new(secret: &[u8]) -> Result<FleetKey, SecretError> {
+        Self::from_secret(secret, Path::new(""))
+    }
+
+    /// Reads a secret file: its bytes with surrounding ASCII whitespace trimmed, at least
+    /// [`MIN_SECRET_LEN`] of them.
+    pub fn from_file(path: &Path) -> Result<FleetKey, SecretError> {
+        let bytes = std::fs::read(path).map_err(|e| SecretError::Unreadable {
+            path: path.to_owned(),
+            reason: e.to_string(),
+        })?;
+        Self::from_secret(&bytes, path)
+    }
+
+    fn from_secret(secret: &[u8], path: &Path) -> Result<FleetKey, SecretError> {
+        let secret = secret.trim_ascii();
+        if secret.len() < MIN_SECRET_LEN {
+            return Err(SecretError::TooShort {
+                path: path.to_owned(),
+                len: secret.len(),
+            });
+        }
+        // HMAC takes keys of any length: these cannot fail.
+        let address = HmacSha256::new_from_slice(secret).expect("HMAC accepts any key length");
+        let mut derive = address.clone();
+        Mac::update(&mut derive, SKETCH_KEY_LABEL.as_bytes());
+        let sketch_key: [u8; 32] = derive.finalize().into_bytes().into();
+        let sketch = HmacSha256::new_from_slice(&sketch_key).expect("HMAC accepts any key length");
+        Ok(FleetKey(Arc::new(KeyState {
+            address,
+            sketch_key,
+            sketch,
+            embedding: OnceLock::new(),
+        })))
+    }
+
+    /// The keyed sketch hash of a token given in parts: the first 8 bytes, little endian,
+    /// of HMAC-SHA256(K_s, parts concatenated).
+    pub fn token_hash(&self, parts: &[&[u8]]) -> u64 {
+        let mut mac = self.0.sketch.clone();
+        for part in parts {
+            Mac::update(&mut mac, part);
+        }
+        let out = mac.finalize().into_bytes();
+        let mut first = [0u8; 8];
+        first.copy_from_slice(&out[..8]);
+        u64::from_le_bytes(first)
+    }
+
+    /// `token_hash("e <index>")`, cached for every index below [`MAX_EMBEDDING_DIM`].
+    pub fn embedding_hash(&self, index: usize) -> u64 {
+        let table = self.0.embedding.get_or_init(|| {
+            (0..MAX_EMBEDDING_DIM)
+                .map(|i| self.token_hash(&[b"e ", i.to_string().as_bytes()]))
+                .collect()
+        });
+        match table.get(index) {
+            Some(h) => *h,
+            None => self.token_hash(&[b"e ", index.to_string().as_bytes()]),
+        }
+    }
 }
 
 /// What to do with a numeric feature that has no bins in config.
@@ -176,14 +333,19 @@ pub struct FingerprintConfig {
     /// Policy for features without bins.
     #[serde(default)]
     pub unknown_features: UnknownFeatures,
+    /// File holding the fleet secret (at least 16 bytes, e.g. 64 hex digits); none =
+    /// unkeyed addresses. With it, addresses and sketches are keyed (HMAC-SHA256).
+    #[serde(default)]
+    pub fleet_secret_file: Option<PathBuf>,
 }
 
 impl FingerprintConfig {
-    /// Checks every feature's bins and returns the ready-to-use fingerprinter.
+    /// Checks every feature's bins, reads the fleet secret if one is configured, and
+    /// returns the ready-to-use fingerprinter.
     pub fn validate(&self) -> Result<Fingerprinter, FingerprintConfigError> {
         let mut features = BTreeMap::new();
         for (name, bins) in &self.features {
-            let err = |reason: String| FingerprintConfigError {
+            let err = |reason: String| FingerprintConfigError::Bins {
                 feature: name.clone(),
                 reason,
             };
@@ -195,9 +357,14 @@ impl FingerprintConfig {
                 return Err(err("two entries normalize to the same name".into()));
             }
         }
+        let key = match &self.fleet_secret_file {
+            Some(path) => Some(FleetKey::from_file(path)?),
+            None => None,
+        };
         Ok(Fingerprinter {
             features,
             unknown: self.unknown_features,
+            key,
         })
     }
 }
@@ -209,6 +376,8 @@ pub struct CanonicalScenario {
     pub tags: Vec<String>,
     /// (normalized name, bin index), sorted by name.
     pub features: Vec<(String, i64)>,
+    /// The fleet key of the fingerprinter that made it: keys its fingerprint and sketch.
+    pub key: Option<FleetKey>,
 }
 
 impl CanonicalScenario {
@@ -223,9 +392,9 @@ impl CanonicalScenario {
         out
     }
 
-    /// The scenario's exact address.
+    /// The scenario's exact address (keyed when [`key`](Self::key) is set).
     pub fn fingerprint(&self) -> Fingerprint {
-        let mut h = HashSink(Sha256::new());
+        let mut h = HashSink::new(self.key.as_ref());
         write_canonical(&mut h, self.tags.iter().map(String::as_str), &self.features);
         h.finish()
     }
@@ -236,9 +405,21 @@ impl CanonicalScenario {
 pub struct Fingerprinter {
     features: BTreeMap<String, Bins>,
     unknown: UnknownFeatures,
+    key: Option<FleetKey>,
 }
 
 impl Fingerprinter {
+    /// The same fingerprinter with addresses and sketches keyed by `key` (or unkeyed).
+    pub fn with_key(mut self, key: Option<FleetKey>) -> Self {
+        self.key = key;
+        self
+    }
+
+    /// Whether addresses are keyed by a fleet secret.
+    pub fn is_keyed(&self) -> bool {
+        self.key.is_some()
+    }
+
     /// Canonicalizes a scenario given as message fields.
     pub fn canonicalize(
         &self,
@@ -254,6 +435,7 @@ impl Fingerprinter {
                 .into_iter()
                 .map(|(n, b)| (n.into_owned(), b))
                 .collect(),
+            key: self.key.clone(),
         })
     }
 
@@ -266,7 +448,7 @@ impl Fingerprinter {
     ) -> Result<Fingerprint, FingerprintError> {
         let tags = canonical_tags(tags)?;
         let feats = self.quantize(feature_names, features)?;
-        let mut h = HashSink(Sha256::new());
+        let mut h = HashSink::new(self.key.as_ref());
         write_canonical(&mut h, tags.iter().map(|t| t.as_ref()), &feats);
         Ok(h.finish())
     }
@@ -401,17 +583,34 @@ impl Sink for Vec<u8> {
     }
 }
 
-struct HashSink(Sha256);
+/// SHA-256 (unkeyed) or HMAC-SHA256 under the fleet secret (keyed).
+enum HashSink {
+    Plain(Sha256),
+    Keyed(HmacSha256),
+}
 
 impl Sink for HashSink {
     fn put(&mut self, bytes: &[u8]) {
-        self.0.update(bytes);
+        match self {
+            HashSink::Plain(h) => Digest::update(h, bytes),
+            HashSink::Keyed(m) => Mac::update(m, bytes),
+        }
     }
 }
 
 impl HashSink {
+    fn new(key: Option<&FleetKey>) -> Self {
+        match key {
+            Some(k) => HashSink::Keyed(k.0.address.clone()),
+            None => HashSink::Plain(Sha256::new()),
+        }
+    }
+
     fn finish(self) -> Fingerprint {
-        let digest = self.0.finalize();
+        let digest: [u8; 32] = match self {
+            HashSink::Plain(h) => h.finalize().into(),
+            HashSink::Keyed(m) => m.finalize().into_bytes().into(),
+        };
         let mut fp = [0u8; FINGERPRINT_LEN];
         fp.copy_from_slice(&digest[..FINGERPRINT_LEN]);
         Fingerprint(fp)
@@ -588,7 +787,7 @@ mod tests {
         let cfg: FingerprintConfig =
             serde_yaml_ng::from_str("features:\n  speed: {width: 0}\n").unwrap();
         let e = cfg.validate().unwrap_err();
-        assert_eq!(e.feature, "speed");
+        assert_eq!(e.field(), "features.speed");
         let cfg: FingerprintConfig =
             serde_yaml_ng::from_str("features:\n  load: {edges: [3, 1]}\n").unwrap();
         assert!(cfg.validate().is_err());
@@ -601,5 +800,80 @@ mod tests {
         for v in [0i64, 7, -7, 1234567, i64::MIN, i64::MAX] {
             assert_eq!(format_i64(&mut b, v), v.to_string().as_bytes());
         }
+    }
+
+    /// The fixed test secret of test/data/fingerprints.json (64 hex digits as text).
+    pub(crate) const TEST_SECRET: &str =
+        "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
+
+    fn keyed(secret: &str) -> Fingerprinter {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("fleet.secret");
+        std::fs::write(&path, secret).unwrap();
+        let mut cfg: FingerprintConfig = serde_yaml_ng::from_str(
+            "features:\n  speed: {width: 0.5}\n  load_kg: {edges: [10, 50, 100]}\n",
+        )
+        .unwrap();
+        cfg.fleet_secret_file = Some(path);
+        cfg.validate().unwrap()
+    }
+
+    #[test]
+    fn keyed_addresses_depend_on_the_secret() {
+        let tags = strings(&["weather=rain", "obstacle=cyclist"]);
+        let at = |f: &Fingerprinter| f.fingerprint(&tags, &[], &[]).unwrap();
+        let (a, b) = (keyed(TEST_SECRET), keyed(&format!("  {TEST_SECRET}\n")));
+        assert!(a.is_keyed() && !fp().is_keyed());
+        assert_eq!(at(&a), at(&b), "same secret, two fingerprinters");
+        assert_ne!(at(&a), at(&keyed(&TEST_SECRET.replace('0', "f"))));
+        // Without a secret: exactly the unkeyed golden value ("tags only").
+        assert_eq!(at(&fp()).to_hex(), "b7b7576815d84859360316cc1e6b6960");
+        assert_eq!(at(&a).to_hex(), "1c936165cee9079b647f6bb4b4c238c8");
+        let c = a.canonicalize(&tags, &[], &[]).unwrap();
+        assert_eq!(c.fingerprint(), at(&a));
+        assert_eq!(
+            c.canonical_bytes(),
+            fp().canonicalize(&tags, &[], &[])
+                .unwrap()
+                .canonical_bytes()
+        );
+        assert!(
+            !format!("{a:?}").contains(TEST_SECRET),
+            "Debug must not show the secret"
+        );
+    }
+
+    #[test]
+    fn a_missing_or_short_secret_names_the_field() {
+        let cfg = FingerprintConfig {
+            fleet_secret_file: Some("/nonexistent/fleet.secret".into()),
+            ..Default::default()
+        };
+        let e = cfg.validate().unwrap_err();
+        assert_eq!(e.field(), "fleet_secret_file");
+        assert!(matches!(
+            e,
+            FingerprintConfigError::Secret(SecretError::Unreadable { .. })
+        ));
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("short");
+        std::fs::write(&path, "0123456789abcde\n").unwrap();
+        let cfg = FingerprintConfig {
+            fleet_secret_file: Some(path),
+            ..Default::default()
+        };
+        let e = cfg.validate().unwrap_err();
+        assert!(
+            matches!(
+                e,
+                FingerprintConfigError::Secret(SecretError::TooShort { len: 15, .. })
+            ),
+            "{e}"
+        );
+        assert!(
+            e.to_string().starts_with("fingerprint.fleet_secret_file: "),
+            "{e}"
+        );
+        assert!(FleetKey::new(b"0123456789abcdef").is_ok());
     }
 }

@@ -4,8 +4,11 @@
 //! The sketch travels inside every record (so a robot can find neighbors among
 //! addresses it never met itself); its algorithm is therefore part of the wire
 //! protocol, specified in docs/PROTOCOL.md ("Sketch v1") and pinned by tests.
+//!
+//! The index is bounded ([`NeighborIndex::with_capacity`]): beyond its capacity the least
+//! recently inserted or re-inserted address is evicted and counted.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 
 use faiss::index::flat::FlatIndexImpl;
 use faiss::{ConcurrentIndex, Index};
@@ -19,6 +22,9 @@ pub const SKETCH_DIM: usize = 32;
 
 /// Longest embedding accepted (longer ones are refused as oversized).
 pub const MAX_EMBEDDING_DIM: usize = 4096;
+
+/// Default most addresses a [`NeighborIndex`] holds (over all models).
+pub const DEFAULT_MAX_ADDRESSES: usize = 100_000;
 
 /// Weights of a numeric feature's own bin and its two adjacent bins in the sketch, so
 /// that scenarios one bin apart share most of their code.
@@ -92,7 +98,9 @@ fn normalize(v: &mut [f64; SKETCH_DIM]) -> bool {
 /// half of its neighboring bins' vectors); the embedding is randomly projected to
 /// [`SKETCH_DIM`] components. Both halves are normalized, summed with equal weight,
 /// normalized again and quantized, so cosine similarity of sketches tracks how much
-/// two scenarios share.
+/// two scenarios share. When the scenario carries a fleet key, every token hash is the
+/// keyed one ([`FleetKey::token_hash`](super::fingerprint::FleetKey::token_hash)), so
+/// sketches compare within the fleet but not against an outsider's dictionary.
 pub fn sketch(canonical: &CanonicalScenario, embedding: &[f32]) -> Result<Sketch, NeighborError> {
     if embedding.len() > MAX_EMBEDDING_DIM {
         return Err(NeighborError::OversizedEmbedding {
@@ -102,14 +110,16 @@ pub fn sketch(canonical: &CanonicalScenario, embedding: &[f32]) -> Result<Sketch
     if let Some(index) = embedding.iter().position(|v| !v.is_finite()) {
         return Err(NeighborError::NonFiniteEmbedding { index });
     }
+    let key = canonical.key.as_ref();
+    let hash = |parts: &[&[u8]]| key.map_or_else(|| fnv1a64(parts), |k| k.token_hash(parts));
     let mut symbolic = [0.0; SKETCH_DIM];
     for tag in &canonical.tags {
-        add_signs(&mut symbolic, fnv1a64(&[b"t ", tag.as_bytes()]), 1.0);
+        add_signs(&mut symbolic, hash(&[b"t ", tag.as_bytes()]), 1.0);
     }
     for (name, bin) in &canonical.features {
         for (offset, weight) in BIN_SPREAD {
             let b = bin.saturating_add(offset).to_string();
-            let h = fnv1a64(&[b"f ", name.as_bytes(), b" ", b.as_bytes()]);
+            let h = hash(&[b"f ", name.as_bytes(), b" ", b.as_bytes()]);
             add_signs(&mut symbolic, h, weight);
         }
     }
@@ -119,7 +129,10 @@ pub fn sketch(canonical: &CanonicalScenario, embedding: &[f32]) -> Result<Sketch
     }
     let mut projected = [0.0; SKETCH_DIM];
     for (i, &e) in embedding.iter().enumerate() {
-        let h = fnv1a64(&[b"e ", i.to_string().as_bytes()]);
+        let h = match key {
+            Some(k) => k.embedding_hash(i),
+            None => fnv1a64(&[b"e ", i.to_string().as_bytes()]),
+        };
         add_signs(&mut projected, h, f64::from(e));
     }
     if normalize(&mut projected) {
@@ -164,75 +177,211 @@ impl Sketch {
     }
 }
 
+/// One model's addresses: a faiss index whose evicted rows stay as tombstones until
+/// they outnumber half the live ones, then the index is rebuilt from the live rows.
 struct ModelIndex {
     index: FlatIndexImpl,
-    fingerprints: Vec<Fingerprint>,
-    known: HashSet<Fingerprint>,
+    /// The address at each faiss row; `None` once evicted.
+    rows: Vec<Option<Fingerprint>>,
+    /// Live addresses: (faiss row, last insert stamp).
+    live: HashMap<Fingerprint, (usize, u64)>,
+    /// Live addresses by last insert stamp, oldest first.
+    by_age: BTreeMap<u64, Fingerprint>,
+    /// Evicted rows still in `index`.
+    dead: usize,
+}
+
+impl ModelIndex {
+    fn new() -> Result<Self, NeighborError> {
+        Ok(ModelIndex {
+            index: FlatIndexImpl::new_ip(SKETCH_DIM as u32)?,
+            rows: Vec::new(),
+            live: HashMap::new(),
+            by_age: BTreeMap::new(),
+            dead: 0,
+        })
+    }
+
+    fn oldest(&self) -> Option<u64> {
+        self.by_age.first_key_value().map(|(stamp, _)| *stamp)
+    }
+
+    /// Evicts the oldest address; rebuilds the index when tombstones pile up.
+    fn evict_oldest(&mut self) -> Result<(), NeighborError> {
+        let Some((_, fp)) = self.by_age.pop_first() else {
+            return Ok(());
+        };
+        if let Some((row, _)) = self.live.remove(&fp) {
+            self.rows[row] = None;
+            self.dead += 1;
+        }
+        if self.dead * 2 > self.live.len() {
+            self.rebuild()?;
+        }
+        Ok(())
+    }
+
+    /// A new faiss index holding only the live rows (amortized: at most every
+    /// `live / 2` evictions).
+    fn rebuild(&mut self) -> Result<(), NeighborError> {
+        let mut index = FlatIndexImpl::new_ip(SKETCH_DIM as u32)?;
+        let old = self.index.xb();
+        let mut kept = Vec::with_capacity(self.live.len() * SKETCH_DIM);
+        let mut rows = Vec::with_capacity(self.live.len());
+        for (row, fp) in self.rows.iter().enumerate() {
+            let Some(fp) = fp else { continue };
+            let Some(v) = old.get(row * SKETCH_DIM..(row + 1) * SKETCH_DIM) else {
+                continue;
+            };
+            if let Some(entry) = self.live.get_mut(fp) {
+                entry.0 = rows.len();
+                rows.push(Some(*fp));
+                kept.extend_from_slice(v);
+            }
+        }
+        if !kept.is_empty() {
+            index.add(&kept)?;
+        }
+        self.index = index;
+        self.rows = rows;
+        self.dead = 0;
+        Ok(())
+    }
 }
 
 /// Per-model similarity index over the sketches of known addresses (faiss, exact inner
-/// product on unit vectors = cosine similarity).
-#[derive(Default)]
+/// product on unit vectors = cosine similarity), bounded by a capacity over all models.
 pub struct NeighborIndex {
     models: HashMap<ModelId, ModelIndex>,
+    capacity: usize,
+    len: usize,
+    clock: u64,
+    evicted: u64,
+}
+
+impl Default for NeighborIndex {
+    fn default() -> Self {
+        NeighborIndex::with_capacity(DEFAULT_MAX_ADDRESSES)
+    }
 }
 
 impl std::fmt::Debug for NeighborIndex {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("NeighborIndex")
-            .field("addresses", &self.len())
+            .field("addresses", &self.len)
+            .field("capacity", &self.capacity)
+            .field("evicted", &self.evicted)
             .finish()
     }
 }
 
 impl NeighborIndex {
-    /// An empty index.
+    /// An empty index holding at most [`DEFAULT_MAX_ADDRESSES`].
     pub fn new() -> Self {
         NeighborIndex::default()
     }
 
+    /// An empty index holding at most `max_addresses` (at least 1) over all models.
+    pub fn with_capacity(max_addresses: usize) -> Self {
+        NeighborIndex {
+            models: HashMap::new(),
+            capacity: max_addresses.max(1),
+            len: 0,
+            clock: 0,
+            evicted: 0,
+        }
+    }
+
+    /// Most addresses held.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// Addresses evicted since creation to stay within the capacity.
+    pub fn evicted(&self) -> u64 {
+        self.evicted
+    }
+
     /// Number of addresses indexed, over all models.
     pub fn len(&self) -> usize {
-        self.models.values().map(|m| m.fingerprints.len()).sum()
+        self.len
     }
 
     /// Whether no address is indexed.
     pub fn is_empty(&self) -> bool {
-        self.len() == 0
+        self.len == 0
     }
 
-    /// Adds an address; returns false when it was already indexed.
+    /// Adds an address, or marks a known one as recently inserted; returns false when it
+    /// was already indexed (its sketch is kept). Beyond the capacity the least recently
+    /// inserted address (of any model) is evicted first.
     pub fn insert(
         &mut self,
         model: &ModelId,
         fingerprint: Fingerprint,
         sketch: &Sketch,
     ) -> Result<bool, NeighborError> {
-        let m = match self.models.get_mut(model.as_str()) {
-            Some(m) => m,
-            None => self.models.entry(model.clone()).or_insert(ModelIndex {
-                index: FlatIndexImpl::new_ip(SKETCH_DIM as u32)?,
-                fingerprints: Vec::new(),
-                known: HashSet::new(),
-            }),
-        };
-        if !m.known.insert(fingerprint) {
+        self.clock += 1;
+        let stamp = self.clock;
+        if let Some(m) = self.models.get_mut(model.as_str())
+            && let Some(entry) = m.live.get_mut(&fingerprint)
+        {
+            m.by_age.remove(&entry.1);
+            entry.1 = stamp;
+            m.by_age.insert(stamp, fingerprint);
             return Ok(false);
         }
+        if self.len >= self.capacity {
+            self.evict_oldest()?;
+        }
+        let m = match self.models.get_mut(model.as_str()) {
+            Some(m) => m,
+            None => self
+                .models
+                .entry(model.clone())
+                .or_insert(ModelIndex::new()?),
+        };
         m.index.add(&sketch.to_unit())?;
-        m.fingerprints.push(fingerprint);
+        m.live.insert(fingerprint, (m.rows.len(), stamp));
+        m.rows.push(Some(fingerprint));
+        m.by_age.insert(stamp, fingerprint);
+        self.len += 1;
         Ok(true)
+    }
+
+    /// Evicts the least recently inserted address over all models.
+    fn evict_oldest(&mut self) -> Result<(), NeighborError> {
+        let Some(model) = self
+            .models
+            .iter()
+            .filter_map(|(id, m)| Some((m.oldest()?, id)))
+            .min_by_key(|(stamp, _)| *stamp)
+            .map(|(_, id)| id.clone())
+        else {
+            return Ok(());
+        };
+        let Some(m) = self.models.get_mut(model.as_str()) else {
+            return Ok(());
+        };
+        self.len -= 1;
+        self.evicted += 1;
+        if m.live.len() <= 1 {
+            self.models.remove(model.as_str());
+            return Ok(());
+        }
+        m.evict_oldest()
     }
 
     /// Whether an address is indexed.
     pub fn contains(&self, model: &ModelId, fingerprint: &Fingerprint) -> bool {
         self.models
             .get(model.as_str())
-            .is_some_and(|m| m.known.contains(fingerprint))
+            .is_some_and(|m| m.live.contains_key(fingerprint))
     }
 
     /// Up to `k` indexed addresses of `model` most similar to `sketch`, best first, with
     /// cosine similarity in [0, 1] (the query's own address is included if indexed).
+    /// Evicted addresses are never returned.
     pub fn nearest(
         &self,
         model: &ModelId,
@@ -242,31 +391,47 @@ impl NeighborIndex {
         let Some(m) = self.models.get(model.as_str()) else {
             return Ok(Vec::new());
         };
-        let k = k.min(m.fingerprints.len());
+        let k = k.min(m.live.len());
         if k == 0 {
             return Ok(Vec::new());
         }
-        let found = ConcurrentIndex::search(&m.index, &sketch.to_unit(), k)?;
-        Ok(found
-            .labels
-            .iter()
-            .zip(&found.distances)
-            .filter_map(|(label, &score)| {
-                let i = usize::try_from(label.get()?).ok()?;
-                Some((*m.fingerprints.get(i)?, score.clamp(0.0, 1.0)))
-            })
-            .collect())
+        let query = sketch.to_unit();
+        // Tombstones are at most half the live rows: ask for enough rows that k live
+        // ones are expected among them, and ask again for more if they were not.
+        let rows = m.rows.len();
+        let mut want = (k + (k * m.dead).div_ceil(m.live.len())).min(rows);
+        loop {
+            let found = ConcurrentIndex::search(&m.index, &query, want)?;
+            let out: Vec<(Fingerprint, f32)> = found
+                .labels
+                .iter()
+                .zip(&found.distances)
+                .filter_map(|(label, &score)| {
+                    let row = usize::try_from(label.get()?).ok()?;
+                    Some(((*m.rows.get(row)?)?, score.clamp(0.0, 1.0)))
+                })
+                .take(k)
+                .collect();
+            // With k live rows among the `want` best rows, they are the k best live rows.
+            if out.len() == k || want == rows {
+                return Ok(out);
+            }
+            want = (want * 2).min(rows);
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashSet;
+
     use super::*;
 
     fn canon(tags: &[&str], features: &[(&str, i64)]) -> CanonicalScenario {
         CanonicalScenario {
             tags: tags.iter().map(|s| s.to_string()).collect(),
             features: features.iter().map(|(n, b)| (n.to_string(), *b)).collect(),
+            key: None,
         }
     }
 
@@ -363,6 +528,108 @@ mod tests {
                 .nearest(&other_model, &sketch(&c, &[]).unwrap(), 3)
                 .unwrap()
                 .is_empty()
+        );
+    }
+
+    #[test]
+    fn a_full_index_evicts_the_oldest_and_never_returns_an_evicted_address() {
+        let model = ModelId::new("wm-1").unwrap();
+        let (cap, extra) = (50, 37);
+        let mut index = NeighborIndex::with_capacity(cap);
+        let mut fps = Vec::new();
+        let mut sketches = Vec::new();
+        for speed in 0..(cap + extra) as i64 {
+            let c = canon(&["surface=gravel"], &[("speed", speed)]);
+            let s = sketch(&c, &[]).unwrap();
+            assert!(index.insert(&model, c.fingerprint(), &s).unwrap());
+            fps.push(c.fingerprint());
+            sketches.push(s);
+        }
+        assert_eq!(index.len(), cap);
+        assert_eq!(index.evicted(), extra as u64);
+        let evicted: HashSet<_> = fps[..extra].iter().copied().collect();
+        let kept: HashSet<_> = fps[extra..].iter().copied().collect();
+        for fp in &fps {
+            assert_eq!(index.contains(&model, fp), kept.contains(fp));
+        }
+        for s in &sketches[..extra] {
+            let found = index.nearest(&model, s, 5).unwrap();
+            assert_eq!(found.len(), 5);
+            assert!(found.iter().all(|(fp, _)| !evicted.contains(fp)));
+            assert!(found.windows(2).all(|w| w[0].1 >= w[1].1));
+        }
+        let last = cap + extra - 1;
+        let found = index.nearest(&model, &sketches[last], 1).unwrap();
+        assert_eq!(found[0].0, fps[last]);
+        assert!((found[0].1 - 1.0).abs() < 1e-3);
+        let all = index.nearest(&model, &sketches[0], 10 * cap).unwrap();
+        assert_eq!(all.len(), cap);
+        assert_eq!(all.iter().map(|f| f.0).collect::<HashSet<_>>(), kept);
+    }
+
+    #[test]
+    fn reinsertion_refreshes_an_address_and_the_capacity_spans_models() {
+        let (m1, m2) = (ModelId::new("wm-1").unwrap(), ModelId::new("wm-2").unwrap());
+        let mut index = NeighborIndex::with_capacity(3);
+        let add = |index: &mut NeighborIndex, m: &ModelId, tag: &str| {
+            let c = canon(&[tag], &[]);
+            index
+                .insert(m, c.fingerprint(), &sketch(&c, &[]).unwrap())
+                .unwrap();
+            c.fingerprint()
+        };
+        let a = add(&mut index, &m1, "a=1");
+        let b = add(&mut index, &m1, "b=1");
+        let c = add(&mut index, &m1, "c=1");
+        add(&mut index, &m1, "a=1"); // a is now the most recent
+        let d = add(&mut index, &m2, "d=1");
+        assert!(
+            !index.contains(&m1, &b),
+            "b was the least recently inserted"
+        );
+        assert!(index.contains(&m1, &a) && index.contains(&m1, &c) && index.contains(&m2, &d));
+        add(&mut index, &m2, "e=1");
+        add(&mut index, &m2, "f=1");
+        assert!(!index.contains(&m1, &a) && !index.contains(&m1, &c));
+        assert_eq!((index.len(), index.evicted()), (3, 3));
+        let probe = sketch(&canon(&["a=1"], &[]), &[]).unwrap();
+        assert!(index.nearest(&m1, &probe, 3).unwrap().is_empty());
+        assert_eq!(index.nearest(&m2, &probe, 3).unwrap().len(), 3);
+    }
+
+    #[test]
+    fn keyed_sketches_compare_within_the_fleet_only() {
+        use crate::core::fingerprint::FleetKey;
+        let secret = b"000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
+        let key = FleetKey::new(secret).unwrap();
+        // Pinned (independent Python hmac): H_K("a") for the test secret.
+        assert_eq!(key.token_hash(&[b"a"]), 0x24d5_5718_826a_f9e4);
+        assert_eq!(
+            key.token_hash(&[b"t ", b"weather=rain"]),
+            0xef06_c747_64d5_8c17
+        );
+        let with = |c: CanonicalScenario, k: &FleetKey| CanonicalScenario {
+            key: Some(k.clone()),
+            ..c
+        };
+        let base = canon(&["surface=ice", "weather=snow"], &[("speed", 3)]);
+        let next = canon(&["surface=ice", "weather=snow"], &[("speed", 4)]);
+        let e: Vec<f32> = (0..64).map(|i| (i as f32).sin()).collect();
+        let plain = sketch(&base, &e).unwrap();
+        let keyed = sketch(&with(base.clone(), &key), &e).unwrap();
+        let again = sketch(&with(base.clone(), &FleetKey::new(secret).unwrap()), &e).unwrap();
+        let other_key = FleetKey::new(b"another fleet's secret").unwrap();
+        let other = sketch(&with(base.clone(), &other_key), &e).unwrap();
+        assert_eq!(keyed, again, "same secret, same sketch");
+        assert_ne!(keyed, plain);
+        assert_ne!(keyed, other);
+        // Similarity is preserved inside the fleet.
+        let keyed_next = sketch(&with(next, &key), &e).unwrap();
+        assert!(keyed.similarity(&keyed_next) > 0.8);
+        assert_eq!(key.embedding_hash(7), key.token_hash(&[b"e ", b"7"]));
+        assert_eq!(
+            key.embedding_hash(MAX_EMBEDDING_DIM + 1),
+            key.token_hash(&[b"e ", (MAX_EMBEDDING_DIM + 1).to_string().as_bytes()])
         );
     }
 }

@@ -23,6 +23,10 @@ pub const DEFAULT_MAX_LIVE_SUBSCRIPTIONS: usize = 1024;
 pub const DEFAULT_ANTI_ENTROPY_PERIOD_MS: u64 = 10_000;
 /// Default capacity of the channel of received records.
 pub const DEFAULT_CHANNEL_CAPACITY: usize = 4096;
+/// Default most sources kept in the digest of one followed address.
+pub const DEFAULT_MAX_DIGEST_SOURCES: usize = 256;
+/// Default most own records served to queries.
+pub const DEFAULT_MAX_SERVED_RECORDS: usize = 100_000;
 /// The embedded default Zenoh config: peer mode on loopback (config/zenoh-peer.json5).
 pub const DEFAULT_ZENOH_CONFIG: &str = include_str!("../../config/zenoh-peer.json5");
 
@@ -51,6 +55,10 @@ pub struct FleetConfig {
     pub anti_entropy_period_ms: u64,
     /// Capacity of the channel of received records (>= 1); overflow is dropped and counted.
     pub channel_capacity: usize,
+    /// Most sources in one followed address's digest (>= 1); the lowest seq is dropped.
+    pub max_digest_sources: usize,
+    /// Most own records served to queries (>= 1); the least recently updated is dropped.
+    pub max_served_records: usize,
     /// Opt out of signatures: records go unsigned and any well-formed record is accepted
     /// under any source id. Off by default: every record is signed by the key its
     /// self-certifying source id names, and unsigned or forged records are refused.
@@ -73,6 +81,8 @@ impl Default for FleetConfig {
             max_live_subscriptions: DEFAULT_MAX_LIVE_SUBSCRIPTIONS,
             anti_entropy_period_ms: DEFAULT_ANTI_ENTROPY_PERIOD_MS,
             channel_capacity: DEFAULT_CHANNEL_CAPACITY,
+            max_digest_sources: DEFAULT_MAX_DIGEST_SOURCES,
+            max_served_records: DEFAULT_MAX_SERVED_RECORDS,
             unsigned: false,
             allowed_keys: Vec::new(),
         }
@@ -115,6 +125,10 @@ pub struct FleetSettings {
     pub anti_entropy_period: Option<Duration>,
     /// Capacity of the received-records channel.
     pub channel_capacity: usize,
+    /// Most sources in one followed address's digest.
+    pub max_digest_sources: usize,
+    /// Most own records served to queries.
+    pub max_served_records: usize,
     /// Who may write records and how it is checked.
     pub admission: Admission,
 }
@@ -139,6 +153,12 @@ impl FleetConfig {
         }
         if self.channel_capacity == 0 {
             return Err(err("channel_capacity", "must be >= 1"));
+        }
+        if self.max_digest_sources == 0 {
+            return Err(err("max_digest_sources", "must be >= 1"));
+        }
+        if self.max_served_records == 0 {
+            return Err(err("max_served_records", "must be >= 1"));
         }
         let mut zenoh = match &self.zenoh_config {
             Some(path) => zenoh::Config::from_file(path)
@@ -187,6 +207,8 @@ impl FleetConfig {
             anti_entropy_period: (self.anti_entropy_period_ms > 0)
                 .then(|| Duration::from_millis(self.anti_entropy_period_ms)),
             channel_capacity: self.channel_capacity,
+            max_digest_sources: self.max_digest_sources,
+            max_served_records: self.max_served_records,
             admission,
         })
     }
@@ -306,5 +328,27 @@ mod tests {
         let c: FleetConfig =
             serde_json::from_str(r#"{"fleet":"x","min_count_to_share":1}"#).unwrap();
         assert_eq!(c.min_count_to_share, 1);
+    }
+
+    #[test]
+    fn bounds_must_be_at_least_one() {
+        for (field, c) in [
+            (
+                "max_digest_sources",
+                FleetConfig {
+                    max_digest_sources: 0,
+                    ..FleetConfig::default()
+                },
+            ),
+            (
+                "max_served_records",
+                FleetConfig {
+                    max_served_records: 0,
+                    ..FleetConfig::default()
+                },
+            ),
+        ] {
+            assert_eq!(c.validate().unwrap_err().field, field);
+        }
     }
 }

@@ -90,6 +90,49 @@ struct Served {
     ke: KeyExpr<'static>,
     seq: Seq,
     bytes: Vec<u8>,
+    /// When it was last updated (a [`ServedRecords`] clock tick).
+    stamp: u64,
+}
+
+/// Own records as the queryable serves them, by key (latest per key), at most
+/// `capacity`: beyond it the least recently updated record is no longer served (it
+/// stays in the store and is served again when it is next updated).
+struct ServedRecords {
+    by_key: BTreeMap<String, Served>,
+    by_age: BTreeMap<u64, String>,
+    clock: u64,
+    capacity: usize,
+}
+
+impl ServedRecords {
+    fn new(capacity: usize) -> Self {
+        ServedRecords {
+            by_key: BTreeMap::new(),
+            by_age: BTreeMap::new(),
+            clock: 0,
+            capacity: capacity.max(1),
+        }
+    }
+
+    /// Serves `served` under `ke`, replacing an older version; returns how many records
+    /// were dropped to stay within the capacity.
+    fn insert(&mut self, ke: String, mut served: Served) -> u64 {
+        self.clock += 1;
+        served.stamp = self.clock;
+        if let Some(old) = self.by_key.insert(ke.clone(), served) {
+            self.by_age.remove(&old.stamp);
+        }
+        self.by_age.insert(self.clock, ke);
+        let mut dropped = 0;
+        while self.by_key.len() > self.capacity {
+            let Some((_, oldest)) = self.by_age.pop_first() else {
+                break;
+            };
+            self.by_key.remove(&oldest);
+            dropped += 1;
+        }
+        dropped
+    }
 }
 
 /// State shared between the exchange handle and its tasks.
@@ -99,8 +142,8 @@ struct Shared {
     signing_key: Option<SigningKey>,
     query_timeout: Duration,
     min_count_to_share: u64,
-    /// Sealed own records by key, as the queryable serves them (latest per key).
-    served: RwLock<BTreeMap<String, Served>>,
+    /// Sealed own records by key, as the queryable serves them (latest per key, bounded).
+    served: RwLock<ServedRecords>,
     outbox: Arc<Outbox>,
     follows: Mutex<Follows<Address, Subscriber<()>>>,
 }
@@ -160,6 +203,7 @@ impl FleetExchange {
             stats: Arc::new(FleetStats::default()),
             tx,
             digests: Default::default(),
+            max_digest_sources: settings.max_digest_sources,
         });
         let queryable = session
             .declare_queryable(source_selector(&settings.fleet, &own))
@@ -171,7 +215,7 @@ impl FleetExchange {
             signing_key,
             query_timeout: settings.query_timeout,
             min_count_to_share: settings.min_count_to_share,
-            served: RwLock::new(BTreeMap::new()),
+            served: RwLock::new(ServedRecords::new(settings.max_served_records)),
             outbox: Arc::new(Outbox::new(settings.publish_interval)),
             follows: Mutex::new(Follows::new(settings.max_live_subscriptions)),
         });
@@ -238,7 +282,8 @@ impl FleetExchange {
         let ke = record_key(&self.shared.intake.fleet, key);
         let bytes = seal(record, &ke, self.shared.signing_key.as_ref())?;
         let parsed = KeyExpr::try_from(ke.clone()).map_err(zerr)?;
-        self.shared
+        let dropped = self
+            .shared
             .served
             .write()
             .unwrap_or_else(PoisonError::into_inner)
@@ -248,8 +293,10 @@ impl FleetExchange {
                     ke: parsed,
                     seq: record.seq,
                     bytes: bytes.clone(),
+                    stamp: 0,
                 },
             );
+        bump(&self.shared.intake.stats.served_evicted, dropped);
         Ok(Some((ke, bytes)))
     }
 
@@ -387,6 +434,7 @@ async fn serve_queries(shared: Arc<Shared>, queryable: Queryable<FifoChannelHand
         let matching: Vec<(KeyExpr<'static>, Vec<u8>)> = {
             let served = shared.served.read().unwrap_or_else(PoisonError::into_inner);
             served
+                .by_key
                 .range(literal.to_owned()..)
                 .take_while(|(k, _)| k.starts_with(literal))
                 .filter(|(_, r)| asked.intersects(&r.ke) && held.is_none_or(|h| h < r.seq))
@@ -435,5 +483,34 @@ async fn run_anti_entropy(shared: Arc<Shared>, period: Duration) {
             }
         }
         bump(&shared.intake.stats.anti_entropy_rounds, 1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn served(ke: &str, seq: u64) -> Served {
+        Served {
+            ke: KeyExpr::try_from(ke.to_owned()).unwrap(),
+            seq: Seq(seq),
+            bytes: vec![1, 2, 3],
+            stamp: 0,
+        }
+    }
+
+    #[test]
+    fn served_records_drop_the_least_recently_updated() {
+        let mut s = ServedRecords::new(2);
+        let key = |i: u32| format!("qis/v1/f/m/{i:032x}/me");
+        assert_eq!(s.insert(key(1), served(&key(1), 1)), 0);
+        assert_eq!(s.insert(key(2), served(&key(2), 1)), 0);
+        // Updating key 1 makes key 2 the least recently updated.
+        assert_eq!(s.insert(key(1), served(&key(1), 2)), 0);
+        assert_eq!(s.insert(key(3), served(&key(3), 1)), 1);
+        assert_eq!(s.by_key.len(), 2);
+        assert!(!s.by_key.contains_key(&key(2)));
+        assert_eq!(s.by_key[&key(1)].seq, Seq(2));
+        assert_eq!(s.by_age.len(), 2);
     }
 }

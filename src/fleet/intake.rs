@@ -4,7 +4,9 @@
 //!
 //! For followed addresses it also keeps the digest of what it handed on (highest `seq`
 //! per source), which anti-entropy sends with its query (`?have=<source>:<seq>,...`) so
-//! that peers reply only with records newer than that.
+//! that peers reply only with records newer than that. A digest holds at most
+//! `max_digest_sources` sources (the highest seqs); a source left out is only resent by
+//! peers (its records are stale downstream), never lost.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -34,6 +36,36 @@ pub const HAVE_PARAMETER: &str = "have";
 
 /// Highest seq handed on per source, for each followed address.
 type Digests = HashMap<Address, HashMap<SourceId, Seq>>;
+
+/// Notes `seq` for `source` in one address's digest of at most `max` sources; when full,
+/// the lowest seq (held or new) is left out. Returns whether one was left out.
+fn note_in_digest(
+    digest: &mut HashMap<SourceId, Seq>,
+    source: &SourceId,
+    seq: Seq,
+    max: usize,
+) -> bool {
+    if let Some(held) = digest.get_mut(source) {
+        *held = (*held).max(seq);
+        return false;
+    }
+    if digest.len() >= max {
+        let lowest = digest
+            .iter()
+            .min_by_key(|(_, held)| **held)
+            .map(|(s, held)| (s.clone(), *held));
+        match lowest {
+            Some((low, held)) if held < seq => {
+                digest.remove(&low);
+            }
+            _ => return true,
+        }
+        digest.insert(source.clone(), seq);
+        return true;
+    }
+    digest.insert(source.clone(), seq);
+    false
+}
 
 /// Writes a digest as the `have` parameter value: `<escaped source>:<seq>` joined by
 /// `,` (neither character occurs in an escaped name).
@@ -70,6 +102,8 @@ pub(crate) struct Intake {
     pub(crate) tx: mpsc::Sender<Received>,
     /// Digests of followed addresses (entries exist only while followed: bounded).
     pub(crate) digests: Mutex<Digests>,
+    /// Most sources in one address's digest.
+    pub(crate) max_digest_sources: usize,
 }
 
 impl Intake {
@@ -93,9 +127,9 @@ impl Intake {
         if let Some(d) = self
             .digests()
             .get_mut(&(key.model.clone(), key.fingerprint))
+            && note_in_digest(d, &key.source, seq, self.max_digest_sources)
         {
-            let held = d.entry(key.source.clone()).or_default();
-            *held = (*held).max(seq);
+            bump(&self.stats.digest_dropped, 1);
         }
     }
 
@@ -235,5 +269,26 @@ mod tests {
         assert_eq!(seq_in_digest(&have, "b%3Ac%2Cd"), Some(Seq(3)));
         assert_eq!(seq_in_digest(&have, "robot"), None);
         assert_eq!(seq_in_digest("x:notanumber,:,", "x"), None);
+    }
+
+    #[test]
+    fn a_full_digest_keeps_the_highest_seqs() {
+        let id = |i: u64| SourceId::new(format!("s{i}")).unwrap();
+        let mut d = HashMap::new();
+        for i in 1..=3 {
+            assert!(!note_in_digest(&mut d, &id(i), Seq(10 * i), 3));
+        }
+        // A known source is updated in place, never dropped.
+        assert!(!note_in_digest(&mut d, &id(1), Seq(5), 3));
+        assert_eq!(d[&id(1)], Seq(10));
+        // Full: a new source with a lower seq than all held is left out...
+        assert!(note_in_digest(&mut d, &id(4), Seq(1), 3));
+        assert!(!d.contains_key(&id(4)));
+        // ...one with a higher seq replaces the lowest held.
+        assert!(note_in_digest(&mut d, &id(5), Seq(99), 3));
+        assert_eq!(d.len(), 3);
+        assert!(!d.contains_key(&id(1)) && d[&id(5)] == Seq(99));
+        assert!(!note_in_digest(&mut d, &id(2), Seq(21), 3));
+        assert_eq!(d[&id(2)], Seq(21));
     }
 }

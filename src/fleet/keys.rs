@@ -15,6 +15,10 @@ use crate::core::ids::{Fingerprint, FleetName, IdError, ModelId, RecordKey, Sour
 /// First chunks of every key of this version of the key space.
 pub const KEY_PREFIX: &str = "qis/v1";
 
+/// Every record key of this version and nothing else: `qis/v1/<fleet>/<model>/<fp>/<source>`
+/// (what a router's storage may hold).
+pub const RECORD_KEY_SPACE: &str = "qis/v1/*/*/*/*";
+
 /// Why a key could not be read back into a [`RecordKey`].
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
 pub enum KeyError {

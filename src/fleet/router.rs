@@ -5,14 +5,23 @@
 //! started in our process because zenohd loads plugins only as shared libraries built
 //! with the same compiler (FACTS.md, "Zenoh for scale-out"). No qis logic runs here:
 //! the storage keeps the latest sample per key, which is the latest record per source.
+//!
+//! Its storages must lie inside the record key space [`RECORD_KEY_SPACE`]
+//! (`qis/v1/*/*/*/*`), so no peer can make the router keep keys of any other shape;
+//! [`router_config`] refuses a config whose storage does not. Zenoh's memory volume has
+//! no bound on the number of keys (docs/RELIABILITY.md, "Bounds on what the network can
+//! grow").
 
 use thiserror::Error;
 use tracing::info;
 use zenoh::Session;
 use zenoh::internal::plugins::RunningPlugin;
 use zenoh::internal::runtime::{DynamicRuntime, Runtime, RuntimeBuilder};
+use zenoh::key_expr::KeyExpr;
 use zenoh_plugin_storage_manager::StoragesPlugin;
 use zenoh_plugin_trait::Plugin;
+
+use super::keys::RECORD_KEY_SPACE;
 
 /// The embedded router config (config/zenoh-router.json5).
 pub const DEFAULT_ROUTER_CONFIG: &str = include_str!("../../config/zenoh-router.json5");
@@ -43,7 +52,8 @@ pub enum RouterError {
 
 /// The router config: `file` (Zenoh JSON5) or the embedded default, with the listen
 /// endpoints replaced when `listen` is non-empty. Forces router mode and timestamping,
-/// which the storage needs to order updates.
+/// which the storage needs to order updates, and refuses storages whose `key_expr` is not
+/// inside [`RECORD_KEY_SPACE`].
 pub fn router_config(
     file: Option<&std::path::Path>,
     listen: &[String],
@@ -79,7 +89,32 @@ pub fn router_config(
             reason: "missing: the router exists to hold a storage".into(),
         });
     }
+    check_storages(&plugin)?;
     Ok(cfg)
+}
+
+/// Every storage of the storage manager's settings (JSON) lies inside the record key space.
+fn check_storages(plugin: &str) -> Result<(), RouterError> {
+    const KEY: &str = "plugins/storage-manager/storages";
+    let bad = |reason: String| RouterError::Config { key: KEY, reason };
+    let settings: serde_json::Value =
+        serde_json::from_str(plugin).map_err(|e| bad(e.to_string()))?;
+    let Some(storages) = settings.get("storages").and_then(|s| s.as_object()) else {
+        return Err(bad("missing: the router exists to hold a storage".into()));
+    };
+    let space = KeyExpr::try_from(RECORD_KEY_SPACE).map_err(|e| bad(e.to_string()))?;
+    for (name, storage) in storages {
+        let Some(ke) = storage.get("key_expr").and_then(|k| k.as_str()) else {
+            return Err(bad(format!("storage {name:?} has no key_expr")));
+        };
+        let ke = KeyExpr::try_from(ke).map_err(|e| bad(format!("storage {name:?}: {e}")))?;
+        if !space.includes(&ke) {
+            return Err(bad(format!(
+                "storage {name:?} key_expr {ke} is not inside the record key space {RECORD_KEY_SPACE}"
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// A running router with its storage; dropped or [`close`](Self::close)d to stop.
@@ -153,11 +188,41 @@ mod tests {
     fn embedded_router_config_has_the_storage() {
         let cfg = router_config(None, &["tcp/127.0.0.1:7999".into()]).unwrap();
         assert_eq!(cfg.get_json("mode").unwrap(), "\"router\"");
-        assert!(
+        assert_eq!(
             cfg.get_json("plugins/storage-manager/storages/qis/key_expr")
-                .unwrap()
-                .contains("qis/**")
+                .unwrap(),
+            format!("\"{RECORD_KEY_SPACE}\"")
         );
         assert!(cfg.get_json("listen/endpoints").unwrap().contains("7999"));
+    }
+
+    #[test]
+    fn a_storage_outside_the_record_key_space_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let with = |ke: &str| {
+            let path = dir.path().join("router.json5");
+            let text = DEFAULT_ROUTER_CONFIG.replace(RECORD_KEY_SPACE, ke);
+            assert_ne!(text, DEFAULT_ROUTER_CONFIG);
+            std::fs::write(&path, text).unwrap();
+            router_config(Some(&path), &[])
+        };
+        for ke in ["qis/**", "**", "qis/v1/**", "qis/v1/*/*/*/*/**"] {
+            let e = with(ke).err().unwrap_or_else(|| panic!("{ke} accepted"));
+            assert!(
+                matches!(
+                    e,
+                    RouterError::Config {
+                        key: "plugins/storage-manager/storages",
+                        ..
+                    }
+                ),
+                "{ke}: {e}"
+            );
+        }
+        // A narrower storage (one fleet) is fine.
+        assert!(with("qis/v1/depot/*/*/*").is_ok());
+        let shipped =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/zenoh-mtls-router.json5");
+        assert!(router_config(Some(&shipped), &[]).is_ok());
     }
 }

@@ -22,6 +22,8 @@ pub struct FleetStats {
     pub(crate) queries: AtomicU64,
     pub(crate) query_errors: AtomicU64,
     pub(crate) anti_entropy_rounds: AtomicU64,
+    pub(crate) digest_dropped: AtomicU64,
+    pub(crate) served_evicted: AtomicU64,
 }
 
 /// A copy of the counters at one instant.
@@ -55,6 +57,10 @@ pub struct FleetStatsSnapshot {
     pub query_errors: u64,
     /// Anti-entropy rounds completed.
     pub anti_entropy_rounds: u64,
+    /// Sources left out of a followed address's digest (`max_digest_sources`).
+    pub digest_dropped: u64,
+    /// Own records no longer served to queries (`max_served_records`).
+    pub served_evicted: u64,
 }
 
 impl FleetStatsSnapshot {
@@ -87,6 +93,8 @@ impl FleetStats {
             queries: r(&self.queries),
             query_errors: r(&self.query_errors),
             anti_entropy_rounds: r(&self.anti_entropy_rounds),
+            digest_dropped: r(&self.digest_dropped),
+            served_evicted: r(&self.served_evicted),
         }
     }
 }

@@ -154,6 +154,8 @@ pub struct Report {
     pub trust_distrusted: usize,
     /// Judged sources that have not yet earned full weight.
     pub trust_young: usize,
+    /// Addresses evicted from the neighbor index (`neighbors_max_addresses`).
+    pub neighbors_evicted: u64,
     /// Whether corrected priors go to the shadow topic.
     pub shadow_mode: bool,
 }
@@ -179,6 +181,10 @@ impl Report {
             ("trust_sources".into(), self.trust_sources.to_string()),
             ("trust_distrusted".into(), self.trust_distrusted.to_string()),
             ("trust_young".into(), self.trust_young.to_string()),
+            (
+                "neighbors_evicted".into(),
+                self.neighbors_evicted.to_string(),
+            ),
             (
                 "records_implausible".into(),
                 c.records_implausible.to_string(),
@@ -263,6 +269,7 @@ mod tests {
             trust_sources: 4,
             trust_distrusted: 1,
             trust_young: 2,
+            neighbors_evicted: 0,
             shadow_mode: true,
         };
         let kv = r.key_values();

@@ -127,6 +127,7 @@ impl NodeLogic {
                 .iter()
                 .filter_map(|k| SourceId::new(k.trim().to_ascii_lowercase()).ok()),
         );
+        let neighbors = NeighborIndex::with_capacity(params.neighbors_max_addresses);
         Ok(NodeLogic {
             synthesis: params.synthesis.clone(),
             gate_model: None,
@@ -139,7 +140,7 @@ impl NodeLogic {
             fleet,
             fingerprinter,
             memory,
-            neighbors: NeighborIndex::new(),
+            neighbors,
             pairing,
             trust,
             counters: Counters::default(),
@@ -595,6 +596,7 @@ impl NodeLogic {
             trust_sources: self.trust.len(),
             trust_distrusted: self.trust.distrusted(0.5),
             trust_young: self.trust.young(),
+            neighbors_evicted: self.neighbors.evicted(),
             shadow_mode: self.params.shadow_mode,
         }
     }

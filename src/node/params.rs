@@ -48,6 +48,8 @@ pub struct NodeParams {
     pub diagnostics_period_s: f64,
     /// Neighbor addresses asked for when exact support is below `synthesis.min_support`.
     pub neighbors_k: usize,
+    /// Most addresses in the neighbor index (>= 1); the least recently seen is evicted.
+    pub neighbors_max_addresses: usize,
     /// Privacy budget k: own outcomes needed at an address before its record is shared
     /// with the fleet, and new ones needed before it is shared again.
     pub min_count_to_share: u64,
@@ -90,6 +92,7 @@ impl Default for NodeParams {
             pending_timeout_s: DEFAULT_PENDING_TIMEOUT_S,
             diagnostics_period_s: DEFAULT_DIAGNOSTICS_PERIOD_S,
             neighbors_k: DEFAULT_NEIGHBORS_K,
+            neighbors_max_addresses: crate::core::neighbors::DEFAULT_MAX_ADDRESSES,
             min_count_to_share: DEFAULT_MIN_COUNT_TO_SHARE,
             first_encounter_wait_s: DEFAULT_FIRST_ENCOUNTER_WAIT_S,
             use_sim_time: false,
@@ -157,6 +160,12 @@ impl NodeParams {
         if self.max_pending == 0 {
             return Err(ParamError::new("max_pending", "must be >= 1, got 0"));
         }
+        if self.neighbors_max_addresses == 0 {
+            return Err(ParamError::new(
+                "neighbors_max_addresses",
+                "must be >= 1, got 0",
+            ));
+        }
         let positive = |name: &str, v: f64| {
             if v.is_finite() && v > 0.0 {
                 Ok(())
@@ -211,7 +220,7 @@ impl NodeParams {
             .map_err(|e| ParamError::new(format!("validation.{}", e.field), e.reason))?;
         self.fingerprint
             .validate()
-            .map_err(|e| ParamError::new(format!("fingerprint.features.{}", e.feature), e.reason))
+            .map_err(|e| ParamError::new(format!("fingerprint.{}", e.field()), e.reason()))
     }
 
     /// Pending timeout in nanoseconds.
@@ -249,6 +258,17 @@ mod tests {
             ..NodeParams::default()
         };
         assert_eq!(p.validate().unwrap_err().param, "fleet");
+        let p = NodeParams {
+            neighbors_max_addresses: 0,
+            ..NodeParams::default()
+        };
+        assert_eq!(p.validate().unwrap_err().param, "neighbors_max_addresses");
+        let mut p = NodeParams::default();
+        p.fingerprint.fleet_secret_file = Some("/nonexistent/qis.secret".into());
+        assert_eq!(
+            p.validate().unwrap_err().param,
+            "fingerprint.fleet_secret_file"
+        );
     }
 
     #[test]

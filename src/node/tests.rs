@@ -417,3 +417,50 @@ fn a_thin_address_borrows_from_a_similar_one() {
         p.correction
     );
 }
+
+#[test]
+fn the_neighbor_index_is_bounded_and_its_evictions_reported() {
+    let params = NodeParams {
+        neighbors_max_addresses: 2,
+        ..NodeParams::default()
+    };
+    let mut n = node("robot-a", params);
+    for (i, tag) in ["a=1", "b=1", "c=1"].iter().enumerate() {
+        learn(&mut n, tag, 1, 0.5, i as i64 * 10 * S);
+    }
+    let r = n.report();
+    assert_eq!(r.neighbors_evicted, 1);
+    assert!(
+        r.key_values()
+            .contains(&("neighbors_evicted".into(), "1".into()))
+    );
+}
+
+#[test]
+fn a_fleet_secret_keys_the_nodes_addresses_and_sketches() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = |name: &str, text: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        let mut p = NodeParams::default();
+        p.fingerprint.fleet_secret_file = Some(path);
+        p
+    };
+    let fleet = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
+    let address = |params: NodeParams| {
+        let mut n = node("robot-a", params);
+        let p = n
+            .on_prediction(&prediction("e0", "weather=rain", &[1.0, 2.0]), 0)
+            .unwrap();
+        let eff = n.on_outcome(&outcome("e0", &[1.5, 2.0]), 1).unwrap();
+        let (key, rec) = eff.own_record;
+        assert_eq!(key.fingerprint.to_hex(), p.fingerprint);
+        (p.fingerprint, rec.sketch)
+    };
+    let plain = address(NodeParams::default());
+    let keyed = address(secret("a", fleet));
+    assert_eq!(keyed, address(secret("b", &format!("{fleet}\n"))));
+    assert_ne!(keyed.0, plain.0);
+    assert_ne!(keyed.1, plain.1);
+    assert_ne!(keyed.0, address(secret("c", "another fleet's secret")).0);
+}

@@ -366,6 +366,7 @@ pub fn fingerprint_config() -> FingerprintConfig {
     FingerprintConfig {
         features,
         unknown_features: UnknownFeatures::Error,
+        fleet_secret_file: None,
     }
 }
 

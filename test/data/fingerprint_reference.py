@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Independent reference implementation of the qis fingerprint v1 (docs/PROTOCOL.md).
+"""Independent reference implementation of the qis fingerprint v1 (docs/PROTOCOL.md),
+unkeyed and keyed by a fleet secret (HMAC-SHA256, the "Keyed" subsection).
 
 Regenerates test/data/fingerprints.json from the cases below; the Rust test
 `golden_fingerprints` checks the crate against that file byte for byte.
@@ -7,6 +8,7 @@ Run: python3 test/data/fingerprint_reference.py > test/data/fingerprints.json
 """
 import bisect
 import hashlib
+import hmac
 import json
 import math
 
@@ -18,6 +20,9 @@ CONFIG = {
     },
     "unknown_features": "error",
 }
+
+# The fixed test secret (the file's bytes, surrounding whitespace trimmed): 64 hex digits.
+KEYED_SECRET = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f"
 
 CASES = [
     ("empty scenario", [], [], []),
@@ -75,5 +80,6 @@ for name, tags, names, values in CASES:
         "features": values,
         "canonical": text,
         "fingerprint": hashlib.sha256(text.encode()).hexdigest()[:32],
+        "keyed_fingerprint": hmac.new(KEYED_SECRET.encode(), text.encode(), hashlib.sha256).hexdigest()[:32],
     })
-print(json.dumps({"version": "qis.fp.v1", "config": CONFIG, "vectors": vectors}, indent=2, ensure_ascii=False))
+print(json.dumps({"version": "qis.fp.v1", "config": CONFIG, "keyed_secret": KEYED_SECRET, "vectors": vectors}, indent=2, ensure_ascii=False))
