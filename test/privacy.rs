@@ -221,8 +221,8 @@ async fn a_passive_observer_recovers_no_single_residual_and_no_keyed_address() {
             assert!(new as u64 >= k, "{key}: versions differ by {new} outcomes");
             // The attacker's best estimate of what the new outcomes were (decay is
             // negligible over seconds with the default one-day half-life).
-            let est = (b.mean()[0] * b.weight() - a.mean()[0] * a.weight())
-                / (b.weight() - a.weight());
+            let est =
+                (b.mean()[0] * b.weight() - a.mean()[0] * a.weight()) / (b.weight() - a.weight());
             let window = &truth[a.count() as usize..b.count() as usize];
             let mean = window.iter().sum::<f64>() / window.len() as f64;
             // Within the decay of the weights over the run (~1e-4 relative).
@@ -239,20 +239,31 @@ async fn a_passive_observer_recovers_no_single_residual_and_no_keyed_address() {
             reconstructions += 1;
         }
     }
-    assert!(reconstructions >= 2, "the observer saw too few versions to test");
+    assert!(
+        reconstructions >= 2,
+        "the observer saw too few versions to test"
+    );
 
     // Addresses, defaults (no fleet secret): unkeyed fingerprints are reversed by the
     // dictionary. This is the stated limit of the default, not a pass.
     let unkeyed = FingerprintConfig::default().validate().unwrap();
     let observed = fingerprints_seen(&seen);
     let hit = reversed(&unkeyed, &observed);
-    assert_eq!(hit.len(), 1, "unkeyed addresses are reversible by dictionary");
+    assert_eq!(
+        hit.len(),
+        1,
+        "unkeyed addresses are reversible by dictionary"
+    );
 
     // With a fleet secret, the same dictionary reverses nothing: neither hashed unkeyed
     // nor under a guessed secret.
     let dir = tempfile::tempdir().unwrap();
     let secret = dir.path().join("fleet.secret");
-    std::fs::write(&secret, "5f0c2a9e8b7d6c5b4a39281706f5e4d3c2b1a09f8e7d6c5b4a3928170").unwrap();
+    std::fs::write(
+        &secret,
+        "5f0c2a9e8b7d6c5b4a39281706f5e4d3c2b1a09f8e7d6c5b4a3928170",
+    )
+    .unwrap();
     let keyed = FingerprintConfig {
         fleet_secret_file: Some(secret),
         ..FingerprintConfig::default()

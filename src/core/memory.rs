@@ -26,6 +26,9 @@ use super::trust::SourceTrust;
 pub struct MemoryConfig {
     /// Most received (fleet) records kept; least recently used are dropped beyond it.
     pub max_received_records: usize,
+    /// Most addresses with an own summary: outcomes at further new addresses are refused
+    /// (never an old summary dropped: own outcomes are not re-learnable from the fleet).
+    pub max_own_addresses: usize,
     /// How long (seconds, in the caller's clock) a pooled fleet estimate is reused for an
     /// address whose records did not change; it bounds staleness from decay and trust
     /// updates. 0 disables the cache.
@@ -36,6 +39,7 @@ impl Default for MemoryConfig {
     fn default() -> Self {
         MemoryConfig {
             max_received_records: 100_000,
+            max_own_addresses: 100_000,
             estimate_ttl_s: 1.0,
         }
     }
@@ -50,6 +54,14 @@ pub enum MemoryError {
     /// The synthesis refused its input.
     #[error(transparent)]
     Synthesis(#[from] SynthesisError),
+    /// A new own address beyond `max_own_addresses`.
+    #[error(
+        "own addresses full ({max}, memory.max_own_addresses): outcome at a new address refused"
+    )]
+    OwnAddressesFull {
+        /// The bound.
+        max: usize,
+    },
 }
 
 /// What happened to a received record.
@@ -119,6 +131,7 @@ pub struct OutcomeMemory {
     /// whose record was used since (second chance), which keeps true LRU order.
     lru: BTreeMap<u64, RecordKey>,
     received_len: usize,
+    own_len: usize,
     tick: u64,
     time_base: TimeBase,
 }
@@ -133,9 +146,24 @@ impl OutcomeMemory {
             models: HashMap::new(),
             lru: BTreeMap::new(),
             received_len: 0,
+            own_len: 0,
             tick: 0,
             time_base: TimeBase::Wall,
         }
+    }
+
+    /// Whether an own outcome at this address would be refused: it has no own summary
+    /// yet and `max_own_addresses` are held.
+    pub fn own_full_for(&self, model: &ModelId, fingerprint: &Fingerprint) -> bool {
+        self.own_len >= self.config.max_own_addresses
+            && self
+                .address(model, fingerprint)
+                .is_none_or(|a| a.own.is_none())
+    }
+
+    /// Addresses holding an own summary.
+    pub fn own_len(&self) -> usize {
+        self.own_len
     }
 
     /// Sets the clock own records are stamped with (sim time under `use_sim_time`).
@@ -190,7 +218,15 @@ impl OutcomeMemory {
         residual: &[f64],
         t_ns: i64,
     ) -> Result<OutcomeRecord, MemoryError> {
+        if self.own_full_for(model, &fingerprint) {
+            return Err(MemoryError::OwnAddressesFull {
+                max: self.config.max_own_addresses,
+            });
+        }
         let (decay, time_base) = (self.decay, self.time_base);
+        let is_new = self
+            .address(model, &fingerprint)
+            .is_none_or(|a| a.own.is_none());
         let addr = self.entry(model, fingerprint);
         addr.sketch.get_or_insert(sketch);
         addr.cached = None;
@@ -206,12 +242,14 @@ impl OutcomeMemory {
                 (*seq, s)
             }
         };
-        Ok(OutcomeRecord {
+        let record = OutcomeRecord {
             seq,
             sketch: addr.sketch.unwrap_or(sketch),
             summary: summary.clone(),
             time_base,
-        })
+        };
+        self.own_len += usize::from(is_new);
+        Ok(record)
     }
 
     /// Restores an own record from the store at start-up.
@@ -221,6 +259,14 @@ impl OutcomeMemory {
         fingerprint: Fingerprint,
         record: OutcomeRecord,
     ) {
+        // Restored addresses count toward the bound but are never refused: they are
+        // durable outcomes already.
+        if self
+            .address(model, &fingerprint)
+            .is_none_or(|a| a.own.is_none())
+        {
+            self.own_len += 1;
+        }
         let addr = self.entry(model, fingerprint);
         addr.sketch.get_or_insert(record.sketch);
         if addr.own.as_ref().is_none_or(|(seq, _)| *seq < record.seq) {
@@ -451,6 +497,31 @@ mod tests {
             summary: s,
             time_base: Default::default(),
         }
+    }
+
+    #[test]
+    fn own_addresses_are_bounded_and_a_full_memory_refuses_new_ones_only() {
+        let (m, fp, sk) = ids();
+        let mut mem = OutcomeMemory::new(
+            SourceId::new("me").unwrap(),
+            MemoryConfig {
+                max_own_addresses: 2,
+                ..MemoryConfig::default()
+            },
+            Decay::NONE,
+        );
+        let other = |b: u8| Fingerprint([b; 16]);
+        mem.record_outcome(&m, fp, sk, &[1.0], 0).unwrap();
+        mem.record_outcome(&m, other(2), sk, &[1.0], 0).unwrap();
+        assert!(mem.own_full_for(&m, &other(3)));
+        assert!(matches!(
+            mem.record_outcome(&m, other(3), sk, &[1.0], 0),
+            Err(MemoryError::OwnAddressesFull { max: 2 })
+        ));
+        // Known addresses keep learning.
+        assert!(!mem.own_full_for(&m, &fp));
+        mem.record_outcome(&m, fp, sk, &[1.0], 1).unwrap();
+        assert_eq!((mem.own_len(), mem.own_count(&m, &fp)), (2, 2));
     }
 
     #[test]

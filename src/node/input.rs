@@ -211,6 +211,11 @@ impl From<MemoryError> for InputError {
                     got,
                 }
             }
+            MemoryError::OwnAddressesFull { max } => InputError::Oversized {
+                what: "own addresses (memory.max_own_addresses)",
+                len: max + 1,
+                max,
+            },
             MemoryError::Summary(s) => InputError::DimensionMismatch {
                 what: "residual",
                 expected: s.to_string(),

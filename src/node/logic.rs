@@ -371,6 +371,18 @@ impl NodeLogic {
                 max,
             });
         }
+        if self
+            .memory
+            .own_full_for(&pending.model, &pending.fingerprint)
+        {
+            // Checked before the prediction is taken: refused, it stays pending.
+            let max = self.params.memory.max_own_addresses;
+            return Err(InputError::Oversized {
+                what: "own addresses (memory.max_own_addresses)",
+                len: max + 1,
+                max,
+            });
+        }
         let p = self.pairing.take(&o.episode_id).map_err(miss)?;
         // Trust earned from outcomes: every source held here is judged by what was just
         // measured, before the outcome joins the own summary.
