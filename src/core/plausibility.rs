@@ -198,6 +198,12 @@ impl RecordBounds {
                 reason: "total weight above the count",
             });
         }
+        // The newest outcome weighs exactly 1 at the record's own reference time.
+        if w < 1.0 / slack || w2 < 1.0 / slack {
+            return Err(Implausible::Weights {
+                reason: "total weight below 1 (the newest outcome weighs 1)",
+            });
+        }
         if w2 > w * slack + 1e-12 || w2 > w * w * slack + 1e-12 {
             return Err(Implausible::Weights {
                 reason: "sum of squared weights above the total weight",
@@ -213,14 +219,25 @@ impl RecordBounds {
                 });
             }
         }
-        if w > 0.0 {
-            for (index, &d) in s.m2().diagonal().iter().enumerate() {
-                let sd = (d.max(0.0) / w).sqrt();
-                if sd > max {
-                    return Err(Implausible::Magnitude {
-                        index,
-                        value: sd,
-                        max,
+        let m2 = s.m2();
+        for (index, &d) in m2.diagonal().iter().enumerate() {
+            let sd = (d.max(0.0) / w).sqrt();
+            if sd > max {
+                return Err(Implausible::Magnitude {
+                    index,
+                    value: sd,
+                    max,
+                });
+            }
+        }
+        // A scatter matrix is positive semi-definite: |M2ᵢⱼ| ≤ sqrt(M2ᵢᵢ M2ⱼⱼ).
+        let n = m2.nrows();
+        for i in 0..n {
+            for j in (i + 1)..n {
+                let bound = (m2[(i, i)].max(0.0) * m2[(j, j)].max(0.0)).sqrt();
+                if m2[(i, j)].abs() > bound * slack + 1e-9 * (1.0 + bound) {
+                    return Err(Implausible::Weights {
+                        reason: "scatter is not positive semi-definite",
                     });
                 }
             }
@@ -339,6 +356,20 @@ mod tests {
         assert_eq!(kind(&forged(10, 2.0, 3.0, 1.0, 0.0, 0)), "weights");
         assert_eq!(kind(&forged(u64::MAX, 1.0, 1.0, 1.0, 0.0, 0)), "count");
         assert_eq!(kind(&forged(1, 1.0, 1.0, 1.0, 0.0, i64::MAX)), "future");
+        assert_eq!(kind(&forged(5, 1e-300, 1e-300, 1.0, 0.0, 0)), "weights");
+        let mut m2 = DMatrix::from_diagonal_element(2, 2, 1.0);
+        m2[(0, 1)] = 1e300;
+        m2[(1, 0)] = 1e300;
+        let not_psd = record(Summary::from_parts(
+            3,
+            3.0,
+            3.0,
+            DVector::from_element(2, 0.5),
+            m2,
+            0,
+            0,
+        ));
+        assert_eq!(kind(&not_psd), "weights");
         let sim = OutcomeRecord {
             time_base: TimeBase::Sim,
             ..honest(3)

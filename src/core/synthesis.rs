@@ -48,6 +48,9 @@ pub struct SynthesisConfig {
     pub max_young_weight: f64,
 }
 
+/// Smallest pooled weight (in outcomes) a correction is computed from.
+const MIN_EVIDENCE: f64 = 1e-9;
+
 /// Default prior strength k0.
 pub const DEFAULT_PRIOR_STRENGTH: f64 = 5.0;
 
@@ -328,11 +331,13 @@ pub fn estimate(
         }
         mean.axpy(w, c.summary.mean(), 1.0);
         n_eff += w;
-        support += c.summary.count();
+        support = support.saturating_add(c.summary.count());
         sources += 1;
         used_neighbor |= !c.exact;
     }
-    if n_eff <= 0.0 {
+    // Below this the pooled weight is no evidence (sources decayed or distrusted to
+    // nothing), and its 1/n_eff inflation would only amplify rounding.
+    if n_eff <= MIN_EVIDENCE {
         return Ok(FleetEstimate {
             correction: DVector::zeros(n),
             residual_cov: DMatrix::zeros(n, n),

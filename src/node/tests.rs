@@ -464,3 +464,107 @@ fn a_fleet_secret_keys_the_nodes_addresses_and_sketches() {
     assert_ne!(keyed.1, plain.1);
     assert_ne!(keyed.0, address(secret("c", "another fleet's secret")).0);
 }
+
+/// Any finite f64, extremes included (the decoder refuses only NaN and infinities).
+fn any_finite() -> impl proptest::strategy::Strategy<Value = f64> {
+    use proptest::prelude::*;
+    prop_oneof![
+        any::<f64>().prop_filter("finite", |v| v.is_finite()),
+        Just(f64::MAX),
+        Just(-f64::MAX),
+        Just(1e306),
+        Just(f64::MIN_POSITIVE),
+        Just(0.0),
+        -10.0..10.0f64,
+    ]
+}
+
+proptest::proptest! {
+    /// The corrected prior is finite and bounded by construction: whatever decodable
+    /// records a peer sends (any count, weights, means, scatter, times), every prior the
+    /// node answers is finite and corrects by at most `validation.max_abs_residual`.
+    #[test]
+    fn any_decodable_record_leaves_every_prior_finite_and_bounded(
+        fields in proptest::collection::vec(
+            (proptest::prop_oneof![proptest::prelude::any::<u64>(), 1..40u64],
+             any_finite(), any_finite(),
+             [any_finite(), any_finite()], [any_finite(), any_finite(), any_finite()],
+             proptest::prop_oneof![proptest::prelude::any::<i64>(), 0..600 * S],
+             proptest::prop_oneof![proptest::prelude::any::<i64>(), 0..600 * S], 0u8..3),
+            1..6),
+        own in proptest::prelude::any::<bool>(),
+    ) {
+        use nalgebra::{DMatrix, DVector};
+        let mut b = node("robot-b", NodeParams::default());
+        if own {
+            learn(&mut b, "road=ice", 12, 0.5, 0);
+        }
+        let now = 500 * S;
+        for (i, (count, w, w2, mean, m2, t0, t1, tag)) in fields.into_iter().enumerate() {
+            let m2 = DMatrix::from_row_slice(2, 2, &[m2[0], m2[1], m2[1], m2[2]]);
+            let summary = crate::core::summary::Summary::from_parts(
+                count, w, w2, DVector::from_row_slice(&mean), m2, t0.min(t1), t0.max(t1));
+            let record = OutcomeRecord {
+                seq: crate::core::ids::Seq(i as u64 + 1),
+                sketch: crate::core::neighbors::Sketch([i as i8; 32]),
+                summary,
+                time_base: Default::default(),
+            };
+            // Only what a peer could put on the wire: bytes the decoder accepts.
+            let Ok(bytes) = record.encode() else { continue };
+            let Ok(decoded) = crate::core::record::decode(&bytes) else { continue };
+            let tag = ["road=ice", "road=wet", "road=snow"][tag as usize];
+            let fp = crate::core::fingerprint::FingerprintConfig::default()
+                .validate()
+                .unwrap()
+                .fingerprint(&[tag.to_string()], &[], &[])
+                .unwrap();
+            let key = RecordKey {
+                model: crate::core::ids::ModelId::new("wm-1").unwrap(),
+                fingerprint: fp,
+                source: SourceId::new(format!("peer-{i}")).unwrap(),
+            };
+            b.on_record(&key, decoded.record, now);
+        }
+        let max = b.params().validation.max_abs_residual;
+        for (i, tag) in ["road=ice", "road=wet", "road=snow", "road=dry"].iter().enumerate() {
+            let p = b.on_prediction(&prediction(&format!("p{i}"), tag, &[1.0, 2.0]), now).unwrap();
+            proptest::prop_assert!(p.state.iter().chain(&p.covariance).all(|v| v.is_finite()), "{p:?}");
+            proptest::prop_assert!(p.correction.iter().all(|c| c.abs() <= max), "{p:?}");
+            proptest::prop_assert!(p.confidence.is_finite());
+        }
+        proptest::prop_assert_eq!(b.report().counters.priors_non_finite, 0);
+    }
+
+    /// Records inside the bounds (any count, weight and spread an honest node could
+    /// send, any mean up to the bound) are stored, and the priors stay finite too.
+    #[test]
+    fn records_inside_the_bounds_are_kept_and_priors_stay_finite(
+        claims in proptest::collection::vec((1u64..1_000_000, -1e6..1e6f64, 0.0..1e6f64), 1..8),
+    ) {
+        let mut b = node("robot-b", NodeParams::default());
+        let now = 500 * S;
+        for (i, (count, mean, sd)) in claims.iter().enumerate() {
+            let n = *count as f64;
+            let summary = crate::core::summary::Summary::from_parts(
+                *count, n, n, nalgebra::DVector::from_element(2, *mean),
+                nalgebra::DMatrix::from_diagonal_element(2, 2, sd * sd * n * 0.999), 0, now);
+            let key = RecordKey {
+                model: crate::core::ids::ModelId::new("wm-1").unwrap(),
+                fingerprint: crate::core::fingerprint::FingerprintConfig::default()
+                    .validate().unwrap().fingerprint(&["road=ice".to_string()], &[], &[]).unwrap(),
+                source: SourceId::new(format!("peer-{i}")).unwrap(),
+            };
+            let record = OutcomeRecord {
+                seq: crate::core::ids::Seq(1),
+                sketch: crate::core::neighbors::Sketch([0; 32]),
+                summary,
+                time_base: Default::default(),
+            };
+            proptest::prop_assert_eq!(b.on_record(&key, record, now), crate::core::memory::Ingest::Stored);
+        }
+        let p = b.on_prediction(&prediction("p", "road=ice", &[1.0, 2.0]), now).unwrap();
+        proptest::prop_assert!(p.state.iter().chain(&p.covariance).all(|v| v.is_finite()), "{p:?}");
+        proptest::prop_assert!(p.correction.iter().all(|c| c.abs() <= 1e6), "{p:?}");
+    }
+}
