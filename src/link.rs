@@ -186,6 +186,7 @@ impl FleetPort for FleetLink {
                 ("fleet.anti_entropy_rounds", f.anti_entropy_rounds),
                 ("fleet.digest_dropped", f.digest_dropped),
                 ("fleet.served_evicted", f.served_evicted),
+                ("fleet.dp_releases", f.dp_releases),
             ]
             .into_iter()
             .map(|(k, v)| (k.to_owned(), v.to_string())),

@@ -18,6 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use qis_ros::core::fingerprint::{FingerprintConfig, Fingerprinter};
+use qis_ros::core::privacy::DpConfig;
 use qis_ros::core::record::decode;
 use qis_ros::core::store::{Store, StoreConfig};
 use qis_ros::fleet::{FleetConfig, FleetExchange, Identity};
@@ -63,17 +64,20 @@ type Seen = Arc<Mutex<HashMap<String, Vec<Vec<u8>>>>>;
 /// residuals (component 0) in order.
 async fn learn_under_observation(
     fingerprint: FingerprintConfig,
+    differential_privacy: DpConfig,
     outcomes: usize,
 ) -> (HashMap<String, Vec<Vec<u8>>>, Vec<f64>) {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    let params = NodeParams {
-        fingerprint,
-        ..NodeParams::default()
-    };
     let fleet = FleetConfig {
         listen: vec![format!("tcp/127.0.0.1:{port}")],
+        differential_privacy,
         ..FleetConfig::default()
+    };
+    let params = NodeParams {
+        fingerprint,
+        exchange: fleet.clone(),
+        ..NodeParams::default()
     };
     let identity = Identity::generate();
     let mut logic = NodeLogic::new(params, identity.source().clone()).unwrap();
@@ -198,7 +202,8 @@ fn reversed(fp: &Fingerprinter, observed: &[String]) -> Vec<Vec<String>> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_passive_observer_recovers_no_single_residual_and_no_keyed_address() {
     let k = qis_ros::core::privacy::DEFAULT_MIN_COUNT_TO_SHARE;
-    let (seen, truth) = learn_under_observation(FingerprintConfig::default(), 23).await;
+    let (seen, truth) =
+        learn_under_observation(FingerprintConfig::default(), DpConfig::default(), 23).await;
     assert!(!seen.is_empty(), "the observer saw nothing");
 
     // Differencing: every version the observer holds, per key, in count order.
@@ -268,7 +273,7 @@ async fn a_passive_observer_recovers_no_single_residual_and_no_keyed_address() {
         fleet_secret_file: Some(secret),
         ..FingerprintConfig::default()
     };
-    let (seen_keyed, _) = learn_under_observation(keyed, 10).await;
+    let (seen_keyed, _) = learn_under_observation(keyed, DpConfig::default(), 10).await;
     let observed = fingerprints_seen(&seen_keyed);
     assert_eq!(observed.len(), 1, "{observed:?}");
     assert!(reversed(&unkeyed, &observed).is_empty());
@@ -281,4 +286,36 @@ async fn a_passive_observer_recovers_no_single_residual_and_no_keyed_address() {
     .validate()
     .unwrap();
     assert!(reversed(&guessed, &observed).is_empty());
+}
+
+/// With the optional differential privacy, what the observer sees is a noisy release:
+/// counts and times as they are, means and spreads with Gaussian noise (clipped), so even
+/// the k-outcome means that differencing exposes are masked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_differential_privacy_the_wire_carries_noisy_means_only() {
+    let dp = DpConfig {
+        epsilon: 1.0,
+        delta: 1e-5,
+        clip: 2.0,
+    };
+    let (seen, truth) = learn_under_observation(FingerprintConfig::default(), dp.clone(), 15).await;
+    let mut versions = 0;
+    for payloads in seen.values() {
+        for d in payloads.iter().filter_map(|b| decode(b).ok()) {
+            let s = d.record.summary;
+            let n = s.count() as usize;
+            let true_mean = truth[..n].iter().sum::<f64>() / n as f64;
+            assert!(s.mean().iter().all(|m| m.abs() <= dp.clip));
+            assert!(
+                (s.mean()[0] - true_mean).abs() > 1e-9,
+                "a release without noise: {} outcomes",
+                n
+            );
+            // Component 1 had residual 0 throughout: its release is pure noise.
+            assert!(s.mean()[1] != 0.0);
+            assert!(s.m2().iter().all(|v| v.is_finite()));
+            versions += 1;
+        }
+    }
+    assert!(versions >= 2, "{versions}");
 }

@@ -9,6 +9,7 @@ use thiserror::Error;
 
 use super::signing::{Admission, parse_public_key};
 use crate::core::ids::FleetName;
+use crate::core::privacy::DpConfig;
 
 /// Default fleet name.
 pub const DEFAULT_FLEET: &str = "default";
@@ -31,7 +32,7 @@ pub const DEFAULT_MAX_SERVED_RECORDS: usize = 100_000;
 pub const DEFAULT_ZENOH_CONFIG: &str = include_str!("../../config/zenoh-peer.json5");
 
 /// Fleet exchange settings as written in the node's configuration.
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct FleetConfig {
     /// Name of the fleet; only records of this fleet are exchanged.
@@ -66,6 +67,9 @@ pub struct FleetConfig {
     /// Fleet admission: public keys (64 hex digits) allowed to write records; empty =
     /// any self-certified key. Ignored (refused) with `unsigned`.
     pub allowed_keys: Vec<String>,
+    /// Optional differential privacy of shared records (Gaussian mechanism with
+    /// clipping); off by default.
+    pub differential_privacy: DpConfig,
 }
 
 impl Default for FleetConfig {
@@ -85,6 +89,7 @@ impl Default for FleetConfig {
             max_served_records: DEFAULT_MAX_SERVED_RECORDS,
             unsigned: false,
             allowed_keys: Vec::new(),
+            differential_privacy: DpConfig::default(),
         }
     }
 }
@@ -131,6 +136,8 @@ pub struct FleetSettings {
     pub max_served_records: usize,
     /// Who may write records and how it is checked.
     pub admission: Admission,
+    /// Noise added to every shared version of an own record (off by default).
+    pub dp: DpConfig,
 }
 
 fn endpoints_json(field: &'static str, eps: &[String]) -> Result<String, FleetConfigError> {
@@ -179,6 +186,9 @@ impl FleetConfig {
                 )
                 .map_err(|e| err("connect", e.to_string()))?;
         }
+        self.differential_privacy
+            .validate()
+            .map_err(|e| err("differential_privacy", e.to_string()))?;
         if self.unsigned && !self.allowed_keys.is_empty() {
             return Err(err(
                 "allowed_keys",
@@ -210,6 +220,7 @@ impl FleetConfig {
             max_digest_sources: self.max_digest_sources,
             max_served_records: self.max_served_records,
             admission,
+            dp: self.differential_privacy.clone(),
         })
     }
 }

@@ -38,6 +38,7 @@ use super::outbox::{Outbox, Sealed, put};
 use super::signing::seal;
 use super::stats::{FleetStats, FleetStatsSnapshot, bump};
 use crate::core::ids::{Fingerprint, FleetName, ModelId, RecordKey, Seq, SourceId};
+use crate::core::privacy::DpConfig;
 use crate::core::record::{EncodeError, OutcomeRecord};
 
 /// Why a fleet operation failed.
@@ -142,6 +143,7 @@ struct Shared {
     signing_key: Option<SigningKey>,
     query_timeout: Duration,
     min_count_to_share: u64,
+    dp: DpConfig,
     /// Sealed own records by key, as the queryable serves them (latest per key, bounded).
     served: RwLock<ServedRecords>,
     outbox: Arc<Outbox>,
@@ -215,6 +217,7 @@ impl FleetExchange {
             signing_key,
             query_timeout: settings.query_timeout,
             min_count_to_share: settings.min_count_to_share,
+            dp: settings.dp,
             served: RwLock::new(ServedRecords::new(settings.max_served_records)),
             outbox: Arc::new(Outbox::new(settings.publish_interval)),
             follows: Mutex::new(Follows::new(settings.max_live_subscriptions)),
@@ -280,6 +283,16 @@ impl FleetExchange {
             return Ok(None);
         }
         let ke = record_key(&self.shared.intake.fleet, key);
+        // Noise is drawn once per shared version: what is served and what is put are the
+        // same release, so repeating a query reveals nothing more.
+        let released;
+        let record = if self.shared.dp.enabled() {
+            released = self.shared.dp.release(record, &mut rand::rng());
+            bump(&self.shared.intake.stats.dp_releases, 1);
+            &released
+        } else {
+            record
+        };
         let bytes = seal(record, &ke, self.shared.signing_key.as_ref())?;
         let parsed = KeyExpr::try_from(ke.clone()).map_err(zerr)?;
         let dropped = self

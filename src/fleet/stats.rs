@@ -24,6 +24,7 @@ pub struct FleetStats {
     pub(crate) anti_entropy_rounds: AtomicU64,
     pub(crate) digest_dropped: AtomicU64,
     pub(crate) served_evicted: AtomicU64,
+    pub(crate) dp_releases: AtomicU64,
 }
 
 /// A copy of the counters at one instant.
@@ -61,6 +62,8 @@ pub struct FleetStatsSnapshot {
     pub digest_dropped: u64,
     /// Own records no longer served to queries (`max_served_records`).
     pub served_evicted: u64,
+    /// Own record versions released with differential-privacy noise.
+    pub dp_releases: u64,
 }
 
 impl FleetStatsSnapshot {
@@ -95,6 +98,7 @@ impl FleetStats {
             anti_entropy_rounds: r(&self.anti_entropy_rounds),
             digest_dropped: r(&self.digest_dropped),
             served_evicted: r(&self.served_evicted),
+            dp_releases: r(&self.dp_releases),
         }
     }
 }

@@ -154,6 +154,8 @@ pub struct Report {
     pub trust_distrusted: usize,
     /// Judged sources that have not yet earned full weight.
     pub trust_young: usize,
+    /// Differential privacy of shared records, per release.
+    pub dp: crate::core::privacy::DpConfig,
     /// Addresses evicted from the neighbor index (`neighbors_max_addresses`).
     pub neighbors_evicted: u64,
     /// Whether corrected priors go to the shadow topic.
@@ -181,6 +183,18 @@ impl Report {
             ("trust_sources".into(), self.trust_sources.to_string()),
             ("trust_distrusted".into(), self.trust_distrusted.to_string()),
             ("trust_young".into(), self.trust_young.to_string()),
+            (
+                "privacy.dp_epsilon_per_release".into(),
+                self.dp.epsilon.to_string(),
+            ),
+            (
+                "privacy.dp_delta_per_release".into(),
+                if self.dp.enabled() {
+                    self.dp.delta.to_string()
+                } else {
+                    "0".into()
+                },
+            ),
             (
                 "neighbors_evicted".into(),
                 self.neighbors_evicted.to_string(),
@@ -269,6 +283,7 @@ mod tests {
             trust_sources: 4,
             trust_distrusted: 1,
             trust_young: 2,
+            dp: Default::default(),
             neighbors_evicted: 0,
             shadow_mode: true,
         };

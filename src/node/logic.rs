@@ -392,9 +392,21 @@ impl NodeLogic {
                     .observe(&held.source, held.summary.mean().as_slice(), &r.residual);
             }
         }
+        // With differential privacy the own summary holds clipped residuals, which bounds
+        // what one outcome can change in a released record (core::privacy::DpConfig).
+        let dp = &self.params.exchange.differential_privacy;
+        let clipped;
+        let folded: &[f64] = if dp.enabled() {
+            let mut c = r.residual.clone();
+            dp.clip_residual(&mut c);
+            clipped = c;
+            &clipped
+        } else {
+            &r.residual
+        };
         let record =
             self.memory
-                .record_outcome(&p.model, p.fingerprint, p.sketch, &r.residual, now_ns)?;
+                .record_outcome(&p.model, p.fingerprint, p.sketch, folded, now_ns)?;
         let stated = pending_sd(&p.predicted_cov.sum(&measured_cov), n);
         if self
             .envelope
@@ -608,6 +620,7 @@ impl NodeLogic {
             trust_sources: self.trust.len(),
             trust_distrusted: self.trust.distrusted(0.5),
             trust_young: self.trust.young(),
+            dp: self.params.exchange.differential_privacy.clone(),
             neighbors_evicted: self.neighbors.evicted(),
             shadow_mode: self.params.shadow_mode,
         }
