@@ -582,3 +582,73 @@ async fn qis_node_processes_share_outcomes_over_the_fleet_and_survive_sigkill() 
     );
     assert!(prior.correction[0] > 0.5, "{:?}", prior.correction);
 }
+
+/// A fleet port whose store always fails: every receipt answers "not durable".
+struct FailingStore;
+
+impl qis_ros::node::FleetPort for FailingStore {
+    fn publish(
+        &self,
+        _key: &qis_ros::core::ids::RecordKey,
+        _record: &qis_ros::core::record::OutcomeRecord,
+    ) {
+    }
+
+    fn own_record_receipt(
+        &self,
+        _key: &qis_ros::core::ids::RecordKey,
+        _record: &qis_ros::core::record::OutcomeRecord,
+        _share: bool,
+    ) -> Option<tokio::sync::oneshot::Receiver<bool>> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let _ = tx.send(false);
+        Some(rx)
+    }
+}
+
+/// The discrepancy is the receipt of a durable outcome: when the write fails there is
+/// none, the failure is counted (`outcomes_not_durable`), and the node keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_discrepancy_without_a_durable_write() {
+    let (_router, endpoint) = router().await;
+    let (_records_tx, rx) = mpsc::channel(100);
+    let n = start_node(
+        &endpoint,
+        "/d",
+        "robot-d",
+        NodeParams::default(),
+        Arc::new(FailingStore),
+        rx,
+    )
+    .await;
+    let ctx = client(&endpoint);
+    let driver = ctx.create_node("driver").build().unwrap();
+    let r = Robot::new(&driver, "/d").await;
+    for i in 0..3 {
+        let p = prediction(&format!("d{i}"), "road=ice", &[1.0, 0.0]);
+        r.pred.async_publish(&p).await.unwrap();
+        let prior = recv("corrected prior", r.prior.async_recv()).await;
+        assert_eq!(prior.episode_id, p.episode_id, "the node keeps serving");
+        r.out
+            .async_publish(&outcome(&p.episode_id, &[1.5, 0.0]))
+            .await
+            .unwrap();
+    }
+    wait_until("three writes reported failed", || {
+        n.logic()
+            .lock()
+            .unwrap()
+            .report()
+            .counters
+            .outcomes_not_durable
+            == 3
+    })
+    .await;
+    let got =
+        tokio::time::timeout(std::time::Duration::from_millis(500), r.disc.async_recv()).await;
+    assert!(
+        got.is_err(),
+        "a discrepancy without a durable write: {got:?}"
+    );
+    n.shutdown().await;
+}

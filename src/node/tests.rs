@@ -332,6 +332,20 @@ fn pending_is_bounded_by_count_and_timeout() {
 }
 
 #[test]
+fn a_huge_outcome_is_refused_and_its_prediction_stays_pending() {
+    let mut n = node("robot-a", NodeParams::default());
+    n.on_prediction(&prediction("h", "road=ice", &[1.0, 2.0]), 0)
+        .unwrap();
+    let e = n.on_outcome(&outcome("h", &[1e7, 2.0]), 1).unwrap_err();
+    assert_eq!(e.kind(), RejectKind::HugeOutcome, "{e}");
+    assert!(e.to_string().contains("max_abs_residual"), "{e}");
+    // Nothing was folded in; the episode can still be paired with a sane outcome.
+    let eff = n.on_outcome(&outcome("h", &[1.5, 2.0]), 2).unwrap();
+    assert_eq!(eff.own_record.1.summary.count(), 1);
+    assert_eq!(n.report().counters.rejected(RejectKind::HugeOutcome), 1);
+}
+
+#[test]
 fn records_are_shared_only_after_min_count() {
     let params = NodeParams {
         min_count_to_share: 3,
