@@ -338,16 +338,7 @@ pub fn estimate(
     // Below this the pooled weight is no evidence (sources decayed or distrusted to
     // nothing), and its 1/n_eff inflation would only amplify rounding.
     if n_eff <= MIN_EVIDENCE {
-        return Ok(FleetEstimate {
-            correction: DVector::zeros(n),
-            residual_cov: DMatrix::zeros(n, n),
-            confidence: 0.0,
-            support: 0,
-            sources: 0,
-            matched: Match::None,
-            weights,
-            borrowed: borrow,
-        });
+        return Ok(FleetEstimate::nothing(n, weights, borrow));
     }
     mean /= n_eff;
     let mut residual_cov = DMatrix::zeros(n, n);
@@ -376,16 +367,8 @@ pub fn estimate(
     // Records are bounded before they get here, so this cannot happen; if it ever does,
     // the prediction is answered unchanged rather than with inf or NaN.
     if !(mean.iter().all(|v| v.is_finite()) && residual_cov.iter().all(|v| v.is_finite())) {
-        return Ok(FleetEstimate {
-            correction: DVector::zeros(n),
-            residual_cov: DMatrix::zeros(n, n),
-            confidence: 0.0,
-            support: 0,
-            sources: 0,
-            matched: Match::None,
-            weights: vec![0.0; weights.len()],
-            borrowed: borrow,
-        });
+        let none = vec![0.0; weights.len()];
+        return Ok(FleetEstimate::nothing(n, none, borrow));
     }
     Ok(FleetEstimate {
         correction: mean,
@@ -404,6 +387,20 @@ pub fn estimate(
 }
 
 impl FleetEstimate {
+    /// No correction at all (nothing contributed), keeping the per-contribution weights.
+    fn nothing(n: usize, weights: Vec<f64>, borrowed: bool) -> FleetEstimate {
+        FleetEstimate {
+            correction: DVector::zeros(n),
+            residual_cov: DMatrix::zeros(n, n),
+            confidence: 0.0,
+            support: 0,
+            sources: 0,
+            matched: Match::None,
+            weights,
+            borrowed,
+        }
+    }
+
     /// State dimension the estimate is for.
     pub fn dim(&self) -> usize {
         self.correction.len()
