@@ -1220,6 +1220,136 @@ async fn mtls_router_storage_serves_members_only() {
     router.close().await.unwrap();
 }
 
+/// Access control on top of mTLS (config/zenoh-mtls-acl-router.json5): robot D holds a
+/// valid fleet certificate but is not on the router's list of robot common names, so it
+/// can neither add a record to the fleet's key space nor read one; listed A and B can.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acl_router_lets_listed_robots_only_read_and_write_fleet_records() {
+    use qis_ros::fleet::FleetRouter;
+    use qis_ros::fleet::router::router_config;
+    let pki = make_pki();
+    let pr = free_port();
+    let mut rcfg = router_config(
+        Some(&config_file("zenoh-mtls-acl-router.json5")),
+        &[format!("tls/127.0.0.1:{pr}")],
+    )
+    .expect("shipped ACL router config");
+    set_tls_files(&mut rcfg, &pki.ca, &pki.robot[3], true);
+    rcfg.insert_json5(
+        "access_control/subjects",
+        r#"[{ id: "robots", cert_common_names: ["robot-a", "robot-b"] }]"#,
+    )
+    .unwrap();
+    // The shipped rule, for this test's fleet name (escaped as in a key chunk).
+    let rules = format!(
+        r#"[{{ id: "fleet-records", messages: ["put", "delete", "declare_subscriber", "query", "reply", "declare_queryable"], flows: ["ingress", "egress"], permission: "allow", key_exprs: ["qis/v1/{}/**"] }}]"#,
+        FLEET.replace(' ', "%20")
+    );
+    rcfg.insert_json5("access_control/rules", &rules).unwrap();
+    let router = FleetRouter::start(rcfg).await.expect("ACL router starts");
+    let client = |i: usize, source: &'static str| {
+        let mut settings = FleetConfig {
+            fleet: FLEET.into(),
+            zenoh_config: Some(config_file("zenoh-mtls-client.json5")),
+            connect: vec![format!("tls/127.0.0.1:{pr}")],
+            min_count_to_share: 1,
+            anti_entropy_period_ms: 0,
+            ..FleetConfig::default()
+        }
+        .validate()
+        .unwrap();
+        set_tls_files(&mut settings.zenoh, &pki.ca, &pki.robot[i], false);
+        FleetExchange::start(
+            unsigned(settings),
+            Identity::unsigned(SourceId::new(source).unwrap()),
+        )
+    };
+    let f = fp(0x7a);
+    let stored = |router: &FleetRouter| {
+        let session = router.session().clone();
+        async move {
+            let replies = session.get("qis/**").await.unwrap();
+            let mut keys = Vec::new();
+            while let Ok(r) = replies.recv_async().await {
+                if let Ok(s) = r.result() {
+                    keys.push(s.key_expr().to_string());
+                }
+            }
+            keys
+        }
+    };
+    // Unlisted D (a fleet certificate, connected) puts a record: it must never be stored.
+    let (d, _rx_d) = client(2, "robot-d")
+        .await
+        .expect("D connects (mTLS passes)");
+    let (dk, drec) = own_record_of("robot-d", f);
+    let _ = d.publish(&dk, &drec);
+    d.flush().await.unwrap();
+    // Listed A publishes; the storage holds A's record.
+    let (a, _rx_a) = client(0, "robot-a").await.expect("A connects");
+    let (ak, arec) = own_record_of("robot-a", f);
+    a.publish(&ak, &arec).unwrap();
+    a.flush().await.unwrap();
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if stored(&router)
+            .await
+            .iter()
+            .any(|k| k.ends_with("/robot-a"))
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the storage never held A's record"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let held = stored(&router).await;
+    assert!(
+        held.iter().all(|k| !k.ends_with("/robot-d")),
+        "an unlisted robot wrote: {held:?}"
+    );
+    // D cannot read; listed B gets A's record (and nothing of D's).
+    assert!(
+        d.query(&model(), &f).await.unwrap().is_empty(),
+        "D read the fleet"
+    );
+    let (b, _rx_b) = client(1, "robot-b").await.expect("B connects");
+    let deadline = Instant::now() + WAIT;
+    let got = loop {
+        let got = b.query(&model(), &f).await.unwrap();
+        if !got.is_empty() {
+            break got;
+        }
+        assert!(Instant::now() < deadline, "B never got A's record");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(got, vec![(ak, arec)], "only A's record");
+    for x in [a, b, d] {
+        x.close().await.unwrap();
+    }
+    router.close().await.unwrap();
+}
+
+/// An own record of `source` at `f` holding one outcome.
+fn own_record_of(source: &str, f: Fingerprint) -> (RecordKey, OutcomeRecord) {
+    let mut m = OutcomeMemory::new(
+        SourceId::new(source).unwrap(),
+        MemoryConfig::default(),
+        Decay::from_half_life_secs(0.0),
+    );
+    let rec = m
+        .record_outcome(&model(), f, Sketch([0; 32]), &[0.5, -0.5], 1)
+        .unwrap();
+    let key = RecordKey {
+        model: model(),
+        fingerprint: f,
+        source: SourceId::new(source).unwrap(),
+    };
+    (key, rec)
+}
+
 #[test]
 fn shipped_mtls_configs_parse_and_require_client_certificates() {
     for name in [

@@ -225,4 +225,25 @@ mod tests {
             std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/zenoh-mtls-router.json5");
         assert!(router_config(Some(&shipped), &[]).is_ok());
     }
+
+    #[test]
+    fn the_shipped_access_control_router_config_denies_by_default() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("config/zenoh-mtls-acl-router.json5");
+        let cfg = router_config(Some(&path), &[]).unwrap();
+        assert_eq!(cfg.get_json("access_control/enabled").unwrap(), "true");
+        assert_eq!(
+            cfg.get_json("access_control/default_permission").unwrap(),
+            "\"deny\""
+        );
+        assert!(
+            cfg.get_json("access_control/rules")
+                .unwrap()
+                .contains("qis/v1/default/**")
+        );
+        assert_eq!(
+            cfg.get_json("transport/link/tls/enable_mtls").unwrap(),
+            "true"
+        );
+    }
 }
