@@ -93,6 +93,9 @@ pub struct Counters {
     pub records_published: u64,
     /// Fleet records stored in the memory.
     pub records_received: u64,
+    /// Fleet records ignored because the memory holds the same or a newer `seq` of their
+    /// source: the normal result of anti-entropy, and what a replay of old records gets.
+    pub records_stale: u64,
     /// Fleet records whose claim fails the plausibility gate (`synthesis.max_residual`):
     /// kept, so the store stays in step with the fleet, but given no weight.
     pub records_implausible: u64,
@@ -180,6 +183,7 @@ impl Report {
             ),
             ("records_published".into(), c.records_published.to_string()),
             ("records_received".into(), c.records_received.to_string()),
+            ("records_stale".into(), c.records_stale.to_string()),
             ("trust_sources".into(), self.trust_sources.to_string()),
             ("trust_distrusted".into(), self.trust_distrusted.to_string()),
             ("trust_young".into(), self.trust_young.to_string()),

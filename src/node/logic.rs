@@ -483,8 +483,9 @@ impl NodeLogic {
                 }
                 self.index(&key.model, key.fingerprint, &sketch);
             }
-            // A replay of what is held is the normal result of anti-entropy, not an error.
-            Ingest::Stale => {}
+            // A replay of what is held is the normal result of anti-entropy, not an error;
+            // counted apart, so a flood of replays shows in the diagnostics.
+            Ingest::Stale => self.counters.records_stale += 1,
             Ingest::OwnSource | Ingest::DimensionConflict => {
                 self.counters.reject(RejectKind::FleetRecord)
             }
