@@ -8,10 +8,13 @@
 //! covariance (spread of reality around the corrected mean, plus the mean's own error).
 //!
 //! Robustness, in this order, per source: weight = decayed W × trust × similarity,
-//! capped at `max_source_weight`; then, with at least three sources, each source's mean
-//! is compared with the weighted median per dimension; a source whose robust z-score
-//! (|μ_s − median| / (1.4826 · MAD)) exceeds `outlier_z` has its weight multiplied by
-//! (outlier_z / z)², so a few broken or hostile robots cannot steer the fleet.
+//! capped at `max_source_weight`; young sources (trust not yet earned) scaled down
+//! together to at most `max_young_weight`; then, with at least three voting sources (the
+//! established ones whenever any is active, else all: young sources never outvote
+//! established ones), each source's mean is compared with the voters' median per
+//! dimension; a source whose robust z-score (|μ_s − median| / (1.4826 · MAD)) exceeds
+//! `outlier_z` has its weight multiplied by (outlier_z / z)², so a few broken or hostile
+//! robots cannot steer the fleet.
 //!
 //! Pure: no clock, no I/O; time comes in as `now_ns`.
 
@@ -470,17 +473,33 @@ fn cap_young(cap: f64, contributions: &[Contribution<'_>], weights: &mut [f64]) 
 }
 
 /// Multiplies the weight of sources whose mean is a robust outlier by (z0 / z)².
+///
+/// The median and MAD are taken over the sources that vote: the established ones (not
+/// young) whenever any is active, else all. Young sources carry at most
+/// `max_young_weight` together, however many they are; if each of them also had a vote,
+/// a crowd of new or rotating ids (or one stranger echoing another source's mean, which
+/// makes the MAD 0) would make the established sources the outliers and silence them.
 fn down_weight_outliers(z0: f64, contributions: &[Contribution<'_>], weights: &mut [f64]) {
     let active: Vec<usize> = (0..weights.len()).filter(|&i| weights[i] > 0.0).collect();
-    if active.len() < 3 {
+    let established: Vec<usize> = active
+        .iter()
+        .copied()
+        .filter(|&i| !contributions[i].young)
+        .collect();
+    let voters = if established.is_empty() {
+        &active
+    } else {
+        &established
+    };
+    if voters.len() < 3 {
         return;
     }
     let n = contributions[active[0]].summary.dim();
     let mut z = vec![0.0f64; weights.len()];
-    let mut column: Vec<f64> = Vec::with_capacity(active.len());
+    let mut column: Vec<f64> = Vec::with_capacity(voters.len());
     for d in 0..n {
         column.clear();
-        column.extend(active.iter().map(|&i| contributions[i].summary.mean()[d]));
+        column.extend(voters.iter().map(|&i| contributions[i].summary.mean()[d]));
         let med = median(&mut column);
         for v in column.iter_mut() {
             *v = (*v - med).abs();
@@ -621,6 +640,70 @@ mod tests {
             assert!(moved < 0.05 * bias.abs(), "dim {i} moved by {moved}");
         }
         assert!(attacked.weights[18] < 0.01 * attacked.weights[0]);
+    }
+
+    /// Found by test/attack.rs: young sources used to vote in the median/MAD one each,
+    /// so one stranger echoing this robot's mean (MAD 0) or a crowd of Sybils silenced an
+    /// established source although their weight was capped.
+    #[test]
+    fn young_sources_never_outvote_established_ones() {
+        let mut rng = Normal(12);
+        let own = source(&[0.8], 0.0, 4, &mut rng);
+        let a = source(&[0.9], 0.0, 20, &mut rng);
+        let echo = source(&[0.8], 0.0, 5, &mut rng);
+        let sybil = source(&[50.0], 0.0, 1000, &mut rng);
+        let young = |s| Contribution {
+            young: true,
+            trust: 1e-3,
+            ..exact(s)
+        };
+        let x = DVector::zeros(1);
+        let cfg = config();
+        let honest = synthesize(&cfg, &x, None, &[exact(&own), exact(&a)], 0).unwrap();
+        // An echo of the own mean, with almost no weight: before, median 0.8 and MAD 0
+        // made A an outlier (weight ~1e-14).
+        let echoed =
+            synthesize(&cfg, &x, None, &[exact(&own), exact(&a), young(&echo)], 0).unwrap();
+        assert_eq!(echoed.weights[..2], honest.weights[..]);
+        // A hundred Sybils: together at most the young cap, and the established sources
+        // keep their weight, so the shift is what the cap allows and no more.
+        let mut crowd = vec![exact(&own), exact(&a)];
+        crowd.extend((0..100).map(|_| young(&sybil)));
+        let flooded = synthesize(&cfg, &x, None, &crowd, 0).unwrap();
+        assert_eq!(flooded.weights[..2], honest.weights[..]);
+        let young_total: f64 = flooded.weights[2..].iter().sum();
+        assert!(
+            (young_total - cfg.max_young_weight).abs() < 1e-9,
+            "{young_total}"
+        );
+        let n_h: f64 = honest.weights.iter().sum();
+        let c_h = honest.correction[0];
+        let bound =
+            cfg.max_young_weight * (50.0 - c_h) / (n_h + cfg.max_young_weight + cfg.prior_strength);
+        assert!((flooded.correction[0] - c_h - bound).abs() < 1e-9);
+        // With three established sources the young ones are judged by them: a far young
+        // claim is an outlier and loses its weight.
+        let c = source(&[0.85], 0.0, 10, &mut rng);
+        let judged = synthesize(
+            &cfg,
+            &x,
+            None,
+            &[exact(&own), exact(&a), exact(&c), young(&sybil)],
+            0,
+        )
+        .unwrap();
+        assert!(judged.weights[3] < 1e-3, "{:?}", judged.weights);
+        assert!((judged.weights[1] - 20.0).abs() < 1e-9);
+        // Nobody established (a first encounter among strangers): all vote, as before.
+        let strangers = synthesize(
+            &cfg,
+            &x,
+            None,
+            &[young(&own), young(&a), young(&c), young(&sybil)],
+            0,
+        )
+        .unwrap();
+        assert!(strangers.weights[3] < 0.01 * strangers.weights[1]);
     }
 
     #[test]
