@@ -505,8 +505,21 @@ fn down_weight_outliers(z0: f64, contributions: &[Contribution<'_>], weights: &m
             *v = (*v - med).abs();
         }
         let mad = median(&mut column);
-        // Scale floor: identical honest sources give MAD 0; any disagreement is then large.
-        let scale = (1.4826 * mad).max(1e-9 * (1.0 + med.abs()));
+        // Scale floor: sources that agree exactly (MAD 0) must not make every other one
+        // an outlier, so the scale is at least the typical standard error of a voter's
+        // own mean (sd · sqrt(Σw²) / W, from its own scatter), and never 0.
+        column.clear();
+        column.extend(voters.iter().map(|&i| {
+            let s = contributions[i].summary;
+            let w = s.weight();
+            if w > 0.0 {
+                (s.m2()[(d, d)].max(0.0) / w).sqrt() * s.weight_sq().sqrt() / w
+            } else {
+                0.0
+            }
+        }));
+        let se = median(&mut column);
+        let scale = (1.4826 * mad).max(se).max(1e-9 * (1.0 + med.abs()));
         for &i in &active {
             let zi = (contributions[i].summary.mean()[d] - med).abs() / scale;
             z[i] = z[i].max(zi);
@@ -645,6 +658,39 @@ mod tests {
     /// Found by test/attack.rs: young sources used to vote in the median/MAD one each,
     /// so one stranger echoing this robot's mean (MAD 0) or a crowd of Sybils silenced an
     /// established source although their weight was capped.
+    #[test]
+    fn two_sources_that_agree_exactly_do_not_make_a_third_an_outlier() {
+        let mut rng = Normal(5);
+        // Own outcomes and an established copy of them (same mean to the last bit), and
+        // an honest source whose mean differs by less than its own standard error.
+        let own = source(&[0.8], 0.1, 20, &mut rng);
+        let copy = own.clone();
+        let a = source(&[0.0], 0.1, 20, &mut rng);
+        let shifted = Summary::from_parts(
+            a.count(),
+            a.weight(),
+            a.weight_sq(),
+            own.mean() + DVector::from_element(1, 0.02),
+            a.m2().clone(),
+            a.first_ns(),
+            a.last_ns(),
+        );
+        let p = synthesize(
+            &config(),
+            &DVector::zeros(1),
+            None,
+            &[exact(&own), exact(&copy), exact(&shifted)],
+            0,
+        )
+        .unwrap();
+        // MAD is 0; the scale floor is the sources' standard error (~0.1 / sqrt(20)).
+        assert!(
+            (p.weights[2] - p.weights[0]).abs() < 1e-9,
+            "the third source kept its weight: {:?}",
+            p.weights
+        );
+    }
+
     #[test]
     fn young_sources_never_outvote_established_ones() {
         let mut rng = Normal(12);

@@ -217,6 +217,14 @@ impl TrustBook {
 
     /// Records how far a source's claimed mean residual was from a measured residual.
     pub fn observe(&mut self, source: &SourceId, claimed: &[f64], measured: &[f64]) {
+        self.judge(source, claimed, measured, true);
+    }
+
+    /// One judgement. `earn`: it rests on an outcome this robot measured, so agreement
+    /// counts (earned weight, a smaller gap); otherwise (a record judged on arrival or
+    /// by the gate, which anyone can send again and again) only a miss counts: agreeing
+    /// arrivals would let a source farm trust without this robot measuring anything.
+    fn judge(&mut self, source: &SourceId, claimed: &[f64], measured: &[f64], earn: bool) {
         if !self.enabled() || claimed.len() != measured.len() {
             return;
         }
@@ -232,6 +240,10 @@ impl TrustBook {
         } else {
             MAX_GAP_SQ
         };
+        let tol_sq = self.config.tolerance * self.config.tolerance;
+        if !earn && gap_sq <= tol_sq {
+            return;
+        }
         if !self.gaps.contains_key(source) && self.gaps.len() >= self.config.max_sources {
             self.forget_most_trusted();
         }
@@ -242,7 +254,7 @@ impl TrustBook {
         g.n += 1.0;
         let rate = (1.0 / g.n).max(MIN_RATE);
         g.mean_sq += rate * (gap_sq - g.mean_sq);
-        if gap_sq <= self.config.tolerance * self.config.tolerance {
+        if earn && gap_sq <= tol_sq {
             g.agreed += 1.0;
         }
     }
@@ -276,7 +288,12 @@ impl TrustBook {
         let Some(own) = own.filter(|o| o.count() > 0 && o.dim() == claimed.dim()) else {
             return false;
         };
-        self.observe(source, claimed.mean().as_slice(), own.mean().as_slice());
+        self.judge(
+            source,
+            claimed.mean().as_slice(),
+            own.mean().as_slice(),
+            false,
+        );
         true
     }
 
@@ -303,7 +320,7 @@ impl TrustBook {
         if gated.iter().zip(claimed).all(|(g, c)| g == c) {
             return false;
         }
-        self.observe(source, claimed, &gated);
+        self.judge(source, claimed, &gated, false);
         true
     }
 
@@ -431,14 +448,17 @@ mod tests {
         assert_eq!(book.trust(&liar), 0.1, "unjudged: still young");
         assert!(book.is_empty());
         // One arrival where the robot has its own outcomes is enough to expose the liar;
-        // the honest source earns its weight over `earn_outcomes` agreeing arrivals.
+        // agreeing arrivals earn nothing (anyone can send a record again and again):
+        // the honest source earns its weight from this robot's own outcomes only.
         assert!(book.observe_arrival(&liar, &liar_claim, Some(&own)));
-        assert!(book.observe_arrival(&honest, &honest_claim, Some(&own)));
+        for _ in 0..5 {
+            assert!(book.observe_arrival(&honest, &honest_claim, Some(&own)));
+        }
         assert!(book.trust(&liar) < 0.01, "{}", book.trust(&liar));
-        assert!(book.source(&honest).young);
-        assert!(book.trust(&honest) > 0.35, "{}", book.trust(&honest));
-        book.observe_arrival(&honest, &honest_claim, Some(&own));
-        book.observe_arrival(&honest, &honest_claim, Some(&own));
+        assert_eq!(book.trust(&honest), 0.1, "arrivals farm no trust");
+        for r in [[1.0, -2.0], [1.3, -1.9], [1.1, -2.0]] {
+            book.observe(&honest, honest_claim.mean().as_slice(), &r);
+        }
         assert!(!book.source(&honest).young);
         assert!(book.trust(&honest) > 0.95, "{}", book.trust(&honest));
         // A record of another dimension is not compared.

@@ -184,13 +184,25 @@ fn a_source_whose_claims_miss_this_robots_outcomes_loses_its_weight_everywhere()
 fn fleet_records_correct_another_robots_first_encounter() {
     let mut a = node("robot-a", NodeParams::default());
     let mut b = node("robot-b", NodeParams::default());
-    // B earns trust in A where both have outcomes: three of A's records agree with B's.
+    // B earns trust in A only from its own outcomes: A's records arriving at an address
+    // B knows earn nothing, B's next outcomes there that agree with A's claim do.
     let wet_a = learn(&mut a, "road=wet", 15, 0.3, 0);
-    learn(&mut b, "road=wet", 15, 0.3, 0);
+    learn(&mut b, "road=wet", 5, 0.3, 0);
     for e in wet_a.iter().filter_map(OutcomeEffect::record_to_publish) {
         b.on_record(&e.0, e.1.clone(), LATER);
     }
-    assert_eq!(b.report().trust_young, 0, "A earned full weight");
+    assert_eq!(
+        b.report().trust_sources,
+        0,
+        "agreeing arrivals earn nothing"
+    );
+    learn(&mut b, "road=wet", 3, 0.3, 100 * S);
+    let r = b.report();
+    assert_eq!(
+        (r.trust_sources, r.trust_young),
+        (1, 0),
+        "A earned full weight"
+    );
     let effects = learn(&mut a, "road=ice", 20, -1.0, 0);
     let (key, rec) = last_shared(&effects);
     assert_eq!(
