@@ -1,0 +1,1 @@
+# Stand-in for std_msgs (test/ros_build.rs).
