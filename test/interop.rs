@@ -12,6 +12,50 @@ use qis_ros::node::NodeParams;
 use support::*;
 use tokio::sync::mpsc;
 
+/// Runs test/interop_ros.py against the router; returns its stdout after checking that
+/// every check passed.
+async fn interop_ros(endpoint: &str, namespace: &str, what: &str) -> String {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/test/interop_ros.py");
+    let child = tokio::process::Command::new("python3")
+        .args([script, "--router", endpoint, "--namespace", namespace, what])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("python3 runs");
+    let out = tokio::time::timeout(3 * WAIT, child.wait_with_output())
+        .await
+        .expect("the client finishes")
+        .expect("client output");
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "client failed:\n{stdout}\n{stderr}");
+    assert!(stdout.contains("\"checks_passed\""), "{stdout}");
+    stdout
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ros2_param_list_get_describe_set_over_the_wire() {
+    let (_router, endpoint) = router().await;
+    let (to_fleet, _fleet_rx) = mpsc::channel(100);
+    let (_records_tx, rx) = mpsc::channel(100);
+    let fleet = Arc::new(ChannelFleet {
+        to: to_fleet,
+        interests: Mutex::new(vec![]),
+    });
+    let node = start_node(&endpoint, "/p", "robot-p", NodeParams::default(), fleet, rx).await;
+    let stdout = interop_ros(&endpoint, "p", "params").await;
+    assert!(stdout.contains("\"checks_passed\": 62"), "{stdout}");
+    let params = node.logic().lock().unwrap().params().clone();
+    assert_eq!(params.synthesis.prior_strength, 1.0);
+    assert_eq!(
+        params.trust.tolerance,
+        NodeParams::default().trust.tolerance
+    );
+    assert_eq!(params.max_pending, NodeParams::default().max_pending);
+    node.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_python_rmw_zenoh_client_gets_field_by_field_answers() {
     let (_router, endpoint) = router().await;

@@ -24,7 +24,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
 use hmac::{Hmac, KeyInit, Mac};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use thiserror::Error;
 
@@ -256,7 +256,7 @@ impl FleetKey {
 }
 
 /// What to do with a numeric feature that has no bins in config.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum UnknownFeatures {
     /// Refuse the scenario (default: an unconfigured feature is usually a typo).
@@ -267,7 +267,7 @@ pub enum UnknownFeatures {
 }
 
 /// How one numeric feature is cut into bins.
-#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(untagged, deny_unknown_fields)]
 pub enum Bins {
     /// Uniform bins: ⌊(x − origin) / width⌋.
@@ -324,7 +324,7 @@ impl Bins {
 }
 
 /// Fingerprint settings: the bins of each numeric feature and what to do with others.
-#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FingerprintConfig {
     /// Bins per feature name (names are normalized like tag keys when loaded).

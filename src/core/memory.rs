@@ -7,7 +7,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use nalgebra::{DMatrix, DVector};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use super::ids::{Fingerprint, ModelId, RecordKey, Seq, SourceId};
@@ -21,7 +21,7 @@ use super::synthesis::{
 use super::trust::SourceTrust;
 
 /// Bounds of the in-memory outcome memory.
-#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MemoryConfig {
     /// Most received (fleet) records kept; least recently used are dropped beyond it.
@@ -164,6 +164,13 @@ impl OutcomeMemory {
     /// Addresses holding an own summary.
     pub fn own_len(&self) -> usize {
         self.own_len
+    }
+
+    /// Forgets every cached fleet estimate (after a change of the synthesis settings).
+    pub fn drop_estimates(&mut self) {
+        for per_model in self.models.values_mut() {
+            per_model.values_mut().for_each(|a| a.cached = None);
+        }
     }
 
     /// Sets the clock own records are stamped with (sim time under `use_sim_time`).

@@ -15,7 +15,7 @@
 
 use std::collections::HashMap;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use super::ids::ModelId;
@@ -25,7 +25,7 @@ use super::record::{OutcomeRecord, TimeBase};
 pub const MAX_ENVELOPE_MODELS: usize = 1024;
 
 /// Bounds on what a record may claim (node parameter group `validation`).
-#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ValidationConfig {
     /// Largest distance into this node's future a record's times may lie, seconds.

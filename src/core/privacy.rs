@@ -9,7 +9,7 @@
 
 use rand::Rng;
 use rand_distr::{Distribution, StandardNormal};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use super::record::OutcomeRecord;
@@ -58,7 +58,7 @@ impl PrivacyBudget {
 /// keeps the guarantee). Each release of an address is (ε, δ)-DP for the residuals it
 /// covers; releases of one address compose (basic composition: r releases cost (rε, rδ)),
 /// releases of different addresses cover different residuals (parallel composition).
-#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DpConfig {
     /// ε per release; 0 = off.

@@ -19,13 +19,13 @@
 //! Pure: no clock, no I/O; time comes in as `now_ns`.
 
 use nalgebra::{DMatrix, DVector};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use super::summary::{Decay, Summary};
 
 /// Settings of the synthesis (fleet-wide; every robot should use the same).
-#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SynthesisConfig {
     /// Prior strength k0: how many outcomes the fleet needs to count as much as the model.

@@ -28,7 +28,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use super::ids::SourceId;
@@ -39,7 +39,7 @@ use super::synthesis::per_dimension;
 const MIN_RATE: f64 = 0.02;
 
 /// Settings of trust (per robot; the fleet need not agree on them).
-#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TrustConfig {
     /// Gap (RMS over components, in `scale` units) at which a source's weight halves;
@@ -177,6 +177,11 @@ impl TrustBook {
             gaps: HashMap::new(),
             vouched: HashSet::new(),
         }
+    }
+
+    /// Puts new (validated) settings in force; what was learned about sources is kept.
+    pub fn set_config(&mut self, config: TrustConfig) {
+        self.config = config;
     }
 
     /// Marks sources as vouched for (admitted by key): they need not earn their weight.

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use super::signing::{Admission, parse_public_key};
@@ -32,7 +32,7 @@ pub const DEFAULT_MAX_SERVED_RECORDS: usize = 100_000;
 pub const DEFAULT_ZENOH_CONFIG: &str = include_str!("../../config/zenoh-peer.json5");
 
 /// Fleet exchange settings as written in the node's configuration.
-#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct FleetConfig {
     /// Name of the fleet; only records of this fleet are exchanged.

@@ -26,6 +26,10 @@ use super::input::{self, InputError};
 use super::pairing::{PairingMiss, PairingTable, Pending};
 use super::params::{NodeParams, ParamError};
 
+// `ros2 param set`: an `impl NodeLogic` block kept in its own file.
+#[path = "runtime_params.rs"]
+mod runtime_params;
+
 /// Most first-encounter addresses held for the fleet exchange between two drains.
 const MAX_INTERESTS: usize = 1024;
 

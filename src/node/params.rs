@@ -1,7 +1,7 @@
 //! The node's parameters: one serde struct, loaded from the `ros__parameters` of a ROS 2
 //! params file plus `-p name:=value` overrides, validated once at start-up.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::core::fingerprint::{FingerprintConfig, Fingerprinter};
@@ -27,7 +27,7 @@ pub const DEFAULT_FIRST_ENCOUNTER_WAIT_S: f64 = 1.0;
 pub const DEFAULT_FLEET: &str = "default";
 
 /// Everything `qis_node` can be configured with (`qis_node: ros__parameters:`).
-#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct NodeParams {
     /// Fleet name: records are exchanged only within one fleet.

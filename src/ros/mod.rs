@@ -9,4 +9,5 @@ pub mod native;
 pub mod params_file;
 #[cfg(feature = "r2r")]
 pub mod r2r_binding;
+pub mod ros_params;
 pub mod type_hash;

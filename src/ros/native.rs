@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use hiroz::Builder;
 use hiroz::context::{ZContext, ZContextBuilder};
 use hiroz::node::ZNode;
+use hiroz::parameter::{Parameter, SetParametersResult};
 use hiroz::qos::{QosHistory, QosProfile};
 use thiserror::Error;
 use tokio::sync::mpsc;
@@ -22,9 +23,10 @@ use super::msgs::{
     Outcome, Prediction, Query, Time,
 };
 use super::names::{NameError, Names};
+use super::ros_params::{self, RosParamError};
 use crate::core::ids::{Fingerprint, ModelId, RecordKey};
 use crate::core::record::OutcomeRecord;
-use crate::node::{FleetPort, InputError, LogLimiter, NodeLogic};
+use crate::node::{FleetPort, InputError, LogLimiter, NodeLogic, NodeParams};
 
 /// Default depth of the input topics' queues: deep enough for bursts at the target
 /// rate (20k predictions/s) between two scheduler slices.
@@ -62,6 +64,17 @@ pub enum NativeError {
     /// A topic or service name that does not resolve.
     #[error(transparent)]
     Name(#[from] NameError),
+    /// A parameter with no ROS 2 form.
+    #[error(transparent)]
+    Parameters(#[from] RosParamError),
+    /// hiroz refused to declare a parameter.
+    #[error("declaring parameter {name}: {reason}")]
+    Declare {
+        /// The parameter.
+        name: String,
+        /// hiroz's reason.
+        reason: String,
+    },
     /// hiroz or Zenoh refused.
     #[error("{what}: {source}")]
     Ros {
@@ -163,6 +176,52 @@ async fn fetch_first(
     }
 }
 
+/// Declares every node parameter (`ros2 param list/get/describe`) and applies
+/// `ros2 param set` to the logic: validated there, all of one request or none. Returns
+/// how many parameters were declared.
+fn serve_parameters(
+    node: &ZNode,
+    params: &NodeParams,
+    logic: &Shared,
+) -> Result<usize, NativeError> {
+    let declared = ros_params::declarations(params)?;
+    for d in &declared {
+        node.declare_parameter(&d.name, d.value.clone(), d.descriptor.clone())
+            .map_err(|reason| NativeError::Declare {
+                name: d.name.clone(),
+                reason,
+            })?;
+    }
+    let logic = logic.clone();
+    node.on_set_parameters(move |changes: &[Parameter]| {
+        let mut yaml = Vec::with_capacity(changes.len());
+        for p in changes {
+            match ros_params::to_yaml(&p.value) {
+                Ok(v) => yaml.push((p.name.clone(), v)),
+                Err(reason) => {
+                    return SetParametersResult::failure(format!(
+                        "invalid parameter `{}`: {reason}",
+                        p.name
+                    ));
+                }
+            }
+        }
+        match lock(&logic).set_params(&yaml) {
+            Ok(()) => {
+                for (name, value) in &yaml {
+                    tracing::info!(parameter = %name, value = ?value, "parameter set");
+                }
+                SetParametersResult::success()
+            }
+            Err(e) => {
+                tracing::warn!("parameter change refused: {e}");
+                SetParametersResult::failure(e.to_string())
+            }
+        }
+    });
+    Ok(declared.len())
+}
+
 /// A running native node.
 pub struct NativeNode {
     logic: Shared,
@@ -210,11 +269,12 @@ impl NativeNode {
             format!("creating node {}", names.fqn()),
             ctx.create_node(names.node())
                 .with_namespace(names.namespace())
-                .without_parameters()
                 .build(),
         )?;
         let node = Arc::new(node);
         let params = logic.params().clone();
+        let logic: Shared = Arc::new(Mutex::new(logic));
+        let declared = serve_parameters(&node, &params, &logic)?;
         let first_wait = Duration::from_secs_f64(params.first_encounter_wait_s);
         let clock = NodeClock {
             sim: params.use_sim_time.then(|| Arc::new(AtomicI64::new(0))),
@@ -264,7 +324,6 @@ impl NativeNode {
             None => None,
         };
 
-        let logic: Shared = Arc::new(Mutex::new(logic));
         let cancel = CancellationToken::new();
         let mut tasks = JoinSet::new();
 
@@ -494,7 +553,7 @@ impl NativeNode {
                 }
             });
         }
-        tracing::info!(node = %names.fqn(), corrected_prior = %prior_topic, shadow, "qis_node started");
+        tracing::info!(node = %names.fqn(), corrected_prior = %prior_topic, shadow, parameters = declared, "qis_node started");
         Ok(NativeNode {
             logic,
             cancel,

@@ -38,7 +38,8 @@ pub enum ParamLoadError {
     Param(#[from] ParamError),
 }
 
-fn flatten(prefix: &str, v: &Value, out: &mut BTreeMap<String, Value>) {
+/// Flattens a parameter tree into dotted names (an empty mapping is a leaf).
+pub(crate) fn flatten(prefix: &str, v: &Value, out: &mut BTreeMap<String, Value>) {
     match v {
         Value::Mapping(m) if !m.is_empty() => {
             for (k, v) in m {

@@ -4,6 +4,7 @@
 test/data/type_hashes.json and checked by test/msgs.rs.
 
 Regenerate: python3 -m pip install rosbags && python3 test/data/type_hashes.py
+(test/interop_ros.py imports its service hashing for the rcl_interfaces services.)
 """
 import json
 import pathlib
@@ -78,33 +79,38 @@ def service_store():
     return store
 
 
-check = service_store()
-check.register(service_types("example_interfaces", "AddTwoInts", "int64 a\nint64 b\n", "int64 sum\n"))
-assert check.hash_rihs01("example_interfaces/srv/AddTwoInts") == ADD_TWO_INTS
+def main():
+    check = service_store()
+    check.register(service_types("example_interfaces", "AddTwoInts", "int64 a\nint64 b\n", "int64 sum\n"))
+    assert check.hash_rihs01("example_interfaces/srv/AddTwoInts") == ADD_TWO_INTS
 
-msgs = {}
-for path in sorted((ROOT / "msg").glob("*.msg")):
-    msgs.update(get_types_from_msg(strip(path.read_text()), f"qis_ros/msg/{path.stem}"))
+    msgs = {}
+    for path in sorted((ROOT / "msg").glob("*.msg")):
+        msgs.update(get_types_from_msg(strip(path.read_text()), f"qis_ros/msg/{path.stem}"))
 
-jazzy = get_typestore(Stores.ROS2_JAZZY)
-jazzy.register(msgs)
-names = [
-    "builtin_interfaces/msg/Time",
-    "std_msgs/msg/Header",
-    "rosgraph_msgs/msg/Clock",
-    "diagnostic_msgs/msg/KeyValue",
-    "diagnostic_msgs/msg/DiagnosticStatus",
-    "diagnostic_msgs/msg/DiagnosticArray",
-    *sorted(msgs),
-]
-out = {name: jazzy.hash_rihs01(name) for name in names}
+    jazzy = get_typestore(Stores.ROS2_JAZZY)
+    jazzy.register(msgs)
+    names = [
+        "builtin_interfaces/msg/Time",
+        "std_msgs/msg/Header",
+        "rosgraph_msgs/msg/Clock",
+        "diagnostic_msgs/msg/KeyValue",
+        "diagnostic_msgs/msg/DiagnosticStatus",
+        "diagnostic_msgs/msg/DiagnosticArray",
+        *sorted(msgs),
+    ]
+    out = {name: jazzy.hash_rihs01(name) for name in names}
 
-svc = service_store()
-svc.register(msgs)
-request, response = strip((ROOT / "srv" / "Query.srv").read_text()).split("---")
-svc.register(service_types("qis_ros", "Query", request, response))
-for name in ["qis_ros/srv/Query_Request", "qis_ros/srv/Query_Response", "qis_ros/srv/Query"]:
-    out[name] = svc.hash_rihs01(name)
+    svc = service_store()
+    svc.register(msgs)
+    request, response = strip((ROOT / "srv" / "Query.srv").read_text()).split("---")
+    svc.register(service_types("qis_ros", "Query", request, response))
+    for name in ["qis_ros/srv/Query_Request", "qis_ros/srv/Query_Response", "qis_ros/srv/Query"]:
+        out[name] = svc.hash_rihs01(name)
 
-(ROOT / "test" / "data" / "type_hashes.json").write_text(json.dumps(out, indent=2) + "\n")
-print(json.dumps(out, indent=2))
+    (ROOT / "test" / "data" / "type_hashes.json").write_text(json.dumps(out, indent=2) + "\n")
+    print(json.dumps(out, indent=2))
+
+
+if __name__ == "__main__":
+    main()
