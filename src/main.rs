@@ -11,6 +11,7 @@ use qis_ros::core::store::Store;
 use qis_ros::fleet::{FleetExchange, Identity, Received};
 use qis_ros::link::{FleetLink, RunningLink};
 use qis_ros::node::{FleetPort, NodeLogic, NodeParams, ParamError};
+use qis_ros::ros::logging::{self, LogRecord};
 use qis_ros::ros::native::{DEFAULT_INPUT_DEPTH, NativeConfig, NativeNode, ZenohOptions};
 use qis_ros::ros::{args, names::Names, params_file};
 use tokio::sync::mpsc;
@@ -55,17 +56,58 @@ struct NodeArgs {
 /// The node's default name (`-r __node:=` changes it).
 const NODE_NAME: &str = "qis_node";
 
-/// Logs to stderr: `RUST_LOG`, or `level` (`--ros-args --log-level`), or `default`.
-fn init_logging(level: Option<&str>, default: &str) {
-    let filter = match level {
-        Some(l) => tracing_subscriber::EnvFilter::new(l),
-        None => tracing_subscriber::EnvFilter::try_from_default_env()
-            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default)),
+/// Sets up logging: the filter is `--log-level` (ROS levels, `logger:=level`), else
+/// `RUST_LOG`, else `default`; records go to stderr unless `--disable-stdout-logs` (ANSI
+/// colours only on a terminal: `ros2 launch` pipes it), and with `rosout` also to the
+/// `/rosout` channel returned (unless `--disable-rosout-logs`).
+fn init_logging(
+    ros: &args::RosArgs,
+    names: Option<&Names>,
+    default: &str,
+    rosout: bool,
+) -> Option<mpsc::Receiver<LogRecord>> {
+    use std::io::IsTerminal;
+    use tracing_subscriber::layer::{Layer, SubscriberExt};
+    use tracing_subscriber::util::SubscriberInitExt;
+
+    let directives = if ros.log_levels.is_empty() {
+        std::env::var("RUST_LOG")
+            .ok()
+            .filter(|v| !v.is_empty())
+            .unwrap_or_else(|| default.to_string())
+    } else {
+        let (logger, node) = names.map_or((String::new(), String::new()), |n| {
+            (logging::logger_name(&n.fqn()), n.node().to_string())
+        });
+        logging::filter_directives(&ros.log_levels, &logger, &node, default)
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+    let filter = || tracing_subscriber::EnvFilter::new(&directives);
+    let stderr = ros.stdout_logs.then(|| {
+        tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
+            .with_ansi(std::io::stderr().is_terminal())
+            .with_filter(filter())
+    });
+    let (rosout_layer, rosout_rx) = if rosout && ros.rosout_logs {
+        let (layer, rx) = logging::rosout_layer(logging::ROSOUT_CHANNEL);
+        (Some(layer.with_filter(filter())), Some(rx))
+    } else {
+        (None, None)
+    };
+    tracing_subscriber::registry()
+        .with(stderr)
+        .with(rosout_layer)
         .init();
+    if let Some(e) = &ros.enclave {
+        tracing::info!(enclave = %e, "--enclave accepted: Zenoh TLS and access control secure this node, not SROS2 enclaves");
+    }
+    if let Some(f) = &ros.log_config_file {
+        tracing::warn!(file = %f.display(), "--log-config-file ignored: this node has no external logging library (use --log-level or RUST_LOG)");
+    }
+    if let Some(f) = &ros.log_file_name {
+        tracing::info!(name = %f, "--log-file-name accepted: this node writes no log file (stderr and /rosout)");
+    }
+    rosout_rx
 }
 
 /// The store file: `store_path`, or `$ROS_HOME/qis/<fleet>.<node>.redb` (`~/.ros`).
@@ -173,12 +215,12 @@ async fn start_link(
     Ok((link, to_node))
 }
 
-async fn run_node(a: NodeArgs, ros: args::RosArgs) -> anyhow::Result<()> {
-    let names = Names::new(
-        ros.node_name.as_deref().unwrap_or(NODE_NAME),
-        ros.namespace.as_deref().unwrap_or("/"),
-        ros.remaps.clone(),
-    )?;
+async fn run_node(
+    a: NodeArgs,
+    ros: args::RosArgs,
+    names: Names,
+    rosout: Option<mpsc::Receiver<LogRecord>>,
+) -> anyhow::Result<()> {
     let params = params_file::load(&names, &ros.params_files, &ros.params)?;
     let path = store_path(&params, &names)?;
     if let Some(dir) = path.parent() {
@@ -220,7 +262,10 @@ async fn run_node(a: NodeArgs, ros: args::RosArgs) -> anyhow::Result<()> {
         },
         input_depth: DEFAULT_INPUT_DEPTH,
     };
-    let node = NativeNode::start(config, logic, port, records_rx).await?;
+    let mut node = NativeNode::start(config, logic, port, records_rx).await?;
+    if let Some(records) = rosout {
+        node.publish_rosout(records)?;
+    }
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         r = tokio::signal::ctrl_c() => r?,
@@ -238,16 +283,25 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse_from(std::iter::once("qis".to_string()).chain(rest));
     match cli.command {
         Command::Sim(args) => {
-            init_logging(None, "error");
+            init_logging(&args::RosArgs::default(), None, "error", false);
             qis_ros::sim::cli::run(&args)?;
             Ok(())
         }
         Command::Node(a) => {
-            init_logging(ros.log_level.as_deref(), "info");
+            let names = Names::new(
+                ros.node_name.as_deref().unwrap_or(NODE_NAME),
+                ros.namespace.as_deref().unwrap_or("/"),
+                ros.remaps.clone(),
+            )?;
+            #[cfg(feature = "r2r")]
+            let native = !a.r2r;
+            #[cfg(not(feature = "r2r"))]
+            let native = true;
+            let rosout = init_logging(&ros, Some(&names), "info", native);
             tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?
-                .block_on(run_node(a, ros))
+                .block_on(run_node(a, ros, names, rosout))
         }
     }
 }

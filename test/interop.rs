@@ -56,6 +56,66 @@ async fn ros2_param_list_get_describe_set_over_the_wire() {
     node.shutdown().await;
 }
 
+/// The real binary as `ros2 launch` starts it (stderr piped, so no terminal): its log
+/// records reach `/rosout`, stderr has no ANSI escape codes, and the rcl logging flags
+/// are accepted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_logs_to_rosout_and_plain_stderr() {
+    let (_router, endpoint) = router().await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("r.redb");
+    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_qis"))
+        .args([
+            "node",
+            "--connect",
+            &endpoint,
+            "--listen",
+            "tcp/127.0.0.1:0",
+        ])
+        .args(["--ros-args", "-r", "__ns:=/r", "--log-level", "warn"])
+        .args([
+            "--log-level",
+            "r.qis_node:=info",
+            "--disable-external-lib-logs",
+        ])
+        .args([
+            "-e",
+            "/qis",
+            "--log-file-name",
+            "qis",
+            "--enable-rosout-logs",
+        ])
+        .args(["-p", "exchange_enabled:=false"])
+        .args(["-p", &format!("store_path:={}", store.display()), "--"])
+        .env("ROS_HOME", dir.path())
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("qis binary starts");
+    let stdout = interop_ros(&endpoint, "r", "rosout").await;
+    assert!(stdout.contains("\"checks_passed\": 11"), "{stdout}");
+    let pid = child.id().expect("running").to_string();
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let out = tokio::time::timeout(WAIT, child.wait_with_output())
+        .await
+        .expect("the node stops on SIGTERM")
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        !stderr.contains('\u{1b}'),
+        "ANSI codes on a pipe:\n{stderr}"
+    );
+    assert!(stderr.contains("qis_node started"), "{stderr}");
+    assert!(stderr.contains("--enclave accepted"), "{stderr}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_python_rmw_zenoh_client_gets_field_by_field_answers() {
     let (_router, endpoint) = router().await;

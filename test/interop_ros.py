@@ -315,15 +315,69 @@ def check_params(peer, ns):
           prior.confidence)
 
 
+def node_tokens(peer, ns, kind, topic, wait_for=True):
+    """The liveliness tokens of kind MP/MS/SS of node /<ns>/qis_node on `topic`."""
+    deadline = time.time() + WAIT_S
+    while True:
+        found = [t for t in peer.tokens()
+                 if len(t) > 12 and t[5] == kind and t[7].replace("%", "/") == f"/{ns}"
+                 and t[8] == "qis_node" and t[9].replace("%", "/") == topic]
+        if found or not wait_for or time.time() > deadline:
+            return found
+        time.sleep(0.1)
+
+
+def qos_fields(token):
+    """rmw_zenoh's QoS field of a token: reliability:durability:history,depth:deadline:
+    lifespan:liveliness (defaults left empty; reliable 1, best effort 2; transient local 1,
+    volatile 2)."""
+    return token[12].split(":")
+
+
+def check_rosout(peer, ns):
+    logs = peer.subscriber("/rosout", "rcl_interfaces/msg/Log")
+    pubs = node_tokens(peer, ns, "MP", "/rosout")
+    check("/rosout publisher in the graph", len(pubs) == 1, pubs)
+    t = pubs[0]
+    check("/rosout type and hash", (t[10], t[11]) == (dds("rcl_interfaces/msg/Log"),
+                                                     jazzy.hash_rihs01("rcl_interfaces/msg/Log")), t)
+    rel, dur, hist, _deadline, lifespan, _live = qos_fields(t)
+    check("/rosout QoS: reliable", rel in ("", "1"), t[12])
+    check("/rosout QoS: transient local", dur == "1", t[12])
+    check("/rosout QoS: keep last 1000", hist in (",1000", "1,1000"), t[12])
+    check("/rosout QoS: lifespan 10 s", lifespan == "10,0", t[12])
+    # Junk on the prediction topic makes the node log a warning.
+    junk_key = topic_key(f"/{ns}/prediction", "qis_ros/msg/Prediction")
+    deadline = time.time() + WAIT_S
+    record = None
+    while time.time() < deadline and record is None:
+        peer.session.put(junk_key, b"\x00\x01\x00\x00junk", attachment=peer.attachment())
+        try:
+            while True:
+                m = logs.get(timeout=0.2)
+                if m.level == 30 and "undecodable" in m.msg:
+                    record = m
+                    break
+        except queue.Empty:
+            continue
+    check("a warning reaches /rosout", record is not None, record)
+    check("logger name is the node's (rcl: namespace.name)", record.name == f"{ns}.qis_node", record.name)
+    check("file and line", record.file.endswith("native.rs") and record.line > 0, (record.file, record.line))
+    check("function", record.function.startswith("qis_ros::ros::native"), record.function)
+    check("stamped with the system time", abs(record.stamp.sec - time.time()) < 600, record.stamp)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--router", required=True)
     ap.add_argument("--namespace", default="p")
-    ap.add_argument("what", choices=["params"])
+    ap.add_argument("what", choices=["params", "rosout"])
     args = ap.parse_args()
     peer = Peer(args.router)
     if args.what == "params":
         check_params(peer, args.namespace)
+    elif args.what == "rosout":
+        check_rosout(peer, args.namespace)
     peer.session.close()
     print(json.dumps({"checks_passed": check.count}))
 

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use hiroz::dynamic::{FieldType, MessageSchema};
 use hiroz::{MessageTypeInfo, ServiceTypeInfo};
 use qis_ros::ros::msgs::{
-    Clock, CorrectedPrior, DiagnosticArray, DiagnosticStatus, Discrepancy, Header, KeyValue,
+    Clock, CorrectedPrior, DiagnosticArray, DiagnosticStatus, Discrepancy, Header, KeyValue, Log,
     Outcome, Prediction, Query, QueryRequest, QueryResponse, Scenario, Time,
 };
 
@@ -173,6 +173,7 @@ fn type_hashes_match_an_independent_computation() {
         ("builtin_interfaces/msg/Time", Time::type_hash()),
         ("std_msgs/msg/Header", Header::type_hash()),
         ("rosgraph_msgs/msg/Clock", Clock::type_hash()),
+        ("rcl_interfaces/msg/Log", Log::type_hash()),
         ("diagnostic_msgs/msg/KeyValue", KeyValue::type_hash()),
         (
             "diagnostic_msgs/msg/DiagnosticStatus",

@@ -3,6 +3,7 @@
 
 pub mod args;
 pub mod clock;
+pub mod logging;
 pub mod msgs;
 pub mod names;
 pub mod native;

@@ -1,6 +1,6 @@
 //! Rust types of the ROS 2 interface: `msg/*.msg`, `srv/Query.srv` and the standard
 //! messages the node uses (`std_msgs/Header`, `diagnostic_msgs/DiagnosticArray`,
-//! `rosgraph_msgs/Clock`).
+//! `rosgraph_msgs/Clock`, `rcl_interfaces/Log`).
 //!
 //! The .msg files are the single source of truth: field names, types and order here
 //! must match them, which `test/msgs.rs` checks by parsing `msg/` and `srv/`. Each type
@@ -216,6 +216,39 @@ pub struct Clock {
     pub clock: Time,
 }
 
+/// `rcl_interfaces/msg/Log`: one log record, published on `/rosout`.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, MessageTypeInfo)]
+#[ros_msg(type_name = "rcl_interfaces/msg/Log")]
+pub struct Log {
+    /// When the record was made (system time, as rcl stamps it).
+    pub stamp: Time,
+    /// Severity: [`Log::DEBUG`] … [`Log::FATAL`].
+    pub level: u8,
+    /// Logger name (`robot1.qis_node`).
+    pub name: String,
+    /// The message.
+    pub msg: String,
+    /// Source file of the record.
+    pub file: String,
+    /// Function (here: the module path) that logged it.
+    pub function: String,
+    /// Source line.
+    pub line: u32,
+}
+
+impl Log {
+    /// Debug severity.
+    pub const DEBUG: u8 = 10;
+    /// Info severity.
+    pub const INFO: u8 = 20;
+    /// Warning severity.
+    pub const WARN: u8 = 30;
+    /// Error severity.
+    pub const ERROR: u8 = 40;
+    /// Fatal severity.
+    pub const FATAL: u8 = 50;
+}
+
 /// `qis_ros/srv/Query` request: a scenario and the model to ask about.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, MessageTypeInfo)]
 #[ros_msg(type_name = "qis_ros/srv/Query_Request")]
@@ -264,6 +297,7 @@ cdr_message!(
     DiagnosticStatus,
     DiagnosticArray,
     Clock,
+    Log,
     QueryRequest,
     QueryResponse,
 );

@@ -12,14 +12,15 @@ use hiroz::Builder;
 use hiroz::context::{ZContext, ZContextBuilder};
 use hiroz::node::ZNode;
 use hiroz::parameter::{Parameter, SetParametersResult};
-use hiroz::qos::{QosHistory, QosProfile};
+use hiroz::qos::{QosDurability, QosDuration, QosHistory, QosProfile, QosReliability};
 use thiserror::Error;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use super::logging::{self, LogRecord};
 use super::msgs::{
-    Clock, CorrectedPrior, DiagnosticArray, DiagnosticStatus, Discrepancy, Header, KeyValue,
+    Clock, CorrectedPrior, DiagnosticArray, DiagnosticStatus, Discrepancy, Header, KeyValue, Log,
     Outcome, Prediction, Query, Time,
 };
 use super::names::{NameError, Names};
@@ -237,6 +238,18 @@ pub struct NativeNode {
 fn qos(depth: usize) -> QosProfile {
     QosProfile {
         history: QosHistory::from_depth(depth),
+        ..QosProfile::default()
+    }
+}
+
+/// rcl's QoS of `/rosout` (`rcl_qos_profile_rosout_default`): reliable, transient local,
+/// keep last 1000, lifespan 10 s.
+pub fn rosout_qos() -> QosProfile {
+    QosProfile {
+        reliability: QosReliability::Reliable,
+        durability: QosDurability::TransientLocal,
+        history: QosHistory::from_depth(1000),
+        lifespan: QosDuration { sec: 10, nsec: 0 },
         ..QosProfile::default()
     }
 }
@@ -494,6 +507,10 @@ impl NativeNode {
                     values.extend(fleet_values);
                     values.push(("prediction_rate_hz".into(), rate(c.predictions, last.1)));
                     values.push(("outcome_rate_hz".into(), rate(c.outcomes, last.2)));
+                    values.push((
+                        "rosout_dropped".into(),
+                        logging::rosout_dropped().to_string(),
+                    ));
                     let info = node_ref.session().info();
                     values.push((
                         "zenoh_peers".into(),
@@ -563,6 +580,53 @@ impl NativeNode {
             _node: node,
             _ctx: ctx,
         })
+    }
+
+    /// Publishes the log records of `records` (a [`logging::RosoutLayer`]'s channel) on
+    /// `/rosout` as `rcl_interfaces/msg/Log` under the node's logger name, with rcl's
+    /// rosout QoS. The task never logs (its records would feed back into it): a record
+    /// it cannot publish counts in `rosout_dropped` of `/diagnostics`.
+    pub fn publish_rosout(
+        &mut self,
+        mut records: mpsc::Receiver<LogRecord>,
+    ) -> Result<(), NativeError> {
+        let publisher = ros(
+            "advertising /rosout",
+            self._node
+                .create_pub::<Log>(&self.names.resolve("/rosout")?)
+                .with_qos(rosout_qos())
+                .build(),
+        )?;
+        let name = logging::logger_name(&self.names.fqn());
+        let cancel = self.cancel.clone();
+        self.tasks.spawn(async move {
+            let to_log = |r: LogRecord| Log {
+                stamp: Time::from_nanos(r.stamp_ns),
+                level: r.level,
+                name: name.clone(),
+                msg: r.msg,
+                file: r.file,
+                function: r.function,
+                line: r.line,
+            };
+            loop {
+                let r = tokio::select! {
+                    _ = cancel.cancelled() => break,
+                    r = records.recv() => r,
+                };
+                let Some(r) = r else { return };
+                if publisher.async_publish(&to_log(r)).await.is_err() {
+                    logging::count_rosout_drop();
+                }
+            }
+            // At shutdown: what was logged up to now still goes out.
+            while let Ok(r) = records.try_recv() {
+                if publisher.async_publish(&to_log(r)).await.is_err() {
+                    logging::count_rosout_drop();
+                }
+            }
+        });
+        Ok(())
     }
 
     /// The node logic (counters, memory), shared with the node's tasks.

@@ -1,6 +1,15 @@
 //! Loads [`NodeParams`] the ROS 2 way: the `ros__parameters` of every section of the
-//! params files that addresses this node (`qis_node`, `/ns/qis_node`, `/**`), then
-//! `-p name:=value` overrides, nested names written with dots (`synthesis.prior_strength`).
+//! params files that addresses this node, then `-p name:=value` overrides, nested names
+//! written with dots (`synthesis.prior_strength`).
+//!
+//! Sections address nodes as rcl and rclcpp match them (`rclcpp::parameter_map_from`):
+//! the section's node name gets a leading `/` if it has none, then must match the node's
+//! fully qualified name, where `/*` stands for one token and `/**` for any number of
+//! them: `/**` (every node), `/**/qis_node` (qis_node in any namespace),
+//! `/*/qis_node`, `/robot1/qis_node`, `robot1/qis_node`. A bare `qis_node` is
+//! `/qis_node`: only the node in the root namespace, as in rcl. Namespaces may also be
+//! written as nested keys (`/robot1: qis_node: ros__parameters:`). Matching sections
+//! apply in file order, later files after earlier ones.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -84,13 +93,48 @@ fn unflatten(flat: &BTreeMap<String, Value>) -> Value {
     Value::Mapping(root)
 }
 
-fn addresses_node(section: &str, names: &Names) -> bool {
-    let fqn = names.fqn();
-    section == "/**"
-        || section == "**"
-        || section == names.node()
-        || section == fqn
-        || section == fqn.trim_start_matches('/')
+/// Whether a params file section's node name addresses the node `fqn` (rclcpp: leading
+/// `/` added, `/*` = one token, `/**` = any number of tokens, the rest literal).
+pub fn section_matches(section: &str, fqn: &str) -> bool {
+    let pattern = format!("/{}", section.trim_start_matches('/'));
+    let pattern: Vec<&str> = pattern.split('/').skip(1).collect();
+    let name: Vec<&str> = fqn.split('/').skip(1).collect();
+    fn matches(p: &[&str], n: &[&str]) -> bool {
+        match p.split_first() {
+            None => n.is_empty(),
+            Some((&"**", rest)) => (0..=n.len()).any(|i| matches(rest, &n[i..])),
+            Some((&"*", rest)) => !n.is_empty() && matches(rest, &n[1..]),
+            Some((tok, rest)) => n.first() == Some(tok) && matches(rest, &n[1..]),
+        }
+    }
+    matches(&pattern, &name)
+}
+
+/// The sections of a params file in file order: node name (namespaces of nested keys
+/// joined with `/`) and its `ros__parameters`.
+fn sections(prefix: &str, map: &Mapping, out: &mut Vec<(String, Value)>) -> Result<(), String> {
+    for (key, body) in map {
+        let Some(key) = key.as_str() else {
+            return Err("node names must be strings".into());
+        };
+        if key == "ros__parameters" {
+            if prefix.is_empty() {
+                return Err("ros__parameters outside a node name".into());
+            }
+            out.push((prefix.to_string(), body.clone()));
+            continue;
+        }
+        let name = format!("{}/{}", prefix.trim_end_matches('/'), key.trim_matches('/'));
+        match body {
+            Value::Mapping(m) => sections(&name, m, out)?,
+            _ => {
+                return Err(format!(
+                    "{name:?}: expected node names (or namespaces) ending in ros__parameters"
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 fn read_file(
@@ -107,20 +151,29 @@ fn read_file(
         reason,
     };
     let doc: Value = serde_yaml_ng::from_str(&text).map_err(|e| format(e.to_string()))?;
-    let Value::Mapping(sections) = doc else {
+    let Value::Mapping(top) = doc else {
         return Err(format("expected a mapping of node names".into()));
     };
-    for (section, body) in &sections {
-        let Some(section) = section.as_str() else {
-            return Err(format("node names must be strings".into()));
-        };
-        if !addresses_node(section, names) {
+    let mut found = Vec::new();
+    sections("", &top, &mut found).map_err(format)?;
+    let fqn = names.fqn();
+    for (section, params) in found {
+        if !section_matches(&section, &fqn) {
+            if section.trim_start_matches('/') == names.node() {
+                tracing::warn!(
+                    file = %path.display(),
+                    "params file section {section:?} does not address {fqn}: as in rcl, a bare node name means the root namespace (write /**/{} for any namespace)",
+                    names.node()
+                );
+            }
             continue;
         }
-        let params = body
-            .get("ros__parameters")
-            .ok_or_else(|| format(format!("section {section:?} has no ros__parameters")))?;
-        flatten("", params, out);
+        if !matches!(params, Value::Mapping(_)) {
+            return Err(format(format!(
+                "{section}: ros__parameters must be a mapping"
+            )));
+        }
+        flatten("", &params, out);
     }
     Ok(())
 }
@@ -167,7 +220,7 @@ mod tests {
     fn files_then_overrides() {
         let f = file(
             "/**:\n  ros__parameters:\n    fleet: base\n    max_pending: 7\n\
-             qis_node:\n  ros__parameters:\n    fleet: warehouse\n    synthesis:\n      prior_strength: 2.5\n\
+             /robot1/qis_node:\n  ros__parameters:\n    fleet: warehouse\n    synthesis:\n      prior_strength: 2.5\n\
              other_node:\n  ros__parameters:\n    bogus: 1\n",
         );
         let p = load(
@@ -201,6 +254,53 @@ mod tests {
         assert!(e.to_string().contains("synthesis.outlier_z"), "{e}");
         let e = load(&names(), &[PathBuf::from("/nonexistent/p.yaml")], &[]).unwrap_err();
         assert!(matches!(e, ParamLoadError::Io { .. }));
+    }
+
+    #[test]
+    fn sections_match_node_names_as_rcl_does() {
+        let m = section_matches;
+        for (section, fqn, expected) in [
+            ("/**", "/robot1/qis_node", true),
+            ("/**", "/qis_node", true),
+            ("**", "/qis_node", true),
+            ("/**/qis_node", "/qis_node", true),
+            ("/**/qis_node", "/a/b/qis_node", true),
+            ("/**/qis_node", "/a/b/other", false),
+            ("/*/qis_node", "/robot1/qis_node", true),
+            ("/*/qis_node", "/qis_node", false),
+            ("/*/qis_node", "/a/b/qis_node", false),
+            ("/robot1/*", "/robot1/qis_node", true),
+            ("/robot1/qis_node", "/robot1/qis_node", true),
+            ("robot1/qis_node", "/robot1/qis_node", true),
+            ("/robot2/qis_node", "/robot1/qis_node", false),
+            ("qis_node", "/qis_node", true),
+            ("qis_node", "/robot1/qis_node", false),
+            ("/robot1", "/robot1/qis_node", false),
+        ] {
+            assert_eq!(m(section, fqn), expected, "{section} vs {fqn}");
+        }
+    }
+
+    #[test]
+    fn nested_namespaces_wildcards_and_file_order() {
+        let f = file(
+            "/**:\n  ros__parameters:\n    fleet: all\n    max_pending: 1\n\
+             /robot1:\n  qis_node:\n    ros__parameters:\n      fleet: nested\n\
+             /*/qis_node:\n  ros__parameters:\n    max_pending: 3\n\
+             qis_node:\n  ros__parameters:\n    fleet: root_only\n\
+             /robot2/qis_node:\n  ros__parameters:\n    bogus: 1\n",
+        );
+        let p = load(&names(), &[f.path().to_path_buf()], &[]).unwrap();
+        assert_eq!(p.fleet, "nested");
+        assert_eq!(p.max_pending, 3);
+        let root = Names::new("qis_node", "/", vec![]).unwrap();
+        let p = load(&root, &[f.path().to_path_buf()], &[]).unwrap();
+        assert_eq!((p.fleet.as_str(), p.max_pending), ("root_only", 1));
+        let bad = file("qis_node:\n  fleet: x\n");
+        assert!(matches!(
+            load(&root, &[bad.path().to_path_buf()], &[]),
+            Err(ParamLoadError::Format { .. })
+        ));
     }
 
     #[test]

@@ -94,6 +94,7 @@ def main():
         "builtin_interfaces/msg/Time",
         "std_msgs/msg/Header",
         "rosgraph_msgs/msg/Clock",
+        "rcl_interfaces/msg/Log",
         "diagnostic_msgs/msg/KeyValue",
         "diagnostic_msgs/msg/DiagnosticStatus",
         "diagnostic_msgs/msg/DiagnosticArray",
