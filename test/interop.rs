@@ -8,7 +8,10 @@ mod support;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 
-use qis_ros::node::NodeParams;
+use qis_ros::core::ids::SourceId;
+use qis_ros::node::{NodeLogic, NodeParams};
+use qis_ros::ros::names::Names;
+use qis_ros::ros::native::{NativeConfig, NativeNode};
 use support::*;
 use tokio::sync::mpsc;
 
@@ -53,6 +56,45 @@ async fn ros2_param_list_get_describe_set_over_the_wire() {
         NodeParams::default().trust.tolerance
     );
     assert_eq!(params.max_pending, NodeParams::default().max_pending);
+    node.shutdown().await;
+}
+
+/// `use_sim_time` driven by a best-effort `/clock` as simulator bridges publish it: the
+/// node subscribes with rclcpp's clock QoS, holds a prediction that arrives before the
+/// first `/clock` and answers it once sim time runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_best_effort_clock_drives_use_sim_time() {
+    let (_router, endpoint) = router().await;
+    let (to_fleet, _fleet_rx) = mpsc::channel(100);
+    let (_records_tx, rx) = mpsc::channel(100);
+    let fleet = Arc::new(ChannelFleet {
+        to: to_fleet,
+        interests: Mutex::new(vec![]),
+    });
+    let params = NodeParams {
+        use_sim_time: true,
+        diagnostics_period_s: 0.1,
+        first_encounter_wait_s: 0.0,
+        ..NodeParams::default()
+    };
+    let logic = NodeLogic::new(params, SourceId::new("robot-c").unwrap()).unwrap();
+    let config = NativeConfig {
+        names: Names::new("qis_node", "/c", vec![]).unwrap(),
+        domain_id: 0,
+        zenoh: zenoh_options(&endpoint),
+        input_depth: 100,
+    };
+    // A wait far beyond the test's: the answer must come from the clock, not the bound.
+    let node = NativeNode::start_with(config, 10 * WAIT, logic, fleet, rx)
+        .await
+        .unwrap();
+    let stdout = interop_ros(&endpoint, "c", "clock").await;
+    assert!(stdout.contains("\"checks_passed\": 11"), "{stdout}");
+    assert_eq!(node.now_ns(), 1_000_000_000_000);
+    assert_eq!(
+        node.logic().lock().unwrap().report().counters.predictions,
+        1
+    );
     node.shutdown().await;
 }
 

@@ -367,17 +367,89 @@ def check_rosout(peer, ns):
     check("stamped with the system time", abs(record.stamp.sec - time.time()) < 600, record.stamp)
 
 
+def check_clock(peer, ns):
+    subs = node_tokens(peer, ns, "MS", "/clock")
+    check("/clock subscription in the graph", len(subs) == 1, subs)
+    t = subs[0]
+    check("/clock type and hash", (t[10], t[11]) == (dds("rosgraph_msgs/msg/Clock"),
+                                                    jazzy.hash_rihs01("rosgraph_msgs/msg/Clock")), t)
+    rel, dur, hist, _deadline, _lifespan, _live = qos_fields(t)
+    check("/clock QoS: best effort (rclcpp ClockQoS)", rel == "2", t[12])
+    check("/clock QoS: volatile", dur in ("", "2"), t[12])
+    check("/clock QoS: keep last 1", hist in (",1", "1,1"), t[12])
+
+    T = jazzy.types
+    priors = peer.subscriber(f"/{ns}/corrected_prior", "qis_ros/msg/CorrectedPrior")
+    diags = peer.subscriber("/diagnostics", "diagnostic_msgs/msg/DiagnosticArray")
+    pred_pub = peer.publisher(f"/{ns}/prediction", "qis_ros/msg/Prediction")
+    # A simulator bridge's /clock: best effort, dropped rather than queued.
+    clock_pub = peer.session.declare_publisher(topic_key("/clock", "rosgraph_msgs/msg/Clock"),
+                                               congestion_control=zenoh.CongestionControl.DROP)
+    prediction = T["qis_ros/msg/Prediction"](
+        header=T["std_msgs/msg/Header"](stamp=T["builtin_interfaces/msg/Time"](sec=5, nanosec=0), frame_id=""),
+        episode_id="c-1", model_id="wm-c",
+        scenario=T["qis_ros/msg/Scenario"](tags=["sim=yes"], feature_names=[],
+                                          features=np.array([], dtype=np.float64),
+                                          embedding=np.array([], dtype=np.float32)),
+        state=np.array([1.0]), covariance=np.array([], dtype=np.float64))
+
+    # Before the first /clock the prediction is held, not answered at time 0.
+    end = time.time() + 1.5
+    early = None
+    while time.time() < end and early is None:
+        pred_pub(prediction)
+        try:
+            early = priors.get(timeout=0.2)
+        except queue.Empty:
+            pass
+    check("no answer before the first /clock", early is None, early)
+
+    def tick(sec):
+        msg = T["rosgraph_msgs/msg/Clock"](clock=T["builtin_interfaces/msg/Time"](sec=sec, nanosec=0))
+        clock_pub.put(bytes(jazzy.serialize_cdr(msg, "rosgraph_msgs/msg/Clock")), attachment=peer.attachment())
+
+    deadline = time.time() + WAIT_S
+    prior = None
+    while time.time() < deadline and prior is None:
+        tick(1000)
+        try:
+            m = priors.get(timeout=0.1)
+            if m.episode_id == "c-1":
+                prior = m
+        except queue.Empty:
+            pass
+    check("answered once /clock runs", prior is not None, prior)
+    check("header copied from the prediction", prior.header.stamp.sec == 5, prior.header)
+
+    report = None
+    deadline = time.time() + WAIT_S
+    while time.time() < deadline and report is None:
+        tick(1000)
+        try:
+            d = diags.get(timeout=0.2)
+        except queue.Empty:
+            continue
+        for st in d.status:
+            if st.name.startswith(f"/{ns}/qis_node") and d.header.stamp.sec == 1000:
+                report = {kv.key: kv.value for kv in st.values}
+    check("diagnostics stamped with sim time", report is not None, report)
+    check("sim time started", report.get("sim_time_started") == "true", report)
+    check("no input handled without a clock", report.get("sim_time_unset") == "0", report)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--router", required=True)
     ap.add_argument("--namespace", default="p")
-    ap.add_argument("what", choices=["params", "rosout"])
+    ap.add_argument("what", choices=["params", "rosout", "clock"])
     args = ap.parse_args()
     peer = Peer(args.router)
     if args.what == "params":
         check_params(peer, args.namespace)
     elif args.what == "rosout":
         check_rosout(peer, args.namespace)
+    elif args.what == "clock":
+        check_clock(peer, args.namespace)
     peer.session.close()
     print(json.dumps({"checks_passed": check.count}))
 

@@ -652,3 +652,78 @@ async fn no_discrepancy_without_a_durable_write() {
     );
     n.shutdown().await;
 }
+
+/// Under `use_sim_time` with no `/clock` at all, an input waits only as long as the
+/// first-clock bound: then it is answered (at sim time 0, as rclcpp reads it) and counted
+/// as `sim_time_unset` in `/diagnostics`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_clock_inputs_wait_the_bound_then_are_counted() {
+    let (_router, endpoint) = router().await;
+    let (to_fleet, _fleet_rx) = mpsc::channel(100);
+    let (_records_tx, rx) = mpsc::channel(100);
+    let fleet = Arc::new(ChannelFleet {
+        to: to_fleet,
+        interests: Mutex::new(vec![]),
+    });
+    let params = NodeParams {
+        use_sim_time: true,
+        diagnostics_period_s: 0.05,
+        first_encounter_wait_s: 0.0,
+        ..NodeParams::default()
+    };
+    let logic = qis_ros::node::NodeLogic::new(
+        params,
+        qis_ros::core::ids::SourceId::new("robot-u").unwrap(),
+    )
+    .unwrap();
+    let config = qis_ros::ros::native::NativeConfig {
+        names: qis_ros::ros::names::Names::new("qis_node", "/u", vec![]).unwrap(),
+        domain_id: 0,
+        zenoh: zenoh_options(&endpoint),
+        input_depth: 100,
+    };
+    let bound = std::time::Duration::from_millis(300);
+    let started = std::time::Instant::now();
+    let n = qis_ros::ros::native::NativeNode::start_with(config, bound, logic, fleet, rx)
+        .await
+        .unwrap();
+    let ctx = client(&endpoint);
+    let driver = ctx.create_node("no_sim").build().unwrap();
+    let pred = driver
+        .create_pub::<Prediction>("/u/prediction")
+        .build()
+        .unwrap();
+    let prior = driver
+        .create_sub::<CorrectedPrior>("/u/corrected_prior")
+        .with_qos(deep_qos())
+        .build()
+        .unwrap();
+    let diag = driver
+        .create_sub::<DiagnosticArray>("/diagnostics")
+        .with_qos(deep_qos())
+        .build()
+        .unwrap();
+    assert!(pred.wait_for_subscription(1, WAIT).await);
+    assert!(prior.wait_for_publisher(1, WAIT).await);
+    pred.async_publish(&prediction("u-1", "k=v", &[1.0]))
+        .await
+        .unwrap();
+    let p = recv("prior", prior.async_recv()).await;
+    assert_eq!(p.episode_id, "u-1");
+    assert!(started.elapsed() >= bound, "answered before the bound");
+    loop {
+        let d = recv("diagnostics", diag.async_recv()).await;
+        let v = |k: &str| {
+            d.status[0]
+                .values
+                .iter()
+                .find(|kv| kv.key == k)
+                .map(|kv| kv.value.clone())
+        };
+        if v("sim_time_unset").as_deref() == Some("1") {
+            assert_eq!(v("sim_time_started").as_deref(), Some("false"));
+            break;
+        }
+    }
+    n.shutdown().await;
+}

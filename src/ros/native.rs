@@ -4,7 +4,7 @@
 //! a mutex that is never held across an await, stopped by one cancellation token.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -93,19 +93,77 @@ fn ros<T>(what: impl Into<String>, r: zenoh::Result<T>) -> Result<T, NativeError
     })
 }
 
+/// Default longest wait of an input for the first `/clock` under `use_sim_time`.
+pub const DEFAULT_FIRST_CLOCK_WAIT: Duration = Duration::from_secs(10);
+
+/// rclcpp's clock QoS (`rclcpp::ClockQoS`: the sensor-data profile, best effort, keep
+/// last 1), which simulator bridges (Gazebo's, Isaac Sim's) publish `/clock` with.
+pub fn clock_qos() -> QosProfile {
+    QosProfile {
+        reliability: QosReliability::BestEffort,
+        history: QosHistory::from_depth(1),
+        ..QosProfile::default()
+    }
+}
+
+/// Sim time and whether it has started (under `use_sim_time`).
+#[derive(Debug)]
+struct SimTime {
+    now: AtomicI64,
+    started: tokio::sync::watch::Sender<bool>,
+    /// Inputs handled with no `/clock` yet, after the wait ran out.
+    unset: AtomicU64,
+    /// Until when an input waits for the first `/clock`.
+    wait_until: tokio::time::Instant,
+}
+
 /// The node's time: system time, or the latest `/clock` under `use_sim_time`.
 #[derive(Clone, Debug)]
 struct NodeClock {
-    sim: Option<Arc<AtomicI64>>,
+    sim: Option<Arc<SimTime>>,
 }
 
 impl NodeClock {
     fn now_ns(&self) -> i64 {
         match &self.sim {
-            // Before the first /clock message sim time is 0, as in rclcpp.
-            Some(t) => t.load(Ordering::Relaxed),
+            // Before the first /clock message sim time is 0, as in rclcpp; inputs wait
+            // for it (`ready`).
+            Some(t) => t.now.load(Ordering::Relaxed),
             None => super::clock::system_ns(),
         }
+    }
+
+    /// Under `use_sim_time`, waits until the first `/clock` has arrived, at most until
+    /// the node's first-clock deadline; past it the input goes on with sim time 0 and is
+    /// counted (`sim_time_unset`). Immediate with the system clock or once sim time runs.
+    async fn ready(&self, what: &str) {
+        let Some(sim) = &self.sim else { return };
+        let mut started = sim.started.subscribe();
+        if *started.borrow() {
+            return;
+        }
+        let waited = tokio::time::timeout_at(sim.wait_until, started.wait_for(|s| *s)).await;
+        if !matches!(waited, Ok(Ok(_))) {
+            let n = sim.unset.fetch_add(1, Ordering::Relaxed);
+            if n == 0 {
+                tracing::warn!(
+                    "use_sim_time: no /clock yet; {what} handled at sim time 0 (counted as sim_time_unset in /diagnostics)"
+                );
+            }
+        }
+    }
+
+    /// Diagnostics of the sim clock (none with the system clock).
+    fn report(&self) -> Vec<(String, String)> {
+        self.sim.as_ref().map_or_else(Vec::new, |s| {
+            vec![
+                ("sim_time_started".into(), s.started.borrow().to_string()),
+                (
+                    "sim_time_unset".into(),
+                    s.unset.load(Ordering::Relaxed).to_string(),
+                ),
+            ]
+        })
     }
 }
 
@@ -261,6 +319,21 @@ impl NativeNode {
         config: NativeConfig,
         logic: NodeLogic,
         fleet: Arc<dyn FleetPort>,
+        records: mpsc::Receiver<(RecordKey, OutcomeRecord)>,
+    ) -> Result<Self, NativeError> {
+        Self::start_with(config, DEFAULT_FIRST_CLOCK_WAIT, logic, fleet, records).await
+    }
+
+    /// [`Self::start`] with the longest wait of inputs for the first `/clock` under
+    /// `use_sim_time` (counted from the start): predictions and outcomes that arrive
+    /// before the simulator's first `/clock` are held until it comes; past
+    /// `first_clock_wait` they are handled at sim time 0, as rclcpp's clock reads then,
+    /// and counted as `sim_time_unset` in `/diagnostics`.
+    pub async fn start_with(
+        config: NativeConfig,
+        first_clock_wait: Duration,
+        logic: NodeLogic,
+        fleet: Arc<dyn FleetPort>,
         mut records: mpsc::Receiver<(RecordKey, OutcomeRecord)>,
     ) -> Result<Self, NativeError> {
         let names = config.names.clone();
@@ -290,7 +363,14 @@ impl NativeNode {
         let declared = serve_parameters(&node, &params, &logic)?;
         let first_wait = Duration::from_secs_f64(params.first_encounter_wait_s);
         let clock = NodeClock {
-            sim: params.use_sim_time.then(|| Arc::new(AtomicI64::new(0))),
+            sim: params.use_sim_time.then(|| {
+                Arc::new(SimTime {
+                    now: AtomicI64::new(0),
+                    started: tokio::sync::watch::Sender::new(false),
+                    unset: AtomicU64::new(0),
+                    wait_until: tokio::time::Instant::now() + first_clock_wait,
+                })
+            }),
         };
         let shadow = params.shadow_mode;
         let prior_topic = names.resolve(if shadow {
@@ -332,7 +412,9 @@ impl NativeNode {
         let clock_sub = match &clock.sim {
             Some(_) => Some(ros(
                 "subscribing /clock",
-                node.create_sub::<Clock>(&topic("/clock")?).build(),
+                node.create_sub::<Clock>(&topic("/clock")?)
+                    .with_qos(clock_qos())
+                    .build(),
             )?),
             None => None,
         };
@@ -355,6 +437,7 @@ impl NativeNode {
                         tracing::warn!("prediction: undecodable message dropped");
                         continue;
                     };
+                    clock.ready("prediction").await;
                     let first = lock(&logic).first_encounter(&p);
                     if let Some((model, fp)) = first {
                         fetch_first(&logic, &clock, fleet.as_ref(), &model, &fp, first_wait).await;
@@ -421,6 +504,7 @@ impl NativeNode {
                         tracing::warn!("outcome: undecodable message dropped");
                         continue;
                     };
+                    clock.ready("outcome").await;
                     let result = lock(&logic).on_outcome(&o, clock.now_ns());
                     match result {
                         Ok(effect) => {
@@ -511,6 +595,7 @@ impl NativeNode {
                         "rosout_dropped".into(),
                         logging::rosout_dropped().to_string(),
                     ));
+                    values.extend(clock.report());
                     let info = node_ref.session().info();
                     values.push((
                         "zenoh_peers".into(),
@@ -565,7 +650,9 @@ impl NativeNode {
                         m = sub.async_recv() => m,
                     };
                     if let Ok(c) = m {
-                        sim.store(c.clock.as_nanos(), Ordering::Relaxed);
+                        sim.now.store(c.clock.as_nanos(), Ordering::Relaxed);
+                        sim.started
+                            .send_if_modified(|s| !std::mem::replace(s, true));
                     }
                 }
             });
