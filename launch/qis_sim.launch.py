@@ -1,5 +1,6 @@
 """qis_node for simulation (Gazebo, Isaac Sim): qis.launch.py with use_sim_time:=true,
-so pairing timeouts and summary decay follow the simulator's /clock.
+so pairing timeouts and summary decay follow the simulator's /clock. Every argument of
+qis.launch.py (namespace, binding, zenoh_connect, ...) passes through.
 
     ros2 launch qis_ros qis_sim.launch.py namespace:=robot1
 """

@@ -2,10 +2,18 @@
 //! configured and built against stand-ins of the ROS CMake packages
 //! (`test/data/ros_cmake_stubs/`) with a fake `cargo` that records its arguments, so the
 //! cargo command lines of `colcon build` and `colcon test` are checked for every kind of
-//! `QIS_CARGO_FEATURES`; and package.xml declares what the build needs.
+//! `QIS_CARGO_FEATURES`; package.xml declares what the build needs; and the launch files,
+//! evaluated the way `ros2 launch` would (test/launch_eval.py), give the binary a command
+//! line its `--ros-args` parsing accepts, and the binary starts with it.
+
+mod support;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+
+use qis_ros::ros::{args, names::Names, params_file};
+use support::*;
+use tokio::io::AsyncBufReadExt;
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -131,5 +139,180 @@ fn package_xml_declares_the_build_and_test_dependencies() {
         "<test_depend>python3-numpy</test_depend>",
     ] {
         assert!(xml.contains(tag), "package.xml lacks {tag}");
+    }
+}
+
+/// The command line of the one node `launch` starts with `configs` (launch arguments);
+/// `Err` with the launch error.
+fn launch(file: &str, configs: &[&str]) -> Result<Vec<String>, String> {
+    let out = Command::new("python3")
+        .arg(repo().join("test/launch_eval.py"))
+        .arg(file)
+        .args(configs)
+        .output()
+        .expect("python3 runs");
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).to_string());
+    }
+    let nodes: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(nodes.len(), 1, "{nodes:?}");
+    assert_eq!(nodes[0]["package"], "qis_ros");
+    assert_eq!(nodes[0]["executable"], "qis");
+    Ok(nodes[0]["cmd"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_string())
+        .collect())
+}
+
+/// What the binary makes of a launch command line: the arguments before `--ros-args`,
+/// the node's names and its parameters (temporary params files removed afterwards).
+fn parse(cmd: &[String]) -> (Vec<String>, args::RosArgs, Names, qis_ros::node::NodeParams) {
+    let (ros, rest) = args::split(&cmd[1..], "qis_node").expect("--ros-args parse");
+    let names = Names::new(
+        ros.node_name.as_deref().unwrap_or("qis_node"),
+        ros.namespace.as_deref().unwrap_or("/"),
+        ros.remaps.clone(),
+    )
+    .unwrap();
+    let params = params_file::load(&names, &ros.params_files, &ros.params).expect("params load");
+    for f in &ros.params_files {
+        if f.file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with("launch_params_"))
+        {
+            let _ = std::fs::remove_file(f);
+        }
+    }
+    (rest, ros, names, params)
+}
+
+#[test]
+fn launch_files_give_a_command_line_the_node_parses() {
+    let strs = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    // Defaults: the native binding, rmw_zenoh's default endpoint, the shipped config.
+    let (rest, ros, names, params) = parse(&launch("launch/qis.launch.py", &[]).unwrap());
+    assert_eq!(rest, strs(&["node"]));
+    assert_eq!(names.fqn(), "/qis_node");
+    assert!(!params.use_sim_time);
+    assert_eq!(
+        params.fingerprint.features.len(),
+        2,
+        "config/qis.yaml applied"
+    );
+    assert_eq!(ros.log_levels.len(), 1);
+    assert_eq!(names.resolve("prediction").unwrap(), "/prediction");
+    // Every argument: namespace, binding, endpoints, sim time, log level, remaps.
+    let cmd = launch(
+        "launch/qis.launch.py",
+        &[
+            "namespace:=robot1",
+            "node_name:=qis",
+            "binding:=r2r",
+            "zenoh_connect:=tcp/127.0.0.1:7447,tcp/127.0.0.1:7448",
+            "zenoh_listen:=tcp/127.0.0.1:7450",
+            "use_sim_time:=true",
+            "log_level:=qis:=debug",
+            "prediction_topic:=/world_model/prediction",
+        ],
+    )
+    .unwrap();
+    let (rest, ros, names, params) = parse(&cmd);
+    assert_eq!(
+        rest,
+        strs(&[
+            "node",
+            "--r2r",
+            "--connect",
+            "tcp/127.0.0.1:7447",
+            "--connect",
+            "tcp/127.0.0.1:7448",
+            "--listen",
+            "tcp/127.0.0.1:7450"
+        ])
+    );
+    assert_eq!(names.fqn(), "/robot1/qis");
+    assert!(params.use_sim_time);
+    assert_eq!(
+        names.resolve("prediction").unwrap(),
+        "/world_model/prediction"
+    );
+    assert_eq!(ros.log_levels[0].logger.as_deref(), Some("qis"));
+    // The sim launch file: the same node on sim time, arguments passed through.
+    let (rest, _, names, params) =
+        parse(&launch("launch/qis_sim.launch.py", &["namespace:=robot2"]).unwrap());
+    assert_eq!(rest, strs(&["node"]));
+    assert_eq!(names.fqn(), "/robot2/qis_node");
+    assert!(params.use_sim_time);
+    // A binding that does not exist is refused by the launch file.
+    let e = launch("launch/qis.launch.py", &["binding:=dds"]).unwrap_err();
+    assert!(e.contains("binding"), "{e}");
+}
+
+/// The binary itself takes what `ros2 launch qis_ros qis.launch.py` passes (native
+/// binding, endpoints from the launch arguments) and starts the node it names.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_starts_from_the_launch_command_line() {
+    let (_router, endpoint) = router().await;
+    let dir = tempfile::tempdir().unwrap();
+    let params = dir.path().join("p.yaml");
+    std::fs::write(
+        &params,
+        format!(
+            "/**/qis_node:\n  ros__parameters:\n    exchange_enabled: false\n    store_path: {}\n",
+            dir.path().join("s.redb").display()
+        ),
+    )
+    .unwrap();
+    let cmd = launch(
+        "launch/qis.launch.py",
+        &[
+            "namespace:=robot3",
+            &format!("zenoh_connect:={endpoint}"),
+            "zenoh_listen:=tcp/127.0.0.1:0",
+            &format!("params_file:={}", params.display()),
+        ],
+    )
+    .unwrap();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_qis"))
+        .args(&cmd[1..])
+        .env("ROS_HOME", dir.path())
+        .env_remove("RUST_LOG")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("qis starts");
+    let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let started = tokio::time::timeout(WAIT, async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            if line.contains("qis_node started") {
+                return Some(line);
+            }
+        }
+        None
+    })
+    .await
+    .expect("the node starts in time")
+    .expect("the node starts");
+    assert!(started.contains("/robot3/qis_node"), "{started}");
+    let pid = child.id().unwrap().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let status = tokio::time::timeout(WAIT, child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    // A SIGTERM in the instant between the start and the signal handler kills it
+    // outright; either way it stopped (the graceful stop is test/interop.rs's).
+    let by_term = std::os::unix::process::ExitStatusExt::signal(&status) == Some(15);
+    assert!(status.success() || by_term, "{status:?}");
+    for f in cmd.iter().filter(|a| a.contains("launch_params_")) {
+        let _ = std::fs::remove_file(f);
     }
 }
