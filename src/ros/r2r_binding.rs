@@ -97,7 +97,12 @@ pub async fn run(
     let mut clock = match &sim {
         Some(_) => Some(rcl(
             "subscribing /clock",
-            node.subscribe_raw("/clock", "rosgraph_msgs/msg/Clock", qos.clone()),
+            // rclcpp's ClockQoS: the sensor-data profile (best effort) with keep last 1.
+            node.subscribe_raw(
+                "/clock",
+                "rosgraph_msgs/msg/Clock",
+                r2r::QosProfile::sensor_data().keep_last(1),
+            ),
         )?),
         None => None,
     };
