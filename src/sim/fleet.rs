@@ -470,15 +470,19 @@ fn spawn<N: Network>(
             usize::MAX
         };
         let attacker = attack_rng.random::<f64>() < config.attackers;
+        let mut memory = OutcomeMemory::new(
+            source.clone(),
+            MemoryConfig {
+                max_received_records: config.max_received_records,
+                ..MemoryConfig::default()
+            },
+            decay,
+        );
+        // Simulated robots run on simulated time, like the node robots (`use_sim_time`),
+        // whose record bounds refuse records of another time base.
+        memory.set_time_base(crate::core::record::TimeBase::Sim);
         robots.push(Robot {
-            memory: OutcomeMemory::new(
-                source.clone(),
-                MemoryConfig {
-                    max_received_records: config.max_received_records,
-                    ..MemoryConfig::default()
-                },
-                decay,
-            ),
+            memory,
             exchange: network.connect(source.clone())?,
             source,
             rng: SimRng::seed_from_u64(config.seed.wrapping_add(1 + i as u64)),
