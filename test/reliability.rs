@@ -1087,6 +1087,32 @@ fn set_tls_files(z: &mut zenoh::Config, ca: &Path, (cert, key): &(PathBuf, PathB
     }
 }
 
+/// A robot's fleet exchange as an mTLS client of the router on port `pr`, with robot
+/// certificate `i` of `pki` (config/zenoh-mtls-client.json5, paths replaced).
+async fn mtls_client(
+    pki: &Pki,
+    pr: u16,
+    i: usize,
+    source: &'static str,
+) -> Result<(FleetExchange, tokio::sync::mpsc::Receiver<Received>), qis_ros::fleet::FleetError> {
+    let mut settings = FleetConfig {
+        fleet: FLEET.into(),
+        zenoh_config: Some(config_file("zenoh-mtls-client.json5")),
+        connect: vec![format!("tls/127.0.0.1:{pr}")],
+        min_count_to_share: 1,
+        anti_entropy_period_ms: 0,
+        ..FleetConfig::default()
+    }
+    .validate()
+    .unwrap();
+    set_tls_files(&mut settings.zenoh, &pki.ca, &pki.robot[i], false);
+    FleetExchange::start(
+        unsigned(settings),
+        Identity::unsigned(SourceId::new(source).unwrap()),
+    )
+    .await
+}
+
 /// The routed variant: `qis-fleet router` on config/zenoh-mtls-router.json5 with its
 /// storage, robots as clients on config/zenoh-mtls-client.json5. A robot's record
 /// outlives it in the storage for members; a client without the fleet certificate
@@ -1104,23 +1130,7 @@ async fn mtls_router_storage_serves_members_only() {
     .expect("shipped router config");
     set_tls_files(&mut rcfg, &pki.ca, &pki.robot[3], true);
     let router = FleetRouter::start(rcfg).await.expect("mTLS router starts");
-    let client = |i: usize, source: &'static str| {
-        let mut settings = FleetConfig {
-            fleet: FLEET.into(),
-            zenoh_config: Some(config_file("zenoh-mtls-client.json5")),
-            connect: vec![format!("tls/127.0.0.1:{pr}")],
-            min_count_to_share: 1,
-            anti_entropy_period_ms: 0,
-            ..FleetConfig::default()
-        }
-        .validate()
-        .unwrap();
-        set_tls_files(&mut settings.zenoh, &pki.ca, &pki.robot[i], false);
-        FleetExchange::start(
-            unsigned(settings),
-            Identity::unsigned(SourceId::new(source).unwrap()),
-        )
-    };
+    let client = |i: usize, source: &'static str| mtls_client(&pki, pr, i, source);
     let f = fp(0x7e);
     // A publishes and leaves; B, joining later, gets A's record from the storage.
     let (a, _rx_a) = client(0, "robot-a").await.expect("member A connects");
@@ -1247,23 +1257,7 @@ async fn acl_router_lets_listed_robots_only_read_and_write_fleet_records() {
     );
     rcfg.insert_json5("access_control/rules", &rules).unwrap();
     let router = FleetRouter::start(rcfg).await.expect("ACL router starts");
-    let client = |i: usize, source: &'static str| {
-        let mut settings = FleetConfig {
-            fleet: FLEET.into(),
-            zenoh_config: Some(config_file("zenoh-mtls-client.json5")),
-            connect: vec![format!("tls/127.0.0.1:{pr}")],
-            min_count_to_share: 1,
-            anti_entropy_period_ms: 0,
-            ..FleetConfig::default()
-        }
-        .validate()
-        .unwrap();
-        set_tls_files(&mut settings.zenoh, &pki.ca, &pki.robot[i], false);
-        FleetExchange::start(
-            unsigned(settings),
-            Identity::unsigned(SourceId::new(source).unwrap()),
-        )
-    };
+    let client = |i: usize, source: &'static str| mtls_client(&pki, pr, i, source);
     let f = fp(0x7a);
     let stored = |router: &FleetRouter| {
         let session = router.session().clone();
