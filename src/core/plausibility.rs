@@ -86,6 +86,14 @@ impl ValidationConfig {
         Ok(())
     }
 
+    /// The plausibility gate learned for `model` (used when `synthesis.max_residual` is
+    /// empty): `envelope_margin ×` this robot's residual envelope once it holds
+    /// `envelope_min_outcomes` own outcomes of the model; `None` before that or when the
+    /// margin is 0. The node and the simulated robots put it in force the same way.
+    pub fn learned_gate(&self, envelope: &ResidualEnvelope, model: &ModelId) -> Option<Vec<f64>> {
+        envelope.gate(model, self.envelope_margin, self.envelope_min_outcomes)
+    }
+
     /// The record bounds these settings describe for a node on `time_base`.
     pub fn bounds(&self, time_base: TimeBase) -> RecordBounds {
         RecordBounds {

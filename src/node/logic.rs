@@ -597,11 +597,7 @@ impl NodeLogic {
         {
             return;
         }
-        let v = &self.params.validation;
-        match self
-            .envelope
-            .gate(model, v.envelope_margin, v.envelope_min_outcomes)
-        {
+        match self.params.validation.learned_gate(&self.envelope, model) {
             Some(gate) => {
                 self.synthesis.max_residual = gate;
                 self.gate_model = Some(model.clone());
