@@ -6,11 +6,12 @@ use std::path::PathBuf;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
+use crate::core::plausibility::ValidationConfig;
 use crate::core::synthesis::SynthesisConfig;
 
 use super::{
-    AUTO_ZENOH_MAX_FLEET, DEFAULT_EPISODES, DEFAULT_ROBOTS, DEFAULT_SEED, DEFAULT_ZENOH_ROBOTS,
-    SimConfig, SimError, SimReport,
+    AUTO_ZENOH_MAX_FLEET, AttackMode, DEFAULT_EPISODES, DEFAULT_ROBOTS, DEFAULT_SEED,
+    DEFAULT_ZENOH_ROBOTS, SimConfig, SimError, SimReport,
 };
 
 /// `--network`: which exchange joins the robots.
@@ -48,10 +49,35 @@ pub struct SimArgs {
     /// scale (50 = huge, 2 = subtle).
     #[arg(long, default_value_t = SimConfig::default().attack_bias, allow_hyphen_values = true)]
     pub attack_bias: f64,
-    /// Plausibility gate: sources claiming a mean residual beyond this multiple of the
-    /// world model's validation envelope are left out (`synthesis.max_residual`); 0 = no gate.
+    /// What attackers do besides the bias: bias only; sybil = a fresh self-certified source
+    /// id every --sybil-rounds rounds; hijack = also forged records under honest robots'
+    /// source ids with seq = u64::MAX (signed with the attacker's key, opened by every
+    /// receiver's admission check); all = sybil and hijack.
+    #[arg(long, value_enum, default_value_t = AttackMode::All)]
+    pub attack: AttackMode,
+    /// Rounds between two Sybil identities of one attacker.
+    #[arg(long, default_value_t = SimConfig::default().sybil_rounds)]
+    pub sybil_rounds: usize,
+    /// Forged records an attacker puts per episode in the seq hijack.
+    #[arg(long, default_value_t = SimConfig::default().hijack_per_episode)]
+    pub hijack_per_episode: usize,
+    /// Attackers share only what the privacy budget lets out (an unmodified node with a
+    /// biased sensor); default: every outcome at once (a hostile node).
+    #[arg(long)]
+    pub attackers_keep_budget: bool,
+    /// Experiment, not the product: a plausibility gate taken from the simulator's ground
+    /// truth, this multiple of the world model's validation envelope (no robot has it);
+    /// 0 (default) = every robot learns its gate from its own outcomes, as the node does.
     #[arg(long, default_value_t = SimConfig::default().plausibility_margin)]
     pub plausibility_margin: f64,
+    /// Seal every record on the bus with its writer's key and open it at every receiver
+    /// (forged and Sybil records always are; Zenoh robots always sign).
+    #[arg(long)]
+    pub sign_records: bool,
+    /// Privacy budget k (`min_count_to_share`): an address is shared after k own outcomes
+    /// and republished after k more; 1 = no privacy.
+    #[arg(long, default_value_t = SimConfig::default().min_count_to_share)]
+    pub min_count_to_share: u64,
     /// Exchange: zenoh = every robot on its own real Zenoh session (clients of one
     /// in-process router with storage, 127.0.0.1 only); bus = the in-process exchange;
     /// auto = the first --zenoh-robots robots on Zenoh and the rest on the bus (records
@@ -78,7 +104,8 @@ pub struct SimArgs {
     /// Zipf exponent of the class frequencies.
     #[arg(long, default_value_t = SimConfig::default().zipf_exponent)]
     pub zipf: f64,
-    /// A robot republishes its record for a class when its own count grew by this factor.
+    /// Traffic budget on top of the privacy budget: a record is republished only when its
+    /// own count grew by this factor since the last publication (1 = off).
     #[arg(long, default_value_t = SimConfig::default().republish_growth)]
     pub republish_growth: f64,
     /// Prior strength k0 of the shrinkage (qis, local-only and oracle alike).
@@ -92,6 +119,27 @@ pub struct SimArgs {
     /// more loses weight); 0 turns trust off.
     #[arg(long, default_value_t = SimConfig::default().trust_tolerance)]
     pub trust_tolerance: f64,
+    /// Trust scale per state component, comma separated (`trust.scale`: the units trust
+    /// gaps are measured in; one value = all components); absent = 1 for all, the node's
+    /// default (`1,0.25,0.1,0.25` = the error metric's scales).
+    #[arg(long, value_delimiter = ',')]
+    pub trust_scale: Vec<f64>,
+    /// Weight factor of a source never judged (`trust.initial`; 1 = trust is only lost).
+    #[arg(long, default_value_t = SimConfig::default().trust_initial)]
+    pub trust_initial: f64,
+    /// Agreeing judgements a source needs to reach full weight (`trust.earn_outcomes`).
+    #[arg(long, default_value_t = SimConfig::default().trust_earn_outcomes)]
+    pub trust_earn_outcomes: f64,
+    /// Most weight young sources carry together at an address (`synthesis.max_young_weight`).
+    #[arg(long, default_value_t = SimConfig::default().synthesis.max_young_weight)]
+    pub max_young_weight: f64,
+    /// Learned gate = this multiple of each robot's residual envelope
+    /// (`validation.envelope_margin`; 0 = no learned gate).
+    #[arg(long, default_value_t = SimConfig::default().validation.envelope_margin)]
+    pub envelope_margin: f64,
+    /// Own outcomes before the learned gate applies (`validation.envelope_min_outcomes`).
+    #[arg(long, default_value_t = SimConfig::default().validation.envelope_min_outcomes)]
+    pub envelope_min_outcomes: u64,
     /// Exact support (outcomes) below which neighbors are borrowed.
     #[arg(long, default_value_t = SimConfig::default().synthesis.min_support)]
     pub min_support: f64,
@@ -119,13 +167,22 @@ impl SimArgs {
             episodes: self.episodes,
             attackers: self.attackers,
             attack_bias: self.attack_bias,
+            attack: self.attack,
+            sybil_rounds: self.sybil_rounds,
+            hijack_per_episode: self.hijack_per_episode,
+            attackers_keep_budget: self.attackers_keep_budget,
             plausibility_margin: self.plausibility_margin,
+            sign_records: self.sign_records,
+            min_count_to_share: self.min_count_to_share,
             delay_ms: self.delay_ms,
             max_sources_per_address: self.max_sources,
             max_received_records: self.max_received_records,
             zipf_exponent: self.zipf,
             republish_growth: self.republish_growth,
             trust_tolerance: self.trust_tolerance,
+            trust_scale: self.trust_scale.clone(),
+            trust_initial: self.trust_initial,
+            trust_earn_outcomes: self.trust_earn_outcomes,
             neighbors: self.neighbors,
             zenoh_robots: self.zenoh_robots(),
             ros_robots: self.ros_robots.min(self.robots),
@@ -133,7 +190,13 @@ impl SimArgs {
                 prior_strength: self.k0,
                 outlier_z: self.outlier_z,
                 min_support: self.min_support,
+                max_young_weight: self.max_young_weight,
                 ..SimConfig::default().synthesis
+            },
+            validation: ValidationConfig {
+                envelope_margin: self.envelope_margin,
+                envelope_min_outcomes: self.envelope_min_outcomes,
+                ..ValidationConfig::default()
             },
             ..SimConfig::default()
         }

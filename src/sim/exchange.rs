@@ -7,8 +7,17 @@
 //! polls what arrived. Records cross it in their encoded wire form, so the simulator
 //! counts real bytes and exercises the decoder.
 //!
-//! The bus behaves like a Zenoh storage plus subscriptions: it keeps the latest record
-//! per (address, source); a record becomes visible `delay_ns` after it was published; a
+//! Anyone with write access to the key space can put anything under any key: an
+//! endpoint can also put bytes sealed by their writer ([`Exchange::put_sealed`]) under
+//! another source's key (a Sybil identity it holds the key of, or a forgery under an
+//! honest source). Such bytes reach a robot only through the product's admission check
+//! ([`crate::fleet::signing::Admission::open`], self-certified sources, as a node runs it
+//! by default), run by every receiver. Honest robots' own records take the in-memory
+//! path (encoded, unsigned) unless [`BusConfig::sign_records`] seals and opens them too.
+//!
+//! The bus behaves like a Zenoh storage plus subscriptions: it keeps the latest put
+//! per (address, source), whatever seq it claims (a storage orders puts by arrival, not
+//! by what they say); a record becomes visible `delay_ns` after it was published; a
 //! follower receives the records of at most `max_sources_per_address` sources per address
 //! (picked by rendezvous hashing of follower and source, so the choice is uniform, stable
 //! and cannot be steered by what a record claims), then every update of those sources.
@@ -22,8 +31,13 @@ use std::rc::Rc;
 use serde::Serialize;
 use thiserror::Error;
 
-use crate::core::ids::{Fingerprint, ModelId, RecordKey, Seq, SourceId};
+use ed25519_dalek::SigningKey;
+
+use crate::core::ids::{Fingerprint, FleetName, ModelId, RecordKey, Seq, SourceId};
 use crate::core::record::{EncodeError, OutcomeRecord, decode};
+use crate::fleet::Identity;
+use crate::fleet::keys::record_key;
+use crate::fleet::signing::{Admission, seal};
 
 /// Why an exchange operation failed.
 #[derive(Debug, Error)]
@@ -95,12 +109,40 @@ pub struct WireStats {
     pub received_bytes: u64,
     /// Delivered records that failed to decode and were dropped.
     pub dropped: u64,
+    /// Delivered records the admission check refused (not signed by the key their
+    /// source id names: forgeries).
+    pub refused: u64,
+}
+
+impl WireStats {
+    /// Adds another endpoint's figures to these.
+    pub fn add(&mut self, other: &WireStats) {
+        self.published_records += other.published_records;
+        self.published_bytes += other.published_bytes;
+        self.received_records += other.received_records;
+        self.received_bytes += other.received_bytes;
+        self.dropped += other.dropped;
+        self.refused += other.refused;
+    }
 }
 
 /// One robot's connection to the fleet: the operations the node logic needs.
 pub trait Exchange {
     /// Publishes this robot's latest record for an address (replaces its previous one).
     fn publish(&mut self, key: &RecordKey, record: &OutcomeRecord) -> Result<(), ExchangeError>;
+    /// Puts `bytes`, sealed by their writer ([`crate::fleet::signing::seal`]) as version
+    /// `seq`, under `key` whatever source it names, as any peer with write access to the
+    /// key space can. Every receiver opens them with the admission check; only what it
+    /// accepts is delivered. `authentic`: the writer holds the key `key.source` names (a
+    /// Sybil identity) rather than forging; networks use it for delivery bookkeeping only,
+    /// never to decide acceptance.
+    fn put_sealed(
+        &mut self,
+        key: &RecordKey,
+        seq: Seq,
+        bytes: Vec<u8>,
+        authentic: bool,
+    ) -> Result<(), ExchangeError>;
     /// Asks what the fleet holds at an address and follows its updates from now on.
     /// Idempotent: following again re-fetches the followed records.
     fn follow(&mut self, model: &ModelId, fingerprint: Fingerprint) -> Result<(), ExchangeError>;
@@ -118,8 +160,9 @@ pub trait Exchange {
 pub trait Network {
     /// A robot's endpoint.
     type Endpoint: Exchange;
-    /// Connects a robot whose records carry `source`.
-    fn connect(&mut self, source: SourceId) -> Result<Self::Endpoint, ExchangeError>;
+    /// Connects a robot whose records carry `identity`'s source id (and are signed with
+    /// its key where the network signs).
+    fn connect(&mut self, identity: &Identity) -> Result<Self::Endpoint, ExchangeError>;
     /// The simulated clock reached `now_ns`: deliver what is due.
     fn advance(&mut self, now_ns: i64);
     /// Records and bytes the fleet's storage holds, when the network can tell.
@@ -143,6 +186,9 @@ pub struct BusConfig {
     pub delay_ns: i64,
     /// Most sources a robot follows per address (its fan-in budget).
     pub max_sources_per_address: usize,
+    /// Seal every record with its writer's key and open it at every receiver (forged and
+    /// Sybil puts always are); false = honest records are encoded without a signature.
+    pub sign_records: bool,
 }
 
 type ModelIx = u16;
@@ -153,6 +199,8 @@ struct Held {
     source: RobotIx,
     seq: Seq,
     bytes: Rc<[u8]>,
+    /// Sealed: receivers must open it with the admission check.
+    sealed: bool,
     subscribers: Vec<RobotIx>,
 }
 
@@ -171,6 +219,7 @@ struct InFlight {
     source: RobotIx,
     seq: Seq,
     bytes: Rc<[u8]>,
+    sealed: bool,
 }
 
 struct Delivery {
@@ -178,13 +227,19 @@ struct Delivery {
     fingerprint: Fingerprint,
     source: RobotIx,
     bytes: Rc<[u8]>,
+    sealed: bool,
 }
 
 struct Shared {
     config: BusConfig,
     now_ns: i64,
     models: Vec<ModelId>,
+    /// Every source id seen, robots first as they join, then ids only written under
+    /// (Sybil identities, forged sources); indexes `active` and the per-robot tables.
     sources: Vec<SourceId>,
+    by_source: HashMap<SourceId, RobotIx>,
+    fleet: FleetName,
+    admission: Admission,
     active: Vec<bool>,
     inboxes: Vec<Vec<Delivery>>,
     stats: Vec<WireStats>,
@@ -202,6 +257,8 @@ pub struct Bus(Rc<RefCell<Shared>>);
 pub struct BusEndpoint {
     bus: Bus,
     robot: RobotIx,
+    /// Its signing key, used when the bus seals every record.
+    key: Option<SigningKey>,
 }
 
 /// Stable pseudo-random score of a (follower, source) pair (splitmix64 finalizer).
@@ -220,6 +277,9 @@ impl Bus {
             now_ns: i64::MIN,
             models: Vec::new(),
             sources: Vec::new(),
+            by_source: HashMap::new(),
+            fleet: FleetName::new(super::SIM_FLEET).expect("the simulated fleet's name is valid"),
+            admission: Admission::default(),
             active: Vec::new(),
             inboxes: Vec::new(),
             stats: Vec::new(),
@@ -229,18 +289,24 @@ impl Bus {
         })))
     }
 
-    /// Connects a robot; its records will carry `source`.
+    /// Connects a robot; its records will carry `source` (unsigned).
     pub fn join(&self, source: SourceId) -> BusEndpoint {
+        self.join_with(source, None)
+    }
+
+    /// Connects a robot under `identity` (its key seals records when the bus signs).
+    pub fn join_as(&self, identity: &Identity) -> BusEndpoint {
+        self.join_with(identity.source().clone(), identity.signing_key().cloned())
+    }
+
+    fn join_with(&self, source: SourceId, key: Option<SigningKey>) -> BusEndpoint {
         let mut s = self.0.borrow_mut();
-        let robot = s.sources.len() as RobotIx;
-        s.sources.push(source);
-        s.active.push(true);
-        s.inboxes.push(Vec::new());
-        s.stats.push(WireStats::default());
-        s.followed.push(HashMap::new());
+        let robot = s.ix_of(&source);
+        s.active[robot as usize] = true;
         BusEndpoint {
             bus: self.clone(),
             robot,
+            key,
         }
     }
 
@@ -280,6 +346,22 @@ impl Bus {
 }
 
 impl Shared {
+    /// The index of a source id, registered (inactive: nothing is delivered to it) when
+    /// first seen.
+    fn ix_of(&mut self, source: &SourceId) -> RobotIx {
+        if let Some(&i) = self.by_source.get(source) {
+            return i;
+        }
+        let i = self.sources.len() as RobotIx;
+        self.sources.push(source.clone());
+        self.by_source.insert(source.clone(), i);
+        self.active.push(false);
+        self.inboxes.push(Vec::new());
+        self.stats.push(WireStats::default());
+        self.followed.push(HashMap::new());
+        i
+    }
+
     fn model_ix(&mut self, model: &ModelId) -> ModelIx {
         if let Some(i) = self.models.iter().position(|m| m == model) {
             return i as ModelIx;
@@ -297,17 +379,20 @@ impl Shared {
             fingerprint,
             source: h.source,
             bytes: h.bytes.clone(),
+            sealed: h.sealed,
         });
     }
 
-    /// A publication becomes visible: store it, hand it to new watchers, fan it out.
+    /// A publication becomes visible: store it (the latest put wins, as in a Zenoh
+    /// storage: the bus cannot tell a forged seq from a real one, receivers can), hand it
+    /// to new watchers, fan it out.
     fn land(&mut self, m: InFlight) {
         let addr = self.addresses.entry((m.model, m.fingerprint)).or_default();
         let index = match addr.by_source.get(&m.source) {
-            Some(&i) if addr.held[i].seq >= m.seq => return,
             Some(&i) => {
                 addr.held[i].seq = m.seq;
                 addr.held[i].bytes = m.bytes;
+                addr.held[i].sealed = m.sealed;
                 i
             }
             None => {
@@ -315,6 +400,7 @@ impl Shared {
                     source: m.source,
                     seq: m.seq,
                     bytes: m.bytes,
+                    sealed: m.sealed,
                     subscribers: Vec::new(),
                 });
                 let i = addr.held.len() - 1;
@@ -352,6 +438,7 @@ impl Shared {
             source: held.source,
             seq: held.seq,
             bytes: held.bytes.clone(),
+            sealed: held.sealed,
             subscribers: Vec::new(),
         };
         for r in recipients {
@@ -395,6 +482,7 @@ impl Shared {
                 source: addr.held[i].source,
                 seq: addr.held[i].seq,
                 bytes: addr.held[i].bytes.clone(),
+                sealed: addr.held[i].sealed,
                 subscribers: Vec::new(),
             })
             .collect();
@@ -412,21 +500,21 @@ impl BusEndpoint {
             Err(ExchangeError::Left(s.sources[self.robot as usize].clone()))
         }
     }
-}
 
-impl Exchange for BusEndpoint {
-    fn publish(&mut self, key: &RecordKey, record: &OutcomeRecord) -> Result<(), ExchangeError> {
-        let bytes: Rc<[u8]> = record
-            .encode()
-            .map_err(|source| ExchangeError::Encode {
-                fingerprint: key.fingerprint,
-                source,
-            })?
-            .into();
+    /// Queues a put of `bytes` under `source` at `key`'s address.
+    fn put(
+        &mut self,
+        key: &RecordKey,
+        source: Option<&SourceId>,
+        seq: Seq,
+        bytes: Rc<[u8]>,
+        sealed: bool,
+    ) -> Result<(), ExchangeError> {
         let mut guard = self.bus.0.borrow_mut();
         let s = &mut *guard;
         self.check_active(s)?;
         let model = s.model_ix(&key.model);
+        let source = source.map_or(self.robot, |src| s.ix_of(src));
         let stats = &mut s.stats[self.robot as usize];
         stats.published_records += 1;
         stats.published_bytes += bytes.len() as u64;
@@ -435,11 +523,43 @@ impl Exchange for BusEndpoint {
             at_ns,
             model,
             fingerprint: key.fingerprint,
-            source: self.robot,
-            seq: record.seq,
+            source,
+            seq,
             bytes,
+            sealed,
         });
         Ok(())
+    }
+}
+
+impl Exchange for BusEndpoint {
+    fn publish(&mut self, key: &RecordKey, record: &OutcomeRecord) -> Result<(), ExchangeError> {
+        let encode = |source| ExchangeError::Encode {
+            fingerprint: key.fingerprint,
+            source,
+        };
+        let (sign, fleet) = {
+            let s = self.bus.0.borrow();
+            (s.config.sign_records, s.fleet.clone())
+        };
+        let (bytes, sealed) = match (&self.key, sign) {
+            (Some(k), true) => (
+                seal(record, &record_key(&fleet, key), Some(k)).map_err(encode)?,
+                true,
+            ),
+            _ => (record.encode().map_err(encode)?, false),
+        };
+        self.put(key, None, record.seq, bytes.into(), sealed)
+    }
+
+    fn put_sealed(
+        &mut self,
+        key: &RecordKey,
+        seq: Seq,
+        bytes: Vec<u8>,
+        _authentic: bool,
+    ) -> Result<(), ExchangeError> {
+        self.put(key, Some(&key.source), seq, bytes.into(), true)
     }
 
     fn follow(&mut self, model: &ModelId, fingerprint: Fingerprint) -> Result<(), ExchangeError> {
@@ -457,15 +577,28 @@ impl Exchange for BusEndpoint {
         self.check_active(s)?;
         let inbox = std::mem::take(&mut s.inboxes[self.robot as usize]);
         for d in inbox {
+            let key = RecordKey {
+                model: s.models[d.model as usize].clone(),
+                fingerprint: d.fingerprint,
+                source: s.sources[d.source as usize].clone(),
+            };
+            if d.sealed {
+                // What a node's exchange runs on every sample: the record must be signed
+                // by the key its source id names, under this very key expression.
+                match s
+                    .admission
+                    .open(&record_key(&s.fleet, &key), &key.source, &d.bytes)
+                {
+                    Ok(record) => out.push((key, record)),
+                    Err(e) => {
+                        tracing::debug!(source = %key.source, fingerprint = %d.fingerprint, error = %e, "refusing a record");
+                        s.stats[self.robot as usize].refused += 1;
+                    }
+                }
+                continue;
+            }
             match decode(&d.bytes) {
-                Ok(decoded) => out.push((
-                    RecordKey {
-                        model: s.models[d.model as usize].clone(),
-                        fingerprint: d.fingerprint,
-                        source: s.sources[d.source as usize].clone(),
-                    },
-                    decoded.record,
-                )),
+                Ok(decoded) => out.push((key, decoded.record)),
                 Err(e) => {
                     tracing::warn!(fingerprint = %d.fingerprint, error = %e, "dropping undecodable record");
                     s.stats[self.robot as usize].dropped += 1;
@@ -489,8 +622,8 @@ impl Exchange for BusEndpoint {
 impl Network for Bus {
     type Endpoint = BusEndpoint;
 
-    fn connect(&mut self, source: SourceId) -> Result<BusEndpoint, ExchangeError> {
-        Ok(self.join(source))
+    fn connect(&mut self, identity: &Identity) -> Result<BusEndpoint, ExchangeError> {
+        Ok(self.join_as(identity))
     }
 
     fn advance(&mut self, now_ns: i64) {
@@ -530,6 +663,7 @@ mod tests {
         let bus = Bus::new(BusConfig {
             delay_ns: 10,
             max_sources_per_address: 8,
+            sign_records: false,
         });
         let m = ModelId::new("wm").unwrap();
         let fp = Fingerprint([7; 16]);
@@ -550,14 +684,15 @@ mod tests {
         assert_eq!(got[0].1, record(1, 2.0));
         c.poll(&mut got).unwrap();
         assert_eq!(got.len(), 1, "c does not follow the address");
-        // A late follower gets the stored record by query; stale seqs are not stored.
-        a.publish(&key(&m, fp, "a"), &record(1, 5.0)).unwrap();
+        // A late follower gets the stored record by query: the latest put, whatever its
+        // seq says (a storage cannot judge seqs; the receiving memory does).
+        a.publish(&key(&m, fp, "a"), &record(2, 5.0)).unwrap();
         bus.advance(30);
         c.follow(&m, fp).unwrap();
         got.clear();
         c.poll(&mut got).unwrap();
         assert_eq!(got.len(), 1);
-        assert_eq!(got[0].1, record(1, 2.0));
+        assert_eq!(got[0].1, record(2, 5.0));
         assert_eq!(a.wire().published_records, 2);
         assert_eq!(c.wire().received_records, 1);
         assert!(c.wire().received_bytes > 0);
@@ -570,6 +705,7 @@ mod tests {
         let bus = Bus::new(BusConfig {
             delay_ns: 0,
             max_sources_per_address: 3,
+            sign_records: false,
         });
         let m = ModelId::new("wm").unwrap();
         let fp = Fingerprint([1; 16]);
@@ -597,5 +733,82 @@ mod tests {
         sources.dedup();
         assert_eq!(sources.len(), 3);
         assert_eq!(bus.stored_records(), 10);
+    }
+
+    #[test]
+    fn forged_puts_are_refused_by_every_receiver_and_do_not_silence_the_source() {
+        use crate::fleet::signing::seal;
+        let bus = Bus::new(BusConfig {
+            delay_ns: 0,
+            max_sources_per_address: 8,
+            sign_records: true,
+        });
+        let m = ModelId::new("wm").unwrap();
+        let fp = Fingerprint([9; 16]);
+        let key_of = |b: u8| ed25519_dalek::SigningKey::from_bytes(&[b; 32]);
+        let (honest, attacker, sybil) = (
+            Identity::signed(key_of(1)),
+            Identity::signed(key_of(2)),
+            Identity::signed(key_of(3)),
+        );
+        let mut h = bus.join_as(&honest);
+        let mut a = bus.join_as(&attacker);
+        let mut f = bus.join(SourceId::new("follower").unwrap());
+        bus.advance(0);
+        f.follow(&m, fp).unwrap();
+        let honest_key = RecordKey {
+            model: m.clone(),
+            fingerprint: fp,
+            source: honest.source().clone(),
+        };
+        h.publish(&honest_key, &record(1, 1.0)).unwrap();
+        bus.advance(1);
+        // The attacker forges the honest source's record with seq u64::MAX, signed with
+        // its own key, and publishes under a Sybil identity it holds the key of.
+        let fleet = FleetName::new(crate::sim::SIM_FLEET).unwrap();
+        let forged = record(u64::MAX, 99.0);
+        let ke = record_key(&fleet, &honest_key);
+        let bytes = seal(&forged, &ke, attacker.signing_key()).unwrap();
+        a.put_sealed(&honest_key, forged.seq, bytes, false).unwrap();
+        let sybil_key = RecordKey {
+            source: sybil.source().clone(),
+            ..honest_key.clone()
+        };
+        let bytes = seal(
+            &record(1, 50.0),
+            &record_key(&fleet, &sybil_key),
+            sybil.signing_key(),
+        )
+        .unwrap();
+        a.put_sealed(&sybil_key, Seq(1), bytes, true).unwrap();
+        bus.advance(2);
+        h.publish(&honest_key, &record(2, 1.5)).unwrap();
+        bus.advance(3);
+        let mut got = Vec::new();
+        f.poll(&mut got).unwrap();
+        let seen: Vec<(String, u64)> = got
+            .iter()
+            .map(|(k, r)| (k.source.to_string(), r.seq.0))
+            .collect();
+        assert_eq!(
+            seen,
+            vec![
+                (honest.source().to_string(), 1),
+                (sybil.source().to_string(), 1),
+                (honest.source().to_string(), 2),
+            ],
+            "the forgery is refused, the Sybil record (validly signed) and the honest source's next record arrive"
+        );
+        assert_eq!(f.wire().refused, 1);
+        // A late follower gets the honest source's latest put from the storage.
+        let mut late = bus.join(SourceId::new("late").unwrap());
+        late.follow(&m, fp).unwrap();
+        got.clear();
+        late.poll(&mut got).unwrap();
+        assert!(
+            got.iter()
+                .any(|(k, r)| k.source == *honest.source() && r.seq == Seq(2))
+        );
+        assert_eq!(late.wire().refused, 0);
     }
 }

@@ -2,30 +2,53 @@
 //! corrected prior, outcome, publish) on their own [`OutcomeMemory`], joined by an
 //! [`Exchange`], and the round-based driver that feeds them episodes.
 //!
+//! Every robot runs the node's defences with the node's code and settings: a
+//! self-certifying identity (ed25519 key, source id = public key); received records
+//! checked against the record bounds ([`RecordBounds::check`]), judged by trust
+//! ([`TrustBook::judge_record`]) and weighed by earned trust ([`TrustBook::source`]);
+//! the plausibility gate learned from its own outcomes ([`ResidualEnvelope`],
+//! [`ValidationConfig::learned_gate`], as `NodeLogic` does), never one taken from the
+//! simulator's ground truth unless `--plausibility-margin` asks for that experiment; and
+//! the privacy budget ([`OutcomeMemory::take_share`]) before its traffic budget.
+//!
+//! Attackers ([`super::AttackMode`]) publish every outcome, biased, ignoring both budgets
+//! (`attackers_keep_budget`: only what the privacy budget lets out); with
+//! Sybil rotation under a fresh identity every `sybil_rounds` rounds; with the seq hijack
+//! they also put forged records (seq = u64::MAX, biased mean, signed with their own key)
+//! under the source ids of honest robots whose records they hold, which every receiver
+//! opens with the product's admission check.
+//!
 //! Time: robots act in rounds of `episode_interval_s`; inside a round robot i acts at
 //! offset i / N of the interval, so a record published by one robot can reach the next
 //! ones within the same round when the delivery delay is shorter than that offset.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
+use ed25519_dalek::SigningKey;
 use nalgebra::DVector;
 use rand::{RngExt, SeedableRng};
 
 use crate::core::fingerprint::Fingerprinter;
-use crate::core::ids::{Fingerprint, ModelId, RecordKey, SourceId};
+use crate::core::ids::{Fingerprint, FleetName, ModelId, RecordKey, Seq, SourceId};
 use crate::core::memory::{Ingest, MemoryConfig, OutcomeMemory};
 use crate::core::neighbors::{NeighborIndex, Sketch, sketch};
-use crate::core::record::OutcomeRecord;
+use crate::core::plausibility::{RecordBounds, ResidualEnvelope, ValidationConfig};
+use crate::core::privacy::PrivacyBudget;
+use crate::core::record::{OutcomeRecord, TimeBase};
+use crate::core::summary::Summary;
 use crate::core::synthesis::SynthesisConfig;
 use crate::core::trust::TrustBook;
+use crate::fleet::Identity;
+use crate::fleet::keys::record_key;
+use crate::fleet::signing::seal;
 use crate::ros::msgs::{Outcome, Prediction, Scenario};
 
 use super::baselines::{LOCAL, Metrics, ORACLE, Oracle, QIS, RAW, prior_from};
-use super::exchange::{Bus, BusConfig, Exchange, Network, Propagation, WireStats};
+use super::exchange::{Bus, BusConfig, Exchange, ExchangeError, Network, Propagation, WireStats};
 use super::ros_node::{self, NodeRobot, RosFigures, RosNodes};
 use super::world::{ContextMix, FEATURE_NAMES, STATE_DIM, STATE_SCALE, Situation};
 use super::zenoh_net::{MixedNetwork, ZenohNetConfig, ZenohNetwork};
-use super::{SimConfig, SimError, SimRng};
+use super::{SIM_FLEET, SimConfig, SimError, SimRng};
 
 /// What a robot remembers about a class it has met.
 #[derive(Clone, Copy, Debug, Default)]
@@ -36,8 +59,20 @@ struct Known {
     followed_ns: i64,
 }
 
+/// What an attacking robot keeps besides its loop.
+struct Attacker {
+    /// Where its Sybil keys come from (its own stream: the episodes do not depend on it).
+    keys: SimRng,
+    /// The Sybil identity it publishes under now, and the rotation epoch it belongs to.
+    sybil: Option<(usize, Identity)>,
+}
+
 /// One simulated robot running the qis loop.
 pub struct Robot<E: Exchange> {
+    /// Its name in episode ids and node namespaces (`robot-00017`).
+    name: String,
+    /// Its key and self-certifying source id.
+    identity: Identity,
     source: SourceId,
     memory: OutcomeMemory,
     exchange: E,
@@ -46,8 +81,18 @@ pub struct Robot<E: Exchange> {
     join_round: usize,
     leave_round: usize,
     attacker: bool,
+    attack: Option<Attacker>,
     inbox: Vec<(RecordKey, OutcomeRecord)>,
     trust: TrustBook,
+    /// Its residual envelope, fed by its own outcomes as `NodeLogic` feeds the node's.
+    envelope: ResidualEnvelope,
+    /// The synthesis settings in force: the run's, with the gate learned from
+    /// `envelope` when none is configured (as `NodeLogic::refresh_gate`).
+    synthesis: SynthesisConfig,
+    /// Whether `synthesis` holds the gate of the current envelope.
+    gate_current: bool,
+    /// What a received record may claim (the node's `validation` bounds, simulated time).
+    bounds: RecordBounds,
     /// Similarity index over the addresses this robot knows (two-level addressing),
     /// when neighbor borrowing is on.
     neighbors: Option<NeighborIndex>,
@@ -102,22 +147,43 @@ pub struct RunOutcome {
     /// How much honest robots trust attackers and honest sources, at the end of each
     /// window (empty without attackers).
     pub trust_curve: Vec<TrustPoint>,
+    /// What the attackers did and what the defences refused.
+    pub attack: AttackCounts,
+    /// The plausibility gate the honest robots still present had learned at the end, mean
+    /// per component (empty when a gate is configured or none was learned).
+    pub learned_gate: Vec<f64>,
 }
 
-/// Mean trust honest robots give at one moment (unknown sources count 1, as in the
-/// synthesis).
+/// What the attackers put on the wire and what the honest robots refused.
+#[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize)]
+pub struct AttackCounts {
+    /// Records attackers published under their own or a Sybil source id.
+    pub poisoned_records: u64,
+    /// Sybil identities used (fresh keys, each a self-certified source id).
+    pub sybil_identities: u64,
+    /// Forged records put under honest robots' source ids (seq = u64::MAX).
+    pub forged_records: u64,
+    /// Deliveries to honest robots the admission check refused (forgeries).
+    pub refused_by_admission: u64,
+    /// Received records honest robots refused by the record bounds.
+    pub refused_by_bounds: u64,
+}
+
+/// Mean trust honest robots give at one moment (sources never judged count at the
+/// trust's `initial` weight, as in the synthesis).
 #[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize)]
 pub struct TrustPoint {
     /// Rounds done.
     pub round: usize,
-    /// Mean trust in the attackers' sources.
+    /// Mean trust in the attackers' sources (the Sybil identity each publishes under at
+    /// that moment, when they rotate).
     pub attackers: f64,
     /// Mean trust in other honest robots' sources.
     pub honest: f64,
 }
 
-/// Mean trust honest robots present at `round` give to the attackers and to the other
-/// honest robots (present or not).
+/// Mean trust honest robots present at `round` give to the attackers (the source each
+/// publishes under) and to the other honest robots (present or not).
 fn trust_point<E: Exchange>(robots: &[Robot<E>], round: usize) -> TrustPoint {
     let (mut attackers, mut na, mut honest, mut nh) = (0.0, 0u64, 0.0, 0u64);
     for judge in robots
@@ -128,7 +194,7 @@ fn trust_point<E: Exchange>(robots: &[Robot<E>], round: usize) -> TrustPoint {
             if other.source == judge.source {
                 continue;
             }
-            let t = judge.trust.trust(&other.source);
+            let t = judge.trust.trust(other.publishing_source());
             if other.attacker {
                 attackers += t;
                 na += 1;
@@ -168,6 +234,7 @@ pub fn simulate(
     let mut bus = Bus::new(BusConfig {
         delay_ns: (config.delay_ms * 1e6) as i64,
         max_sources_per_address: config.max_sources_per_address,
+        sign_records: config.sign_records,
     });
     if config.zenoh_robots > 0 {
         let zenoh = ZenohNetwork::start(ZenohNetConfig::default())?;
@@ -182,7 +249,16 @@ struct Scene<'a> {
     config: &'a SimConfig,
     poison: bool,
     fingerprinter: Fingerprinter,
+    /// The run's synthesis settings (the baselines' too); robots add their learned gate.
     synthesis: SynthesisConfig,
+    /// Whether robots learn their gate (no gate configured).
+    learn_gate: bool,
+    validation: ValidationConfig,
+    budget: PrivacyBudget,
+    fleet: FleetName,
+    /// Every source id attackers publish under (own and Sybil): forgers spare them.
+    attacker_sources: HashSet<SourceId>,
+    attack: AttackCounts,
     model: ModelId,
     feature_names: Vec<String>,
     mix: ContextMix,
@@ -218,8 +294,34 @@ impl Scene<'_> {
 }
 
 impl<E: Exchange> Robot<E> {
+    /// The source id this robot's records go out under: its own, or while it attacks with
+    /// Sybil rotation, its current Sybil identity's.
+    fn publishing_source(&self) -> &SourceId {
+        match self.attack.as_ref().and_then(|a| a.sybil.as_ref()) {
+            Some((_, id)) => id.source(),
+            None => &self.source,
+        }
+    }
+
+    /// Puts the plausibility gate in force as `NodeLogic::refresh_gate` does: the
+    /// configured one, else the one learned from this robot's own outcomes once it has
+    /// enough of them, else none.
+    fn refresh_gate(&mut self, scene: &Scene<'_>) {
+        if !scene.learn_gate || self.gate_current {
+            return;
+        }
+        match scene.validation.learned_gate(&self.envelope, &scene.model) {
+            Some(gate) => {
+                self.synthesis.max_residual = gate;
+                self.gate_current = true;
+            }
+            None => self.synthesis.max_residual.clear(),
+        }
+    }
+
     /// Route: the first encounter asks the fleet; an address whose received records were
-    /// all evicted is asked again (at most once per refollow interval). Then ingest.
+    /// all evicted is asked again (at most once per refollow interval). Then check, judge
+    /// and ingest what arrived, as the node's `on_record` does.
     fn route(
         &mut self,
         scene: &mut Scene<'_>,
@@ -239,12 +341,26 @@ impl<E: Exchange> Robot<E> {
         self.exchange.poll(&mut self.inbox)?;
         let mut fed = Vec::new();
         for (key, record) in self.inbox.drain(..) {
+            if self.bounds.check(&record, now).is_err() {
+                // A claim no honest node makes: refused, and a miss for trust.
+                if !self.attacker {
+                    scene.attack.refused_by_bounds += 1;
+                }
+                if key.source != self.source {
+                    self.trust.observe(&key.source, &[f64::INFINITY], &[0.0]);
+                }
+                // The node robot's node checks (and refuses) it itself.
+                if self.node.is_some() {
+                    fed.push((key, record));
+                }
+                continue;
+            }
             self.trust.judge_record(
                 &self.source,
                 &key.source,
                 &record.summary,
                 self.memory.own_summary(&key.model, &key.fingerprint),
-                &scene.synthesis.max_residual,
+                &self.synthesis.max_residual,
             );
             if let Some(index) = &mut self.neighbors {
                 index
@@ -280,7 +396,7 @@ impl<E: Exchange> Robot<E> {
             a.own.as_ref().map_or(0, |o| o.1.count())
                 + a.received.iter().map(|r| r.summary.count()).sum::<u64>()
         });
-        if support as f64 >= scene.synthesis.min_support {
+        if support as f64 >= self.synthesis.min_support {
             return Ok(Vec::new());
         }
         let mut near = index
@@ -291,8 +407,114 @@ impl<E: Exchange> Robot<E> {
         Ok(near)
     }
 
+    /// Sybil rotation: a fresh self-certified identity every `sybil_rounds` rounds.
+    fn rotate(&mut self, scene: &mut Scene<'_>, round: usize) {
+        let Some(a) = &mut self.attack else {
+            return;
+        };
+        let epoch = round / scene.config.sybil_rounds;
+        if a.sybil.as_ref().is_some_and(|(e, _)| *e == epoch) {
+            return;
+        }
+        let id = Identity::signed(SigningKey::from_bytes(&a.keys.random::<[u8; 32]>()));
+        scene.attacker_sources.insert(id.source().clone());
+        scene.attack.sybil_identities += 1;
+        a.sybil = Some((epoch, id));
+    }
+
+    /// An attacker shares every outcome's (biased) record at once, under its Sybil
+    /// identity when it rotates, and with the seq hijack also forges the records of the
+    /// honest sources it holds at the address.
+    fn attack(
+        &mut self,
+        scene: &mut Scene<'_>,
+        key: RecordKey,
+        record: &OutcomeRecord,
+    ) -> Result<(), SimError> {
+        let encode = |source| {
+            SimError::Exchange(ExchangeError::Encode {
+                fingerprint: key.fingerprint,
+                source,
+            })
+        };
+        scene.attack.poisoned_records += 1;
+        match self.attack.as_ref().and_then(|a| a.sybil.as_ref()) {
+            Some((_, id)) => {
+                // A validly signed record under a source id nobody has judged yet.
+                let key = RecordKey {
+                    source: id.source().clone(),
+                    ..key.clone()
+                };
+                let bytes = seal(record, &record_key(&scene.fleet, &key), id.signing_key())
+                    .map_err(encode)?;
+                self.exchange.put_sealed(&key, record.seq, bytes, true)?;
+            }
+            None => self.exchange.publish(&key, record)?,
+        }
+        if !scene.config.attack.hijack() {
+            return Ok(());
+        }
+        let Some(addr) = self.memory.address(&key.model, &key.fingerprint) else {
+            return Ok(());
+        };
+        let mut victims: Vec<_> = addr
+            .received
+            .iter()
+            .filter(|r| !scene.attacker_sources.contains(&r.source))
+            .collect();
+        victims.sort_by_key(|r| std::cmp::Reverse(r.summary.count()));
+        victims.truncate(scene.config.hijack_per_episode);
+        let mut forged = Vec::with_capacity(victims.len());
+        for victim in victims {
+            let s = &victim.summary;
+            let mut mean = s.mean().clone();
+            for (m, o) in mean.iter_mut().zip(scene.attack_offset) {
+                *m += o;
+            }
+            // The victim's own record, its mean shifted, at the last seq there is: a
+            // memory that took it would refuse every later record of the victim as stale.
+            let record = OutcomeRecord {
+                seq: Seq(u64::MAX),
+                sketch: record.sketch,
+                summary: Summary::from_parts(
+                    s.count(),
+                    s.weight(),
+                    s.weight_sq(),
+                    mean,
+                    s.m2().clone(),
+                    s.first_ns(),
+                    s.last_ns(),
+                ),
+                time_base: TimeBase::Sim,
+            };
+            let fkey = RecordKey {
+                source: victim.source.clone(),
+                ..key.clone()
+            };
+            // Signed with the attacker's own key: it has no other.
+            let bytes = seal(
+                &record,
+                &record_key(&scene.fleet, &fkey),
+                self.identity.signing_key(),
+            )
+            .map_err(encode)?;
+            forged.push((fkey, bytes));
+        }
+        for (fkey, bytes) in forged {
+            scene.attack.forged_records += 1;
+            self.exchange
+                .put_sealed(&fkey, Seq(u64::MAX), bytes, false)?;
+        }
+        Ok(())
+    }
+
     /// One episode: route, predict with every baseline, measure, score, learn, publish.
     fn episode(&mut self, scene: &mut Scene<'_>, round: usize, now: i64) -> Result<(), SimError> {
+        let attacking = self.attacker && scene.poison;
+        if attacking && scene.config.attack.sybil() {
+            self.rotate(scene, round);
+        }
+        self.refresh_gate(scene);
         let context = scene.mix.draw(&mut self.rng);
         let situation = Situation::draw(context, &mut self.rng);
         let tags = context.tags();
@@ -310,7 +532,7 @@ impl<E: Exchange> Robot<E> {
         let trust = &self.trust;
         let on_node = self.node.is_some();
         let qis = self.memory.prior(
-            &scene.synthesis,
+            &self.synthesis,
             &scene.model,
             &fp,
             &near,
@@ -323,7 +545,7 @@ impl<E: Exchange> Robot<E> {
         for (q, v) in qis_state.iter_mut().zip(qis.state.iter()) {
             *q = *v;
         }
-        let episode_id = format!("{}-{round}", self.source);
+        let episode_id = format!("{}-{round}", self.name);
         if let Some(node) = &mut self.node {
             let p = Prediction {
                 episode_id: episode_id.clone(),
@@ -351,6 +573,7 @@ impl<E: Exchange> Robot<E> {
             }
             node.compare(diff);
         }
+        // The baselines have nothing to defend against: the run's settings, no learned gate.
         let own = self.memory.own_summary(&scene.model, &fp);
         let local = prior_from(&scene.synthesis, own, &x, now)?;
         let central = prior_from(&scene.synthesis, scene.oracle.summary(&fp), &x, now)?;
@@ -389,7 +612,7 @@ impl<E: Exchange> Robot<E> {
         scene
             .oracle
             .add(fp, &residual, now, scene.synthesis.decay())?;
-        if self.attacker && scene.poison {
+        if attacking {
             for (r, o) in residual.iter_mut().zip(scene.attack_offset) {
                 *r += o;
             }
@@ -402,13 +625,27 @@ impl<E: Exchange> Robot<E> {
         let record = self
             .memory
             .record_outcome(&scene.model, fp, sketch, &residual, now)?;
+        // The learned gate's envelope, fed as the node feeds it (no stated covariance:
+        // the simulated model states none).
+        if self.envelope.observe(&scene.model, &residual, None) {
+            self.gate_current = false;
+        }
         let key = RecordKey {
             model: scene.model.clone(),
             fingerprint: fp,
             source: self.source.clone(),
         };
+        if attacking {
+            if scene.config.attackers_keep_budget
+                && !self.memory.take_share(&scene.model, &fp, scene.budget)
+            {
+                return Ok(());
+            }
+            return self.attack(scene, key, &record);
+        }
         // A node robot shares what its node handed to its fleet port (its own memory
-        // above only serves the local-only baseline and the comparison).
+        // above only serves the local-only baseline and the comparison); the others what
+        // the privacy budget lets out, as the node decides (`OutcomeMemory::take_share`).
         let shared = match &mut self.node {
             Some(node) => {
                 let o = Outcome {
@@ -418,10 +655,13 @@ impl<E: Exchange> Robot<E> {
                 };
                 node.outcome(&o)?.1.pop()
             }
-            None => Some((key, record)),
+            None => self
+                .memory
+                .take_share(&scene.model, &fp, scene.budget)
+                .then_some((key, record)),
         };
-        // Bandwidth budget: republish only when the own count grew by the configured
-        // factor since the last publication (1, 2, 3, 4, 5, 7, 9, ... for 1.25).
+        // Traffic budget on top: publish what the privacy budget let out only when the
+        // own count grew by the configured factor since the last publication.
         if let Some((key, record)) = shared {
             let count = record.summary.count();
             let known = self.known.entry(fp).or_default();
@@ -445,7 +685,8 @@ impl<E: Exchange> Robot<E> {
 }
 
 /// Creates the robots: who joins late, who leaves early, who attacks, each from its own
-/// random stream so the episodes do not depend on the others.
+/// random stream so the episodes do not depend on the others; every robot gets an
+/// ed25519 key and the self-certifying source id of its public key.
 fn spawn<N: Network>(
     network: &mut N,
     config: &SimConfig,
@@ -453,10 +694,13 @@ fn spawn<N: Network>(
 ) -> Result<Vec<Robot<N::Endpoint>>, SimError> {
     let mut schedule = SimRng::seed_from_u64(config.seed ^ 0x5CED_u64);
     let mut attack_rng = SimRng::seed_from_u64(config.seed ^ 0xA77AC4);
+    let mut key_rng = SimRng::seed_from_u64(config.seed ^ 0x1DE7_17E5);
     let rounds = config.episodes;
+    let bounds = config.validation.bounds(TimeBase::Sim);
     let mut robots = Vec::with_capacity(config.robots);
     for i in 0..config.robots {
-        let source = SourceId::new(format!("robot-{i:05}")).map_err(SimError::Id)?;
+        let identity = Identity::signed(SigningKey::from_bytes(&key_rng.random::<[u8; 32]>()));
+        let source = identity.source().clone();
         let join_round = if schedule.random::<f64>() < config.late_join_fraction {
             schedule.random_range(1..rounds.max(2).div_ceil(2).max(2))
         } else {
@@ -480,18 +724,28 @@ fn spawn<N: Network>(
         );
         // Simulated robots run on simulated time, like the node robots (`use_sim_time`),
         // whose record bounds refuse records of another time base.
-        memory.set_time_base(crate::core::record::TimeBase::Sim);
+        memory.set_time_base(TimeBase::Sim);
         robots.push(Robot {
+            name: format!("robot-{i:05}"),
             memory,
-            exchange: network.connect(source.clone())?,
+            exchange: network.connect(&identity)?,
+            identity,
             source,
             rng: SimRng::seed_from_u64(config.seed.wrapping_add(1 + i as u64)),
             known: HashMap::new(),
             join_round,
             leave_round,
             attacker,
+            attack: attacker.then(|| Attacker {
+                keys: SimRng::seed_from_u64(config.seed ^ 0x5B11_0000 ^ ((i as u64) << 24)),
+                sybil: None,
+            }),
             inbox: Vec::new(),
             trust: TrustBook::new(config.trust()),
+            envelope: ResidualEnvelope::default(),
+            synthesis: config.synthesis.clone(),
+            gate_current: false,
+            bounds,
             neighbors: (config.neighbors > 0).then(NeighborIndex::new),
             node: None,
         });
@@ -500,7 +754,7 @@ fn spawn<N: Network>(
 }
 
 /// Runs one simulation over `network`. The robots drawn as attackers are left out of
-/// the error figures; with `poison` they publish poisoned records, without it they
+/// the error figures; with `poison` they attack (`config.attack`), without it they
 /// behave (the reference run of an attack scenario).
 pub fn simulate_on<N: Network>(
     network: &mut N,
@@ -510,6 +764,7 @@ pub fn simulate_on<N: Network>(
 ) -> Result<RunOutcome, SimError> {
     let synthesis = config.synthesis.clone();
     synthesis.validate().map_err(SimError::Synthesis)?;
+    config.validation.validate().map_err(SimError::Validation)?;
     let rounds = config.episodes;
     let warmup = (rounds as f64 * config.warmup_fraction).round() as usize;
     let mut scene = Scene {
@@ -532,11 +787,24 @@ pub fn simulate_on<N: Network>(
         attack_offset: STATE_SCALE.map(|s| s * config.attack_bias),
         refollow_ns: (config.refollow_s * 1e9) as i64,
         ingested: 0,
+        learn_gate: synthesis.max_residual.is_empty(),
+        validation: config.validation.clone(),
+        budget: PrivacyBudget {
+            min_count: config.min_count_to_share,
+        },
+        fleet: FleetName::new(SIM_FLEET).map_err(SimError::Id)?,
+        attacker_sources: HashSet::new(),
+        attack: AttackCounts::default(),
         synthesis,
     };
     // Declared before the robots: their nodes shut down before the router closes.
     let mut ros_nodes: Option<RosNodes> = None;
     let mut robots = spawn(network, config, scene.synthesis.decay())?;
+    scene.attacker_sources = robots
+        .iter()
+        .filter(|r| r.attacker)
+        .map(|r| r.source.clone())
+        .collect();
     if config.ros_robots > 0 {
         let nodes = ros_nodes.insert(RosNodes::start()?);
         let params = RosNodes::params(config);
@@ -548,7 +816,11 @@ pub fn simulate_on<N: Network>(
                 break;
             }
             if robot.join_round == 0 && robot.leave_round == usize::MAX && !robot.attacker {
-                robot.node = Some(Box::new(nodes.attach(&robot.source, params.clone())?));
+                robot.node = Some(Box::new(nodes.attach(
+                    &robot.name,
+                    &robot.source,
+                    params.clone(),
+                )?));
                 picked += 1;
             }
         }
@@ -622,12 +894,7 @@ fn tally<N: Network>(
             continue;
         }
         honest += 1;
-        let w = r.exchange.wire();
-        wire_total.published_records += w.published_records;
-        wire_total.published_bytes += w.published_bytes;
-        wire_total.received_records += w.received_records;
-        wire_total.received_bytes += w.received_bytes;
-        wire_total.dropped += w.dropped;
+        wire_total.add(&r.exchange.wire());
         if r.leave_round != usize::MAX {
             continue;
         }
@@ -658,6 +925,31 @@ fn tally<N: Network>(
         f.raw_rmse_after_warmup = b[RAW].rmse_after_warmup;
         f
     });
+    let attack = AttackCounts {
+        refused_by_admission: wire_total.refused,
+        ..scene.attack
+    };
+    let mut learned_gate = vec![0.0; STATE_DIM];
+    let mut gated = 0usize;
+    if scene.learn_gate {
+        for r in robots
+            .iter()
+            .filter(|r| !r.attacker && r.leave_round == usize::MAX)
+        {
+            if let Some(g) = scene.validation.learned_gate(&r.envelope, &scene.model) {
+                gated += 1;
+                for (m, v) in learned_gate.iter_mut().zip(g) {
+                    *m += v;
+                }
+            }
+        }
+    }
+    if gated == 0 {
+        learned_gate.clear();
+    }
+    learned_gate
+        .iter_mut()
+        .for_each(|v| *v /= gated.max(1) as f64);
     RunOutcome {
         classes: scene.oracle.classes(),
         ingested: scene.ingested,
@@ -671,5 +963,7 @@ fn tally<N: Network>(
         propagation: network.propagation(),
         ros,
         trust_curve: Vec::new(),
+        attack,
+        learned_gate,
     }
 }

@@ -5,8 +5,9 @@
 //! - [`world`]: the braking physics, the biased world model, the Zipf mix of classes;
 //! - [`exchange`]: the [`exchange::Exchange`] trait and the in-process bus;
 //! - [`zenoh_net`]: the same trait over real Zenoh sessions on loopback;
-//! - [`fleet`]: the robots and the round-based driver;
-//! - [`trust`]: per-source trust earned from outcomes;
+//! - [`fleet`]: the robots (each one runs the node's defences: record bounds, the
+//!   plausibility gate learned from its own outcomes, earned trust, the privacy budget),
+//!   the attackers (bias, Sybil rotation, seq hijack) and the round-based driver;
 //! - [`baselines`]: raw, local-only, qis and central-oracle predictors and their errors;
 //! - [`report`]: table and JSON output; [`plot`]: the SVG error curves;
 //! - [`cli`]: the `qis sim` arguments.
@@ -29,8 +30,11 @@ use crate::core::fingerprint::{FingerprintConfigError, FingerprintError};
 use crate::core::ids::IdError;
 use crate::core::memory::MemoryError;
 use crate::core::neighbors::NeighborError;
+use crate::core::plausibility::{ValidationConfig, ValidationConfigError};
+use crate::core::privacy::DEFAULT_MIN_COUNT_TO_SHARE;
 use crate::core::summary::SummaryError;
 use crate::core::synthesis::{SynthesisConfig, SynthesisConfigError, SynthesisError};
+use crate::core::trust::TrustConfig;
 
 pub use report::SimReport;
 
@@ -43,11 +47,11 @@ pub const DEFAULT_ROBOTS: usize = 600;
 pub const DEFAULT_EPISODES: usize = 300;
 /// Default seed.
 pub const DEFAULT_SEED: u64 = 7;
-/// Prior strength k0 of the simulated fleet (qis, local-only and oracle alike). The
-/// world model's error in this world is a large per-class bias with a small spread
-/// inside a class (about 0.1 of the raw error), so one outcome already says much about
-/// the class: empirical Bayes puts k0 = spread² / bias² well below 1; 1 is conservative.
-/// The core default (5) suits noisier worlds; `--k0 5` shows that case.
+/// Prior strength k0 that suits this world (`--k0 1`), the simulator's default before it
+/// ran the node's shipped defaults: the world model's error here is a large per-class bias
+/// with a small spread inside a class (about 0.1 of the raw error), so empirical Bayes puts
+/// k0 = spread² / bias² well below 1. Knowledge of the world, so not the default: the
+/// robots run the node's k0 (5).
 pub const SIM_PRIOR_STRENGTH: f64 = 1.0;
 
 /// Robots `--network auto` puts on real Zenoh sessions (the first ones; the rest of the
@@ -57,6 +61,50 @@ pub const SIM_PRIOR_STRENGTH: f64 = 1.0;
 pub const DEFAULT_ZENOH_ROBOTS: usize = 40;
 /// Above this many robots `--network auto` uses the bus only.
 pub const AUTO_ZENOH_MAX_FLEET: usize = 2_000;
+/// Fleet name of the simulated fleet's key space (bus and Zenoh alike).
+pub const SIM_FLEET: &str = "sim";
+/// Default rounds between two Sybil identities of one attacker (`--sybil-rounds`).
+pub const DEFAULT_SYBIL_ROUNDS: usize = 5;
+/// Default forged records an attacker puts per episode in the seq hijack (`--hijack-per-episode`).
+pub const DEFAULT_HIJACK_PER_EPISODE: usize = 2;
+
+/// What the attackers do (`--attack`); every mode also biases what they publish.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum AttackMode {
+    /// Publish every residual shifted by `attack_bias` × scale, under the own source id.
+    Bias,
+    /// The bias, under a fresh self-certified source id every `sybil_rounds` rounds, so
+    /// the attacker's sources are always young.
+    Sybil,
+    /// The bias, and forged records under honest robots' source ids with seq = u64::MAX
+    /// and a biased mean, signed with the attacker's own key.
+    Hijack,
+    /// Sybil rotation and the seq hijack together.
+    All,
+}
+
+impl AttackMode {
+    /// Whether attackers rotate source ids.
+    pub fn sybil(self) -> bool {
+        matches!(self, AttackMode::Sybil | AttackMode::All)
+    }
+
+    /// Whether attackers forge records under honest source ids.
+    pub fn hijack(self) -> bool {
+        matches!(self, AttackMode::Hijack | AttackMode::All)
+    }
+
+    /// The name `--attack` takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            AttackMode::Bias => "bias",
+            AttackMode::Sybil => "sybil",
+            AttackMode::Hijack => "hijack",
+            AttackMode::All => "all",
+        }
+    }
+}
 
 /// Why a simulation could not run or report.
 #[derive(Debug, Error)]
@@ -78,6 +126,9 @@ pub enum SimError {
     /// The synthesis config was refused.
     #[error(transparent)]
     Synthesis(SynthesisConfigError),
+    /// The validation config was refused.
+    #[error(transparent)]
+    Validation(ValidationConfigError),
     /// A scenario had no sketch.
     #[error(transparent)]
     Sketch(NeighborError),
@@ -143,21 +194,48 @@ pub struct SimConfig {
     pub max_sources_per_address: usize,
     /// Bound of each robot's received records (MemoryConfig).
     pub max_received_records: usize,
-    /// A record is republished when the own count grew by this factor.
+    /// Traffic budget on top of the privacy budget: a record the privacy budget lets out
+    /// is published only when the own count grew by this factor since the last
+    /// publication (1 = every record the privacy budget lets out).
     pub republish_growth: f64,
+    /// Privacy budget k (the node's `min_count_to_share`): an address is shared after k
+    /// own outcomes and republished after k more ([`crate::core::privacy`]).
+    pub min_count_to_share: u64,
     /// An address whose received records were all evicted is re-asked after this (s).
     pub refollow_s: f64,
     /// Fraction of robots that publish poisoned records.
     pub attackers: f64,
     /// Bias an attacker adds to every residual, in units of each component's scale.
     pub attack_bias: f64,
-    /// The plausibility gate (`synthesis.max_residual`) as a multiple of the world model's
-    /// validation envelope ([`world::residual_envelope`]); 0 = no gate.
+    /// What the attackers do besides the bias.
+    pub attack: AttackMode,
+    /// Rounds between two Sybil identities of one attacker.
+    pub sybil_rounds: usize,
+    /// Forged records an attacker puts per episode in the seq hijack (under the honest
+    /// sources it holds at the episode's address, the largest counts first).
+    pub hijack_per_episode: usize,
+    /// Attackers share only what the privacy budget lets out, as an unmodified node with a
+    /// biased sensor would; false (default) = every outcome at once, as a hostile one.
+    pub attackers_keep_budget: bool,
+    /// Experiment only (off by default): a plausibility gate (`synthesis.max_residual`)
+    /// taken from the simulator's ground truth, this multiple of the world model's
+    /// validation envelope ([`world::residual_envelope`]); 0 = off, each robot learns its
+    /// gate from its own outcomes as the node does.
     pub plausibility_margin: f64,
+    /// Seal every record on the bus with its writer's key and open it at every receiver
+    /// (forged records always are); false = honest records take the in-memory path.
+    pub sign_records: bool,
     /// Neighbor addresses borrowed from when exact support is thin (0 = exact only).
     pub neighbors: usize,
     /// Trust tolerance (scale units) of a source's claims against own outcomes; 0 = off.
     pub trust_tolerance: f64,
+    /// Trust scale per state component (`trust.scale`): the units trust gaps are measured
+    /// in; empty = 1 for every component (the node's default).
+    pub trust_scale: Vec<f64>,
+    /// Weight factor of a source never judged (`trust.initial`).
+    pub trust_initial: f64,
+    /// Agreeing judgements a source needs to reach full weight (`trust.earn_outcomes`).
+    pub trust_earn_outcomes: f64,
     /// Windows of the error curve.
     pub windows: usize,
     /// Fraction of rounds counted as warm-up.
@@ -168,9 +246,14 @@ pub struct SimConfig {
     /// Robots whose prediction/outcome loop runs through a real `qis_node` over ROS 2
     /// topics (the last ones present the whole run; 0 = none).
     pub ros_robots: usize,
-    /// Synthesis settings shared by qis, local-only and the oracle.
+    /// Synthesis settings shared by qis, local-only and the oracle (qis robots add the
+    /// plausibility gate each learns).
     #[serde(skip)]
     pub synthesis: SynthesisConfig,
+    /// What a received record may claim, and the learned gate's margin (the node's
+    /// `validation` group).
+    #[serde(skip)]
+    pub validation: ValidationConfig,
 }
 
 impl Default for SimConfig {
@@ -187,20 +270,28 @@ impl Default for SimConfig {
             max_sources_per_address: 16,
             max_received_records: 2048,
             republish_growth: 1.25,
+            min_count_to_share: DEFAULT_MIN_COUNT_TO_SHARE,
             refollow_s: 600.0,
             attackers: 0.0,
             attack_bias: 50.0,
-            plausibility_margin: 1.5,
+            attack: AttackMode::All,
+            sybil_rounds: DEFAULT_SYBIL_ROUNDS,
+            hijack_per_episode: DEFAULT_HIJACK_PER_EPISODE,
+            attackers_keep_budget: false,
+            plausibility_margin: 0.0,
+            sign_records: false,
             neighbors: 0,
-            trust_tolerance: 3.0,
+            trust_tolerance: TrustConfig::default().tolerance,
+            trust_scale: Vec::new(),
+            trust_initial: TrustConfig::default().initial,
+            trust_earn_outcomes: TrustConfig::default().earn_outcomes,
             windows: 20,
             warmup_fraction: 0.25,
             zenoh_robots: 0,
             ros_robots: 0,
-            synthesis: SynthesisConfig {
-                prior_strength: SIM_PRIOR_STRENGTH,
-                ..SynthesisConfig::default()
-            },
+            // The node's shipped defaults (`NodeParams::default()`), k0 included.
+            synthesis: SynthesisConfig::default(),
+            validation: ValidationConfig::default(),
         }
     }
 }
@@ -253,6 +344,12 @@ impl SimConfig {
         if !(self.trust_tolerance.is_finite() && self.trust_tolerance >= 0.0) {
             return bad("trust_tolerance", "must be finite and >= 0 (0 = off)");
         }
+        if self.min_count_to_share == 0 {
+            return bad("min_count_to_share", "must be at least 1 (1 = no privacy)");
+        }
+        if self.sybil_rounds == 0 {
+            return bad("sybil_rounds", "must be at least 1");
+        }
         if !(self.plausibility_margin.is_finite() && self.plausibility_margin >= 0.0) {
             return bad(
                 "plausibility_margin",
@@ -271,23 +368,43 @@ impl SimConfig {
         if self.windows == 0 {
             return bad("windows", "must be at least 1");
         }
+        self.trust().validate().map_err(|e| SimError::Config {
+            field: "trust",
+            reason: e.to_string(),
+        })?;
+        self.validation.validate().map_err(SimError::Validation)?;
         self.synthesis.validate().map_err(SimError::Synthesis)
     }
 
-    /// The trust settings every robot (and its node) uses: gaps in units of each state
-    /// component's scale.
-    pub fn trust(&self) -> crate::core::trust::TrustConfig {
-        crate::core::trust::TrustConfig {
+    /// The trust settings every robot (and its node) uses: the node's defaults (earned
+    /// trust: `initial`, `earn_outcomes`) with this run's tolerance and scale.
+    pub fn trust(&self) -> TrustConfig {
+        TrustConfig {
             tolerance: self.trust_tolerance,
-            scale: world::STATE_SCALE.to_vec(),
-            ..crate::core::trust::TrustConfig::default()
+            scale: self.trust_scale.clone(),
+            initial: self.trust_initial,
+            earn_outcomes: self.trust_earn_outcomes,
+            ..TrustConfig::default()
         }
     }
 
-    /// These settings with `synthesis.max_residual` set to `plausibility_margin` times
-    /// the world model's validation envelope, unless a gate is already configured or the
-    /// margin is 0. The envelope comes from its own random stream, so it does not shift
-    /// the episodes.
+    /// Whether the robots run the node's shipped defaults (`NodeParams::default()`):
+    /// synthesis (no configured gate: each learns its own), trust, validation and privacy
+    /// budget. The traffic budget and the neighbor search are the simulator's.
+    pub fn shipped_defaults(&self) -> bool {
+        let d = SimConfig::default();
+        self.plausibility_margin == 0.0
+            && self.synthesis == d.synthesis
+            && self.trust() == d.trust()
+            && self.validation == d.validation
+            && self.min_count_to_share == d.min_count_to_share
+    }
+
+    /// Experiment only: these settings with `synthesis.max_residual` set to
+    /// `plausibility_margin` times the world model's validation envelope (ground truth no
+    /// robot has), unless a gate is already configured or the margin is 0 (the default:
+    /// every robot learns its gate from its own outcomes). The envelope comes from its
+    /// own random stream, so it does not shift the episodes.
     pub fn with_plausibility_gate(&self) -> SimConfig {
         let mut config = self.clone();
         if self.plausibility_margin > 0.0 && self.synthesis.max_residual.is_empty() {

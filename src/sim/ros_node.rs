@@ -7,10 +7,10 @@
 //! (namespace `/robot_NNNNN`, `use_sim_time`), and one driver context that publishes the
 //! robot's `prediction` and `outcome` and `/clock`, and subscribes its `corrected_prior`
 //! and `discrepancy`. The node's [`FleetPort`] is wired to the robot's endpoint on the
-//! simulator's exchange: own records the node shares are queued and published into the
-//! exchange by the driver after each episode (under the simulator's republish budget),
-//! first-encounter fetches are answered with what the driver's follow of the address
-//! returned, and every other record the endpoint receives is fed into the node's record
+//! simulator's exchange: own records the node shares (its privacy budget) are queued and
+//! published into the exchange by the driver after each episode (the driver's traffic
+//! budget), first-encounter fetches are answered with what the driver's follow of the
+//! address returned, and every other record the endpoint receives is fed into the node's record
 //! channel before the next prediction.
 //!
 //! The simulator is synchronous: a 2-thread tokio runtime runs the nodes, and the driver
@@ -210,30 +210,39 @@ impl RosNodes {
     }
 
     /// The node parameters of a simulated robot: the simulator's fingerprint, synthesis,
-    /// trust and memory settings, simulated time, no neighbor search unless the sim borrows.
+    /// trust, validation, privacy budget and memory settings (the in-process robots run the
+    /// same), simulated time, no neighbor search unless the sim borrows. With no gate
+    /// configured the node learns its own, as the in-process robots do.
     pub fn params(config: &SimConfig) -> NodeParams {
         NodeParams {
-            fleet: "sim".into(),
+            fleet: super::SIM_FLEET.into(),
             use_sim_time: true,
             fingerprint: super::world::fingerprint_config(),
             synthesis: config.synthesis.clone(),
             trust: config.trust(),
+            validation: config.validation.clone(),
             memory: MemoryConfig {
                 max_received_records: config.max_received_records,
                 ..MemoryConfig::default()
             },
             neighbors_k: config.neighbors,
-            min_count_to_share: 1,
+            min_count_to_share: config.min_count_to_share,
             ..NodeParams::default()
         }
     }
 
-    /// Starts a `qis_node` for robot `source` and the driver's end of its topics.
-    pub fn attach(&mut self, source: &SourceId, params: NodeParams) -> Result<NodeRobot, SimError> {
+    /// Starts a `qis_node` for robot `name` (its namespace: `/robot_00017` for
+    /// `robot-00017`) with source id `source`, and the driver's end of its topics.
+    pub fn attach(
+        &mut self,
+        name: &str,
+        source: &SourceId,
+        params: NodeParams,
+    ) -> Result<NodeRobot, SimError> {
         let (Some(driver), Some(clock)) = (&self.driver, &self.clock) else {
             return Err(SimError::Ros("driver already closed".into()));
         };
-        let ns = format!("/{}", source.as_str().replace('-', "_"));
+        let ns = format!("/{}", name.replace('-', "_"));
         let logic =
             NodeLogic::new(params, source.clone()).map_err(|e| ros_err("node params", e))?;
         let config = NativeConfig {

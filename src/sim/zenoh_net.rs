@@ -32,14 +32,13 @@ use std::time::{Duration, Instant};
 use tokio::runtime::Runtime;
 use tokio::task::JoinHandle;
 
+use super::SIM_FLEET;
 use super::exchange::{Exchange, ExchangeError, Network, Propagation, WireStats};
-use crate::core::ids::{Fingerprint, ModelId, RecordKey, SourceId};
+use crate::core::ids::{Fingerprint, ModelId, RecordKey, Seq, SourceId};
 use crate::core::record::OutcomeRecord;
+use crate::fleet::keys::record_key;
 use crate::fleet::router::router_config;
 use crate::fleet::{FleetConfig, FleetExchange, FleetRouter, Identity, Received};
-
-/// Fleet name of the simulated fleet's key space.
-const SIM_FLEET: &str = "sim";
 
 /// Settings of the Zenoh network.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -194,11 +193,27 @@ fn wire_of(ex: &FleetExchange) -> WireStats {
         published_bytes: s.bytes_out,
         received_records: s.received,
         received_bytes: s.bytes_in,
-        dropped: s.rejected() + s.dropped_overflow,
+        dropped: s.dropped_overflow,
+        // Unsigned, forged, wrong-key and malformed input the exchange's intake refused.
+        refused: s.rejected(),
     }
 }
 
 impl ZenohEndpoint {
+    /// Stamps a publication and counts the live deliveries it owes (the followers of its
+    /// address but this robot), before the put can possibly arrive anywhere.
+    fn expect(&self, key: &RecordKey, seq: Seq) {
+        let mut ledger = self.track.ledger();
+        ledger
+            .published_at
+            .insert((key.source.clone(), key.fingerprint, seq.0), Instant::now());
+        let followers = ledger
+            .followers
+            .get(&(key.model.clone(), key.fingerprint))
+            .map_or(0, |l| l.iter().filter(|&&r| r != self.robot).count());
+        ledger.expected += followers as u64;
+    }
+
     fn exchange(&self) -> Result<&FleetExchange, ExchangeError> {
         self.exchange
             .as_ref()
@@ -263,24 +278,35 @@ async fn receive(
 impl Exchange for ZenohEndpoint {
     fn publish(&mut self, key: &RecordKey, record: &OutcomeRecord) -> Result<(), ExchangeError> {
         let ex = self.exchange()?;
-        // Stamp and count before the put can possibly arrive anywhere.
-        {
-            let mut ledger = self.track.ledger();
-            ledger.published_at.insert(
-                (key.source.clone(), key.fingerprint, record.seq.0),
-                Instant::now(),
-            );
-            let followers = ledger
-                .followers
-                .get(&(key.model.clone(), key.fingerprint))
-                .map_or(0, |l| l.iter().filter(|&&r| r != self.robot).count());
-            ledger.expected += followers as u64;
-        }
+        self.expect(key, record.seq);
         let started = Instant::now();
         let done = ex
             .publish(key, record)
             .map_err(|e| net_err("publish", e))
             .map(|_| ());
+        self.track.ledger().publish_wait += started.elapsed();
+        done
+    }
+
+    fn put_sealed(
+        &mut self,
+        key: &RecordKey,
+        seq: Seq,
+        bytes: Vec<u8>,
+        authentic: bool,
+    ) -> Result<(), ExchangeError> {
+        let ex = self.exchange()?;
+        // A forgery never reaches an inbox (every receiver's intake refuses it): only an
+        // authentic put is owed to the followers.
+        if authentic {
+            self.expect(key, seq);
+        }
+        let ke = record_key(ex.fleet(), key);
+        let started = Instant::now();
+        let done = self
+            .runtime
+            .block_on(async { ex.session().put(ke, bytes).await })
+            .map_err(|e| net_err("put", e));
         self.track.ledger().publish_wait += started.elapsed();
         done
     }
@@ -343,20 +369,20 @@ fn percentile(sorted: &[u64], p: f64) -> u64 {
 impl Network for ZenohNetwork {
     type Endpoint = ZenohEndpoint;
 
-    fn connect(&mut self, source: SourceId) -> Result<ZenohEndpoint, ExchangeError> {
+    fn connect(&mut self, identity: &Identity) -> Result<ZenohEndpoint, ExchangeError> {
+        let source = identity.source().clone();
         let fleet = FleetConfig {
             fleet: SIM_FLEET.into(),
             connect: vec![self.connect.clone()],
             query_timeout_ms: self.config.query_timeout_ms,
-            // The simulator has its own republish budget: put each publication at once,
-            // share from the first outcome (as the bus does), no anti-entropy (rounds
-            // are short and the driver waits for deliveries).
+            // The simulated robot decides what to share (privacy budget and traffic
+            // budget, as the node does before its exchange): put each publication at
+            // once, no anti-entropy (rounds are short and the driver waits for
+            // deliveries). Signed by default, as the node: every record is sealed with the
+            // robot's key and every sample opened by the intake.
             publish_interval_ms: 0,
             min_count_to_share: 1,
             anti_entropy_period_ms: 0,
-            // Simulated robots are named (`robot-00017`) across the bus and Zenoh paths;
-            // signed, self-certifying ids are exercised by test/attack.rs instead.
-            unsigned: true,
             ..FleetConfig::default()
         };
         let mut settings = fleet.validate().map_err(|e| net_err("fleet config", e))?;
@@ -370,10 +396,7 @@ impl Network for ZenohNetwork {
             .map_err(|e| net_err("zenoh listen", e))?;
         let (exchange, rx) = self
             .runtime
-            .block_on(FleetExchange::start(
-                settings,
-                Identity::unsigned(source.clone()),
-            ))
+            .block_on(FleetExchange::start(settings, identity.clone()))
             .map_err(|e| net_err("session", e))?;
         let inbox = Arc::new(Mutex::new(Vec::new()));
         let receiver = self
@@ -521,6 +544,32 @@ impl Exchange for MixedEndpoint {
         }
     }
 
+    fn put_sealed(
+        &mut self,
+        key: &RecordKey,
+        seq: Seq,
+        bytes: Vec<u8>,
+        authentic: bool,
+    ) -> Result<(), ExchangeError> {
+        match self {
+            MixedEndpoint::Bus(b) => b.put_sealed(key, seq, bytes, authentic),
+            MixedEndpoint::Zenoh {
+                zenoh,
+                shadow,
+                zenoh_sources,
+                ..
+            } => {
+                // On both sides, as the robot's own records; a Sybil id put over Zenoh
+                // reaches the Zenoh robots over Zenoh only, like their own records.
+                if authentic {
+                    zenoh_sources.borrow_mut().insert(key.source.clone());
+                }
+                zenoh.put_sealed(key, seq, bytes.clone(), authentic)?;
+                shadow.put_sealed(key, seq, bytes, authentic)
+            }
+        }
+    }
+
     fn follow(&mut self, model: &ModelId, fingerprint: Fingerprint) -> Result<(), ExchangeError> {
         match self {
             MixedEndpoint::Bus(b) => b.follow(model, fingerprint),
@@ -575,6 +624,7 @@ impl Exchange for MixedEndpoint {
                     received_records: z.received_records + kept,
                     received_bytes: z.received_bytes + kept_bytes,
                     dropped: z.dropped + s.dropped,
+                    refused: z.refused + s.refused,
                     ..z
                 }
             }
@@ -595,16 +645,18 @@ impl Exchange for MixedEndpoint {
 impl Network for MixedNetwork {
     type Endpoint = MixedEndpoint;
 
-    fn connect(&mut self, source: SourceId) -> Result<MixedEndpoint, ExchangeError> {
+    fn connect(&mut self, identity: &Identity) -> Result<MixedEndpoint, ExchangeError> {
         self.connected += 1;
         if self.connected > self.zenoh_robots {
-            return Ok(MixedEndpoint::Bus(self.bus.join(source)));
+            return Ok(MixedEndpoint::Bus(self.bus.join_as(identity)));
         }
-        self.zenoh_sources.borrow_mut().insert(source.clone());
-        let zenoh = Box::new(self.zenoh.connect(source.clone())?);
+        self.zenoh_sources
+            .borrow_mut()
+            .insert(identity.source().clone());
+        let zenoh = Box::new(self.zenoh.connect(identity)?);
         Ok(MixedEndpoint::Zenoh {
             zenoh,
-            shadow: self.bus.join(source),
+            shadow: self.bus.join_as(identity),
             zenoh_sources: self.zenoh_sources.clone(),
             scratch: Vec::new(),
             duplicates: 0,
