@@ -3,8 +3,9 @@
 //! must respect its bound and a poisoning minority must not undo the correction.
 
 use qis_ros::sim::baselines::{LOCAL, ORACLE, QIS, RAW};
-use qis_ros::sim::{SimConfig, SimReport, run};
+use qis_ros::sim::{AttackMode, SimConfig, SimReport, run};
 
+/// A small fleet with the node's shipped defaults.
 fn small(seed: u64) -> SimConfig {
     SimConfig {
         seed,
@@ -14,13 +15,23 @@ fn small(seed: u64) -> SimConfig {
     }
 }
 
+/// The same fleet sharing every record (privacy budget k = 1), for the tests of the loop's
+/// mechanics: with k = 5 a robot shares an address only after 5 own outcomes there, which
+/// in 80 rounds over ~2,000 classes happens for a handful of classes (docs/BENCHMARKS.md).
+fn sharing(seed: u64) -> SimConfig {
+    SimConfig {
+        min_count_to_share: 1,
+        ..small(seed)
+    }
+}
+
 fn simulate(config: &SimConfig) -> SimReport {
     run(config, &mut |_| {}).expect("simulation runs")
 }
 
 #[test]
 fn qis_beats_raw_and_local_only_on_first_encounters() {
-    let r = simulate(&small(11));
+    let r = simulate(&sharing(11));
     assert!(
         r.first_encounters > 50,
         "few first encounters: {}",
@@ -67,15 +78,28 @@ fn the_same_seed_gives_the_same_figures() {
 }
 
 #[test]
+fn the_privacy_budget_withholds_addresses_with_fewer_than_k_outcomes() {
+    let budget = simulate(&small(11));
+    let every = simulate(&sharing(11));
+    assert!(
+        budget.wire_per_robot.published_records * 4.0 < every.wire_per_robot.published_records,
+        "k = 5 shares far less: {} vs {} records per robot",
+        budget.wire_per_robot.published_records,
+        every.wire_per_robot.published_records
+    );
+    assert!(budget.wire_per_robot.published_records > 0.0);
+}
+
+#[test]
 fn memory_per_node_respects_its_bound() {
     let config = SimConfig {
         max_received_records: 10,
-        ..small(3)
+        ..sharing(3)
     };
     let r = simulate(&config);
     assert!(r.memory.robots > 0);
     assert!(r.memory.max_received_records <= 10, "{:?}", r.memory);
-    let unbounded = simulate(&small(3));
+    let unbounded = simulate(&sharing(3));
     assert!(
         unbounded.memory.max_received_records > 10,
         "{:?}",
@@ -85,12 +109,14 @@ fn memory_per_node_respects_its_bound() {
 
 #[test]
 fn poisoned_records_are_measured_against_the_same_episodes_without_attack() {
-    // Without the plausibility gate, a huge bias reaches the honest robots.
-    let config = SimConfig {
+    // With no plausibility gate at all (neither learned nor configured), a huge bias
+    // reaches the honest robots.
+    let mut config = SimConfig {
         attackers: 0.15,
-        plausibility_margin: 0.0,
+        attack: AttackMode::Bias,
         ..small(9)
     };
+    config.validation.envelope_margin = 0.0;
     let r = simulate(&config);
     let a = r.attack.expect("attack figures are reported");
     assert!(a.attackers > 0);
@@ -106,60 +132,113 @@ fn poisoned_records_are_measured_against_the_same_episodes_without_attack() {
     );
     assert!(a.qis_rmse_clean < a.raw_rmse);
     assert!(r.synthesis.max_residual.is_empty());
+    assert!(r.synthesis.learned_gate.is_empty(), "margin 0: no gate");
 }
 
+/// 20 % attackers with the node's shipped defaults (learned gate, earned trust, young
+/// cap, privacy budget, admission check), in every attack mode: the corrected prior stays
+/// within 1.2 x the clean run's on the same episodes. The 600-robot figures against the
+/// 1.1 target are in docs/BENCHMARKS.md (there the target is NOT met).
 #[test]
-fn the_plausibility_gate_and_trust_contain_the_attack() {
-    let config = SimConfig {
-        attackers: 0.15,
+fn shipped_defaults_contain_twenty_percent_attackers_in_every_mode() {
+    for mode in [
+        AttackMode::Bias,
+        AttackMode::Sybil,
+        AttackMode::Hijack,
+        AttackMode::All,
+    ] {
+        let config = SimConfig {
+            attackers: 0.2,
+            attack: mode,
+            ..small(9)
+        };
+        assert_eq!(config.plausibility_margin, 0.0, "no ground-truth gate");
+        let r = simulate(&config);
+        assert!(r.synthesis.max_residual.is_empty());
+        assert_eq!(
+            r.synthesis.learned_gate.len(),
+            4,
+            "every robot learns a gate"
+        );
+        let a = r.attack.expect("attack figures are reported");
+        let n = a.counts;
+        eprintln!(
+            "{}: {:.3} -> {:.3} ({:.3}); {:?}; trust {:?}",
+            mode.name(),
+            a.qis_rmse_clean,
+            a.qis_rmse_attacked,
+            a.attacked_over_clean.measured,
+            n,
+            a.trust_curve.last()
+        );
+        assert!(
+            a.qis_rmse_attacked <= 1.2 * a.qis_rmse_clean,
+            "{}: {} -> {}",
+            mode.name(),
+            a.qis_rmse_clean,
+            a.qis_rmse_attacked
+        );
+        assert!(n.poisoned_records > 0);
+        if mode.sybil() {
+            assert!(
+                n.sybil_identities >= 80 / 5 * a.attackers as u64,
+                "a fresh id every 5 rounds: {n:?}"
+            );
+        }
+        if mode.hijack() {
+            assert!(n.forged_records > 0, "{n:?}");
+            assert!(
+                n.refused_by_admission > 0,
+                "forgeries reached nobody: {n:?}"
+            );
+        } else {
+            assert_eq!((n.forged_records, n.refused_by_admission), (0, 0));
+        }
+        let last = a.trust_curve[a.trust_curve.len() - 1];
+        if mode.sybil() {
+            // A fresh identity is never earned: it stays at (or below) the initial weight.
+            assert!(last.attackers <= 0.1 + 1e-9, "{:?}", a.trust_curve);
+        } else {
+            // Caught lying where the robots have outcomes: far below honest sources.
+            assert!(last.attackers < 0.5 * last.honest, "{:?}", a.trust_curve);
+        }
+    }
+    // The guard has teeth: with the gate and trust off, the same attack multiplies the
+    // error.
+    let mut off = SimConfig {
+        attackers: 0.2,
+        attack: AttackMode::All,
+        trust_tolerance: 0.0,
         ..small(9)
     };
-    let r = simulate(&config);
-    assert_eq!(
-        r.synthesis.max_residual.len(),
-        4,
-        "the gate is on by default"
-    );
-    let a = r.attack.expect("attack figures are reported");
+    off.validation.envelope_margin = 0.0;
+    let a = simulate(&off).attack.expect("attack figures are reported");
     assert!(
-        a.attacked_over_clean.met,
-        "huge residuals are gated: {} -> {}",
-        a.qis_rmse_clean, a.qis_rmse_attacked
-    );
-    // Trust earned from outcomes: the attackers' weight falls over the run, and falls
-    // below the honest robots'.
-    let (first, last) = (a.trust_curve[0], a.trust_curve[a.trust_curve.len() - 1]);
-    assert!(
-        last.attackers < 0.8 * first.attackers && last.attackers < last.honest,
-        "{:?}",
-        a.trust_curve
-    );
-    // A bias inside the gate is not stopped by it: there the median/MAD test and trust
-    // carry the defence (their figures on the 600-robot fleet: docs/BENCHMARKS.md).
-    let subtle = simulate(&SimConfig {
-        attack_bias: 5.0,
-        ..config
-    });
-    let s = subtle.attack.expect("attack figures are reported");
-    assert!(
-        s.qis_rmse_attacked > s.qis_rmse_clean,
-        "a subtle bias gets through the gate"
-    );
-    eprintln!(
-        "gated huge bias: {:.3} -> {:.3}; subtle bias: {:.3} -> {:.3}; trust in attackers {:.3} -> {:.3}",
+        a.qis_rmse_attacked > 2.0 * a.qis_rmse_clean,
+        "undefended: {} -> {}",
         a.qis_rmse_clean,
-        a.qis_rmse_attacked,
-        s.qis_rmse_clean,
-        s.qis_rmse_attacked,
-        first.attackers,
-        last.attackers
+        a.qis_rmse_attacked
     );
+}
+
+/// The ground-truth gate survives only as an explicit experiment.
+#[test]
+fn the_ground_truth_gate_is_an_explicit_experiment() {
+    let r = simulate(&SimConfig {
+        plausibility_margin: 1.5,
+        attackers: 0.15,
+        attack: AttackMode::Bias,
+        ..small(9)
+    });
+    assert_eq!(r.synthesis.max_residual.len(), 4);
+    assert!(r.synthesis.learned_gate.is_empty());
+    assert!(r.table().contains("EXPERIMENT"), "{}", r.table());
 }
 
 #[test]
 fn neighbors_help_classes_nobody_has_seen() {
-    let exact = simulate(&small(11));
-    let mut config = small(11);
+    let exact = simulate(&sharing(11));
+    let mut config = sharing(11);
     config.neighbors = 4;
     config.synthesis.min_support = 1.0;
     let near = simulate(&config);
@@ -205,6 +284,7 @@ fn over_real_zenoh_records_cross_the_wire_and_qis_beats_raw() {
         robots: 12,
         episodes: 60,
         zenoh_robots: 12,
+        min_count_to_share: 1,
         ..SimConfig::default()
     };
     let r = simulate(&config);
@@ -240,7 +320,7 @@ fn over_real_zenoh_records_cross_the_wire_and_qis_beats_raw() {
 fn a_mixed_fleet_shares_records_across_zenoh_and_the_bus() {
     let config = SimConfig {
         zenoh_robots: 8,
-        ..small(13)
+        ..sharing(13)
     };
     let r = simulate(&config);
     let p = r.propagation.expect("zenoh measures propagation");
@@ -264,7 +344,7 @@ fn node_robots_get_the_fleets_records_through_their_fleet_port() {
     let config = SimConfig {
         ros_robots: 2,
         zenoh_robots: 4,
-        ..small(11)
+        ..sharing(11)
     };
     let r = simulate(&config);
     let n = r.ros.expect("node robots are reported");
