@@ -5,12 +5,16 @@
 use qis_ros::sim::baselines::{LOCAL, ORACLE, QIS, RAW};
 use qis_ros::sim::{AttackMode, SimConfig, SimReport, run};
 
-/// A small fleet with the node's shipped defaults.
+/// A small fleet with the node's shipped defaults. Honest records on the bus go unsigned
+/// (in memory) to keep debug runs short: signatures change no figure (every honest record
+/// verifies), forged and Sybil records are sealed and opened either way, and the bus's
+/// unit tests cover the signed path.
 fn small(seed: u64) -> SimConfig {
     SimConfig {
         seed,
         robots: 40,
         episodes: 80,
+        sign_records: false,
         ..SimConfig::default()
     }
 }

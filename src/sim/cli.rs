@@ -70,10 +70,11 @@ pub struct SimArgs {
     /// 0 (default) = every robot learns its gate from its own outcomes, as the node does.
     #[arg(long, default_value_t = SimConfig::default().plausibility_margin)]
     pub plausibility_margin: f64,
-    /// Seal every record on the bus with its writer's key and open it at every receiver
-    /// (forged and Sybil records always are; Zenoh robots always sign).
+    /// Honest records on the in-process bus go unsigned (in memory) instead of sealed with
+    /// the writer's key and opened by every receiver; forged and Sybil records are sealed
+    /// and opened either way, Zenoh robots always sign. Faster for large fleets.
     #[arg(long)]
-    pub sign_records: bool,
+    pub unsigned_bus: bool,
     /// Privacy budget k (`min_count_to_share`): an address is shared after k own outcomes
     /// and republished after k more; 1 = no privacy.
     #[arg(long, default_value_t = SimConfig::default().min_count_to_share)]
@@ -172,7 +173,7 @@ impl SimArgs {
             hijack_per_episode: self.hijack_per_episode,
             attackers_keep_budget: self.attackers_keep_budget,
             plausibility_margin: self.plausibility_margin,
-            sign_records: self.sign_records,
+            sign_records: !self.unsigned_bus,
             min_count_to_share: self.min_count_to_share,
             delay_ms: self.delay_ms,
             max_sources_per_address: self.max_sources,

@@ -12,8 +12,9 @@
 //! another source's key (a Sybil identity it holds the key of, or a forgery under an
 //! honest source). Such bytes reach a robot only through the product's admission check
 //! ([`crate::fleet::signing::Admission::open`], self-certified sources, as a node runs it
-//! by default), run by every receiver. Honest robots' own records take the in-memory
-//! path (encoded, unsigned) unless [`BusConfig::sign_records`] seals and opens them too.
+//! by default), run by every receiver. With [`BusConfig::sign_records`] (the simulator's
+//! default) every record is sealed by its writer and opened by every receiver, as in the
+//! product; without it honest records take the in-memory path (encoded, unsigned).
 //!
 //! The bus behaves like a Zenoh storage plus subscriptions: it keeps the latest put
 //! per (address, source), whatever seq it claims (a storage orders puts by arrival, not

@@ -222,8 +222,9 @@ pub struct SimConfig {
     /// validation envelope ([`world::residual_envelope`]); 0 = off, each robot learns its
     /// gate from its own outcomes as the node does.
     pub plausibility_margin: f64,
-    /// Seal every record on the bus with its writer's key and open it at every receiver
-    /// (forged records always are); false = honest records take the in-memory path.
+    /// Seal every record on the bus with its writer's key and open it at every receiver,
+    /// as the product does (default); false = honest records take the in-memory path
+    /// (forged and Sybil records are sealed and opened either way).
     pub sign_records: bool,
     /// Neighbor addresses borrowed from when exact support is thin (0 = exact only).
     pub neighbors: usize,
@@ -279,7 +280,7 @@ impl Default for SimConfig {
             hijack_per_episode: DEFAULT_HIJACK_PER_EPISODE,
             attackers_keep_budget: false,
             plausibility_margin: 0.0,
-            sign_records: false,
+            sign_records: true,
             neighbors: 0,
             trust_tolerance: TrustConfig::default().tolerance,
             trust_scale: Vec::new(),

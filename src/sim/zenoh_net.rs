@@ -201,8 +201,10 @@ fn wire_of(ex: &FleetExchange) -> WireStats {
 
 impl ZenohEndpoint {
     /// Stamps a publication and counts the live deliveries it owes (the followers of its
-    /// address but this robot), before the put can possibly arrive anywhere.
+    /// address; this robot too when the record is not under its own source id, which its
+    /// exchange then takes as any other), before the put can possibly arrive anywhere.
     fn expect(&self, key: &RecordKey, seq: Seq) {
+        let echo = key.source != self.source;
         let mut ledger = self.track.ledger();
         ledger
             .published_at
@@ -210,7 +212,9 @@ impl ZenohEndpoint {
         let followers = ledger
             .followers
             .get(&(key.model.clone(), key.fingerprint))
-            .map_or(0, |l| l.iter().filter(|&&r| r != self.robot).count());
+            .map_or(0, |l| {
+                l.iter().filter(|&&r| echo || r != self.robot).count()
+            });
         ledger.expected += followers as u64;
     }
 
