@@ -12,9 +12,13 @@
 //! another source's key (a Sybil identity it holds the key of, or a forgery under an
 //! honest source). Such bytes reach a robot only through the product's admission check
 //! ([`crate::fleet::signing::Admission::open`], self-certified sources, as a node runs it
-//! by default), run by every receiver. With [`BusConfig::sign_records`] (the simulator's
-//! default) every record is sealed by its writer and opened by every receiver, as in the
-//! product; without it honest records take the in-memory path (encoded, unsigned).
+//! by default), run on the receiving side. With [`BusConfig::sign_records`] (the
+//! simulator's default) every record is sealed by its writer and opened there, as in the
+//! product; without it honest records take the in-memory path (encoded, unsigned). The
+//! check is a pure function of the key expression, the source and the bytes, which are the
+//! same for every receiver of one publication: the first receiver opens it and the others
+//! get that verdict (each counts its own refusal), so the bus verifies each publication
+//! once rather than once per delivery.
 //!
 //! The bus behaves like a Zenoh storage plus subscriptions: it keeps the latest put
 //! per (address, source), whatever seq it claims (a storage orders puts by arrival, not
@@ -25,7 +29,7 @@
 //! That fan-in budget is what keeps a node's memory and traffic bounded by config while
 //! the fleet grows.
 
-use std::cell::RefCell;
+use std::cell::{OnceCell, RefCell};
 use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
 
@@ -195,13 +199,17 @@ pub struct BusConfig {
 type ModelIx = u16;
 type RobotIx = u32;
 
+/// What the admission check said of one sealed publication (`None`: refused), filled by
+/// its first receiver.
+type Verdict = Rc<OnceCell<Option<OutcomeRecord>>>;
+
 /// One source's latest record at an address, and who follows it.
 struct Held {
     source: RobotIx,
     seq: Seq,
     bytes: Rc<[u8]>,
     /// Sealed: receivers must open it with the admission check.
-    sealed: bool,
+    sealed: Option<Verdict>,
     subscribers: Vec<RobotIx>,
 }
 
@@ -220,7 +228,7 @@ struct InFlight {
     source: RobotIx,
     seq: Seq,
     bytes: Rc<[u8]>,
-    sealed: bool,
+    sealed: Option<Verdict>,
 }
 
 struct Delivery {
@@ -228,7 +236,7 @@ struct Delivery {
     fingerprint: Fingerprint,
     source: RobotIx,
     bytes: Rc<[u8]>,
-    sealed: bool,
+    sealed: Option<Verdict>,
 }
 
 struct Shared {
@@ -380,7 +388,7 @@ impl Shared {
             fingerprint,
             source: h.source,
             bytes: h.bytes.clone(),
-            sealed: h.sealed,
+            sealed: h.sealed.clone(),
         });
     }
 
@@ -439,7 +447,7 @@ impl Shared {
             source: held.source,
             seq: held.seq,
             bytes: held.bytes.clone(),
-            sealed: held.sealed,
+            sealed: held.sealed.clone(),
             subscribers: Vec::new(),
         };
         for r in recipients {
@@ -483,7 +491,7 @@ impl Shared {
                 source: addr.held[i].source,
                 seq: addr.held[i].seq,
                 bytes: addr.held[i].bytes.clone(),
-                sealed: addr.held[i].sealed,
+                sealed: addr.held[i].sealed.clone(),
                 subscribers: Vec::new(),
             })
             .collect();
@@ -511,6 +519,7 @@ impl BusEndpoint {
         bytes: Rc<[u8]>,
         sealed: bool,
     ) -> Result<(), ExchangeError> {
+        let sealed = sealed.then(Verdict::default);
         let mut guard = self.bus.0.borrow_mut();
         let s = &mut *guard;
         self.check_active(s)?;
@@ -583,18 +592,20 @@ impl Exchange for BusEndpoint {
                 fingerprint: d.fingerprint,
                 source: s.sources[d.source as usize].clone(),
             };
-            if d.sealed {
+            if let Some(verdict) = &d.sealed {
                 // What a node's exchange runs on every sample: the record must be signed
                 // by the key its source id names, under this very key expression.
-                match s
-                    .admission
-                    .open(&record_key(&s.fleet, &key), &key.source, &d.bytes)
-                {
-                    Ok(record) => out.push((key, record)),
-                    Err(e) => {
-                        tracing::debug!(source = %key.source, fingerprint = %d.fingerprint, error = %e, "refusing a record");
-                        s.stats[self.robot as usize].refused += 1;
-                    }
+                let opened = verdict.get_or_init(|| {
+                    s.admission
+                        .open(&record_key(&s.fleet, &key), &key.source, &d.bytes)
+                        .map_err(|e| {
+                            tracing::debug!(source = %key.source, fingerprint = %d.fingerprint, error = %e, "refusing a record");
+                        })
+                        .ok()
+                });
+                match opened {
+                    Some(record) => out.push((key, record.clone())),
+                    None => s.stats[self.robot as usize].refused += 1,
                 }
                 continue;
             }
