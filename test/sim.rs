@@ -25,11 +25,9 @@ fn small(seed: u64) -> SimConfig {
 /// over ~2,000 classes happens for a handful of classes, and k0 = 5 shrinks a small
 /// fleet's few outcomes hard (docs/BENCHMARKS.md, "What changed in the clean figures").
 fn sharing(seed: u64) -> SimConfig {
-    let mut config = SimConfig {
-        min_count_to_share: 1,
-        ..small(seed)
-    };
-    config.synthesis.prior_strength = qis_ros::sim::SIM_PRIOR_STRENGTH;
+    let mut config = small(seed);
+    config.node.min_count_to_share = 1;
+    config.node.synthesis.prior_strength = qis_ros::sim::SIM_PRIOR_STRENGTH;
     config
 }
 
@@ -69,6 +67,23 @@ fn qis_beats_raw_and_local_only_on_first_encounters() {
     assert_eq!(r.wire_per_robot.dropped, 0);
 }
 
+/// No copy of the loop: every simulated robot is the node's `NodeLogic`, with the node's
+/// shipped parameters unless a test changes them.
+#[test]
+fn every_simulated_robot_runs_the_node_with_its_shipped_parameters() {
+    let config = small(5);
+    assert!(config.shipped_defaults());
+    let r = simulate(&config);
+    assert_eq!(r.paths.node_logic, config.robots);
+    assert_eq!(r.paths.qis_node_over_ros, 0);
+    assert!(
+        r.table().contains("the node's shipped defaults"),
+        "{}",
+        r.table()
+    );
+    assert!(!sharing(5).shipped_defaults());
+}
+
 #[test]
 fn the_same_seed_gives_the_same_figures() {
     let a = simulate(&small(5));
@@ -100,10 +115,8 @@ fn the_privacy_budget_withholds_addresses_with_fewer_than_k_outcomes() {
 
 #[test]
 fn memory_per_node_respects_its_bound() {
-    let config = SimConfig {
-        max_received_records: 10,
-        ..sharing(3)
-    };
+    let mut config = sharing(3);
+    config.node.memory.max_received_records = 10;
     let r = simulate(&config);
     assert!(r.memory.robots > 0);
     assert!(r.memory.max_received_records <= 10, "{:?}", r.memory);
@@ -124,7 +137,7 @@ fn poisoned_records_are_measured_against_the_same_episodes_without_attack() {
         attack: AttackMode::Bias,
         ..small(9)
     };
-    config.validation.envelope_margin = 0.0;
+    config.node.validation.envelope_margin = 0.0;
     let r = simulate(&config);
     let a = r.attack.expect("attack figures are reported");
     assert!(a.attackers > 0);
@@ -215,10 +228,10 @@ fn shipped_defaults_contain_twenty_percent_attackers_in_every_mode() {
     let mut off = SimConfig {
         attackers: 0.2,
         attack: AttackMode::Bias,
-        trust_tolerance: 0.0,
         ..small(9)
     };
-    off.validation.envelope_margin = 0.0;
+    off.node.trust.tolerance = 0.0;
+    off.node.validation.envelope_margin = 0.0;
     let a = simulate(&off).attack.expect("attack figures are reported");
     assert!(
         a.qis_rmse_attacked > 2.0 * a.qis_rmse_clean,
@@ -244,10 +257,11 @@ fn the_ground_truth_gate_is_an_explicit_experiment() {
 
 #[test]
 fn neighbors_help_classes_nobody_has_seen() {
-    let exact = simulate(&sharing(11));
     let mut config = sharing(11);
-    config.neighbors = 4;
-    config.synthesis.min_support = 1.0;
+    config.node.neighbors_k = 0;
+    let exact = simulate(&config);
+    config.node.neighbors_k = 4;
+    config.node.synthesis.min_support = 1.0;
     let near = simulate(&config);
     let (a, b) = (&exact.baselines[QIS], &near.baselines[QIS]);
     assert!(
@@ -355,6 +369,8 @@ fn node_robots_get_the_fleets_records_through_their_fleet_port() {
     let r = simulate(&config);
     let n = r.ros.expect("node robots are reported");
     assert_eq!(n.robots, 2);
+    assert_eq!(r.paths.qis_node_over_ros, 2);
+    assert_eq!(r.paths.node_logic, config.robots - 2);
     assert_eq!(
         n.episodes,
         2 * 80,

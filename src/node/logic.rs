@@ -606,6 +606,11 @@ impl NodeLogic {
         }
     }
 
+    /// The trust this node gives each source (read-only: for reports and the simulator).
+    pub fn trust(&self) -> &TrustBook {
+        &self.trust
+    }
+
     /// The plausibility gate in force per state component (empty = none yet).
     pub fn plausibility_gate(&self) -> &[f64] {
         &self.synthesis.max_residual

@@ -6,9 +6,6 @@ use std::path::PathBuf;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use crate::core::plausibility::ValidationConfig;
-use crate::core::synthesis::SynthesisConfig;
-
 use super::{
     AUTO_ZENOH_MAX_FLEET, AttackMode, DEFAULT_EPISODES, DEFAULT_ROBOTS, DEFAULT_SEED,
     DEFAULT_ZENOH_ROBOTS, SimConfig, SimError, SimReport,
@@ -77,7 +74,7 @@ pub struct SimArgs {
     pub unsigned_bus: bool,
     /// Privacy budget k (`min_count_to_share`): an address is shared after k own outcomes
     /// and republished after k more; 1 = no privacy.
-    #[arg(long, default_value_t = SimConfig::default().min_count_to_share)]
+    #[arg(long, default_value_t = SimConfig::default().node.min_count_to_share)]
     pub min_count_to_share: u64,
     /// Exchange: zenoh = every robot on its own real Zenoh session (clients of one
     /// in-process router with storage, 127.0.0.1 only); bus = the in-process exchange;
@@ -100,7 +97,7 @@ pub struct SimArgs {
     #[arg(long, default_value_t = SimConfig::default().max_sources_per_address)]
     pub max_sources: usize,
     /// Bound of each robot's received records (memory per node).
-    #[arg(long, default_value_t = SimConfig::default().max_received_records)]
+    #[arg(long, default_value_t = SimConfig::default().node.memory.max_received_records)]
     pub max_received_records: usize,
     /// Zipf exponent of the class frequencies.
     #[arg(long, default_value_t = SimConfig::default().zipf_exponent)]
@@ -110,15 +107,15 @@ pub struct SimArgs {
     #[arg(long, default_value_t = SimConfig::default().republish_growth)]
     pub republish_growth: f64,
     /// Prior strength k0 of the shrinkage (qis, local-only and oracle alike).
-    #[arg(long, default_value_t = SimConfig::default().synthesis.prior_strength)]
+    #[arg(long, default_value_t = SimConfig::default().node.synthesis.prior_strength)]
     pub k0: f64,
     /// Borrow from up to this many similar addresses (faiss over scenario sketches) when
-    /// a class has fewer than min_support outcomes; 0 = exact addresses only.
-    #[arg(long, default_value_t = SimConfig::default().neighbors)]
+    /// a class has fewer than min_support outcomes (`neighbors_k`); 0 = exact only.
+    #[arg(long, default_value_t = SimConfig::default().node.neighbors_k)]
     pub neighbors: usize,
     /// Trust tolerance in scale units (a source whose claims miss this robot's outcomes by
     /// more loses weight); 0 turns trust off.
-    #[arg(long, default_value_t = SimConfig::default().trust_tolerance)]
+    #[arg(long, default_value_t = SimConfig::default().node.trust.tolerance)]
     pub trust_tolerance: f64,
     /// Trust scale per state component, comma separated (`trust.scale`: the units trust
     /// gaps are measured in; one value = all components); absent = 1 for all, the node's
@@ -126,26 +123,26 @@ pub struct SimArgs {
     #[arg(long, value_delimiter = ',')]
     pub trust_scale: Vec<f64>,
     /// Weight factor of a source never judged (`trust.initial`; 1 = trust is only lost).
-    #[arg(long, default_value_t = SimConfig::default().trust_initial)]
+    #[arg(long, default_value_t = SimConfig::default().node.trust.initial)]
     pub trust_initial: f64,
     /// Agreeing judgements a source needs to reach full weight (`trust.earn_outcomes`).
-    #[arg(long, default_value_t = SimConfig::default().trust_earn_outcomes)]
+    #[arg(long, default_value_t = SimConfig::default().node.trust.earn_outcomes)]
     pub trust_earn_outcomes: f64,
     /// Most weight young sources carry together at an address (`synthesis.max_young_weight`).
-    #[arg(long, default_value_t = SimConfig::default().synthesis.max_young_weight)]
+    #[arg(long, default_value_t = SimConfig::default().node.synthesis.max_young_weight)]
     pub max_young_weight: f64,
     /// Learned gate = this multiple of each robot's residual envelope
     /// (`validation.envelope_margin`; 0 = no learned gate).
-    #[arg(long, default_value_t = SimConfig::default().validation.envelope_margin)]
+    #[arg(long, default_value_t = SimConfig::default().node.validation.envelope_margin)]
     pub envelope_margin: f64,
     /// Own outcomes before the learned gate applies (`validation.envelope_min_outcomes`).
-    #[arg(long, default_value_t = SimConfig::default().validation.envelope_min_outcomes)]
+    #[arg(long, default_value_t = SimConfig::default().node.validation.envelope_min_outcomes)]
     pub envelope_min_outcomes: u64,
     /// Exact support (outcomes) below which neighbors are borrowed.
-    #[arg(long, default_value_t = SimConfig::default().synthesis.min_support)]
+    #[arg(long, default_value_t = SimConfig::default().node.synthesis.min_support)]
     pub min_support: f64,
     /// Robust z-score above which a source is down-weighted.
-    #[arg(long, default_value_t = SimConfig::default().synthesis.outlier_z)]
+    #[arg(long, default_value_t = SimConfig::default().node.synthesis.outlier_z)]
     pub outlier_z: f64,
 }
 
@@ -160,8 +157,26 @@ impl SimArgs {
         }
     }
 
-    /// The simulation settings these arguments describe.
+    /// The simulation settings these arguments describe: the node's shipped parameters
+    /// with what the flags change (each flag's default is the node's).
     pub fn config(&self) -> SimConfig {
+        let d = SimConfig::default();
+        let mut node = d.node.clone();
+        node.min_count_to_share = self.min_count_to_share;
+        node.memory.max_received_records = self.max_received_records;
+        node.neighbors_k = self.neighbors;
+        node.synthesis.prior_strength = self.k0;
+        node.synthesis.outlier_z = self.outlier_z;
+        node.synthesis.min_support = self.min_support;
+        node.synthesis.max_young_weight = self.max_young_weight;
+        node.trust.tolerance = self.trust_tolerance;
+        node.trust.initial = self.trust_initial;
+        node.trust.earn_outcomes = self.trust_earn_outcomes;
+        if !self.trust_scale.is_empty() {
+            node.trust.scale = self.trust_scale.clone();
+        }
+        node.validation.envelope_margin = self.envelope_margin;
+        node.validation.envelope_min_outcomes = self.envelope_min_outcomes;
         SimConfig {
             seed: self.seed,
             robots: self.robots,
@@ -174,32 +189,14 @@ impl SimArgs {
             attackers_keep_budget: self.attackers_keep_budget,
             plausibility_margin: self.plausibility_margin,
             sign_records: !self.unsigned_bus,
-            min_count_to_share: self.min_count_to_share,
             delay_ms: self.delay_ms,
             max_sources_per_address: self.max_sources,
-            max_received_records: self.max_received_records,
             zipf_exponent: self.zipf,
             republish_growth: self.republish_growth,
-            trust_tolerance: self.trust_tolerance,
-            trust_scale: self.trust_scale.clone(),
-            trust_initial: self.trust_initial,
-            trust_earn_outcomes: self.trust_earn_outcomes,
-            neighbors: self.neighbors,
             zenoh_robots: self.zenoh_robots(),
             ros_robots: self.ros_robots.min(self.robots),
-            synthesis: SynthesisConfig {
-                prior_strength: self.k0,
-                outlier_z: self.outlier_z,
-                min_support: self.min_support,
-                max_young_weight: self.max_young_weight,
-                ..SimConfig::default().synthesis
-            },
-            validation: ValidationConfig {
-                envelope_margin: self.envelope_margin,
-                envelope_min_outcomes: self.envelope_min_outcomes,
-                ..ValidationConfig::default()
-            },
-            ..SimConfig::default()
+            node,
+            ..d
         }
     }
 }

@@ -1,21 +1,24 @@
-//! The simulated fleet: robots that each run the qis loop (fingerprint, follow, ingest,
-//! corrected prior, outcome, publish) on their own [`OutcomeMemory`], joined by an
-//! [`Exchange`], and the round-based driver that feeds them episodes.
+//! The simulated fleet: robots whose loop is the node's own [`NodeLogic`] (or, for
+//! `--ros-robots`, a whole `qis_node` over ROS 2 topics with its `NodeLogic` inside),
+//! joined by an [`Exchange`], and the round-based driver that feeds them episodes and
+//! scores them against the baselines on the same episodes.
 //!
-//! Every robot runs the node's defences with the node's code and settings: a
-//! self-certifying identity (ed25519 key, source id = public key); received records
-//! checked against the record bounds ([`RecordBounds::check`]), judged by trust
-//! ([`TrustBook::judge_record`]) and weighed by earned trust ([`TrustBook::source`]);
-//! the plausibility gate learned from its own outcomes ([`ResidualEnvelope`],
-//! [`ValidationConfig::learned_gate`], as `NodeLogic` does), never one taken from the
-//! simulator's ground truth unless `--plausibility-margin` asks for that experiment; and
-//! the privacy budget ([`OutcomeMemory::take_share`]) before its traffic budget.
+//! No robot runs a copy of the loop. Fingerprint, first-encounter follow, record bounds,
+//! trust (earned from the robot's own outcomes), the plausibility gate learned from its
+//! own residuals, neighbors, synthesis and the privacy budget are `NodeLogic`'s, with the
+//! parameters in [`SimConfig::node`] (the node's shipped defaults plus this world's bins,
+//! unless an experiment changes them). Each robot has a self-certifying identity (ed25519
+//! key, source id = public key) under which its exchange endpoint seals its records.
+//! What stays the simulator's: the world, the exchange (bus or Zenoh) with its fan-in,
+//! the traffic budget on what the node lets out (`republish_growth`), the baselines and
+//! the attackers.
 //!
-//! Attackers ([`super::AttackMode`]) publish every outcome, biased, ignoring both budgets
-//! (`attackers_keep_budget`: only what the privacy budget lets out); with
-//! Sybil rotation under a fresh identity every `sybil_rounds` rounds; with the seq hijack
-//! they also put forged records (seq = u64::MAX, biased mean, signed with their own key)
-//! under the source ids of honest robots whose records they hold, which every receiver
+//! Attackers ([`super::AttackMode`]) run a node with a biased sensor (their outcomes are
+//! shifted by `attack_bias`) and publish every own record at once, ignoring both budgets
+//! (`attackers_keep_budget`: only what their node's privacy budget lets out); with Sybil
+//! rotation under a fresh identity every `sybil_rounds` rounds; with the seq hijack they
+//! also put forged records (seq = u64::MAX, biased mean, signed with their own key) under
+//! the source ids of honest robots whose records their node holds, which every receiver
 //! opens with the product's admission check.
 //!
 //! Time: robots act in rounds of `episode_interval_s`; inside a round robot i acts at
@@ -30,18 +33,14 @@ use rand::{RngExt, SeedableRng};
 
 use crate::core::fingerprint::Fingerprinter;
 use crate::core::ids::{Fingerprint, FleetName, ModelId, RecordKey, Seq, SourceId};
-use crate::core::memory::{Ingest, MemoryConfig, OutcomeMemory};
-use crate::core::neighbors::{NeighborIndex, Sketch, sketch};
-use crate::core::plausibility::{RecordBounds, ResidualEnvelope, ValidationConfig};
-use crate::core::privacy::PrivacyBudget;
+use crate::core::memory::Ingest;
 use crate::core::record::{OutcomeRecord, TimeBase};
 use crate::core::summary::Summary;
-use crate::core::synthesis::SynthesisConfig;
-use crate::core::trust::TrustBook;
 use crate::fleet::Identity;
 use crate::fleet::keys::record_key;
 use crate::fleet::signing::seal;
-use crate::ros::msgs::{Outcome, Prediction, Scenario};
+use crate::node::NodeLogic;
+use crate::ros::msgs::{CorrectedPrior, Outcome, Prediction, Scenario};
 
 use super::baselines::{LOCAL, Metrics, ORACLE, Oracle, QIS, RAW, prior_from};
 use super::exchange::{Bus, BusConfig, Exchange, ExchangeError, Network, Propagation, WireStats};
@@ -49,15 +48,6 @@ use super::ros_node::{self, NodeRobot, RosFigures, RosNodes};
 use super::world::{ContextMix, FEATURE_NAMES, STATE_DIM, STATE_SCALE, Situation};
 use super::zenoh_net::{MixedNetwork, ZenohNetConfig, ZenohNetwork};
 use super::{SIM_FLEET, SimConfig, SimError, SimRng};
-
-/// What a robot remembers about a class it has met.
-#[derive(Clone, Copy, Debug, Default)]
-struct Known {
-    /// Own count when the robot last published its record for the class.
-    published_count: u64,
-    /// When it last asked the fleet about the class (ns).
-    followed_ns: i64,
-}
 
 /// What an attacking robot keeps besides its loop.
 struct Attacker {
@@ -67,37 +57,34 @@ struct Attacker {
     sybil: Option<(usize, Identity)>,
 }
 
-/// One simulated robot running the qis loop.
+/// Which implementation of the node a simulated robot's loop runs through.
+enum Brain {
+    /// The node logic, driven in process (the fleet's robots).
+    Logic(Box<NodeLogic>),
+    /// A `qis_node` over ROS 2 topics (native binding), its logic inside.
+    Ros(Box<NodeRobot>),
+}
+
+/// One simulated robot: a node, its endpoint on the exchange and its random stream.
 pub struct Robot<E: Exchange> {
     /// Its name in episode ids and node namespaces (`robot-00017`).
     name: String,
     /// Its key and self-certifying source id.
     identity: Identity,
-    source: SourceId,
-    memory: OutcomeMemory,
     exchange: E,
     rng: SimRng,
-    known: HashMap<Fingerprint, Known>,
     join_round: usize,
     leave_round: usize,
     attacker: bool,
     attack: Option<Attacker>,
     inbox: Vec<(RecordKey, OutcomeRecord)>,
-    trust: TrustBook,
-    /// Its residual envelope, fed by its own outcomes as `NodeLogic` feeds the node's.
-    envelope: ResidualEnvelope,
-    /// The synthesis settings in force: the run's, with the gate learned from
-    /// `envelope` when none is configured (as `NodeLogic::refresh_gate`).
-    synthesis: SynthesisConfig,
-    /// Whether `synthesis` holds the gate of the current envelope.
-    gate_current: bool,
-    /// What a received record may claim (the node's `validation` bounds, simulated time).
-    bounds: RecordBounds,
-    /// Similarity index over the addresses this robot knows (two-level addressing),
-    /// when neighbor borrowing is on.
-    neighbors: Option<NeighborIndex>,
-    /// Its `qis_node`, when this robot's loop runs through one over ROS 2 topics.
-    node: Option<Box<NodeRobot>>,
+    brain: Brain,
+    /// The local-only baseline: this robot's own residuals per class, same estimator.
+    local: Oracle,
+    /// Classes met (the first episode of each is scored as a first encounter).
+    met: HashSet<Fingerprint>,
+    /// Own count of each class at its last publication (the traffic budget).
+    published: HashMap<Fingerprint, u64>,
 }
 
 /// Per-robot memory figures at the end of a run.
@@ -152,6 +139,17 @@ pub struct RunOutcome {
     /// The plausibility gate the honest robots still present had learned at the end, mean
     /// per component (empty when a gate is configured or none was learned).
     pub learned_gate: Vec<f64>,
+    /// How many robots ran which implementation of the node.
+    pub paths: RobotPaths,
+}
+
+/// How many robots of a run ran which implementation of the node (all of them one).
+#[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize)]
+pub struct RobotPaths {
+    /// Robots whose loop was the node's `NodeLogic`, driven in process.
+    pub node_logic: usize,
+    /// Robots whose loop was a whole `qis_node` over ROS 2 topics (`--ros-robots`).
+    pub qis_node_over_ros: usize,
 }
 
 /// What the attackers put on the wire and what the honest robots refused.
@@ -190,11 +188,15 @@ fn trust_point<E: Exchange>(robots: &[Robot<E>], round: usize) -> TrustPoint {
         .iter()
         .filter(|r| !r.attacker && r.join_round <= round && round < r.leave_round)
     {
+        // A node robot's trust book is inside its `qis_node`.
+        let Brain::Logic(logic) = &judge.brain else {
+            continue;
+        };
         for other in robots {
-            if other.source == judge.source {
+            if other.source() == judge.source() {
                 continue;
             }
-            let t = judge.trust.trust(other.publishing_source());
+            let t = logic.trust().trust(other.publishing_source());
             if other.attacker {
                 attackers += t;
                 na += 1;
@@ -248,13 +250,8 @@ pub fn simulate(
 struct Scene<'a> {
     config: &'a SimConfig,
     poison: bool,
+    /// The world's fingerprint (the nodes compute their own): scores per class.
     fingerprinter: Fingerprinter,
-    /// The run's synthesis settings (the baselines' too); robots add their learned gate.
-    synthesis: SynthesisConfig,
-    /// Whether robots learn their gate (no gate configured).
-    learn_gate: bool,
-    validation: ValidationConfig,
-    budget: PrivacyBudget,
     fleet: FleetName,
     /// Every source id attackers publish under (own and Sybil): forgers spare them.
     attacker_sources: HashSet<SourceId>,
@@ -266,145 +263,107 @@ struct Scene<'a> {
     metrics: Metrics,
     /// The same bookkeeping for the robots that run through `qis_node` only.
     node_metrics: Metrics,
-    /// A class's sketch is a pure function of its canonical form: computed once per class.
-    sketches: HashMap<Fingerprint, Sketch>,
     attack_offset: [f64; STATE_DIM],
-    refollow_ns: i64,
     ingested: u64,
 }
 
-impl Scene<'_> {
-    fn sketch(
-        &mut self,
-        fp: Fingerprint,
-        tags: &[String],
-        features: &[f64],
-    ) -> Result<Sketch, SimError> {
-        if let Some(s) = self.sketches.get(&fp) {
-            return Ok(*s);
-        }
-        let canonical = self
-            .fingerprinter
-            .canonicalize(tags, &self.feature_names, features)
-            .map_err(SimError::Scenario)?;
-        let s = sketch(&canonical, &[]).map_err(SimError::Sketch)?;
-        self.sketches.insert(fp, s);
-        Ok(s)
-    }
-}
-
 impl<E: Exchange> Robot<E> {
+    /// This robot's own source id.
+    fn source(&self) -> &SourceId {
+        self.identity.source()
+    }
+
     /// The source id this robot's records go out under: its own, or while it attacks with
     /// Sybil rotation, its current Sybil identity's.
     fn publishing_source(&self) -> &SourceId {
         match self.attack.as_ref().and_then(|a| a.sybil.as_ref()) {
             Some((_, id)) => id.source(),
-            None => &self.source,
+            None => self.source(),
         }
     }
 
-    /// Puts the plausibility gate in force as `NodeLogic::refresh_gate` does: the
-    /// configured one, else the one learned from this robot's own outcomes once it has
-    /// enough of them, else none.
-    fn refresh_gate(&mut self, scene: &Scene<'_>) {
-        if !scene.learn_gate || self.gate_current {
-            return;
-        }
-        match scene.validation.learned_gate(&self.envelope, &scene.model) {
-            Some(gate) => {
-                self.synthesis.max_residual = gate;
-                self.gate_current = true;
-            }
-            None => self.synthesis.max_residual.clear(),
-        }
-    }
-
-    /// Route: the first encounter asks the fleet; an address whose received records were
-    /// all evicted is asked again (at most once per refollow interval). Then check, judge
-    /// and ingest what arrived, as the node's `on_record` does.
+    /// Route, as a binding does: a first encounter follows the address on the exchange
+    /// (the node's first-encounter fetch); then every record that arrived goes to the node.
     fn route(
         &mut self,
         scene: &mut Scene<'_>,
+        p: &Prediction,
         fp: Fingerprint,
+        first: bool,
         now: i64,
-    ) -> Result<bool, SimError> {
-        let first = !self.known.contains_key(&fp);
-        let known = self.known.entry(fp).or_default();
-        let held = self
-            .memory
-            .address(&scene.model, &fp)
-            .map_or(0, |a| a.received.len());
-        if first || (held == 0 && now - known.followed_ns >= scene.refollow_ns) {
-            known.followed_ns = now;
+    ) -> Result<(), SimError> {
+        let follow = match &mut self.brain {
+            Brain::Logic(logic) => logic.first_encounter(p).is_some(),
+            Brain::Ros(_) => first,
+        };
+        if follow {
             self.exchange.follow(&scene.model, fp)?;
         }
         self.exchange.poll(&mut self.inbox)?;
-        let mut fed = Vec::new();
-        for (key, record) in self.inbox.drain(..) {
-            if self.bounds.check(&record, now).is_err() {
-                // A claim no honest node makes: refused, and a miss for trust.
-                if !self.attacker {
-                    scene.attack.refused_by_bounds += 1;
+        match &mut self.brain {
+            Brain::Logic(logic) => {
+                for (key, record) in self.inbox.drain(..) {
+                    match logic.on_record(&key, record, now) {
+                        Ingest::Stored => scene.ingested += 1,
+                        Ingest::Refused if !self.attacker => scene.attack.refused_by_bounds += 1,
+                        _ => {}
+                    }
                 }
-                if key.source != self.source {
-                    self.trust.observe(&key.source, &[f64::INFINITY], &[0.0]);
-                }
-                // The node robot's node checks (and refuses) it itself.
-                if self.node.is_some() {
-                    fed.push((key, record));
-                }
-                continue;
             }
-            self.trust.judge_record(
-                &self.source,
-                &key.source,
-                &record.summary,
-                self.memory.own_summary(&key.model, &key.fingerprint),
-                &self.synthesis.max_residual,
-            );
-            if let Some(index) = &mut self.neighbors {
-                index
-                    .insert(&key.model, key.fingerprint, &record.sketch)
-                    .map_err(SimError::Sketch)?;
-            }
-            if self.node.is_some() {
-                fed.push((key.clone(), record.clone()));
-            }
-            if self.memory.ingest(&key, record) == Ingest::Stored {
-                scene.ingested += 1;
+            // Those at a new address answer the node's fetch, the others go into its
+            // record channel.
+            Brain::Ros(node) => {
+                let fed: Vec<_> = self.inbox.drain(..).collect();
+                node.deliver(first.then_some(fp), fed)?;
             }
         }
-        // A node robot's node gets the same records: those at a new address answer its
-        // first-encounter fetch, the others go into its record channel.
-        if let Some(node) = &mut self.node {
-            node.deliver(first.then_some(fp), fed)?;
-        }
-        Ok(first)
+        Ok(())
     }
 
-    /// Neighbor addresses to borrow from when the exact address has thin support.
-    fn near(
-        &self,
-        scene: &Scene<'_>,
-        fp: Fingerprint,
-        sketch: &Sketch,
-    ) -> Result<Vec<(Fingerprint, f32)>, SimError> {
-        let Some(index) = &self.neighbors else {
-            return Ok(Vec::new());
+    /// The node's corrected prior for `p`; addresses the node asks to follow are followed.
+    fn predict(&mut self, p: &Prediction, now: i64) -> Result<CorrectedPrior, SimError> {
+        let prior = match &mut self.brain {
+            Brain::Logic(logic) => {
+                let prior = logic.on_prediction(p, now)?;
+                for (model, f) in logic.drain_interests() {
+                    self.exchange.follow(&model, f)?;
+                }
+                prior
+            }
+            Brain::Ros(node) => {
+                let prior = node.predict(now, p)?;
+                for (model, f) in node.interests() {
+                    self.exchange.follow(&model, f)?;
+                }
+                prior
+            }
         };
-        let support: u64 = self.memory.address(&scene.model, &fp).map_or(0, |a| {
-            a.own.as_ref().map_or(0, |o| o.1.count())
-                + a.received.iter().map(|r| r.summary.count()).sum::<u64>()
-        });
-        if support as f64 >= self.synthesis.min_support {
-            return Ok(Vec::new());
+        if prior.state.len() != STATE_DIM {
+            return Err(SimError::Ros(format!(
+                "corrected prior of {} has {} components",
+                p.episode_id,
+                prior.state.len()
+            )));
         }
-        let mut near = index
-            .nearest(&scene.model, sketch, scene.config.neighbors + 1)
-            .map_err(SimError::Sketch)?;
-        near.retain(|(f, _)| *f != fp);
-        near.truncate(scene.config.neighbors);
-        Ok(near)
+        Ok(prior)
+    }
+
+    /// The traffic budget on top of the node's privacy budget: what the node lets out is
+    /// published only when the own count grew by `republish_growth` since the last time.
+    fn publish_budgeted(
+        &mut self,
+        scene: &Scene<'_>,
+        key: &RecordKey,
+        record: &OutcomeRecord,
+    ) -> Result<bool, SimError> {
+        let count = record.summary.count();
+        let last = self.published.entry(key.fingerprint).or_default();
+        if *last != 0 && (count as f64) < *last as f64 * scene.config.republish_growth {
+            return Ok(false);
+        }
+        *last = count;
+        self.exchange.publish(key, record)?;
+        Ok(true)
     }
 
     /// Sybil rotation: a fresh self-certified identity every `sybil_rounds` rounds.
@@ -454,7 +413,11 @@ impl<E: Exchange> Robot<E> {
         if !scene.config.attack.hijack() {
             return Ok(());
         }
-        let Some(addr) = self.memory.address(&key.model, &key.fingerprint) else {
+        // Attackers always run the node logic in process (node robots are honest).
+        let Brain::Logic(logic) = &self.brain else {
+            return Ok(());
+        };
+        let Some(addr) = logic.memory().address(&key.model, &key.fingerprint) else {
             return Ok(());
         };
         let mut victims: Vec<_> = addr
@@ -514,7 +477,6 @@ impl<E: Exchange> Robot<E> {
         if attacking && scene.config.attack.sybil() {
             self.rotate(scene, round);
         }
-        self.refresh_gate(scene);
         let context = scene.mix.draw(&mut self.rng);
         let situation = Situation::draw(context, &mut self.rng);
         let tags = context.tags();
@@ -523,161 +485,91 @@ impl<E: Exchange> Robot<E> {
             .fingerprinter
             .fingerprint(&tags, &scene.feature_names, &features)
             .map_err(SimError::Scenario)?;
-        let first = self.route(scene, fp, now)?;
-        let sketch = scene.sketch(fp, &tags, &features)?;
-        let near = self.near(scene, fp, &sketch)?;
-
         let predicted = situation.predict();
-        let x = DVector::from_row_slice(&predicted);
-        let trust = &self.trust;
-        let on_node = self.node.is_some();
-        let qis = self.memory.prior(
-            &self.synthesis,
-            &scene.model,
-            &fp,
-            &near,
-            &x,
-            None,
-            &|s| trust.source(s),
-            now,
-        )?;
-        let mut qis_state = [0.0; STATE_DIM];
-        for (q, v) in qis_state.iter_mut().zip(qis.state.iter()) {
-            *q = *v;
-        }
-        let episode_id = format!("{}-{round}", self.name);
-        if let Some(node) = &mut self.node {
-            let p = Prediction {
-                episode_id: episode_id.clone(),
-                model_id: scene.model.as_str().to_owned(),
-                scenario: Scenario {
-                    tags: tags.to_vec(),
-                    feature_names: scene.feature_names.clone(),
-                    features: features.to_vec(),
-                    embedding: Vec::new(),
-                },
-                state: predicted.to_vec(),
-                ..Prediction::default()
-            };
-            let prior = node.predict(now, &p)?;
-            if prior.state.len() != STATE_DIM {
-                return Err(SimError::Ros(format!(
-                    "corrected prior of {episode_id} has {} components",
-                    prior.state.len()
-                )));
-            }
-            let mut diff = 0.0_f64;
-            for d in 0..STATE_DIM {
-                diff = diff.max(((prior.state[d] - qis_state[d]) / STATE_SCALE[d]).abs());
-                qis_state[d] = prior.state[d];
-            }
-            node.compare(diff);
-        }
-        // The baselines have nothing to defend against: the run's settings, no learned gate.
-        let own = self.memory.own_summary(&scene.model, &fp);
-        let local = prior_from(&scene.synthesis, own, &x, now)?;
-        let central = prior_from(&scene.synthesis, scene.oracle.summary(&fp), &x, now)?;
-        let measured = situation.measure(&mut self.rng);
+        let p = Prediction {
+            episode_id: format!("{}-{round}", self.name),
+            model_id: scene.model.as_str().to_owned(),
+            scenario: Scenario {
+                tags: tags.to_vec(),
+                feature_names: scene.feature_names.clone(),
+                features: features.to_vec(),
+                embedding: Vec::new(),
+            },
+            state: predicted.to_vec(),
+            ..Prediction::default()
+        };
+        let first = self.met.insert(fp);
+        self.route(scene, &p, fp, first, now)?;
+        let qis = self.predict(&p, now)?;
 
+        // The baselines have nothing to defend against: the node's synthesis, no gate.
+        let synthesis = &scene.config.node.synthesis;
+        let x = DVector::from_row_slice(&predicted);
+        let local = prior_from(synthesis, self.local.summary(&fp), &x, now)?;
+        let central = prior_from(synthesis, scene.oracle.summary(&fp), &x, now)?;
+        let measured = situation.measure(&mut self.rng);
         if !self.attacker {
             let mut predictions = [[0.0; STATE_DIM]; 4];
             predictions[RAW] = predicted;
             for d in 0..STATE_DIM {
                 predictions[LOCAL][d] = local[d];
-                predictions[QIS][d] = qis_state[d];
+                predictions[QIS][d] = qis.state[d];
                 predictions[ORACLE][d] = central[d];
             }
             let first_support = first.then(|| scene.oracle.count(&fp));
             scene
                 .metrics
                 .add(round, &predictions, &measured, first_support);
-            if on_node {
+            if matches!(self.brain, Brain::Ros(_)) {
                 scene
                     .node_metrics
                     .add(round, &predictions, &measured, first_support);
             }
         }
-
         let mut residual = [0.0; STATE_DIM];
         for d in 0..STATE_DIM {
             residual[d] = measured[d] - predicted[d];
         }
-        // Trust earned from outcomes: judge every source held here by this outcome.
-        if let Some(addr) = self.memory.address(&scene.model, &fp) {
-            for r in &addr.received {
-                self.trust
-                    .observe(&r.source, r.summary.mean().as_slice(), &residual);
-            }
-        }
-        scene
-            .oracle
-            .add(fp, &residual, now, scene.synthesis.decay())?;
+        let decay = synthesis.decay();
+        scene.oracle.add(fp, &residual, now, decay)?;
+        self.local.add(fp, &residual, now, decay)?;
+
+        // What the robot's sensor reports: an attacker's is biased.
+        let mut reported = measured;
         if attacking {
-            for (r, o) in residual.iter_mut().zip(scene.attack_offset) {
+            for (r, o) in reported.iter_mut().zip(scene.attack_offset) {
                 *r += o;
             }
         }
-        if let Some(index) = &mut self.neighbors {
-            index
-                .insert(&scene.model, fp, &sketch)
-                .map_err(SimError::Sketch)?;
-        }
-        let record = self
-            .memory
-            .record_outcome(&scene.model, fp, sketch, &residual, now)?;
-        // The learned gate's envelope, fed as the node feeds it (no stated covariance:
-        // the simulated model states none).
-        if self.envelope.observe(&scene.model, &residual, None) {
-            self.gate_current = false;
-        }
-        let key = RecordKey {
-            model: scene.model.clone(),
-            fingerprint: fp,
-            source: self.source.clone(),
+        let o = Outcome {
+            episode_id: p.episode_id,
+            state: reported.to_vec(),
+            ..Outcome::default()
+        };
+        let (own, share) = match &mut self.brain {
+            Brain::Logic(logic) => {
+                let effect = logic.on_outcome(&o, now)?;
+                (Some(effect.own_record), effect.share)
+            }
+            // The node hands its port only what its privacy budget lets out.
+            Brain::Ros(node) => {
+                let shared = node.outcome(&o)?.1.pop();
+                let share = shared.is_some();
+                (shared, share)
+            }
+        };
+        let Some((key, record)) = own else {
+            return Ok(());
         };
         if attacking {
-            if scene.config.attackers_keep_budget
-                && !self.memory.take_share(&scene.model, &fp, scene.budget)
-            {
+            if scene.config.attackers_keep_budget && !share {
                 return Ok(());
             }
             return self.attack(scene, key, &record);
         }
-        // A node robot shares what its node handed to its fleet port (its own memory
-        // above only serves the local-only baseline and the comparison); the others what
-        // the privacy budget lets out, as the node decides (`OutcomeMemory::take_share`).
-        let shared = match &mut self.node {
-            Some(node) => {
-                let o = Outcome {
-                    episode_id,
-                    state: measured.to_vec(),
-                    ..Outcome::default()
-                };
-                node.outcome(&o)?.1.pop()
-            }
-            None => self
-                .memory
-                .take_share(&scene.model, &fp, scene.budget)
-                .then_some((key, record)),
-        };
-        // Traffic budget on top: publish what the privacy budget let out only when the
-        // own count grew by the configured factor since the last publication.
-        if let Some((key, record)) = shared {
-            let count = record.summary.count();
-            let known = self.known.entry(fp).or_default();
-            if known.published_count == 0
-                || count as f64 >= known.published_count as f64 * scene.config.republish_growth
-            {
-                known.published_count = count;
-                self.exchange.publish(&key, &record)?;
-                if let Some(node) = &mut self.node {
-                    node.count_published();
-                }
-            }
-        }
-        if let Some(node) = &mut self.node {
-            for (model, f) in node.interests() {
-                self.exchange.follow(&model, f)?;
+        if share && self.publish_budgeted(scene, &key, &record)? {
+            if let Brain::Ros(node) = &mut self.brain {
+                node.count_published();
             }
         }
         Ok(())
@@ -686,21 +578,18 @@ impl<E: Exchange> Robot<E> {
 
 /// Creates the robots: who joins late, who leaves early, who attacks, each from its own
 /// random stream so the episodes do not depend on the others; every robot gets an
-/// ed25519 key and the self-certifying source id of its public key.
+/// ed25519 key, the self-certifying source id of its public key, and a node.
 fn spawn<N: Network>(
     network: &mut N,
     config: &SimConfig,
-    decay: crate::core::summary::Decay,
 ) -> Result<Vec<Robot<N::Endpoint>>, SimError> {
     let mut schedule = SimRng::seed_from_u64(config.seed ^ 0x5CED_u64);
     let mut attack_rng = SimRng::seed_from_u64(config.seed ^ 0xA77AC4);
     let mut key_rng = SimRng::seed_from_u64(config.seed ^ 0x1DE7_17E5);
     let rounds = config.episodes;
-    let bounds = config.validation.bounds(TimeBase::Sim);
     let mut robots = Vec::with_capacity(config.robots);
     for i in 0..config.robots {
         let identity = Identity::signed(SigningKey::from_bytes(&key_rng.random::<[u8; 32]>()));
-        let source = identity.source().clone();
         let join_round = if schedule.random::<f64>() < config.late_join_fraction {
             schedule.random_range(1..rounds.max(2).div_ceil(2).max(2))
         } else {
@@ -714,25 +603,13 @@ fn spawn<N: Network>(
             usize::MAX
         };
         let attacker = attack_rng.random::<f64>() < config.attackers;
-        let mut memory = OutcomeMemory::new(
-            source.clone(),
-            MemoryConfig {
-                max_received_records: config.max_received_records,
-                ..MemoryConfig::default()
-            },
-            decay,
-        );
-        // Simulated robots run on simulated time, like the node robots (`use_sim_time`),
-        // whose record bounds refuse records of another time base.
-        memory.set_time_base(TimeBase::Sim);
+        let logic = NodeLogic::new(config.node.clone(), identity.source().clone())
+            .map_err(SimError::Params)?;
         robots.push(Robot {
             name: format!("robot-{i:05}"),
-            memory,
             exchange: network.connect(&identity)?,
             identity,
-            source,
             rng: SimRng::seed_from_u64(config.seed.wrapping_add(1 + i as u64)),
-            known: HashMap::new(),
             join_round,
             leave_round,
             attacker,
@@ -741,13 +618,10 @@ fn spawn<N: Network>(
                 sybil: None,
             }),
             inbox: Vec::new(),
-            trust: TrustBook::new(config.trust()),
-            envelope: ResidualEnvelope::default(),
-            synthesis: config.synthesis.clone(),
-            gate_current: false,
-            bounds,
-            neighbors: (config.neighbors > 0).then(NeighborIndex::new),
-            node: None,
+            brain: Brain::Logic(Box::new(logic)),
+            local: Oracle::default(),
+            met: HashSet::new(),
+            published: HashMap::new(),
         });
     }
     Ok(robots)
@@ -762,17 +636,13 @@ pub fn simulate_on<N: Network>(
     poison: bool,
     progress: &mut dyn FnMut(usize),
 ) -> Result<RunOutcome, SimError> {
-    let synthesis = config.synthesis.clone();
-    synthesis.validate().map_err(SimError::Synthesis)?;
-    config.validation.validate().map_err(SimError::Validation)?;
+    config.validate()?;
     let rounds = config.episodes;
     let warmup = (rounds as f64 * config.warmup_fraction).round() as usize;
     let mut scene = Scene {
         config,
         poison,
-        fingerprinter: super::world::fingerprint_config()
-            .validate()
-            .map_err(SimError::Fingerprint)?,
+        fingerprinter: config.node.validate().map_err(SimError::Params)?,
         model: ModelId::new("brake-wm/v1").map_err(SimError::Id)?,
         feature_names: FEATURE_NAMES.iter().map(|s| (*s).to_owned()).collect(),
         // Its own stream: the class mix is the same whatever else the seed drives.
@@ -783,31 +653,22 @@ pub fn simulate_on<N: Network>(
         oracle: Oracle::default(),
         metrics: Metrics::new(rounds, config.windows, warmup),
         node_metrics: Metrics::new(rounds, config.windows, warmup),
-        sketches: HashMap::new(),
         attack_offset: STATE_SCALE.map(|s| s * config.attack_bias),
-        refollow_ns: (config.refollow_s * 1e9) as i64,
         ingested: 0,
-        learn_gate: synthesis.max_residual.is_empty(),
-        validation: config.validation.clone(),
-        budget: PrivacyBudget {
-            min_count: config.min_count_to_share,
-        },
         fleet: FleetName::new(SIM_FLEET).map_err(SimError::Id)?,
         attacker_sources: HashSet::new(),
         attack: AttackCounts::default(),
-        synthesis,
     };
     // Declared before the robots: their nodes shut down before the router closes.
     let mut ros_nodes: Option<RosNodes> = None;
-    let mut robots = spawn(network, config, scene.synthesis.decay())?;
+    let mut robots = spawn(network, config)?;
     scene.attacker_sources = robots
         .iter()
         .filter(|r| r.attacker)
-        .map(|r| r.source.clone())
+        .map(|r| r.source().clone())
         .collect();
     if config.ros_robots > 0 {
         let nodes = ros_nodes.insert(RosNodes::start()?);
-        let params = RosNodes::params(config);
         // The last robots present the whole run and honest: their episodes come late in
         // each round, after most of the fleet has published.
         let mut picked = 0;
@@ -816,11 +677,9 @@ pub fn simulate_on<N: Network>(
                 break;
             }
             if robot.join_round == 0 && robot.leave_round == usize::MAX && !robot.attacker {
-                robot.node = Some(Box::new(nodes.attach(
-                    &robot.name,
-                    &robot.source,
-                    params.clone(),
-                )?));
+                let node =
+                    nodes.attach(&robot.name, robot.identity.source(), config.node.clone())?;
+                robot.brain = Brain::Ros(Box::new(node));
                 picked += 1;
             }
         }
@@ -845,7 +704,7 @@ pub fn simulate_on<N: Network>(
             }
             if round == robot.leave_round {
                 robot.exchange.leave();
-                if let Some(node) = &mut robot.node {
+                if let Brain::Ros(node) = &mut robot.brain {
                     node.shutdown();
                 }
             }
@@ -865,7 +724,7 @@ pub fn simulate_on<N: Network>(
     let mut outcome = tally(network, config, &robots, scene);
     outcome.trust_curve = trust_curve;
     for robot in &mut robots {
-        if let Some(node) = &mut robot.node {
+        if let Brain::Ros(node) = &mut robot.brain {
             node.shutdown();
         }
     }
@@ -874,7 +733,8 @@ pub fn simulate_on<N: Network>(
     Ok(outcome)
 }
 
-/// The end-of-run figures: traffic of the honest robots, memory of those still present.
+/// The end-of-run figures: traffic of the honest robots, memory of those still present
+/// (the in-process nodes: a node robot's memory is inside its `qis_node`).
 fn tally<N: Network>(
     network: &N,
     config: &SimConfig,
@@ -883,30 +743,48 @@ fn tally<N: Network>(
 ) -> RunOutcome {
     let mut wire_total = WireStats::default();
     let mut memory = MemoryFigures {
-        bound_received_records: config.max_received_records,
+        bound_received_records: config.node.memory.max_received_records,
         ..Default::default()
     };
     let (mut honest, mut attackers) = (0, 0);
     let (mut sum_records, mut sum_bytes, mut sum_addr) = (0usize, 0usize, 0usize);
+    let mut learned_gate = vec![0.0; STATE_DIM];
+    let mut gated = 0usize;
+    let mut paths = RobotPaths::default();
     for r in robots {
+        match &r.brain {
+            Brain::Logic(_) => paths.node_logic += 1,
+            Brain::Ros(_) => paths.qis_node_over_ros += 1,
+        }
         if r.attacker {
             attackers += 1;
             continue;
         }
         honest += 1;
         wire_total.add(&r.exchange.wire());
+        let Brain::Logic(logic) = &r.brain else {
+            continue;
+        };
         if r.leave_round != usize::MAX {
             continue;
         }
-        let held = r.memory.received_len();
-        let bytes = held * held_record_bytes(&r.source)
-            + r.memory.addresses_len() * (std::mem::size_of::<(Fingerprint, Known)>() + 64);
+        let m = logic.memory();
+        let held = m.received_len();
+        let bytes = held * held_record_bytes(r.source())
+            + m.addresses_len() * (std::mem::size_of::<(Fingerprint, u64)>() + 64);
         memory.robots += 1;
         memory.max_received_records = memory.max_received_records.max(held);
         memory.max_memory_bytes = memory.max_memory_bytes.max(bytes);
         sum_records += held;
         sum_bytes += bytes;
-        sum_addr += r.memory.addresses_len();
+        sum_addr += m.addresses_len();
+        let gate = logic.plausibility_gate();
+        if config.node.synthesis.max_residual.is_empty() && gate.len() == STATE_DIM {
+            gated += 1;
+            for (m, v) in learned_gate.iter_mut().zip(gate) {
+                *m += v;
+            }
+        }
     }
     if memory.robots > 0 {
         let k = memory.robots as f64;
@@ -914,9 +792,19 @@ fn tally<N: Network>(
         memory.mean_memory_bytes = sum_bytes as f64 / k;
         memory.mean_addresses = sum_addr as f64 / k;
     }
+    if gated == 0 {
+        learned_gate.clear();
+    }
+    learned_gate
+        .iter_mut()
+        .for_each(|v| *v /= gated.max(1) as f64);
     let stored = network.stored().unwrap_or_default();
-    let ros = robots.iter().any(|r| r.node.is_some()).then(|| {
-        let mut f = ros_node::figures(robots.iter().filter_map(|r| r.node.as_deref()));
+    let node_robots = robots.iter().filter_map(|r| match &r.brain {
+        Brain::Ros(node) => Some(node.as_ref()),
+        Brain::Logic(_) => None,
+    });
+    let ros = (paths.qis_node_over_ros > 0).then(|| {
+        let mut f = ros_node::figures(node_robots);
         let b = scene.node_metrics.results();
         f.first_encounters = scene.node_metrics.first_encounters();
         f.qis_rmse_first_encounter = b[QIS].rmse_first_encounter;
@@ -929,27 +817,6 @@ fn tally<N: Network>(
         refused_by_admission: wire_total.refused,
         ..scene.attack
     };
-    let mut learned_gate = vec![0.0; STATE_DIM];
-    let mut gated = 0usize;
-    if scene.learn_gate {
-        for r in robots
-            .iter()
-            .filter(|r| !r.attacker && r.leave_round == usize::MAX)
-        {
-            if let Some(g) = scene.validation.learned_gate(&r.envelope, &scene.model) {
-                gated += 1;
-                for (m, v) in learned_gate.iter_mut().zip(g) {
-                    *m += v;
-                }
-            }
-        }
-    }
-    if gated == 0 {
-        learned_gate.clear();
-    }
-    learned_gate
-        .iter_mut()
-        .for_each(|v| *v /= gated.max(1) as f64);
     RunOutcome {
         classes: scene.oracle.classes(),
         ingested: scene.ingested,
@@ -965,5 +832,6 @@ fn tally<N: Network>(
         trust_curve: Vec::new(),
         attack,
         learned_gate,
+        paths,
     }
 }

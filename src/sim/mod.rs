@@ -5,9 +5,9 @@
 //! - [`world`]: the braking physics, the biased world model, the Zipf mix of classes;
 //! - [`exchange`]: the [`exchange::Exchange`] trait and the in-process bus;
 //! - [`zenoh_net`]: the same trait over real Zenoh sessions on loopback;
-//! - [`fleet`]: the robots (each one runs the node's defences: record bounds, the
-//!   plausibility gate learned from its own outcomes, earned trust, the privacy budget),
-//!   the attackers (bias, Sybil rotation, seq hijack) and the round-based driver;
+//! - [`fleet`]: the robots (each one a [`crate::node::NodeLogic`] with the node's shipped
+//!   parameters, or a `qis_node` over ROS 2 topics), the attackers (bias, Sybil
+//!   rotation, seq hijack) and the round-based driver;
 //! - [`baselines`]: raw, local-only, qis and central-oracle predictors and their errors;
 //! - [`report`]: table and JSON output; [`plot`]: the SVG error curves;
 //! - [`cli`]: the `qis sim` arguments.
@@ -30,11 +30,9 @@ use crate::core::fingerprint::{FingerprintConfigError, FingerprintError};
 use crate::core::ids::IdError;
 use crate::core::memory::MemoryError;
 use crate::core::neighbors::NeighborError;
-use crate::core::plausibility::{ValidationConfig, ValidationConfigError};
-use crate::core::privacy::DEFAULT_MIN_COUNT_TO_SHARE;
 use crate::core::summary::SummaryError;
-use crate::core::synthesis::{SynthesisConfig, SynthesisConfigError, SynthesisError};
-use crate::core::trust::TrustConfig;
+use crate::core::synthesis::{SynthesisConfigError, SynthesisError};
+use crate::node::{InputError, NodeParams, ParamError};
 
 pub use report::SimReport;
 
@@ -126,9 +124,12 @@ pub enum SimError {
     /// The synthesis config was refused.
     #[error(transparent)]
     Synthesis(SynthesisConfigError),
-    /// The validation config was refused.
+    /// The node parameters were refused.
     #[error(transparent)]
-    Validation(ValidationConfigError),
+    Params(ParamError),
+    /// A simulated robot's node refused the prediction or outcome it was fed.
+    #[error("node input: {0}")]
+    Node(#[from] InputError),
     /// A scenario had no sketch.
     #[error(transparent)]
     Sketch(NeighborError),
@@ -192,17 +193,10 @@ pub struct SimConfig {
     pub leave_fraction: f64,
     /// Most sources a robot follows per address (fan-in budget).
     pub max_sources_per_address: usize,
-    /// Bound of each robot's received records (MemoryConfig).
-    pub max_received_records: usize,
     /// Traffic budget on top of the privacy budget: a record the privacy budget lets out
     /// is published only when the own count grew by this factor since the last
     /// publication (1 = every record the privacy budget lets out).
     pub republish_growth: f64,
-    /// Privacy budget k (the node's `min_count_to_share`): an address is shared after k
-    /// own outcomes and republished after k more ([`crate::core::privacy`]).
-    pub min_count_to_share: u64,
-    /// An address whose received records were all evicted is re-asked after this (s).
-    pub refollow_s: f64,
     /// Fraction of robots that publish poisoned records.
     pub attackers: f64,
     /// Bias an attacker adds to every residual, in units of each component's scale.
@@ -226,17 +220,6 @@ pub struct SimConfig {
     /// as the product does (default); false = honest records take the in-memory path
     /// (forged and Sybil records are sealed and opened either way).
     pub sign_records: bool,
-    /// Neighbor addresses borrowed from when exact support is thin (0 = exact only).
-    pub neighbors: usize,
-    /// Trust tolerance (scale units) of a source's claims against own outcomes; 0 = off.
-    pub trust_tolerance: f64,
-    /// Trust scale per state component (`trust.scale`): the units trust gaps are measured
-    /// in; empty = 1 for every component (the node's default).
-    pub trust_scale: Vec<f64>,
-    /// Weight factor of a source never judged (`trust.initial`).
-    pub trust_initial: f64,
-    /// Agreeing judgements a source needs to reach full weight (`trust.earn_outcomes`).
-    pub trust_earn_outcomes: f64,
     /// Windows of the error curve.
     pub windows: usize,
     /// Fraction of rounds counted as warm-up.
@@ -247,14 +230,23 @@ pub struct SimConfig {
     /// Robots whose prediction/outcome loop runs through a real `qis_node` over ROS 2
     /// topics (the last ones present the whole run; 0 = none).
     pub ros_robots: usize,
-    /// Synthesis settings shared by qis, local-only and the oracle (qis robots add the
-    /// plausibility gate each learns).
+    /// The parameters every simulated robot's node runs with: the node's shipped defaults
+    /// ([`sim_node_params`]) unless an experiment changes them. Local-only and the oracle
+    /// use its synthesis settings too (without the gate each robot learns).
     #[serde(skip)]
-    pub synthesis: SynthesisConfig,
-    /// What a received record may claim, and the learned gate's margin (the node's
-    /// `validation` group).
-    #[serde(skip)]
-    pub validation: ValidationConfig,
+    pub node: NodeParams,
+}
+
+/// The node parameters of a simulated robot: `NodeParams::default()` (what
+/// config/qis.yaml ships), with what any user must declare for this world: its fleet
+/// name, its feature bins (the fingerprint), and simulated time.
+pub fn sim_node_params() -> NodeParams {
+    NodeParams {
+        fleet: SIM_FLEET.into(),
+        use_sim_time: true,
+        fingerprint: world::fingerprint_config(),
+        ..NodeParams::default()
+    }
 }
 
 impl Default for SimConfig {
@@ -269,10 +261,7 @@ impl Default for SimConfig {
             late_join_fraction: 0.25,
             leave_fraction: 0.15,
             max_sources_per_address: 16,
-            max_received_records: 2048,
             republish_growth: 1.25,
-            min_count_to_share: DEFAULT_MIN_COUNT_TO_SHARE,
-            refollow_s: 600.0,
             attackers: 0.0,
             attack_bias: 50.0,
             attack: AttackMode::All,
@@ -281,18 +270,11 @@ impl Default for SimConfig {
             attackers_keep_budget: false,
             plausibility_margin: 0.0,
             sign_records: true,
-            neighbors: 0,
-            trust_tolerance: TrustConfig::default().tolerance,
-            trust_scale: Vec::new(),
-            trust_initial: TrustConfig::default().initial,
-            trust_earn_outcomes: TrustConfig::default().earn_outcomes,
             windows: 20,
             warmup_fraction: 0.25,
             zenoh_robots: 0,
             ros_robots: 0,
-            // The node's shipped defaults (`NodeParams::default()`), k0 included.
-            synthesis: SynthesisConfig::default(),
-            validation: ValidationConfig::default(),
+            node: sim_node_params(),
         }
     }
 }
@@ -339,15 +321,6 @@ impl SimConfig {
         if !(self.republish_growth.is_finite() && self.republish_growth >= 1.0) {
             return bad("republish_growth", "must be finite and >= 1");
         }
-        if !(self.refollow_s.is_finite() && self.refollow_s >= 0.0) {
-            return bad("refollow_s", "must be finite and >= 0");
-        }
-        if !(self.trust_tolerance.is_finite() && self.trust_tolerance >= 0.0) {
-            return bad("trust_tolerance", "must be finite and >= 0 (0 = off)");
-        }
-        if self.min_count_to_share == 0 {
-            return bad("min_count_to_share", "must be at least 1 (1 = no privacy)");
-        }
         if self.sybil_rounds == 0 {
             return bad("sybil_rounds", "must be at least 1");
         }
@@ -369,36 +342,16 @@ impl SimConfig {
         if self.windows == 0 {
             return bad("windows", "must be at least 1");
         }
-        self.trust().validate().map_err(|e| SimError::Config {
-            field: "trust",
-            reason: e.to_string(),
-        })?;
-        self.validation.validate().map_err(SimError::Validation)?;
-        self.synthesis.validate().map_err(SimError::Synthesis)
+        // One validation of the node's parameters, the node's own.
+        self.node.validate().map_err(SimError::Params)?;
+        Ok(())
     }
 
-    /// The trust settings every robot (and its node) uses: the node's defaults (earned
-    /// trust: `initial`, `earn_outcomes`) with this run's tolerance and scale.
-    pub fn trust(&self) -> TrustConfig {
-        TrustConfig {
-            tolerance: self.trust_tolerance,
-            scale: self.trust_scale.clone(),
-            initial: self.trust_initial,
-            earn_outcomes: self.trust_earn_outcomes,
-            ..TrustConfig::default()
-        }
-    }
-
-    /// Whether the robots run the node's shipped defaults (`NodeParams::default()`):
-    /// synthesis (no configured gate: each learns its own), trust, validation and privacy
-    /// budget. The traffic budget and the neighbor search are the simulator's.
+    /// Whether the robots run the node's shipped defaults (`NodeParams::default()` with
+    /// this world's bins, [`sim_node_params`]) and no ground-truth gate. The traffic
+    /// budget (`republish_growth`) and the fan-in are the simulator's exchange.
     pub fn shipped_defaults(&self) -> bool {
-        let d = SimConfig::default();
-        self.plausibility_margin == 0.0
-            && self.synthesis == d.synthesis
-            && self.trust() == d.trust()
-            && self.validation == d.validation
-            && self.min_count_to_share == d.min_count_to_share
+        self.plausibility_margin == 0.0 && self.node == sim_node_params()
     }
 
     /// Experiment only: these settings with `synthesis.max_residual` set to
@@ -408,10 +361,10 @@ impl SimConfig {
     /// own random stream, so it does not shift the episodes.
     pub fn with_plausibility_gate(&self) -> SimConfig {
         let mut config = self.clone();
-        if self.plausibility_margin > 0.0 && self.synthesis.max_residual.is_empty() {
+        if self.plausibility_margin > 0.0 && self.node.synthesis.max_residual.is_empty() {
             let mut rng = SimRng::seed_from_u64(self.seed ^ 0xE57E_1093);
             let envelope = world::residual_envelope(ENVELOPE_SAMPLES_PER_CONTEXT, &mut rng);
-            config.synthesis.max_residual = envelope
+            config.node.synthesis.max_residual = envelope
                 .iter()
                 .map(|e| e * self.plausibility_margin)
                 .collect();

@@ -176,6 +176,8 @@ pub struct SimReport {
     pub propagation: Option<Propagation>,
     /// The robots whose loop ran through `qis_node` over ROS 2 topics, if any.
     pub ros: Option<super::ros_node::RosFigures>,
+    /// How many robots ran which implementation of the node.
+    pub paths: super::fleet::RobotPaths,
     /// Attack scenario, when `attackers` > 0.
     pub attack: Option<AttackFigures>,
     /// Machine-dependent figures.
@@ -246,7 +248,7 @@ impl SimReport {
             }
         });
         let episodes = run.metrics.episodes();
-        let sc = &config.synthesis;
+        let sc = &config.node.synthesis;
         SimReport {
             config: config.clone(),
             synthesis: SynthesisFigures {
@@ -283,6 +285,7 @@ impl SimReport {
             storage_bytes: run.bus_bytes,
             propagation: run.propagation,
             ros: run.ros.clone(),
+            paths: run.paths,
             attack,
             process: ProcessFigures {
                 wall_s,
@@ -304,11 +307,16 @@ impl SimReport {
         );
         let _ = writeln!(
             s,
+            "loop: every robot runs the node's own code: {} robots NodeLogic in process, {} a whole qis_node over ROS 2 topics; no copy of the loop",
+            self.paths.node_logic, self.paths.qis_node_over_ros
+        );
+        let _ = writeln!(
+            s,
             "error: RMSE of the 4-d stop state, each component divided by its scale {:?} ({})",
             self.state_scale,
             self.state_names.join(", ")
         );
-        let trust = c.trust();
+        let trust = &c.node.trust;
         let _ = writeln!(
             s,
             "settings{}: k0 {}, min_support {}, outlier z {}, half-life {} s, young sources <= {} at an address; trust tolerance {} (scale {:?}), initial {}, earned after {} agreeing outcomes; privacy budget k = {}, traffic budget x{}; neighbors {}",
@@ -326,9 +334,9 @@ impl SimReport {
             trust.scale,
             trust.initial,
             trust.earn_outcomes,
-            c.min_count_to_share,
+            c.node.min_count_to_share,
             c.republish_growth,
-            c.neighbors
+            c.node.neighbors_k
         );
         let in_scale = |g: &[f64]| -> String {
             g.iter()
@@ -348,8 +356,8 @@ impl SimReport {
             let _ = writeln!(
                 s,
                 "plausibility gate: learned by each robot from its own outcomes ({} x its largest |residual| per component after {} outcomes, as the node); at the end, mean over honest robots [{}] x scale",
-                c.validation.envelope_margin,
-                c.validation.envelope_min_outcomes,
+                c.node.validation.envelope_margin,
+                c.node.validation.envelope_min_outcomes,
                 in_scale(&self.synthesis.learned_gate)
             );
         }
@@ -461,7 +469,7 @@ impl SimReport {
         if let Some(r) = &self.ros {
             let _ = writeln!(
                 s,
-                "through qis_node over ROS topics: {} robots, {} episodes, round trip prediction -> corrected_prior p50 {:.2} ms / p99 {:.2} ms (outcome -> discrepancy p50 {:.2} ms); fleet port: {} records shared into the exchange, {} received records fed in, {} first-encounter fetches; node prior vs in-process prior max diff {:.1e}",
+                "through qis_node over ROS topics: {} robots, {} episodes, round trip prediction -> corrected_prior p50 {:.2} ms / p99 {:.2} ms (outcome -> discrepancy p50 {:.2} ms); fleet port: {} records shared into the exchange, {} received records fed in, {} first-encounter fetches",
                 r.robots,
                 r.episodes,
                 r.round_trip_p50_ms,
@@ -469,8 +477,7 @@ impl SimReport {
                 r.outcome_p50_ms,
                 r.records_published,
                 r.records_fed,
-                r.fetches,
-                r.max_prior_diff
+                r.fetches
             );
             let _ = writeln!(
                 s,
@@ -610,7 +617,7 @@ impl SimReport {
                 let _ = writeln!(
                     s,
                     "  trust curve (round attackers/honest; sources never judged count at the initial {}): {}",
-                    c.trust().initial,
+                    c.node.trust.initial,
                     curve.join(", ")
                 );
             }

@@ -11,7 +11,8 @@
 //! published into the exchange by the driver after each episode (the driver's traffic
 //! budget), first-encounter fetches are answered with what the driver's follow of the
 //! address returned, and every other record the endpoint receives is fed into the node's record
-//! channel before the next prediction.
+//! channel before the next prediction. The other simulated robots run the same
+//! `NodeLogic` in process; these ones add the binding, the topics and the CDR.
 //!
 //! The simulator is synchronous: a 2-thread tokio runtime runs the nodes, and the driver
 //! blocks on it once per message exchange (hiroz panics under `current_thread`).
@@ -35,14 +36,13 @@ use tokio::runtime::Runtime;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::core::ids::{Fingerprint, ModelId, RecordKey, SourceId};
-use crate::core::memory::MemoryConfig;
 use crate::core::record::OutcomeRecord;
 use crate::node::{FleetPort, NodeLogic, NodeParams};
 use crate::ros::msgs::{Clock, CorrectedPrior, Discrepancy, Outcome, Prediction, Time};
 use crate::ros::names::Names;
 use crate::ros::native::{NativeConfig, NativeNode, ZenohOptions};
 
-use super::{SimConfig, SimError};
+use super::SimError;
 
 /// Default number of node robots of `qis sim` (`--ros-robots`).
 pub const DEFAULT_ROS_ROBOTS: usize = 2;
@@ -130,9 +130,6 @@ pub struct RosFigures {
     pub records_fed: u64,
     /// First-encounter fetches the nodes made through their fleet port.
     pub fetches: u64,
-    /// Largest |node's corrected prior − the same robot's in-process prior| over all
-    /// components and episodes, in normalized units (0 when node and core agree).
-    pub max_prior_diff: f64,
     /// Scored first encounters of a class other robots had seen, node robots only.
     pub first_encounters: u64,
     /// Normalized RMSE of the node's corrected prior on those first encounters.
@@ -207,28 +204,6 @@ impl RosNodes {
             router: Some(router),
             attached: 0,
         })
-    }
-
-    /// The node parameters of a simulated robot: the simulator's fingerprint, synthesis,
-    /// trust, validation, privacy budget and memory settings (the in-process robots run the
-    /// same), simulated time, no neighbor search unless the sim borrows. With no gate
-    /// configured the node learns its own, as the in-process robots do.
-    pub fn params(config: &SimConfig) -> NodeParams {
-        NodeParams {
-            fleet: super::SIM_FLEET.into(),
-            use_sim_time: true,
-            fingerprint: super::world::fingerprint_config(),
-            synthesis: config.synthesis.clone(),
-            trust: config.trust(),
-            validation: config.validation.clone(),
-            memory: MemoryConfig {
-                max_received_records: config.max_received_records,
-                ..MemoryConfig::default()
-            },
-            neighbors_k: config.neighbors,
-            min_count_to_share: config.min_count_to_share,
-            ..NodeParams::default()
-        }
     }
 
     /// Starts a `qis_node` for robot `name` (its namespace: `/robot_00017` for
@@ -316,7 +291,6 @@ impl RosNodes {
             outcome_us: Vec::new(),
             published: 0,
             fed: 0,
-            max_prior_diff: 0.0,
         })
     }
 }
@@ -354,7 +328,6 @@ pub struct NodeRobot {
     outcome_us: Vec<u64>,
     published: u64,
     fed: u64,
-    max_prior_diff: f64,
 }
 
 fn micros(d: Duration) -> u64 {
@@ -506,11 +479,6 @@ impl NodeRobot {
         std::mem::take(&mut lock(&self.port.state).interests)
     }
 
-    /// Notes the gap between the node's prior and the robot's in-process one.
-    pub fn compare(&mut self, diff: f64) {
-        self.max_prior_diff = self.max_prior_diff.max(diff);
-    }
-
     /// Stops the node (the robot left the fleet, or the run ended).
     pub fn shutdown(&mut self) {
         self.io.take();
@@ -546,7 +514,6 @@ pub fn figures<'a>(nodes: impl Iterator<Item = &'a NodeRobot>) -> RosFigures {
         f.records_published += n.published;
         f.records_fed += n.fed;
         f.fetches += lock(&n.port.state).fetches;
-        f.max_prior_diff = f.max_prior_diff.max(n.max_prior_diff);
     }
     trips.sort_unstable();
     outs.sort_unstable();
