@@ -41,8 +41,8 @@ use qis_ros::fleet::keys::record_key;
 use qis_ros::fleet::signing::seal;
 use qis_ros::fleet::{FleetConfig, FleetExchange, Identity, Publish, Received};
 use qis_ros::ros::msgs::{
-    CorrectedPrior, DiagnosticArray, Discrepancy, Outcome, Prediction, Query, QueryRequest,
-    QueryResponse, Scenario,
+    CorrectedPrior, DiagnosticArray, Outcome, Prediction, Query, QueryRequest, QueryResponse,
+    Scenario,
 };
 use serde_json::{Value, json};
 use support::*;
@@ -169,6 +169,26 @@ impl Forger {
         assert!(report.get("error").is_none(), "forger failed: {report}");
         report
     }
+
+    /// A wave of [`SYBILS`] fresh keys at `addr`, each correctly signed, each claiming
+    /// [`SYBIL_BIAS`] on component 0 with a million outcomes; returns their ids.
+    async fn sybils(&mut self, addr: &Value) -> Vec<String> {
+        let sybil = rec(
+            1,
+            1_000_000,
+            1e6,
+            1e6,
+            [json!(SYBIL_BIAS), json!(0.0)],
+            now_ns(),
+        );
+        let report = self
+            .run(json!([{"op": "sybil", "address": addr, "n": SYBILS, "record": sybil}]))
+            .await;
+        let ids = report["sources"].as_array().expect("sybil ids");
+        ids.iter()
+            .map(|id| id.as_str().expect("an id").to_owned())
+            .collect()
+    }
 }
 
 /// A record as the forger's plan describes it (first_ns = last_ns, M2 = 0 unless set).
@@ -271,18 +291,7 @@ type Diag = HashMap<String, String>;
 
 /// The test's ROS side of B: topics, the query service, the latest `/diagnostics`.
 struct Victim {
-    pred: hiroz::pubsub::ZPub<Prediction, hiroz::msg::SerdeCdrSerdes<Prediction>>,
-    out: hiroz::pubsub::ZPub<Outcome, hiroz::msg::SerdeCdrSerdes<Outcome>>,
-    prior: hiroz::pubsub::ZSub<
-        CorrectedPrior,
-        zenoh::sample::Sample,
-        hiroz::msg::SerdeCdrSerdes<CorrectedPrior>,
-    >,
-    disc: hiroz::pubsub::ZSub<
-        Discrepancy,
-        zenoh::sample::Sample,
-        hiroz::msg::SerdeCdrSerdes<Discrepancy>,
-    >,
+    topics: Robot,
     query: hiroz::service::ZClient<Query>,
     diag: Arc<Mutex<Option<(i64, Diag)>>>,
     episodes: usize,
@@ -292,11 +301,7 @@ struct Victim {
 
 impl Victim {
     async fn new(node: &hiroz::node::ZNode, b_id: String) -> Victim {
-        let diag_sub = node
-            .create_sub::<DiagnosticArray>("/diagnostics")
-            .with_qos(deep_qos())
-            .build()
-            .unwrap();
+        let diag_sub = deep_sub::<DiagnosticArray>(node, "/diagnostics");
         let diag: Arc<Mutex<Option<(i64, Diag)>>> = Arc::default();
         let sink = diag.clone();
         tokio::spawn(async move {
@@ -309,29 +314,14 @@ impl Victim {
                 }
             }
         });
-        let v = Victim {
-            pred: node.create_pub("/b/prediction").build().unwrap(),
-            out: node.create_pub("/b/outcome").build().unwrap(),
-            prior: node
-                .create_sub("/b/corrected_prior")
-                .with_qos(deep_qos())
-                .build()
-                .unwrap(),
-            disc: node
-                .create_sub("/b/discrepancy")
-                .with_qos(deep_qos())
-                .build()
-                .unwrap(),
-            query: node.create_client::<Query>("/b/query").build().unwrap(),
+        let query = node.create_client::<Query>("/b/query").build().unwrap();
+        Victim {
+            topics: Robot::new(node, "/b").await,
+            query,
             diag,
             episodes: 0,
             priors: Vec::new(),
-        };
-        assert!(v.pred.wait_for_subscription(1, WAIT).await);
-        assert!(v.out.wait_for_subscription(1, WAIT).await);
-        assert!(v.prior.wait_for_publisher(1, WAIT).await);
-        assert!(v.disc.wait_for_publisher(1, WAIT).await);
-        v
+        }
     }
 
     /// A prediction at `tag` (state [1, 0]) and B's corrected prior for it.
@@ -345,8 +335,8 @@ impl Victim {
             state: vec![1.0, 0.0],
             ..Prediction::default()
         };
-        self.pred.async_publish(&p).await.unwrap();
-        let prior = recv("corrected prior", self.prior.async_recv()).await;
+        self.topics.pred.async_publish(&p).await.unwrap();
+        let prior = recv("corrected prior", self.topics.prior.async_recv()).await;
         assert_eq!(prior.episode_id, id, "B answers every prediction, in order");
         assert!(
             prior.state.iter().all(|v| v.is_finite())
@@ -366,8 +356,8 @@ impl Victim {
             state: vec![1.0 + residual[0], residual[1]],
             ..Outcome::default()
         };
-        self.out.async_publish(&o).await.unwrap();
-        let d = recv("discrepancy", self.disc.async_recv()).await;
+        self.topics.out.async_publish(&o).await.unwrap();
+        let d = recv("discrepancy", self.topics.disc.async_recv()).await;
         assert_eq!(d.episode_id, id);
         prior
     }
@@ -448,6 +438,11 @@ fn n(d: &Diag, key: &str) -> u64 {
         .unwrap_or_else(|_| panic!("{key} is not a count: {d:?}"))
 }
 
+/// How much a counter grew from one report to a later one.
+fn grew(before: &Diag, after: &Diag, key: &str) -> u64 {
+    n(after, key) - n(before, key)
+}
+
 /// What a prior's correction must be, given the synthesis weights B reports for S (query
 /// service: own record first, then every received one) and each source's mean: the
 /// shrinkage Σ wᵢ μᵢ / (Σ wᵢ + k0) of the synthesis (module doc of core::synthesis; no
@@ -469,6 +464,16 @@ fn weight_of(q: &QueryResponse, id: &str) -> f64 {
         .zip(&q.source_weights)
         .find(|(s, _)| *s == id)
         .map_or(0.0, |(_, w)| *w)
+}
+
+/// The total weight of the sources `keep` selects.
+fn weight_where(q: &QueryResponse, keep: impl Fn(&str) -> bool) -> f64 {
+    q.source_ids
+        .iter()
+        .zip(&q.source_weights)
+        .filter(|(id, _)| keep(id))
+        .map(|(_, w)| w)
+        .sum()
 }
 
 fn seq_of(q: &QueryResponse, id: &str) -> Option<u64> {
@@ -641,6 +646,18 @@ async fn a_forging_peer_neither_poisons_nor_silences_nor_goes_uncounted() {
     };
 
     // 1. Forged source: a record under A's id signed by the forger's key, and unsigned.
+    // The plan of phases 1 and 2: `record` under A's id, signed by the forger and
+    // unsigned, each refused and counted once.
+    let as_a = |record: &Value| {
+        json!([
+            {"op": "record", "address": addr, "source": a_id, "signer": hex::encode(forger_key), "record": record},
+            {"op": "record", "address": addr, "source": a_id, "signer": null, "record": record},
+        ])
+    };
+    const REFUSED_AS_A: [(&str, u64); 2] = [
+        ("fleet.rejected_signature", 1),
+        ("fleet.rejected_unsigned", 1),
+    ];
     let before = b.diag_now().await;
     let t = now_ns();
     let forged = rec(
@@ -651,30 +668,17 @@ async fn a_forging_peer_neither_poisons_nor_silences_nor_goes_uncounted() {
         [json!(9.0), json!(0.0)],
         t,
     );
-    let report = forger
-        .run(json!([
-            {"op": "record", "address": addr, "source": a_id, "signer": hex::encode(forger_key), "record": forged},
-            {"op": "record", "address": addr, "source": a_id, "signer": null, "record": forged},
-        ]))
-        .await;
+    let report = forger.run(as_a(&forged)).await;
     assert_eq!(report["unmatched"], json!([]), "{report}");
-    let after = b
-        .counted(
-            &before,
-            &[
-                ("fleet.rejected_signature", 1),
-                ("fleet.rejected_unsigned", 1),
-            ],
-        )
-        .await;
+    let after = b.counted(&before, &REFUSED_AS_A).await;
     let (p, _, wa) = honest_still_heard!("forged source");
     within_honest(&p, honest_max);
     note(
         &mut results,
         format!(
             "1 forged source: rejected_signature +{}, rejected_unsigned +{}; A seq {} weight {:.3}; correction[0] {:.4}",
-            n(&after, "fleet.rejected_signature") - n(&before, "fleet.rejected_signature"),
-            n(&after, "fleet.rejected_unsigned") - n(&before, "fleet.rejected_unsigned"),
+            grew(&before, &after, "fleet.rejected_signature"),
+            grew(&before, &after, "fleet.rejected_unsigned"),
             a.seq(),
             wa,
             p.correction[0]
@@ -691,21 +695,8 @@ async fn a_forging_peer_neither_poisons_nor_silences_nor_goes_uncounted() {
         [json!(0.0), json!(0.0)],
         now_ns(),
     );
-    forger
-        .run(json!([
-            {"op": "record", "address": addr, "source": a_id, "signer": hex::encode(forger_key), "record": hijack},
-            {"op": "record", "address": addr, "source": a_id, "signer": null, "record": hijack},
-        ]))
-        .await;
-    let after = b
-        .counted(
-            &before,
-            &[
-                ("fleet.rejected_signature", 1),
-                ("fleet.rejected_unsigned", 1),
-            ],
-        )
-        .await;
+    forger.run(as_a(&hijack)).await;
+    let after = b.counted(&before, &REFUSED_AS_A).await;
     let (p, q, wa) = honest_still_heard!("seq hijack");
     within_honest(&p, honest_max);
     assert_eq!(
@@ -717,8 +708,8 @@ async fn a_forging_peer_neither_poisons_nor_silences_nor_goes_uncounted() {
         &mut results,
         format!(
             "2 seq hijack (u64::MAX): rejected_signature +{}, rejected_unsigned +{}; B holds A's seq {} (weight {:.3}); correction[0] {:.4}",
-            n(&after, "fleet.rejected_signature") - n(&before, "fleet.rejected_signature"),
-            n(&after, "fleet.rejected_unsigned") - n(&before, "fleet.rejected_unsigned"),
+            grew(&before, &after, "fleet.rejected_signature"),
+            grew(&before, &after, "fleet.rejected_unsigned"),
             seq_of(&q, &a_id).unwrap_or_default(),
             wa,
             p.correction[0]
@@ -779,9 +770,9 @@ async fn a_forging_peer_neither_poisons_nor_silences_nor_goes_uncounted() {
         &mut results,
         format!(
             "3 NaN/±inf/±1e306/W>count/count u64::MAX/M2 1e300 (own id, signed): rejected_decode +{}, rejected.implausible_record +{}, calibration record stored (records_received +{}), forger's weight now {:.2e}; A weight {:.3}; correction[0] {:.4}, priors_non_finite {}",
-            n(&after, "fleet.rejected_decode") - n(&before, "fleet.rejected_decode"),
-            n(&after, "rejected.implausible_record") - n(&before, "rejected.implausible_record"),
-            n(&after, "records_received") - n(&before, "records_received"),
+            grew(&before, &after, "fleet.rejected_decode"),
+            grew(&before, &after, "rejected.implausible_record"),
+            grew(&before, &after, "records_received"),
             weight_of(&q, &f_id),
             wa,
             p.correction[0],
@@ -824,8 +815,8 @@ async fn a_forging_peer_neither_poisons_nor_silences_nor_goes_uncounted() {
         &mut results,
         format!(
             "4 future (+1 day) / sim time base: rejected.future_record +{}, rejected.time_base_record +{}; A weight {:.3}; correction[0] {:.4}",
-            n(&after, "rejected.future_record") - n(&before, "rejected.future_record"),
-            n(&after, "rejected.time_base_record") - n(&before, "rejected.time_base_record"),
+            grew(&before, &after, "rejected.future_record"),
+            grew(&before, &after, "rejected.time_base_record"),
             wa,
             p.correction[0]
         ),
@@ -843,20 +834,7 @@ async fn a_forging_peer_neither_poisons_nor_silences_nor_goes_uncounted() {
         "nothing changed since the last prior"
     );
     let before = b.diag_now().await;
-    let sybil = rec(
-        1,
-        1_000_000,
-        1e6,
-        1e6,
-        [json!(SYBIL_BIAS), json!(0.0)],
-        now_ns(),
-    );
-    let report = forger
-        .run(json!([{"op": "sybil", "address": addr, "n": SYBILS, "record": sybil}]))
-        .await;
-    for id in report["sources"].as_array().expect("sybil ids") {
-        sybils.insert(id.as_str().expect("an id").to_owned());
-    }
+    sybils.extend(forger.sybils(&addr).await);
     assert_eq!(sybils.len(), SYBILS);
     let after = b
         .counted(
@@ -874,27 +852,15 @@ async fn a_forging_peer_neither_poisons_nor_silences_nor_goes_uncounted() {
     // The honest weight behind the attacked prior (same instant), and the young cap's bound
     // (plus a hair: the cap binds, so the shift reaches the bound up to the decay and
     // trust drift between the two readings).
-    let n_h: f64 = q_a
-        .source_ids
-        .iter()
-        .zip(&q_a.source_weights)
-        .filter(|(id, _)| !sybils.contains(*id))
-        .map(|(_, w)| w)
-        .sum();
+    let n_h = weight_where(&q_a, |id| !sybils.contains(id));
     let bound = sybil_bound(n_h, c_h, SYBIL_BIAS) + 1e-3;
-    let young_total: f64 = q_a
-        .source_ids
-        .iter()
-        .zip(&q_a.source_weights)
-        .filter(|(id, _)| sybils.contains(*id))
-        .map(|(_, w)| w)
-        .sum();
+    let young_total = weight_where(&q_a, |id| sybils.contains(id));
     note(
         &mut results,
         format!(
             "5 Sybil x{SYBILS} (+{SYBIL_BIAS}, count 1e6, signed, fresh ids): records_received +{}, trust_distrusted +{}; Sybils' total weight {:.4} (cap {MAX_YOUNG_WEIGHT}); A weight {:.3} -> {:.3e}; correction[0] honest-only {:.4} -> attacked {:.4} (allowed shift {:.4})",
-            n(&after, "records_received") - n(&before, "records_received"),
-            n(&after, "trust_distrusted") - n(&before, "trust_distrusted"),
+            grew(&before, &after, "records_received"),
+            grew(&before, &after, "trust_distrusted"),
             young_total,
             weight_of(&q_h, &a_id),
             weight_of(&q_a, &a_id),
@@ -959,8 +925,8 @@ async fn a_forging_peer_neither_poisons_nor_silences_nor_goes_uncounted() {
         format!(
             "6 replay of A's {} older records: fleet.accepted +{}, records_stale +{}, records_received +0; B kept A's seq; A weight {wa:.3}; correction[0] {:.4}",
             old.len(),
-            n(&after, "fleet.accepted") - n(&before, "fleet.accepted"),
-            n(&after, "records_stale") - n(&before, "records_stale"),
+            grew(&before, &after, "fleet.accepted"),
+            grew(&before, &after, "records_stale"),
             p.correction[0]
         ),
     );
@@ -1019,9 +985,9 @@ async fn a_forging_peer_neither_poisons_nor_silences_nor_goes_uncounted() {
         &mut results,
         format!(
             "7 keys (10 kB chunk, %2f, %41, %zz, a+b, %, *, qis/v1/**, qis/v1/default/**) and payloads (1 MiB, dim 64 cut at 300 B, dim 64 at a 2-D address): rejected_key +{}, rejected_decode +{}, rejected.fleet_record +{}; extra-chunk key matched no subscriber; A weight {wa:.3}; correction[0] {:.4}",
-            n(&after, "fleet.rejected_key") - n(&before, "fleet.rejected_key"),
-            n(&after, "fleet.rejected_decode") - n(&before, "fleet.rejected_decode"),
-            n(&after, "rejected.fleet_record") - n(&before, "rejected.fleet_record"),
+            grew(&before, &after, "fleet.rejected_key"),
+            grew(&before, &after, "fleet.rejected_decode"),
+            grew(&before, &after, "rejected.fleet_record"),
             p.correction[0]
         ),
     );
@@ -1033,20 +999,7 @@ async fn a_forging_peer_neither_poisons_nor_silences_nor_goes_uncounted() {
         b.episode(GRAVEL, [0.8, 0.5]).await;
     }
     let before = b.diag_now().await;
-    let sybil = rec(
-        1,
-        1_000_000,
-        1e6,
-        1e6,
-        [json!(SYBIL_BIAS), json!(0.0)],
-        now_ns(),
-    );
-    let report = forger
-        .run(json!([{"op": "sybil", "address": addr, "n": SYBILS, "record": sybil}]))
-        .await;
-    for id in report["sources"].as_array().expect("sybil ids") {
-        sybils.insert(id.as_str().expect("an id").to_owned());
-    }
+    sybils.extend(forger.sybils(&addr).await);
     let after = b
         .counted(&before, &[("records_implausible", SYBILS as u64)])
         .await;
@@ -1055,13 +1008,7 @@ async fn a_forging_peer_neither_poisons_nor_silences_nor_goes_uncounted() {
             q.source_ids.len() >= 3 + 2 * SYBILS
         })
         .await;
-    let sybil_weight: f64 = q
-        .source_ids
-        .iter()
-        .zip(&q.source_weights)
-        .filter(|(id, _)| sybils.contains(*id))
-        .map(|(_, w)| w)
-        .sum();
+    let sybil_weight = weight_where(&q, |id| sybils.contains(id));
     assert_eq!(sybil_weight, 0.0, "the gate leaves every Sybil out");
     // Both waves out: the correction is back to what the honest sources say.
     let (_, gated) = b.predict(ICE).await;
@@ -1080,7 +1027,7 @@ async fn a_forging_peer_neither_poisons_nor_silences_nor_goes_uncounted() {
         &mut results,
         format!(
             "5b Sybil x{SYBILS} once B's gate is learned: records_implausible +{}; all {} Sybils weigh {sybil_weight}; A weight {wa:.3}; correction[0] {:.4}",
-            n(&after, "records_implausible") - n(&before, "records_implausible"),
+            grew(&before, &after, "records_implausible"),
             sybils.len(),
             p.correction[0]
         ),

@@ -6,33 +6,38 @@
 mod support;
 
 use std::process::Stdio;
-use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
-use qis_ros::core::ids::SourceId;
-use qis_ros::node::{NodeLogic, NodeParams};
-use qis_ros::ros::names::Names;
-use qis_ros::ros::native::{NativeConfig, NativeNode};
+use qis_ros::node::NodeParams;
 use support::*;
-use tokio::sync::mpsc;
 
-/// Runs test/interop_ros.py against the router; returns its stdout after checking that
-/// every check passed.
-async fn interop_ros(endpoint: &str, namespace: &str, what: &str) -> String {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/test/interop_ros.py");
+/// Runs the Python script test/`script` with `args`; returns its stdout once it has
+/// exited 0 within `limit`.
+async fn python(script: &str, args: &[&str], limit: Duration) -> String {
+    let script = format!("{}/test/{script}", env!("CARGO_MANIFEST_DIR"));
     let child = tokio::process::Command::new("python3")
-        .args([script, "--router", endpoint, "--namespace", namespace, what])
+        .arg(script)
+        .args(args)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
         .expect("python3 runs");
-    let out = tokio::time::timeout(3 * WAIT, child.wait_with_output())
+    let out = tokio::time::timeout(limit, child.wait_with_output())
         .await
         .expect("the client finishes")
         .expect("client output");
     let stdout = String::from_utf8_lossy(&out.stdout).to_string();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "client failed:\n{stdout}\n{stderr}");
+    stdout
+}
+
+/// Runs test/interop_ros.py against the router; returns its stdout after checking that
+/// every check passed.
+async fn interop_ros(endpoint: &str, namespace: &str, what: &str) -> String {
+    let args = ["--router", endpoint, "--namespace", namespace, what];
+    let stdout = python("interop_ros.py", &args, 3 * WAIT).await;
     assert!(stdout.contains("\"checks_passed\""), "{stdout}");
     stdout
 }
@@ -40,12 +45,7 @@ async fn interop_ros(endpoint: &str, namespace: &str, what: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ros2_param_list_get_describe_set_over_the_wire() {
     let (_router, endpoint) = router().await;
-    let (to_fleet, _fleet_rx) = mpsc::channel(100);
-    let (_records_tx, rx) = mpsc::channel(100);
-    let fleet = Arc::new(ChannelFleet {
-        to: to_fleet,
-        interests: Mutex::new(vec![]),
-    });
+    let (fleet, rx, _quiet) = quiet_fleet();
     let node = start_node(&endpoint, "/p", "robot-p", NodeParams::default(), fleet, rx).await;
     let stdout = interop_ros(&endpoint, "p", "params").await;
     assert!(stdout.contains("\"checks_passed\": 62"), "{stdout}");
@@ -65,29 +65,15 @@ async fn ros2_param_list_get_describe_set_over_the_wire() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_best_effort_clock_drives_use_sim_time() {
     let (_router, endpoint) = router().await;
-    let (to_fleet, _fleet_rx) = mpsc::channel(100);
-    let (_records_tx, rx) = mpsc::channel(100);
-    let fleet = Arc::new(ChannelFleet {
-        to: to_fleet,
-        interests: Mutex::new(vec![]),
-    });
+    let (fleet, rx, _quiet) = quiet_fleet();
     let params = NodeParams {
         use_sim_time: true,
         diagnostics_period_s: 0.1,
         first_encounter_wait_s: 0.0,
         ..NodeParams::default()
     };
-    let logic = NodeLogic::new(params, SourceId::new("robot-c").unwrap()).unwrap();
-    let config = NativeConfig {
-        names: Names::new("qis_node", "/c", vec![]).unwrap(),
-        domain_id: 0,
-        zenoh: zenoh_options(&endpoint),
-        input_depth: 100,
-    };
     // A wait far beyond the test's: the answer must come from the clock, not the bound.
-    let node = NativeNode::start_with(config, 10 * WAIT, logic, fleet, rx)
-        .await
-        .unwrap();
+    let node = start_node_with(&endpoint, "/c", "robot-c", params, 10 * WAIT, fleet, rx).await;
     let stdout = interop_ros(&endpoint, "c", "clock").await;
     assert!(stdout.contains("\"checks_passed\": 11"), "{stdout}");
     assert_eq!(node.now_ns(), 1_000_000_000_000);
@@ -161,28 +147,10 @@ async fn the_binary_logs_to_rosout_and_plain_stderr() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_python_rmw_zenoh_client_gets_field_by_field_answers() {
     let (_router, endpoint) = router().await;
-    let (to_fleet, _fleet_rx) = mpsc::channel(100);
-    let (_records_tx, rx) = mpsc::channel(100);
-    let fleet = Arc::new(ChannelFleet {
-        to: to_fleet,
-        interests: Mutex::new(vec![]),
-    });
+    let (fleet, rx, _quiet) = quiet_fleet();
     let node = start_node(&endpoint, "/i", "robot-i", NodeParams::default(), fleet, rx).await;
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/test/interop_client.py");
-    let child = tokio::process::Command::new("python3")
-        .args([script, "--router", &endpoint, "--namespace", "i"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("python3 runs");
-    let out = tokio::time::timeout(2 * WAIT, child.wait_with_output())
-        .await
-        .expect("the client finishes")
-        .expect("client output");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "client failed:\n{stdout}\n{stderr}");
+    let args = ["--router", &endpoint, "--namespace", "i"];
+    let stdout = python("interop_client.py", &args, 2 * WAIT).await;
     assert!(stdout.contains("\"checks_passed\": 22"), "{stdout}");
     let c = node.logic().lock().unwrap().report().counters;
     assert_eq!(c.predictions, 2);

@@ -13,7 +13,6 @@ import argparse
 import hashlib
 import json
 import math
-import os
 import pathlib
 import queue
 import re
@@ -22,10 +21,12 @@ import sys
 import time
 
 import numpy as np
-import zenoh
 from rosbags.typesys import Stores, get_typestore, get_types_from_msg
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "test"))
+from interop_common import check, client_session, run  # noqa: E402
+
 WAIT_S = 20.0
 
 
@@ -54,22 +55,6 @@ def fingerprint(tags):
     return hashlib.sha256(canon.encode()).hexdigest()[:32]
 
 
-class Check:
-    def __init__(self):
-        self.count = 0
-
-    def __call__(self, what, ok, got=None):
-        self.count += 1
-        if not ok:
-            print(f"FAILED: {what} (got {got!r})", file=sys.stderr)
-            sys.stderr.flush()
-            # Zenoh's threads would keep the interpreter alive after SystemExit.
-            os._exit(1)
-
-
-check = Check()
-
-
 def close(a, b, tol=1e-9):
     return len(a) == len(b) and all(abs(x - y) <= tol * max(1.0, abs(y)) for x, y in zip(a, b))
 
@@ -80,11 +65,7 @@ def main():
     ap.add_argument("--namespace", default="i")
     args = ap.parse_args()
 
-    conf = zenoh.Config()
-    conf.insert_json5("mode", '"client"')
-    conf.insert_json5("connect/endpoints", json.dumps([args.router]))
-    conf.insert_json5("scouting/multicast/enabled", "false")
-    session = zenoh.open(conf)
+    session = client_session(args.router)
     gid = hashlib.md5(b"interop_client").digest()
     seq = [0]
 
@@ -196,13 +177,4 @@ def main():
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except BaseException as e:  # noqa: BLE001 - any failure must end the process
-        import traceback
-
-        traceback.print_exc()
-        sys.stderr.flush()
-        os._exit(1)
-    sys.stdout.flush()
-    os._exit(0)
+    run(main)

@@ -13,7 +13,6 @@ Exit status 0 when every check passed; the failed check otherwise.
 import argparse
 import hashlib
 import json
-import os
 import pathlib
 import queue
 import re
@@ -27,7 +26,9 @@ from rosbags.typesys import Stores, get_types_from_msg, get_typestore
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "test" / "data"))
+sys.path.insert(0, str(ROOT / "test"))
 import type_hashes as th  # noqa: E402
+from interop_common import check, client_session, run  # noqa: E402
 
 WAIT_S = 20.0
 DOMAIN = 0
@@ -61,22 +62,6 @@ NOT_SET, BOOL, INTEGER, DOUBLE, STRING = 0, 1, 2, 3, 4
 BOOL_ARRAY, INTEGER_ARRAY, DOUBLE_ARRAY, STRING_ARRAY = 6, 7, 8, 9
 
 
-class Check:
-    def __init__(self):
-        self.count = 0
-
-    def __call__(self, what, ok, got=None):
-        self.count += 1
-        if not ok:
-            print(f"FAILED: {what} (got {got!r})", file=sys.stderr)
-            sys.stderr.flush()
-            # Zenoh's threads would keep the interpreter alive after SystemExit.
-            os._exit(1)
-
-
-check = Check()
-
-
 def dds(typ):
     """`pkg/msg/T` -> `pkg::msg::dds_::T_` (rmw_zenoh's type name)."""
     pkg, kind, name = typ.split("/")
@@ -92,11 +77,7 @@ class Peer:
     """A Zenoh client session that speaks rmw_zenoh: attachments, topics, services."""
 
     def __init__(self, router):
-        conf = zenoh.Config()
-        conf.insert_json5("mode", '"client"')
-        conf.insert_json5("connect/endpoints", json.dumps([router]))
-        conf.insert_json5("scouting/multicast/enabled", "false")
-        self.session = zenoh.open(conf)
+        self.session = client_session(router)
         self.gid = hashlib.md5(b"interop_ros").digest()
         self.seq = 0
 
@@ -455,13 +436,4 @@ def main():
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except BaseException:  # noqa: BLE001 - any failure must end the process
-        import traceback
-
-        traceback.print_exc()
-        sys.stderr.flush()
-        os._exit(1)
-    sys.stdout.flush()
-    os._exit(0)
+    run(main)

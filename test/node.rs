@@ -37,60 +37,8 @@ fn outcome(ep: &str, state: &[f64]) -> Outcome {
     }
 }
 
-/// Publishers and subscribers of one node's topics, on the test's client context.
-struct Robot {
-    pred: hiroz::pubsub::ZPub<Prediction, hiroz::msg::SerdeCdrSerdes<Prediction>>,
-    out: hiroz::pubsub::ZPub<Outcome, hiroz::msg::SerdeCdrSerdes<Outcome>>,
-    prior: hiroz::pubsub::ZSub<
-        CorrectedPrior,
-        zenoh::sample::Sample,
-        hiroz::msg::SerdeCdrSerdes<CorrectedPrior>,
-    >,
-    disc: hiroz::pubsub::ZSub<
-        Discrepancy,
-        zenoh::sample::Sample,
-        hiroz::msg::SerdeCdrSerdes<Discrepancy>,
-    >,
-}
-
+/// Robot (test/support) as this file's tests drive it.
 impl Robot {
-    async fn new(node: &hiroz::node::ZNode, ns: &str) -> Robot {
-        let r = Robot {
-            pred: node
-                .create_pub(&format!("{ns}/prediction"))
-                .build()
-                .unwrap(),
-            out: node.create_pub(&format!("{ns}/outcome")).build().unwrap(),
-            prior: node
-                .create_sub(&format!("{ns}/corrected_prior"))
-                .with_qos(deep_qos())
-                .build()
-                .unwrap(),
-            disc: node
-                .create_sub(&format!("{ns}/discrepancy"))
-                .with_qos(deep_qos())
-                .build()
-                .unwrap(),
-        };
-        assert!(
-            r.pred.wait_for_subscription(1, WAIT).await,
-            "{ns}/prediction matched"
-        );
-        assert!(
-            r.out.wait_for_subscription(1, WAIT).await,
-            "{ns}/outcome matched"
-        );
-        assert!(
-            r.prior.wait_for_publisher(1, WAIT).await,
-            "{ns}/corrected_prior matched"
-        );
-        assert!(
-            r.disc.wait_for_publisher(1, WAIT).await,
-            "{ns}/discrepancy matched"
-        );
-        r
-    }
-
     /// One episode: prediction, its corrected prior, then the outcome and its discrepancy.
     async fn episode(&self, p: &Prediction, measured: &[f64]) -> (CorrectedPrior, Discrepancy) {
         self.pred.async_publish(p).await.unwrap();
@@ -229,13 +177,7 @@ async fn two_nodes_correct_each_others_predictions_over_ros_topics() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_inputs_are_rejected_counted_and_reported_while_the_node_serves() {
     let (_router, endpoint) = router().await;
-    // Records go to a channel nobody reads; no record comes in.
-    let (to_fleet, _fleet_rx) = mpsc::channel(100);
-    let (_records_tx, rx) = mpsc::channel(100);
-    let fleet = Arc::new(ChannelFleet {
-        to: to_fleet,
-        interests: Mutex::new(vec![]),
-    });
+    let (fleet, rx, _quiet) = quiet_fleet();
     let params = NodeParams {
         diagnostics_period_s: 0.05,
         shadow_mode: true,
@@ -249,16 +191,8 @@ async fn malformed_inputs_are_rejected_counted_and_reported_while_the_node_serve
         .build()
         .unwrap();
     let out = driver.create_pub::<Outcome>("/m/outcome").build().unwrap();
-    let shadow = driver
-        .create_sub::<CorrectedPrior>("/m/corrected_prior_shadow")
-        .with_qos(deep_qos())
-        .build()
-        .unwrap();
-    let diag = driver
-        .create_sub::<DiagnosticArray>("/diagnostics")
-        .with_qos(deep_qos())
-        .build()
-        .unwrap();
+    let shadow = deep_sub::<CorrectedPrior>(&driver, "/m/corrected_prior_shadow");
+    let diag = deep_sub::<DiagnosticArray>(&driver, "/diagnostics");
     assert!(pred.wait_for_subscription(1, WAIT).await);
     assert!(out.wait_for_subscription(1, WAIT).await);
     assert!(shadow.wait_for_publisher(1, WAIT).await);
@@ -351,12 +285,7 @@ async fn malformed_inputs_are_rejected_counted_and_reported_while_the_node_serve
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn use_sim_time_follows_clock() {
     let (_router, endpoint) = router().await;
-    let (to_fleet, _fleet_rx) = mpsc::channel(100);
-    let (_records_tx, rx) = mpsc::channel(100);
-    let fleet = Arc::new(ChannelFleet {
-        to: to_fleet,
-        interests: Mutex::new(vec![]),
-    });
+    let (fleet, rx, _quiet) = quiet_fleet();
     let params = NodeParams {
         use_sim_time: true,
         pending_timeout_s: 10.0,
@@ -371,16 +300,8 @@ async fn use_sim_time_follows_clock() {
         .create_pub::<Prediction>("/s/prediction")
         .build()
         .unwrap();
-    let prior = driver
-        .create_sub::<CorrectedPrior>("/s/corrected_prior")
-        .with_qos(deep_qos())
-        .build()
-        .unwrap();
-    let diag = driver
-        .create_sub::<DiagnosticArray>("/diagnostics")
-        .with_qos(deep_qos())
-        .build()
-        .unwrap();
+    let prior = deep_sub::<CorrectedPrior>(&driver, "/s/corrected_prior");
+    let diag = deep_sub::<DiagnosticArray>(&driver, "/diagnostics");
     assert!(clock.wait_for_subscription(1, WAIT).await);
     assert!(pred.wait_for_subscription(1, WAIT).await);
     let at = |sec| Clock {
@@ -659,50 +580,24 @@ async fn no_discrepancy_without_a_durable_write() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_clock_inputs_wait_the_bound_then_are_counted() {
     let (_router, endpoint) = router().await;
-    let (to_fleet, _fleet_rx) = mpsc::channel(100);
-    let (_records_tx, rx) = mpsc::channel(100);
-    let fleet = Arc::new(ChannelFleet {
-        to: to_fleet,
-        interests: Mutex::new(vec![]),
-    });
+    let (fleet, rx, _quiet) = quiet_fleet();
     let params = NodeParams {
         use_sim_time: true,
         diagnostics_period_s: 0.05,
         first_encounter_wait_s: 0.0,
         ..NodeParams::default()
     };
-    let logic = qis_ros::node::NodeLogic::new(
-        params,
-        qis_ros::core::ids::SourceId::new("robot-u").unwrap(),
-    )
-    .unwrap();
-    let config = qis_ros::ros::native::NativeConfig {
-        names: qis_ros::ros::names::Names::new("qis_node", "/u", vec![]).unwrap(),
-        domain_id: 0,
-        zenoh: zenoh_options(&endpoint),
-        input_depth: 100,
-    };
     let bound = std::time::Duration::from_millis(300);
     let started = std::time::Instant::now();
-    let n = qis_ros::ros::native::NativeNode::start_with(config, bound, logic, fleet, rx)
-        .await
-        .unwrap();
+    let n = start_node_with(&endpoint, "/u", "robot-u", params, bound, fleet, rx).await;
     let ctx = client(&endpoint);
     let driver = ctx.create_node("no_sim").build().unwrap();
     let pred = driver
         .create_pub::<Prediction>("/u/prediction")
         .build()
         .unwrap();
-    let prior = driver
-        .create_sub::<CorrectedPrior>("/u/corrected_prior")
-        .with_qos(deep_qos())
-        .build()
-        .unwrap();
-    let diag = driver
-        .create_sub::<DiagnosticArray>("/diagnostics")
-        .with_qos(deep_qos())
-        .build()
-        .unwrap();
+    let prior = deep_sub::<CorrectedPrior>(&driver, "/u/corrected_prior");
+    let diag = deep_sub::<DiagnosticArray>(&driver, "/diagnostics");
     assert!(pred.wait_for_subscription(1, WAIT).await);
     assert!(prior.wait_for_publisher(1, WAIT).await);
     pred.async_publish(&prediction("u-1", "k=v", &[1.0]))

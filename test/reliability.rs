@@ -953,22 +953,7 @@ async fn without_the_fleet_certificate_a_peer_can_neither_read_nor_write() {
     let d = zenoh::open(mtls_zenoh(&pki.ca, &pki.robot[2], pd, &[pa, pb]))
         .await
         .expect("D opens");
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let replies = d.get("qis/**").await.unwrap();
-        let mut got = 0;
-        while let Ok(r) = replies.recv_async().await {
-            got += usize::from(r.result().is_ok());
-        }
-        if got > 0 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "fleet member D never read qis/**"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    reads_a_record(&d, "fleet member D never read qis/**").await;
     let (ke_d, bytes_d) = sealed_record("robot-d", f, 2);
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
@@ -1070,6 +1055,36 @@ async fn without_the_fleet_certificate_a_peer_can_neither_read_nor_write() {
     b.close().await.unwrap();
 }
 
+/// Waits until `session` reads a record of `qis/**`; fails with `never` after [`WAIT`].
+async fn reads_a_record(session: &zenoh::Session, never: &str) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let replies = session.get("qis/**").await.unwrap();
+        let mut got = 0;
+        while let Ok(r) = replies.recv_async().await {
+            got += usize::from(r.result().is_ok());
+        }
+        if got > 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{never}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// What `ex` gets for `f` once it gets anything; fails with `never` after [`WAIT`].
+async fn query_until_any(ex: &FleetExchange, f: &Fingerprint, never: &str) -> Vec<Received> {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let got = ex.query(&model(), f).await.unwrap();
+        if !got.is_empty() {
+            return got;
+        }
+        assert!(Instant::now() < deadline, "{never}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// Sets the TLS file paths of a shipped config to this test's files.
 fn set_tls_files(z: &mut zenoh::Config, ca: &Path, (cert, key): &(PathBuf, PathBuf), listen: bool) {
     let mut entries = vec![
@@ -1113,6 +1128,18 @@ async fn mtls_client(
     .await
 }
 
+/// The shipped router config `name` listening for mTLS on port `pr`, with robot
+/// certificate 3 of `pki` as the router's own.
+fn mtls_router_config(name: &str, pki: &Pki, pr: u16) -> zenoh::Config {
+    let mut rcfg = qis_ros::fleet::router::router_config(
+        Some(&config_file(name)),
+        &[format!("tls/127.0.0.1:{pr}")],
+    )
+    .unwrap_or_else(|e| panic!("shipped router config {name}: {e}"));
+    set_tls_files(&mut rcfg, &pki.ca, &pki.robot[3], true);
+    rcfg
+}
+
 /// The routed variant: `qis-fleet router` on config/zenoh-mtls-router.json5 with its
 /// storage, robots as clients on config/zenoh-mtls-client.json5. A robot's record
 /// outlives it in the storage for members; a client without the fleet certificate
@@ -1120,52 +1147,19 @@ async fn mtls_client(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mtls_router_storage_serves_members_only() {
     use qis_ros::fleet::FleetRouter;
-    use qis_ros::fleet::router::router_config;
     let pki = make_pki();
     let pr = free_port();
-    let mut rcfg = router_config(
-        Some(&config_file("zenoh-mtls-router.json5")),
-        &[format!("tls/127.0.0.1:{pr}")],
-    )
-    .expect("shipped router config");
-    set_tls_files(&mut rcfg, &pki.ca, &pki.robot[3], true);
+    let rcfg = mtls_router_config("zenoh-mtls-router.json5", &pki, pr);
     let router = FleetRouter::start(rcfg).await.expect("mTLS router starts");
     let client = |i: usize, source: &'static str| mtls_client(&pki, pr, i, source);
     let f = fp(0x7e);
     // A publishes and leaves; B, joining later, gets A's record from the storage.
     let (a, _rx_a) = client(0, "robot-a").await.expect("member A connects");
-    let mut m = OutcomeMemory::new(
-        SourceId::new("robot-a").unwrap(),
-        MemoryConfig::default(),
-        Decay::from_half_life_secs(0.0),
-    );
-    let rec = m
-        .record_outcome(&model(), f, Sketch([0; 32]), &[0.5, -0.5], 1)
-        .unwrap();
-    let key = RecordKey {
-        model: model(),
-        fingerprint: f,
-        source: SourceId::new("robot-a").unwrap(),
-    };
+    let (key, rec) = own_record_of("robot-a", f);
     a.publish(&key, &rec).unwrap();
     a.flush().await.unwrap();
     // The storage holds it once the router's own session can read it back.
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let replies = router.session().get("qis/**").await.unwrap();
-        let mut n = 0;
-        while let Ok(r) = replies.recv_async().await {
-            n += usize::from(r.result().is_ok());
-        }
-        if n > 0 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the storage never held A's record"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    reads_a_record(router.session(), "the storage never held A's record").await;
     a.close().await.unwrap();
 
     // Intruders as clients: no certificate, and a rogue CA's certificate.
@@ -1210,18 +1204,7 @@ async fn mtls_router_storage_serves_members_only() {
 
     // B (member) gets A's record from the storage, and nothing of the intruders'.
     let (b, _rx_b) = client(1, "robot-b").await.expect("member B connects");
-    let deadline = Instant::now() + WAIT;
-    let got = loop {
-        let got = b.query(&model(), &f).await.unwrap();
-        if !got.is_empty() {
-            break got;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "B never got A's record from the storage"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let got = query_until_any(&b, &f, "B never got A's record from the storage").await;
     assert_eq!(got, vec![(key, rec)], "only A's record, as published");
     println!(
         "mTLS router test: {refused} of 2 intruder clients refused at open, the others unlinked"
@@ -1236,15 +1219,9 @@ async fn mtls_router_storage_serves_members_only() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acl_router_lets_listed_robots_only_read_and_write_fleet_records() {
     use qis_ros::fleet::FleetRouter;
-    use qis_ros::fleet::router::router_config;
     let pki = make_pki();
     let pr = free_port();
-    let mut rcfg = router_config(
-        Some(&config_file("zenoh-mtls-acl-router.json5")),
-        &[format!("tls/127.0.0.1:{pr}")],
-    )
-    .expect("shipped ACL router config");
-    set_tls_files(&mut rcfg, &pki.ca, &pki.robot[3], true);
+    let mut rcfg = mtls_router_config("zenoh-mtls-acl-router.json5", &pki, pr);
     rcfg.insert_json5(
         "access_control/subjects",
         r#"[{ id: "robots", cert_common_names: ["robot-a", "robot-b"] }]"#,
@@ -1310,15 +1287,7 @@ async fn acl_router_lets_listed_robots_only_read_and_write_fleet_records() {
         "D read the fleet"
     );
     let (b, _rx_b) = client(1, "robot-b").await.expect("B connects");
-    let deadline = Instant::now() + WAIT;
-    let got = loop {
-        let got = b.query(&model(), &f).await.unwrap();
-        if !got.is_empty() {
-            break got;
-        }
-        assert!(Instant::now() < deadline, "B never got A's record");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let got = query_until_any(&b, &f, "B never got A's record").await;
     assert_eq!(got, vec![(ak, arec)], "only A's record");
     for x in [a, b, d] {
         x.close().await.unwrap();

@@ -506,17 +506,41 @@ mod tests {
         }
     }
 
+    /// The memory of source "me", without decay.
+    fn memory(cfg: MemoryConfig) -> OutcomeMemory {
+        OutcomeMemory::new(SourceId::new("me").unwrap(), cfg, Decay::NONE)
+    }
+
+    /// The prior of model `m` at `fp` (near `neighbors`) for a one-dimensional prediction
+    /// at 0, every source at `trust`, at time 0.
+    fn prior_at(
+        mem: &mut OutcomeMemory,
+        cfg: &SynthesisConfig,
+        m: &ModelId,
+        fp: &Fingerprint,
+        neighbors: &[(Fingerprint, f32)],
+        trust: SourceTrust,
+    ) -> Prior {
+        mem.prior(
+            cfg,
+            m,
+            fp,
+            neighbors,
+            &DVector::zeros(1),
+            None,
+            &|_| trust,
+            0,
+        )
+        .unwrap()
+    }
+
     #[test]
     fn own_addresses_are_bounded_and_a_full_memory_refuses_new_ones_only() {
         let (m, fp, sk) = ids();
-        let mut mem = OutcomeMemory::new(
-            SourceId::new("me").unwrap(),
-            MemoryConfig {
-                max_own_addresses: 2,
-                ..MemoryConfig::default()
-            },
-            Decay::NONE,
-        );
+        let mut mem = memory(MemoryConfig {
+            max_own_addresses: 2,
+            ..MemoryConfig::default()
+        });
         let other = |b: u8| Fingerprint([b; 16]);
         mem.record_outcome(&m, fp, sk, &[1.0], 0).unwrap();
         mem.record_outcome(&m, other(2), sk, &[1.0], 0).unwrap();
@@ -534,11 +558,7 @@ mod tests {
     #[test]
     fn own_outcomes_bump_the_sequence() {
         let (m, fp, sk) = ids();
-        let mut mem = OutcomeMemory::new(
-            SourceId::new("me").unwrap(),
-            MemoryConfig::default(),
-            Decay::NONE,
-        );
+        let mut mem = memory(MemoryConfig::default());
         assert_eq!(
             mem.record_outcome(&m, fp, sk, &[1.0], 0).unwrap().seq,
             Seq(1)
@@ -553,11 +573,7 @@ mod tests {
     #[test]
     fn replays_never_double_count() {
         let (m, fp, _) = ids();
-        let mut mem = OutcomeMemory::new(
-            SourceId::new("me").unwrap(),
-            MemoryConfig::default(),
-            Decay::NONE,
-        );
+        let mut mem = memory(MemoryConfig::default());
         assert_eq!(
             mem.ingest(&key("a", fp), record(2, 1.0, 10)),
             Ingest::Stored
@@ -576,18 +592,7 @@ mod tests {
             half_life_s: 0.0,
             ..Default::default()
         };
-        let p = mem
-            .prior(
-                &cfg,
-                &m,
-                &fp,
-                &[],
-                &DVector::zeros(1),
-                None,
-                &|_| SourceTrust::FULL,
-                0,
-            )
-            .unwrap();
+        let p = prior_at(&mut mem, &cfg, &m, &fp, &[], SourceTrust::FULL);
         assert_eq!(p.support, 12, "latest record replaces, never adds");
         assert_eq!(p.sources, 1);
     }
@@ -599,7 +604,7 @@ mod tests {
             max_received_records: 2,
             ..Default::default()
         };
-        let mut mem = OutcomeMemory::new(SourceId::new("me").unwrap(), cfg, Decay::NONE);
+        let mut mem = memory(cfg);
         let (f1, f2, f3) = (
             Fingerprint([1; 16]),
             Fingerprint([2; 16]),
@@ -610,17 +615,7 @@ mod tests {
         mem.ingest(&key("b", f2), record(1, 1.0, 1));
         // Using f1 makes f2's record the least recently used.
         let scfg = SynthesisConfig::default();
-        mem.prior(
-            &scfg,
-            &m,
-            &f1,
-            &[],
-            &DVector::zeros(1),
-            None,
-            &|_| SourceTrust::FULL,
-            0,
-        )
-        .unwrap();
+        prior_at(&mut mem, &scfg, &m, &f1, &[], SourceTrust::FULL);
         mem.ingest(&key("c", f3), record(1, 1.0, 1));
         assert_eq!(mem.received_len(), 2);
         assert!(mem.address(&m, &f2).is_none());
@@ -632,43 +627,16 @@ mod tests {
     fn neighbors_and_trust_reach_the_synthesis() {
         let (m, fp, _) = ids();
         let near = Fingerprint([9; 16]);
-        let mut mem = OutcomeMemory::new(
-            SourceId::new("me").unwrap(),
-            MemoryConfig::default(),
-            Decay::NONE,
-        );
+        let mut mem = memory(MemoryConfig::default());
         mem.ingest(&key("a", near), record(1, 2.0, 50));
         let cfg = SynthesisConfig {
             half_life_s: 0.0,
             ..Default::default()
         };
-        let x = DVector::zeros(1);
-        let p = mem
-            .prior(
-                &cfg,
-                &m,
-                &fp,
-                &[(near, 0.9)],
-                &x,
-                None,
-                &|_| SourceTrust::FULL,
-                0,
-            )
-            .unwrap();
+        let p = prior_at(&mut mem, &cfg, &m, &fp, &[(near, 0.9)], SourceTrust::FULL);
         assert_eq!(p.matched, crate::core::synthesis::Match::Neighbor);
         assert!(p.correction[0] > 1.5);
-        let p = mem
-            .prior(
-                &cfg,
-                &m,
-                &fp,
-                &[(near, 0.9)],
-                &x,
-                None,
-                &|_| SourceTrust::NONE,
-                0,
-            )
-            .unwrap();
+        let p = prior_at(&mut mem, &cfg, &m, &fp, &[(near, 0.9)], SourceTrust::NONE);
         assert_eq!(p.support, 0, "an untrusted source contributes nothing");
     }
 
@@ -676,11 +644,7 @@ mod tests {
     fn cached_estimate_is_dropped_when_records_change_or_age() {
         let (m, _, sk) = ids();
         let fp = Fingerprint([9; 16]);
-        let mut mem = OutcomeMemory::new(
-            SourceId::new("me").unwrap(),
-            MemoryConfig::default(),
-            Decay::NONE,
-        );
+        let mut mem = memory(MemoryConfig::default());
         let cfg = SynthesisConfig {
             half_life_s: 0.0,
             min_support: 1.0,
@@ -743,20 +707,17 @@ mod tests {
             max_received_records: 4,
             ..Default::default()
         };
-        let mut mem = OutcomeMemory::new(SourceId::new("me").unwrap(), cfg, Decay::NONE);
+        let mut mem = memory(cfg);
         let scfg = SynthesisConfig::default();
-        let x = DVector::zeros(1);
         let a = Fingerprint([1; 16]);
         for s in ["s1", "s2", "s3", "s4"] {
             mem.ingest(&key(s, a), record(1, 1.0, 1));
         }
-        mem.prior(&scfg, &m, &a, &[], &x, None, &|_| SourceTrust::FULL, 0)
-            .unwrap();
+        prior_at(&mut mem, &scfg, &m, &a, &[], SourceTrust::FULL);
         for i in 2..12u8 {
             let f = Fingerprint([i; 16]);
             mem.ingest(&key(&format!("n{i}"), f), record(1, 1.0, 1));
-            mem.prior(&scfg, &m, &f, &[], &x, None, &|_| SourceTrust::FULL, 0)
-                .unwrap();
+            prior_at(&mut mem, &scfg, &m, &f, &[], SourceTrust::FULL);
         }
         let held = |f: Fingerprint| mem.address(&m, &f).map_or(0, |x| x.received.len());
         assert_eq!(held(a), 0, "stale records at a were never evicted");

@@ -1,5 +1,6 @@
 //! Shared by the node tests and benchmark: an in-process Zenoh router on a free
-//! loopback port, native nodes connected to it, and a client context to talk to them.
+//! loopback port, native nodes connected to it, and a client context to talk to them
+//! (a node's topics as one [`Robot`]).
 #![allow(dead_code)]
 
 use std::sync::{Arc, Mutex};
@@ -7,13 +8,19 @@ use std::time::Duration;
 
 use hiroz::Builder;
 use hiroz::context::{ZContext, ZContextBuilder};
+use hiroz::msg::ZMessage;
+use hiroz::node::ZNode;
+use hiroz::pubsub::ZSub;
 use hiroz::qos::{QosHistory, QosProfile};
+use hiroz::ros_msg::WithTypeInfo;
 use qis_ros::core::ids::{Fingerprint, ModelId, RecordKey, SourceId};
 use qis_ros::core::record::OutcomeRecord;
 use qis_ros::node::{FleetPort, NodeLogic, NodeParams};
+use qis_ros::ros::msgs::{CorrectedPrior, Discrepancy, Outcome, Prediction};
 use qis_ros::ros::names::Names;
 use qis_ros::ros::native::{NativeConfig, NativeNode, ZenohOptions};
 use tokio::sync::mpsc;
+use zenoh::sample::Sample;
 
 /// Longest any single wait in a test may take before the test fails (hang guard only).
 pub const WAIT: Duration = Duration::from_secs(20);
@@ -64,6 +71,17 @@ pub fn deep_qos() -> QosProfile {
     }
 }
 
+/// A subscriber of `topic` on `node` with [`deep_qos`].
+pub fn deep_sub<T: ZMessage + WithTypeInfo>(
+    node: &ZNode,
+    topic: &str,
+) -> ZSub<T, Sample, T::Serdes> {
+    node.create_sub::<T>(topic)
+        .with_qos(deep_qos())
+        .build()
+        .unwrap()
+}
+
 /// A fleet port that hands records to another node's record channel (the fleet exchange
 /// stand-in) and remembers the addresses it was told about.
 pub struct ChannelFleet {
@@ -88,6 +106,51 @@ impl FleetPort for ChannelFleet {
     }
 }
 
+/// The far ends of the channels of [`quiet_fleet`]: while this lives, the node's fleet
+/// channels stay open.
+pub struct QuietFleet {
+    _published: mpsc::Receiver<(RecordKey, OutcomeRecord)>,
+    _incoming: mpsc::Sender<(RecordKey, OutcomeRecord)>,
+}
+
+/// A node's fleet for a test that does not look at it: records go to a channel nobody
+/// reads, no record comes in (channels of 100). Hold the [`QuietFleet`] while the node runs.
+pub fn quiet_fleet() -> (
+    Arc<ChannelFleet>,
+    mpsc::Receiver<(RecordKey, OutcomeRecord)>,
+    QuietFleet,
+) {
+    let (to_fleet, published) = mpsc::channel(100);
+    let (incoming, rx) = mpsc::channel(100);
+    let fleet = Arc::new(ChannelFleet {
+        to: to_fleet,
+        interests: Mutex::new(vec![]),
+    });
+    let ends = QuietFleet {
+        _published: published,
+        _incoming: incoming,
+    };
+    (fleet, rx, ends)
+}
+
+/// The logic and config of a native node `qis_node` in `namespace`.
+fn native(
+    router: &str,
+    namespace: &str,
+    source: &str,
+    params: NodeParams,
+    input_depth: usize,
+) -> (NodeLogic, NativeConfig) {
+    let logic = NodeLogic::new(params, SourceId::new(source).unwrap()).unwrap();
+    let config = NativeConfig {
+        names: Names::new("qis_node", namespace, vec![]).unwrap(),
+        domain_id: 0,
+        zenoh: zenoh_options(router),
+        input_depth,
+    };
+    (logic, config)
+}
+
 /// Starts a native node `qis_node` in `namespace`.
 pub async fn start_node(
     router: &str,
@@ -97,16 +160,67 @@ pub async fn start_node(
     fleet: Arc<dyn FleetPort>,
     records: mpsc::Receiver<(RecordKey, OutcomeRecord)>,
 ) -> NativeNode {
-    let logic = NodeLogic::new(params, SourceId::new(source).unwrap()).unwrap();
-    let config = NativeConfig {
-        names: Names::new("qis_node", namespace, vec![]).unwrap(),
-        domain_id: 0,
-        zenoh: zenoh_options(router),
-        input_depth: 10_000,
-    };
+    let (logic, config) = native(router, namespace, source, params, 10_000);
     NativeNode::start(config, logic, fleet, records)
         .await
         .expect("node starts")
+}
+
+/// [`start_node`] with input queues of 100 whose inputs wait at most `first_clock_wait`
+/// for the first `/clock` under `use_sim_time` (`NativeNode::start_with`).
+pub async fn start_node_with(
+    router: &str,
+    namespace: &str,
+    source: &str,
+    params: NodeParams,
+    first_clock_wait: Duration,
+    fleet: Arc<dyn FleetPort>,
+    records: mpsc::Receiver<(RecordKey, OutcomeRecord)>,
+) -> NativeNode {
+    let (logic, config) = native(router, namespace, source, params, 100);
+    NativeNode::start_with(config, first_clock_wait, logic, fleet, records)
+        .await
+        .expect("node starts")
+}
+
+/// Publishers and subscribers of one node's topics, on the test's client node.
+pub struct Robot {
+    pub pred: hiroz::pubsub::ZPub<Prediction, hiroz::msg::SerdeCdrSerdes<Prediction>>,
+    pub out: hiroz::pubsub::ZPub<Outcome, hiroz::msg::SerdeCdrSerdes<Outcome>>,
+    pub prior: ZSub<CorrectedPrior, Sample, hiroz::msg::SerdeCdrSerdes<CorrectedPrior>>,
+    pub disc: ZSub<Discrepancy, Sample, hiroz::msg::SerdeCdrSerdes<Discrepancy>>,
+}
+
+impl Robot {
+    /// The topics of the node in `ns`, once each is matched (bounded by [`WAIT`]).
+    pub async fn new(node: &ZNode, ns: &str) -> Robot {
+        let r = Robot {
+            pred: node
+                .create_pub(&format!("{ns}/prediction"))
+                .build()
+                .unwrap(),
+            out: node.create_pub(&format!("{ns}/outcome")).build().unwrap(),
+            prior: deep_sub(node, &format!("{ns}/corrected_prior")),
+            disc: deep_sub(node, &format!("{ns}/discrepancy")),
+        };
+        assert!(
+            r.pred.wait_for_subscription(1, WAIT).await,
+            "{ns}/prediction matched"
+        );
+        assert!(
+            r.out.wait_for_subscription(1, WAIT).await,
+            "{ns}/outcome matched"
+        );
+        assert!(
+            r.prior.wait_for_publisher(1, WAIT).await,
+            "{ns}/corrected_prior matched"
+        );
+        assert!(
+            r.disc.wait_for_publisher(1, WAIT).await,
+            "{ns}/discrepancy matched"
+        );
+        r
+    }
 }
 
 /// Waits for `f` to hold, polling; panics after [`WAIT`].
