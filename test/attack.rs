@@ -54,7 +54,8 @@ const FLEET: &str = "default";
 const MODEL: &str = "wm-1";
 const ICE: &str = "road=ice";
 const GRAVEL: &str = "road=gravel";
-/// The shipped prior strength k0 (synthesis.prior_strength).
+/// The prior strength k0 in force: the fallback (`FALLBACK_PRIOR_STRENGTH`), since the
+/// victim holds too few addresses to learn one (`core::shrinkage::MIN_ADDRESSES`).
 const K0: f64 = 5.0;
 /// The shipped cap on young sources' total weight at an address (synthesis.max_young_weight).
 const MAX_YOUNG_WEIGHT: f64 = 2.0;

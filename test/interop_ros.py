@@ -179,7 +179,7 @@ def check_params(peer, ns):
     values = peer.call(f"{node}/get_parameters", "GetParameters",
                        S("rcl_interfaces/srv/GetParameters_Request", names=asked)).values
     check("get_parameters answers each name", len(values) == len(asked), values)
-    check("prior_strength double 5.0", (values[0].type, values[0].double_value) == (DOUBLE, 5.0), values[0])
+    check("prior_strength double 0.0", (values[0].type, values[0].double_value) == (DOUBLE, 0.0), values[0])
     check("max_pending integer 10000", (values[1].type, values[1].integer_value) == (INTEGER, 10000), values[1])
     check("fleet string", (values[2].type, values[2].string_value) == (STRING, "default"), values[2])
     check("max_residual empty double array",
@@ -215,9 +215,9 @@ def check_params(peer, ns):
 
     r = set_one("synthesis.prior_strength", pvalue(DOUBLE, double_value=-1.0))
     check("a prior_strength below its range is refused", not r.successful and "out of range" in r.reason, r)
-    r = set_one("synthesis.prior_strength", pvalue(DOUBLE, double_value=0.0))
-    check("prior_strength 0 (in range, invalid) is refused", not r.successful, r)
-    check("with the parameter and the reason", "synthesis.prior_strength" in r.reason and "> 0" in r.reason,
+    r = set_one("synthesis.outlier_z", pvalue(DOUBLE, double_value=0.0))
+    check("outlier_z 0 (in range, invalid) is refused", not r.successful, r)
+    check("with the parameter and the reason", "synthesis.outlier_z" in r.reason and "> 0" in r.reason,
           r.reason)
     r = set_one("max_pending", pvalue(INTEGER, integer_value=3))
     check("a read-only parameter is refused", not r.successful and "read-only" in r.reason, r)
@@ -227,7 +227,7 @@ def check_params(peer, ns):
     check("unsetting is refused", not r.successful, r)
     got = peer.call(f"{node}/get_parameters", "GetParameters",
                     S("rcl_interfaces/srv/GetParameters_Request", names=["synthesis.prior_strength"])).values
-    check("refused changes left prior_strength at 5.0", got[0].double_value == 5.0, got)
+    check("refused changes left prior_strength at 0.0 (learned)", got[0].double_value == 0.0, got)
 
     r = set_one("synthesis.prior_strength", pvalue(DOUBLE, double_value=1.0))
     check("prior_strength 1.0 accepted", r.successful, r)

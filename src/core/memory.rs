@@ -380,6 +380,14 @@ impl OutcomeMemory {
         self.models.values().map(HashMap::len).sum()
     }
 
+    /// Every address held for `model` (to learn from what the node holds).
+    pub fn addresses_of(&self, model: &ModelId) -> impl Iterator<Item = &Address> {
+        self.models
+            .get(model.as_str())
+            .into_iter()
+            .flat_map(HashMap::values)
+    }
+
     /// All known addresses with their sketches (to fill a neighbor index).
     pub fn sketches(&self) -> impl Iterator<Item = (&ModelId, &Fingerprint, &Sketch)> {
         self.models.iter().flat_map(|(m, per_model)| {

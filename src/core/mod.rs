@@ -9,6 +9,7 @@ pub mod neighbors;
 pub mod plausibility;
 pub mod privacy;
 pub mod record;
+pub mod shrinkage;
 pub mod store;
 pub mod summary;
 pub mod synthesis;

@@ -1,8 +1,16 @@
 //! Synthesis: the corrected prior from a prediction and the fleet's summaries.
 //!
 //! Normal–normal shrinkage. With μ the pooled, decay-weighted mean residual of the
-//! contributing sources and n_eff their pooled weight,
-//! `w = n_eff / (n_eff + k0)` and `corrected = predicted + clamp(w · μ, ±bound)`.
+//! contributing sources and n_eff their pooled weight, per state dimension d
+//! `w_d = n_eff / (n_eff + k0_d)` and `corrected = predicted + clamp(w · μ, ±bound)`.
+//! k0_d = σ²_d / τ²_d is learned by empirical Bayes from the summaries the node holds
+//! ([`super::shrinkage`]: reality's spread inside an address over the spread of biases
+//! between addresses); `prior_strength` > 0 overrides it with one fixed k0, and
+//! [`FALLBACK_PRIOR_STRENGTH`] applies while too little is held to learn it. Young
+//! sources' weight n_young (trust not yet earned) adds `FALLBACK_PRIOR_STRENGTH ·
+//! n_young / n_eff` to k0: unverified evidence never counts for more than it would with
+//! the fallback, however small the learned k0. The reported confidence is the mean of
+//! the w_d.
 //! The corrected covariance blends the model's with the fleet's:
 //! `(1 − w) · P + w · Σ_res · (1 + 1 / n_eff)`, where Σ_res is the pooled residual
 //! covariance (spread of reality around the corrected mean, plus the mean's own error).
@@ -28,8 +36,13 @@ use super::summary::{Decay, Summary};
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SynthesisConfig {
-    /// Prior strength k0: how many outcomes the fleet needs to count as much as the model.
+    /// Prior strength k0 override: how many outcomes the fleet needs to count as much as
+    /// the model; 0 (default) = learned per dimension from the data (empirical Bayes).
     pub prior_strength: f64,
+    /// The k0 per dimension learned by the node (not a setting: filled from what the
+    /// node holds, see [`super::shrinkage`]); used when `prior_strength` is 0.
+    #[serde(skip)]
+    pub learned_prior_strength: Vec<f64>,
     /// Exact support (decayed weight) below which neighbors are borrowed.
     pub min_support: f64,
     /// Largest weight one source can carry, in outcomes.
@@ -54,13 +67,18 @@ pub struct SynthesisConfig {
 /// Smallest pooled weight (in outcomes) a correction is computed from.
 const MIN_EVIDENCE: f64 = 1e-9;
 
-/// Default prior strength k0.
-pub const DEFAULT_PRIOR_STRENGTH: f64 = 5.0;
+/// Default prior strength: 0 = learned (empirical Bayes).
+pub const DEFAULT_PRIOR_STRENGTH: f64 = 0.0;
+
+/// k0 used while none is learned yet and none is configured (the value this project
+/// shipped as a fixed default before k0 was learned).
+pub const FALLBACK_PRIOR_STRENGTH: f64 = 5.0;
 
 impl Default for SynthesisConfig {
     fn default() -> Self {
         SynthesisConfig {
             prior_strength: DEFAULT_PRIOR_STRENGTH,
+            learned_prior_strength: Vec::new(),
             min_support: 5.0,
             max_source_weight: 1000.0,
             outlier_z: 3.0,
@@ -96,7 +114,12 @@ impl SynthesisConfig {
                 })
             }
         };
-        positive("prior_strength", self.prior_strength)?;
+        if !(self.prior_strength.is_finite() && self.prior_strength >= 0.0) {
+            return Err(SynthesisConfigError {
+                field: "prior_strength",
+                reason: "must be finite and >= 0 (0 = learned)",
+            });
+        }
         positive("max_source_weight", self.max_source_weight)?;
         positive("outlier_z", self.outlier_z)?;
         positive("default_variance", self.default_variance)?;
@@ -125,6 +148,20 @@ impl SynthesisConfig {
             }
         }
         Ok(())
+    }
+
+    /// The prior strength k0 in force for state dimension `i`: the configured override,
+    /// else the learned one (one value for all dimensions, or one per dimension), else
+    /// the fallback.
+    pub fn k0(&self, i: usize) -> f64 {
+        if self.prior_strength > 0.0 {
+            return self.prior_strength;
+        }
+        match self.learned_prior_strength.as_slice() {
+            [] => FALLBACK_PRIOR_STRENGTH,
+            [k] => *k,
+            ks => ks.get(i).copied().unwrap_or(FALLBACK_PRIOR_STRENGTH),
+        }
     }
 
     /// Whether a source claiming this mean residual passes the plausibility gate
@@ -327,6 +364,7 @@ pub fn estimate(
     // M2/W, so each source enters as mean μ_s and covariance C_s = M2_s / W_s at its
     // final weight), but with two buffers instead of allocations per source.
     let (mut support, mut sources, mut used_neighbor, mut n_eff) = (0u64, 0u32, false, 0.0);
+    let mut n_young = 0.0;
     let mut mean = DVector::zeros(n);
     for (c, &w) in contributions.iter().zip(&weights) {
         if w <= 0.0 {
@@ -334,6 +372,9 @@ pub fn estimate(
         }
         mean.axpy(w, c.summary.mean(), 1.0);
         n_eff += w;
+        if c.young {
+            n_young += w;
+        }
         support = support.saturating_add(c.summary.count());
         sources += 1;
         used_neighbor |= !c.exact;
@@ -361,12 +402,18 @@ pub fn estimate(
     }
     residual_cov /= n_eff;
     residual_cov *= 1.0 + 1.0 / n_eff;
-    let w = n_eff / (n_eff + config.prior_strength);
-    mean *= w;
+    // Young evidence is unverified: it carries the fallback k0 as an extra prior in
+    // proportion to its share, so a learned k0 near 0 (consistent worlds) cannot let a
+    // lone young source move the prior further than it could with the fallback.
+    let k_young = FALLBACK_PRIOR_STRENGTH * n_young / n_eff;
+    let mut w_sum = 0.0;
     for (i, c) in mean.iter_mut().enumerate() {
+        let w = n_eff / (n_eff + config.k0(i) + k_young);
+        w_sum += w;
         let b = config.bound(i);
-        *c = c.clamp(-b, b);
+        *c = (w * *c).clamp(-b, b);
     }
+    let w = w_sum / n as f64;
     // Records are bounded before they get here, so this cannot happen; if it ever does,
     // the prediction is answered unchanged rather than with inf or NaN.
     if !(mean.iter().all(|v| v.is_finite()) && residual_cov.iter().all(|v| v.is_finite())) {
@@ -691,6 +738,33 @@ mod tests {
         );
     }
 
+    /// Empirical Bayes: a learned k0 near 0 lets one consistent outcome dominate, but a
+    /// lone young source still moves the prior no further than the fallback allows.
+    #[test]
+    fn a_small_learned_k0_trusts_exact_evidence_but_not_young_sources() {
+        let mut rng = Normal(21);
+        let cfg = SynthesisConfig {
+            learned_prior_strength: vec![0.05],
+            ..config()
+        };
+        let x = DVector::zeros(1);
+        let own = source(&[0.8], 0.0, 1, &mut rng);
+        let p = synthesize(&cfg, &x, None, &[exact(&own)], 0).unwrap();
+        assert!((p.confidence - 1.0 / 1.05).abs() < 1e-12, "{p:?}");
+        let sybil = source(&[50.0], 0.0, 1000, &mut rng);
+        // Full trust weight, so the young cap (2 outcomes) is what binds.
+        let young = Contribution {
+            young: true,
+            ..exact(&sybil)
+        };
+        let p = synthesize(&cfg, &x, None, &[young], 0).unwrap();
+        let y = cfg.max_young_weight;
+        assert!(
+            (p.confidence - y / (y + 0.05 + FALLBACK_PRIOR_STRENGTH)).abs() < 1e-9,
+            "{p:?}"
+        );
+    }
+
     #[test]
     fn young_sources_never_outvote_established_ones() {
         let mut rng = Normal(12);
@@ -724,8 +798,10 @@ mod tests {
         );
         let n_h: f64 = honest.weights.iter().sum();
         let c_h = honest.correction[0];
-        let bound =
-            cfg.max_young_weight * (50.0 - c_h) / (n_h + cfg.max_young_weight + cfg.prior_strength);
+        // Young weight Y also adds the fallback k0 in proportion to its share.
+        let y = cfg.max_young_weight;
+        let k_young = FALLBACK_PRIOR_STRENGTH * y / (n_h + y);
+        let bound = (y * (50.0 - c_h) - c_h * k_young) / (n_h + y + cfg.k0(0) + k_young);
         assert!((flooded.correction[0] - c_h - bound).abs() < 1e-9);
         // With three established sources the young ones are judged by them: a far young
         // claim is an outlier and loses its weight.
@@ -867,7 +943,7 @@ mod tests {
     #[test]
     fn config_validation_names_the_field() {
         let bad = SynthesisConfig {
-            prior_strength: 0.0,
+            prior_strength: -1.0,
             ..Default::default()
         };
         assert_eq!(bad.validate().unwrap_err().field, "prior_strength");

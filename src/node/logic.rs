@@ -68,6 +68,9 @@ pub struct NodeLogic {
     /// rarely runs several world models, and switching recomputes it).
     gate_model: Option<ModelId>,
     envelope: ResidualEnvelope,
+    /// Outcomes and stored records since k0 was last learned, and for which model.
+    shrinkage_updates: u64,
+    shrinkage_model: Option<ModelId>,
     bounds: RecordBounds,
     budget: PrivacyBudget,
     counters: Counters,
@@ -79,6 +82,10 @@ pub struct NodeLogic {
 
 /// Most addresses remembered as asked of the fleet.
 const MAX_ASKED: usize = 100_000;
+
+/// Outcomes and stored records between two learnings of k0 (each pass reads every
+/// address held for the model, so it is amortized over many updates).
+const SHRINKAGE_EVERY: u64 = 64;
 
 /// A scenario's exact address and its sketch (for neighbors).
 fn address_of(
@@ -136,6 +143,8 @@ impl NodeLogic {
             synthesis: params.synthesis.clone(),
             gate_model: None,
             envelope: ResidualEnvelope::default(),
+            shrinkage_updates: 0,
+            shrinkage_model: None,
             bounds: params.validation.bounds(time_base),
             budget: PrivacyBudget {
                 min_count: params.min_count_to_share,
@@ -252,6 +261,7 @@ impl NodeLogic {
         // Neighbors are searched only when the exact address is thin, which keeps the
         // faiss search off the path of well-known scenarios.
         self.refresh_gate(&model);
+        self.refresh_prior_strength(&model);
         let neighbors =
             if (self.exact_count(&model, &fingerprint) as f64) < self.synthesis.min_support {
                 self.neighbors
@@ -338,6 +348,7 @@ impl NodeLogic {
 
     fn outcome(&mut self, o: &Outcome, now_ns: i64) -> Result<OutcomeEffect, InputError> {
         input::episode_id(&o.episode_id)?;
+        self.shrinkage_updates += 1;
         let measured = input::state("outcome.state", &o.state)?;
         let measured_cov = Covariance::from_flat(&o.covariance, measured.len())?;
         self.expire(now_ns);
@@ -481,6 +492,7 @@ impl NodeLogic {
         match r {
             Ingest::Stored => {
                 self.counters.records_received += 1;
+                self.shrinkage_updates += 1;
                 if implausible {
                     self.counters.records_implausible += 1;
                     tracing::debug!(source = %key.source, fingerprint = %key.fingerprint, "fleet record beyond the plausibility gate: kept, given no weight");
@@ -604,6 +616,49 @@ impl NodeLogic {
             }
             None => self.synthesis.max_residual.clear(),
         }
+    }
+
+    /// Learns k0 per dimension from what the node holds for `model` (empirical Bayes,
+    /// [`crate::core::shrinkage`]) every [`SHRINKAGE_EVERY`] updates, unless one is
+    /// configured. Counted: its own summaries, and received ones from sources not caught
+    /// lying (trust at least the initial weight) that pass the plausibility gate, so
+    /// hostile claims cannot widen the spread of biases to make priors credulous.
+    fn refresh_prior_strength(&mut self, model: &ModelId) {
+        if self.params.synthesis.prior_strength > 0.0
+            || (self.shrinkage_model.as_ref() == Some(model)
+                && self.shrinkage_updates < SHRINKAGE_EVERY)
+        {
+            return;
+        }
+        self.shrinkage_updates = 0;
+        self.shrinkage_model = Some(model.clone());
+        let (trust, synthesis) = (&self.trust, &self.synthesis);
+        let floor = self.params.trust.initial;
+        let learned = crate::core::shrinkage::learn_prior_strength(
+            self.memory.addresses_of(model).map(|a| {
+                let own = a.own.as_ref().map(|o| &o.1);
+                let received = a
+                    .received
+                    .iter()
+                    .filter(|r| {
+                        trust.source(&r.source).weight >= floor
+                            && synthesis.plausible(r.summary.mean().as_slice())
+                    })
+                    .map(|r| &r.summary);
+                own.into_iter().chain(received)
+            }),
+        )
+        .unwrap_or_default();
+        if learned != self.synthesis.learned_prior_strength {
+            self.synthesis.learned_prior_strength = learned;
+            self.memory.drop_estimates();
+        }
+    }
+
+    /// The prior strength k0 in force per state dimension (empty = the fallback or the
+    /// configured one: see [`SynthesisConfig::k0`]).
+    pub fn learned_prior_strength(&self) -> &[f64] {
+        &self.synthesis.learned_prior_strength
     }
 
     /// The trust this node gives each source (read-only: for reports and the simulator).

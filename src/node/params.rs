@@ -246,7 +246,7 @@ mod tests {
         };
         assert_eq!(p.validate().unwrap_err().param, "pending_timeout_s");
         let mut p = NodeParams::default();
-        p.synthesis.prior_strength = 0.0;
+        p.synthesis.prior_strength = -1.0;
         assert_eq!(p.validate().unwrap_err().param, "synthesis.prior_strength");
         let p = NodeParams {
             max_pending: 0,

@@ -171,7 +171,7 @@ mod tests {
             .set_params(&[("synthesis.prior_strength".into(), yaml("-1.0"))])
             .unwrap_err();
         assert_eq!(e.param, "synthesis.prior_strength");
-        assert!(e.reason.contains("> 0"), "{e}");
+        assert!(e.reason.contains(">= 0"), "{e}");
         let e = n
             .set_params(&[("trust.initial".into(), yaml("1.5"))])
             .unwrap_err();

@@ -323,7 +323,7 @@ mod tests {
         let v = |n: &str| d[n].value.clone();
         assert_eq!(v("fleet"), ParameterValue::String("default".into()));
         assert_eq!(v("max_pending"), ParameterValue::Integer(10_000));
-        assert_eq!(v("synthesis.prior_strength"), ParameterValue::Double(5.0));
+        assert_eq!(v("synthesis.prior_strength"), ParameterValue::Double(0.0));
         assert_eq!(v("use_sim_time"), ParameterValue::Bool(false));
         assert_eq!(
             v("synthesis.max_residual"),

@@ -11,6 +11,7 @@ use nalgebra::DVector;
 use serde::Serialize;
 
 use crate::core::ids::Fingerprint;
+use crate::core::shrinkage::learn_prior_strength;
 use crate::core::summary::{Decay, Summary, SummaryError};
 use crate::core::synthesis::{Contribution, SynthesisConfig, SynthesisError, synthesize};
 
@@ -47,11 +48,20 @@ pub fn prior_from(
     Ok(synthesize(config, predicted, None, &contributions, now_ns)?.state)
 }
 
-/// Central oracle: every raw residual, pooled per class the moment it is measured.
+/// Central oracle: every raw residual, pooled per class the moment it is measured, and
+/// corrected with the node's estimator (k0 learned the same way, from what it pools).
+/// Local-only is the same with one robot's residuals.
 #[derive(Debug, Default)]
 pub struct Oracle {
     pooled: HashMap<Fingerprint, Summary>,
+    /// k0 per dimension learned from `pooled` (empty = not yet: the fallback).
+    learned: Vec<f64>,
+    /// Residuals folded in since `learned` was computed.
+    since: u64,
 }
+
+/// Residuals between two learnings of a baseline's k0 (as the node's interval).
+const LEARN_EVERY: u64 = 64;
 
 impl Oracle {
     /// Folds one residual in.
@@ -62,6 +72,7 @@ impl Oracle {
         t_ns: i64,
         decay: Decay,
     ) -> Result<(), SummaryError> {
+        self.since += 1;
         match self.pooled.get_mut(&fingerprint) {
             Some(s) => s.add(residual, t_ns, decay),
             None => {
@@ -70,6 +81,27 @@ impl Oracle {
                 Ok(())
             }
         }
+    }
+
+    /// The corrected prior of a class with `base`'s estimator: its k0 learned from every
+    /// class pooled here when `base` configures none, as the node learns its own.
+    pub fn prior(
+        &mut self,
+        base: &SynthesisConfig,
+        fingerprint: &Fingerprint,
+        predicted: &DVector<f64>,
+        now_ns: i64,
+    ) -> Result<DVector<f64>, SynthesisError> {
+        if base.prior_strength == 0.0 && (self.since >= LEARN_EVERY || self.learned.is_empty()) {
+            self.since = 0;
+            self.learned =
+                learn_prior_strength(self.pooled.values().map(std::iter::once)).unwrap_or_default();
+        }
+        let config = SynthesisConfig {
+            learned_prior_strength: self.learned.clone(),
+            ..base.clone()
+        };
+        prior_from(&config, self.pooled.get(fingerprint), predicted, now_ns)
     }
 
     /// Outcomes pooled for a class so far.

@@ -42,7 +42,7 @@ use crate::fleet::signing::seal;
 use crate::node::NodeLogic;
 use crate::ros::msgs::{CorrectedPrior, Outcome, Prediction, Scenario};
 
-use super::baselines::{LOCAL, Metrics, ORACLE, Oracle, QIS, RAW, prior_from};
+use super::baselines::{LOCAL, Metrics, ORACLE, Oracle, QIS, RAW};
 use super::exchange::{Bus, BusConfig, Exchange, ExchangeError, Network, Propagation, WireStats};
 use super::ros_node::{self, NodeRobot, RosFigures, RosNodes};
 use super::world::{ContextMix, FEATURE_NAMES, STATE_DIM, STATE_SCALE, Situation};
@@ -139,6 +139,9 @@ pub struct RunOutcome {
     /// The plausibility gate the honest robots still present had learned at the end, mean
     /// per component (empty when a gate is configured or none was learned).
     pub learned_gate: Vec<f64>,
+    /// The prior strength k0 per component the honest robots still present had learned
+    /// at the end, mean over robots (empty when k0 is configured or none was learned).
+    pub learned_prior_strength: Vec<f64>,
     /// How many robots ran which implementation of the node.
     pub paths: RobotPaths,
 }
@@ -505,8 +508,8 @@ impl<E: Exchange> Robot<E> {
         // The baselines have nothing to defend against: the node's synthesis, no gate.
         let synthesis = &scene.config.node.synthesis;
         let x = DVector::from_row_slice(&predicted);
-        let local = prior_from(synthesis, self.local.summary(&fp), &x, now)?;
-        let central = prior_from(synthesis, scene.oracle.summary(&fp), &x, now)?;
+        let local = self.local.prior(synthesis, &fp, &x, now)?;
+        let central = scene.oracle.prior(synthesis, &fp, &x, now)?;
         let measured = situation.measure(&mut self.rng);
         if !self.attacker {
             let mut predictions = [[0.0; STATE_DIM]; 4];
@@ -749,6 +752,8 @@ fn tally<N: Network>(
     let (mut honest, mut attackers) = (0, 0);
     let (mut sum_records, mut sum_bytes, mut sum_addr) = (0usize, 0usize, 0usize);
     let mut learned_gate = vec![0.0; STATE_DIM];
+    let mut learned_k0 = vec![0.0; STATE_DIM];
+    let mut with_k0 = 0usize;
     let mut gated = 0usize;
     let mut paths = RobotPaths::default();
     for r in robots {
@@ -778,6 +783,11 @@ fn tally<N: Network>(
         sum_records += held;
         sum_bytes += bytes;
         sum_addr += m.addresses_len();
+        let k0 = logic.learned_prior_strength();
+        if k0.len() == STATE_DIM {
+            with_k0 += 1;
+            learned_k0.iter_mut().zip(k0).for_each(|(m, v)| *m += v);
+        }
         let gate = logic.plausibility_gate();
         if config.node.synthesis.max_residual.is_empty() && gate.len() == STATE_DIM {
             gated += 1;
@@ -795,6 +805,12 @@ fn tally<N: Network>(
     if gated == 0 {
         learned_gate.clear();
     }
+    if with_k0 == 0 {
+        learned_k0.clear();
+    }
+    learned_k0
+        .iter_mut()
+        .for_each(|v| *v /= with_k0.max(1) as f64);
     learned_gate
         .iter_mut()
         .for_each(|v| *v /= gated.max(1) as f64);
@@ -832,6 +848,7 @@ fn tally<N: Network>(
         trust_curve: Vec::new(),
         attack,
         learned_gate,
+        learned_prior_strength: learned_k0,
         paths,
     }
 }

@@ -131,6 +131,8 @@ pub struct SynthesisFigures {
     /// The gate the honest robots had learned at the end, mean per component (state
     /// units); empty when a gate is configured or none was learned.
     pub learned_gate: Vec<f64>,
+    /// The k0 per component learned by the honest robots (mean; empty = configured).
+    pub learned_prior_strength: Vec<f64>,
     /// Young sources' total weight cap at an address (`max_young_weight`).
     pub max_young_weight: f64,
 }
@@ -259,6 +261,7 @@ impl SimReport {
                 half_life_s: sc.half_life_s,
                 max_residual: sc.max_residual.clone(),
                 learned_gate: run.learned_gate.clone(),
+                learned_prior_strength: run.learned_prior_strength.clone(),
                 max_young_weight: sc.max_young_weight,
             },
             episodes,
@@ -325,7 +328,20 @@ impl SimReport {
             } else {
                 " (NOT the node's shipped defaults)"
             },
-            self.synthesis.prior_strength,
+            if self.synthesis.prior_strength > 0.0 {
+                format!("{} (configured)", self.synthesis.prior_strength)
+            } else {
+                let k0: Vec<String> = self
+                    .synthesis
+                    .learned_prior_strength
+                    .iter()
+                    .map(|k| format!("{k:.2}"))
+                    .collect();
+                format!(
+                    "learned per component (empirical Bayes; robots' mean at the end [{}])",
+                    k0.join(", ")
+                )
+            },
             self.synthesis.min_support,
             self.synthesis.outlier_z,
             self.synthesis.half_life_s,
