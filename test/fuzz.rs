@@ -270,6 +270,7 @@ mod cdr {
         };
         let prior = n
             .on_prediction(&probe, now_ns)
+            .accepted()
             .map_err(|e| format!("valid prediction refused after fuzz input: {e}"))?;
         if prior.episode_id != ep || prior.state.len() != 2 {
             return Err(format!("bad prior after fuzz input: {prior:?}"));

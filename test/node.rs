@@ -274,6 +274,14 @@ async fn malformed_inputs_are_rejected_counted_and_reported_while_the_node_serve
     out.async_publish(&outcome("never-predicted", &[1.0]))
         .await
         .unwrap();
+    // Every refused prediction is still answered: with no state where it has none usable,
+    // with its own state (uncorrected) where it has one.
+    for (ep, state) in [("nan", vec![]), ("nan", vec![1.0, 2.0]), ("big", vec![])] {
+        let echo = recv("shadow echo", shadow.async_recv()).await;
+        assert_eq!((echo.episode_id.as_str(), &echo.state), (ep, &state));
+        assert_eq!(echo.r#match, CorrectedPrior::MATCH_NONE);
+        assert_eq!(echo.confidence, 0.0);
+    }
     // A valid episode, then its duplicates.
     pred.async_publish(&prediction("ok", "k=v", &[1.0]))
         .await
@@ -283,6 +291,11 @@ async fn malformed_inputs_are_rejected_counted_and_reported_while_the_node_serve
     pred.async_publish(&prediction("ok", "k=v", &[1.0]))
         .await
         .unwrap();
+    let again = recv("shadow prior of the duplicate", shadow.async_recv()).await;
+    assert_eq!(
+        (again.episode_id.as_str(), &again.state),
+        ("ok", &first.state)
+    );
     out.async_publish(&outcome("ok", &[1.0, 1.0]))
         .await
         .unwrap();
@@ -343,6 +356,8 @@ async fn malformed_inputs_are_rejected_counted_and_reported_while_the_node_serve
     assert_eq!(get("rejected.oversized"), "1");
     assert_eq!(get("rejected.non_finite"), "1");
     assert_eq!(get("rejected.no_prediction"), "1");
+    assert_eq!(get("predictions_uncorrected"), "3");
+    assert_eq!(get("predictions_unanswered"), "0");
     assert_eq!(get("pending"), "1");
     assert!(get("zenoh_routers").parse::<usize>().unwrap() >= 1);
     n.shutdown().await;
