@@ -323,6 +323,117 @@ fn malformed_inputs_are_rejected_counted_and_the_node_goes_on() {
     assert_eq!(c.outcomes, 1);
 }
 
+/// A prediction at `tag` whose scenario also carries numeric `speed`, which has no bins in
+/// the default config (`unknown_features: error`): it cannot be fingerprinted.
+fn unbinned(ep: &str, tag: &str, state: &[f64]) -> Prediction {
+    let mut p = prediction(ep, tag, state);
+    p.scenario.feature_names = vec!["speed".into()];
+    p.scenario.features = vec![3.0];
+    p
+}
+
+#[test]
+fn an_unbinned_numeric_feature_is_answered_unchanged_with_match_none_and_counted() {
+    use crate::ros::msgs::CorrectedPrior;
+    let mut n = node("robot-a", NodeParams::default());
+    // The node knows the tag's address well, so a prior that leaked a correction into
+    // the answer would show.
+    learn(&mut n, "road=ice", 10, 0.5, 0);
+    let mut p = unbinned("u0", "road=ice", &[1.0, 2.0]);
+    p.covariance = vec![0.25, 4.0];
+    let answer = n.on_prediction(&p, 20 * S);
+    assert_eq!(
+        answer.refusal().map(InputError::kind),
+        Some(RejectKind::BadScenario)
+    );
+    let prior = answer
+        .prior()
+        .expect("a refused prediction is still answered");
+    assert_eq!(prior.episode_id, "u0");
+    assert_eq!(prior.model_id, "wm-1");
+    assert_eq!(prior.r#match, CorrectedPrior::MATCH_NONE);
+    assert_eq!(prior.confidence, 0.0);
+    assert_eq!(prior.state, vec![1.0, 2.0]);
+    assert_eq!(prior.covariance, vec![0.25, 0.0, 0.0, 4.0]);
+    assert_eq!(prior.correction, vec![0.0, 0.0]);
+    assert_eq!((prior.support, prior.sources), (0, 0));
+    assert_eq!(prior.fingerprint, "");
+    // Every refusal is counted, though only the first of its kind is logged at WARN.
+    n.on_prediction(&unbinned("u1", "road=ice", &[1.0, 2.0]), 21 * S)
+        .prior()
+        .expect("answered again");
+    let r = n.report();
+    assert_eq!(r.counters.rejected(RejectKind::BadScenario), 2);
+    assert_eq!(r.counters.predictions_uncorrected, 2);
+    assert_eq!(
+        r.counters.predictions, 10,
+        "refused ones are not counted as kept"
+    );
+    assert_eq!(
+        r.pending, 0,
+        "nothing waits for an outcome it could not be paired with"
+    );
+    assert!(
+        r.key_values()
+            .contains(&("rejected.bad_scenario".into(), "2".into()))
+    );
+}
+
+#[test]
+fn without_a_usable_state_only_a_valid_episode_id_is_answered() {
+    let mut n = node("robot-a", NodeParams::default());
+    let nan = n.on_prediction(&prediction("n", "a=b", &[f64::NAN]), 0);
+    let prior = nan.prior().expect("the episode is answered, with no state");
+    assert_eq!(prior.episode_id, "n");
+    assert!(prior.state.is_empty() && prior.covariance.is_empty());
+    assert_eq!(prior.r#match, crate::ros::msgs::CorrectedPrior::MATCH_NONE);
+    let nothing = n.on_prediction(&prediction("", "a=b", &[f64::NAN]), 0);
+    assert_eq!(nothing.prior(), None);
+    assert_eq!(
+        nothing.refusal().map(InputError::kind),
+        Some(RejectKind::BadId)
+    );
+    let c = n.report().counters;
+    assert_eq!(c.rejected(RejectKind::NonFinite), 1);
+    assert_eq!(c.rejected(RejectKind::BadId), 1);
+    assert_eq!(
+        (c.predictions_uncorrected, c.predictions_unanswered),
+        (1, 1)
+    );
+}
+
+#[test]
+fn a_duplicate_episode_is_corrected_but_pairs_with_its_first_prediction() {
+    use crate::ros::msgs::CorrectedPrior;
+    let mut n = node("robot-a", NodeParams::default());
+    learn(&mut n, "road=ice", 20, 0.5, 0);
+    let first = n
+        .on_prediction(&prediction("d", "road=ice", &[1.0, 2.0]), 30 * S)
+        .accepted()
+        .unwrap();
+    // A retry of the same episode (here re-planned from another state) is answered as
+    // any prediction there would be, for the state it carries.
+    let again = n.on_prediction(&prediction("d", "road=ice", &[3.0, 2.0]), 30 * S);
+    assert_eq!(
+        again.refusal().map(InputError::kind),
+        Some(RejectKind::Duplicate)
+    );
+    let prior = again.prior().expect("a duplicate is answered");
+    assert_eq!(prior.r#match, CorrectedPrior::MATCH_EXACT);
+    assert!(prior.confidence > 0.0);
+    assert!((prior.correction[0] - first.correction[0]).abs() < 1e-12);
+    assert!((prior.state[0] - (3.0 + first.correction[0])).abs() < 1e-12);
+    // The outcome pairs with the first prediction, which the duplicate did not replace.
+    let eff = n.on_outcome(&outcome("d", &[1.5, 2.0]), 32 * S).unwrap();
+    assert_eq!(eff.discrepancy.residual, vec![0.5, 0.0]);
+    let c = n.report().counters;
+    assert_eq!(c.rejected(RejectKind::Duplicate), 1);
+    assert_eq!(
+        c.predictions_uncorrected, 0,
+        "a duplicate's answer is corrected"
+    );
+}
+
 #[test]
 fn pending_is_bounded_by_count_and_timeout() {
     let params = NodeParams {
