@@ -237,8 +237,26 @@ mod cdr {
         let mut n = node().lock().unwrap_or_else(|e| e.into_inner());
         if let Some(p) = prediction {
             let _ = n.first_encounter(p);
-            let _ = n.on_prediction(p, now_ns);
+            let answer = n.on_prediction(p, now_ns);
             let _ = n.drain_interests().count();
+            // Always answer: a planner waiting for a valid episode id never starves, and
+            // whatever is published is finite.
+            match answer.prior() {
+                None if qis_ros::node::input::episode_id(&p.episode_id).is_ok() => {
+                    return Err(format!("valid episode id left unanswered: {answer:?}"));
+                }
+                Some(prior)
+                    if prior.episode_id != p.episode_id
+                        || !prior
+                            .state
+                            .iter()
+                            .chain(&prior.covariance)
+                            .all(|v| v.is_finite()) =>
+                {
+                    return Err(format!("bad answer {prior:?} to {p:?}"));
+                }
+                _ => {}
+            }
         }
         if let Some(o) = outcome {
             if let Ok(effect) = n.on_outcome(o, now_ns) {
@@ -270,6 +288,7 @@ mod cdr {
         };
         let prior = n
             .on_prediction(&probe, now_ns)
+            .accepted()
             .map_err(|e| format!("valid prediction refused after fuzz input: {e}"))?;
         if prior.episode_id != ep || prior.state.len() != 2 {
             return Err(format!("bad prior after fuzz input: {prior:?}"));

@@ -208,6 +208,14 @@ async fn malformed_inputs_are_rejected_counted_and_reported_while_the_node_serve
     out.async_publish(&outcome("never-predicted", &[1.0]))
         .await
         .unwrap();
+    // Every refused prediction is still answered: with no state where it has none usable,
+    // with its own state (uncorrected) where it has one.
+    for (ep, state) in [("nan", vec![]), ("nan", vec![1.0, 2.0]), ("big", vec![])] {
+        let echo = recv("shadow echo", shadow.async_recv()).await;
+        assert_eq!((echo.episode_id.as_str(), &echo.state), (ep, &state));
+        assert_eq!(echo.r#match, CorrectedPrior::MATCH_NONE);
+        assert_eq!(echo.confidence, 0.0);
+    }
     // A valid episode, then its duplicates.
     pred.async_publish(&prediction("ok", "k=v", &[1.0]))
         .await
@@ -217,6 +225,11 @@ async fn malformed_inputs_are_rejected_counted_and_reported_while_the_node_serve
     pred.async_publish(&prediction("ok", "k=v", &[1.0]))
         .await
         .unwrap();
+    let again = recv("shadow prior of the duplicate", shadow.async_recv()).await;
+    assert_eq!(
+        (again.episode_id.as_str(), &again.state),
+        ("ok", &first.state)
+    );
     out.async_publish(&outcome("ok", &[1.0, 1.0]))
         .await
         .unwrap();
@@ -277,8 +290,83 @@ async fn malformed_inputs_are_rejected_counted_and_reported_while_the_node_serve
     assert_eq!(get("rejected.oversized"), "1");
     assert_eq!(get("rejected.non_finite"), "1");
     assert_eq!(get("rejected.no_prediction"), "1");
+    assert_eq!(get("predictions_uncorrected"), "3");
+    assert_eq!(get("predictions_unanswered"), "0");
     assert_eq!(get("pending"), "1");
     assert!(get("zenoh_routers").parse::<usize>().unwrap() >= 1);
+    n.shutdown().await;
+}
+
+/// A planner waiting on `corrected_prior` never starves: a prediction whose scenario
+/// cannot be fingerprinted (numeric `speed` has no bins, `unknown_features: error`) gets
+/// its own state back with `MATCH_NONE` and confidence 0, at the rate it is sent, and
+/// `/diagnostics` counts every one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unbinned_numeric_feature_is_answered_uncorrected_and_counted() {
+    let (_router, endpoint) = router().await;
+    let (to_fleet, _fleet_rx) = mpsc::channel(100);
+    let (_records_tx, rx) = mpsc::channel(100);
+    let fleet = Arc::new(ChannelFleet {
+        to: to_fleet,
+        interests: Mutex::new(vec![]),
+    });
+    let params = NodeParams {
+        diagnostics_period_s: 0.05,
+        ..NodeParams::default()
+    };
+    let n = start_node(&endpoint, "/f", "robot-f", params, fleet, rx).await;
+    let ctx = client(&endpoint);
+    let driver = ctx.create_node("driver").build().unwrap();
+    let r = Robot::new(&driver, "/f").await;
+    let diag = driver
+        .create_sub::<DiagnosticArray>("/diagnostics")
+        .with_qos(deep_qos())
+        .build()
+        .unwrap();
+    // Learned: a correction at the tag's own address would show in a leaked answer.
+    for i in 0..5 {
+        r.episode(
+            &prediction(&format!("k{i}"), "road=ice", &[1.0, 2.0]),
+            &[1.5, 2.0],
+        )
+        .await;
+    }
+    const BAD: usize = 20;
+    for i in 0..BAD {
+        let mut p = prediction(&format!("u{i}"), "road=ice", &[1.0 + i as f64, -2.0]);
+        p.scenario.feature_names = vec!["speed".into()];
+        p.scenario.features = vec![3.0];
+        p.covariance = vec![0.25, 4.0];
+        r.pred.async_publish(&p).await.unwrap();
+    }
+    for i in 0..BAD {
+        let prior = recv("uncorrected prior", r.prior.async_recv()).await;
+        assert_eq!(prior.episode_id, format!("u{i}"));
+        assert_eq!(prior.r#match, CorrectedPrior::MATCH_NONE);
+        assert_eq!(prior.confidence, 0.0);
+        assert_eq!(prior.state, vec![1.0 + i as f64, -2.0], "state unchanged");
+        assert_eq!(prior.covariance, vec![0.25, 0.0, 0.0, 4.0]);
+        assert_eq!(prior.correction, vec![0.0, 0.0]);
+        assert_eq!(prior.support, 0);
+    }
+    let c = n.logic().lock().unwrap().report().counters;
+    assert_eq!(c.rejected(RejectKind::BadScenario), BAD as u64);
+    assert_eq!(c.predictions_uncorrected, BAD as u64);
+    assert_eq!(c.predictions, 5);
+    loop {
+        let d = recv("diagnostics", diag.async_recv()).await;
+        let v = |k: &str| {
+            d.status[0]
+                .values
+                .iter()
+                .find(|kv| kv.key == k)
+                .map(|kv| kv.value.clone())
+        };
+        if v("rejected.bad_scenario") == Some(BAD.to_string()) {
+            assert_eq!(v("predictions_uncorrected"), Some(BAD.to_string()));
+            break;
+        }
+    }
     n.shutdown().await;
 }
 

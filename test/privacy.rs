@@ -130,7 +130,7 @@ async fn learn_under_observation(
             state: vec![1.0, 2.0],
             ..Prediction::default()
         };
-        logic.on_prediction(&p, t).unwrap();
+        logic.on_prediction(&p, t).accepted().unwrap();
         let o = Outcome {
             episode_id: ep,
             state: vec![1.0 + r, 2.0],

@@ -74,7 +74,8 @@ impl RejectKind {
         }
     }
 
-    fn index(self) -> usize {
+    /// Position in [`RejectKind::ALL`]: the index of per-kind arrays.
+    pub(super) fn index(self) -> usize {
         RejectKind::ALL
             .iter()
             .position(|k| *k == self)
@@ -85,8 +86,13 @@ impl RejectKind {
 /// Running totals since start-up.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Counters {
-    /// Predictions answered with a corrected prior.
+    /// Predictions corrected and kept for their outcome.
     pub predictions: u64,
+    /// Refused predictions still answered, uncorrected (`MATCH_NONE`, confidence 0), so
+    /// the planner waiting for them does not starve (`node::answer`).
+    pub predictions_uncorrected: u64,
+    /// Refused predictions left unanswered: neither a usable state nor a valid episode id.
+    pub predictions_unanswered: u64,
     /// Outcomes paired with their prediction.
     pub outcomes: u64,
     /// Own records handed to the fleet.
@@ -172,6 +178,14 @@ impl Report {
         let mut kv = vec![
             ("shadow_mode".to_string(), self.shadow_mode.to_string()),
             ("predictions".into(), c.predictions.to_string()),
+            (
+                "predictions_uncorrected".into(),
+                c.predictions_uncorrected.to_string(),
+            ),
+            (
+                "predictions_unanswered".into(),
+                c.predictions_unanswered.to_string(),
+            ),
             ("outcomes".into(), c.outcomes.to_string()),
             ("pending".into(), self.pending.to_string()),
             ("pending_evicted".into(), c.pending_evicted.to_string()),

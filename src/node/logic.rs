@@ -21,6 +21,7 @@ use crate::ros::msgs::{
     CorrectedPrior, Discrepancy, Outcome, Prediction, QueryRequest, QueryResponse, Scenario,
 };
 
+use super::answer::{self, PredictionAnswer, RefusalLog};
 use super::diagnostics::{Counters, RejectKind, Report};
 use super::input::{self, InputError};
 use super::pairing::{PairingMiss, PairingTable, Pending};
@@ -74,6 +75,8 @@ pub struct NodeLogic {
     bounds: RecordBounds,
     budget: PrivacyBudget,
     counters: Counters,
+    /// Refused predictions logged at WARN so far (once per kind).
+    refusals: RefusalLog,
     interests: Vec<(ModelId, Fingerprint)>,
     /// Addresses already asked of the fleet (bounded: cleared when full, which at worst
     /// repeats a query).
@@ -157,6 +160,7 @@ impl NodeLogic {
             pairing,
             trust,
             counters: Counters::default(),
+            refusals: RefusalLog::default(),
             interests: Vec::new(),
             asked: HashSet::new(),
         })
@@ -228,29 +232,50 @@ impl NodeLogic {
             .then_some((model, fingerprint))
     }
 
-    /// Answers a prediction with its corrected prior and keeps it for its outcome.
-    pub fn on_prediction(
-        &mut self,
-        p: &Prediction,
-        now_ns: i64,
-    ) -> Result<CorrectedPrior, InputError> {
-        let r = self.prediction(p, now_ns);
-        self.count(r)
+    /// Answers a prediction. Accepted, it gets its corrected prior and is kept for its
+    /// outcome; refused, it is counted, logged once per kind and still answered whenever
+    /// something can be echoed (the rules, duplicates included, are in [`super::answer`]),
+    /// so a planner waiting on `corrected_prior` never starves. The bindings publish
+    /// [`PredictionAnswer::prior`] and nothing else.
+    pub fn on_prediction(&mut self, p: &Prediction, now_ns: i64) -> PredictionAnswer {
+        let answer = match self.prediction(p, now_ns) {
+            Ok(a) => a,
+            Err(reason) => {
+                let prior = answer::echo(p, self.synthesis.default_variance);
+                if prior.is_some() {
+                    self.counters.predictions_uncorrected += 1;
+                } else {
+                    self.counters.predictions_unanswered += 1;
+                }
+                PredictionAnswer::Refused { prior, reason }
+            }
+        };
+        if let PredictionAnswer::Refused { prior, reason } = &answer {
+            self.counters.reject(reason.kind());
+            self.refusals.log(reason, &p.episode_id, prior.is_some());
+        }
+        answer
     }
 
-    fn prediction(&mut self, p: &Prediction, now_ns: i64) -> Result<CorrectedPrior, InputError> {
+    /// Corrects a valid prediction: `Accepted`, or `Refused` with its corrected prior when
+    /// only the pairing refuses it (a duplicate episode); `Err` when it cannot be corrected.
+    fn prediction(&mut self, p: &Prediction, now_ns: i64) -> Result<PredictionAnswer, InputError> {
         input::episode_id(&p.episode_id)?;
         let model = ModelId::new(p.model_id.as_str()).map_err(InputError::BadId)?;
         let predicted = input::state("state", &p.state)?;
         let n = predicted.len();
         let predicted_cov = Covariance::from_flat(&p.covariance, n)?;
         let (fingerprint, sketch) = address_of(&self.fingerprinter, &p.scenario)?;
-        if self.pairing.is_known(&p.episode_id) {
-            return Err(InputError::Duplicate {
+        // Decided before expiry: an episode pending on arrival (even one timing out now)
+        // or paired recently is a duplicate, never silently entered a second time.
+        let duplicate = self.pairing.is_known(&p.episode_id);
+        let refused_duplicate = |prior: CorrectedPrior| PredictionAnswer::Refused {
+            prior: Some(prior),
+            reason: InputError::Duplicate {
                 episode_id: p.episode_id.clone(),
                 what: "prediction",
-            });
-        }
+            },
+        };
         self.expire(now_ns);
         if self.memory.address(&model, &fingerprint).is_none()
             && self.interests.len() < MAX_INTERESTS
@@ -316,6 +341,9 @@ impl NodeLogic {
             sources: prior.sources,
             confidence: prior.confidence as f32,
         };
+        if duplicate {
+            return Ok(refused_duplicate(msg));
+        }
         let pending = Pending {
             model,
             fingerprint,
@@ -327,16 +355,11 @@ impl NodeLogic {
         };
         match self.pairing.insert(&p.episode_id, pending) {
             Ok(evicted) => self.counters.pending_evicted += evicted as u64,
-            // is_known was checked above and nothing ran in between.
-            Err(_) => {
-                return Err(InputError::Duplicate {
-                    episode_id: p.episode_id.clone(),
-                    what: "prediction",
-                });
-            }
+            // is_known was checked above and nothing since inserts into the table.
+            Err(_) => return Ok(refused_duplicate(msg)),
         }
         self.counters.predictions += 1;
-        Ok(msg)
+        Ok(PredictionAnswer::Accepted(msg))
     }
 
     /// Pairs an outcome with its prediction: the discrepancy to publish and the updated

@@ -2,6 +2,7 @@
 //! outcome or a fleet record, as plain synchronous functions of the message and the
 //! time. The bindings in `crate::ros` only move messages in and out.
 
+pub mod answer;
 pub mod diagnostics;
 pub mod fleet_port;
 pub mod input;
@@ -9,6 +10,7 @@ pub mod logic;
 pub mod pairing;
 pub mod params;
 
+pub use answer::PredictionAnswer;
 pub use diagnostics::{Counters, LogLimiter, RejectKind, Report};
 pub use fleet_port::{FleetPort, LocalOnly};
 pub use input::InputError;

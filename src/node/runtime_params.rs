@@ -150,16 +150,22 @@ mod tests {
     #[test]
     fn a_set_prior_strength_changes_the_next_prior() {
         let mut n = node();
-        n.on_prediction(&prediction("e0"), S).unwrap();
+        n.on_prediction(&prediction("e0"), S).accepted().unwrap();
         n.on_outcome(&outcome("e0"), S + 1).unwrap();
         // k0 = 5, one outcome: w = 1/6.
-        let before = n.on_prediction(&prediction("e1"), 2 * S).unwrap();
+        let before = n
+            .on_prediction(&prediction("e1"), 2 * S)
+            .accepted()
+            .unwrap();
         assert!((before.confidence - 1.0 / 6.0).abs() < 1e-5, "{before:?}");
         n.set_params(&[("synthesis.prior_strength".into(), yaml("1.0"))])
             .unwrap();
         assert_eq!(n.params().synthesis.prior_strength, 1.0);
         // k0 = 1: w = 1/2, at once (the cached estimate is dropped).
-        let after = n.on_prediction(&prediction("e2"), 2 * S + 1).unwrap();
+        let after = n
+            .on_prediction(&prediction("e2"), 2 * S + 1)
+            .accepted()
+            .unwrap();
         assert!((after.confidence - 0.5).abs() < 1e-5, "{after:?}");
         assert!((after.correction[0] - 0.3).abs() < 1e-5, "{after:?}");
     }

@@ -45,6 +45,7 @@ fn learn(node: &mut NodeLogic, tag: &str, n: usize, bias: f64, t0: i64) -> Vec<O
             let ep = format!("{tag}-{t0}-{i}");
             let t = t0 + i as i64 * S;
             node.on_prediction(&prediction(&ep, tag, &[1.0, 2.0]), t)
+                .accepted()
                 .unwrap();
             node.on_outcome(&outcome(&ep, &[1.0 + bias, 2.0]), t + 1)
                 .unwrap()
@@ -66,6 +67,7 @@ fn first_prediction_is_unchanged_then_learns_the_bias() {
     let mut n = node("robot-a", NodeParams::default());
     let first = n
         .on_prediction(&prediction("e0", "weather=rain", &[1.0, 2.0]), 0)
+        .accepted()
         .unwrap();
     assert_eq!(first.r#match, crate::ros::msgs::CorrectedPrior::MATCH_NONE);
     assert_eq!(first.state, vec![1.0, 2.0]);
@@ -86,6 +88,7 @@ fn first_prediction_is_unchanged_then_learns_the_bias() {
     learn(&mut n, "weather=rain", 40, 0.5, 10 * S);
     let p = n
         .on_prediction(&prediction("e-last", "weather=rain", &[1.0, 2.0]), 100 * S)
+        .accepted()
         .unwrap();
     assert_eq!(p.r#match, crate::ros::msgs::CorrectedPrior::MATCH_EXACT);
     assert_eq!(p.support, 41);
@@ -122,6 +125,7 @@ fn records_beyond_the_plausibility_gate_are_counted_and_given_no_weight() {
     );
     let p = b
         .on_prediction(&prediction("b0", "road=ice", &[1.0, 2.0]), 30 * S)
+        .accepted()
         .unwrap();
     assert_eq!(
         p.state,
@@ -156,6 +160,7 @@ fn a_source_whose_claims_miss_this_robots_outcomes_loses_its_weight_everywhere()
     b.on_record(&ice_key, ice.clone(), LATER);
     let p = b
         .on_prediction(&prediction("b-ice", "road=ice", &[1.0, 2.0]), 200 * S)
+        .accepted()
         .unwrap();
     assert!(
         p.correction[0] < 2.0,
@@ -176,6 +181,7 @@ fn a_source_whose_claims_miss_this_robots_outcomes_loses_its_weight_everywhere()
     trusting.on_record(&ice_key, ice, LATER);
     let q = trusting
         .on_prediction(&prediction("t-ice", "road=ice", &[1.0, 2.0]), 200 * S)
+        .accepted()
         .unwrap();
     assert!(q.correction[0] > 10.0, "{:?}", q.correction);
 }
@@ -216,6 +222,7 @@ fn fleet_records_correct_another_robots_first_encounter() {
     );
     let p = b
         .on_prediction(&prediction("b0", "road=ice", &[1.0, 2.0]), 30 * S)
+        .accepted()
         .unwrap();
     assert_eq!(p.r#match, crate::ros::msgs::CorrectedPrior::MATCH_EXACT);
     assert_eq!(p.sources, 1);
@@ -242,36 +249,36 @@ fn malformed_inputs_are_rejected_counted_and_the_node_goes_on() {
     let mut n = node("robot-a", NodeParams::default());
     let mut nan = prediction("n", "a=b", &[1.0, f64::NAN]);
     assert_eq!(
-        n.on_prediction(&nan, 0).unwrap_err().kind(),
+        n.on_prediction(&nan, 0).accepted().unwrap_err().kind(),
         RejectKind::NonFinite
     );
     nan.state = vec![1.0, 2.0];
     nan.scenario.embedding = vec![f32::INFINITY];
     assert_eq!(
-        n.on_prediction(&nan, 0).unwrap_err().kind(),
+        n.on_prediction(&nan, 0).accepted().unwrap_err().kind(),
         RejectKind::NonFinite
     );
     let mut dims = prediction("d", "a=b", &[1.0, 2.0]);
     dims.covariance = vec![1.0, 2.0, 3.0];
     assert_eq!(
-        n.on_prediction(&dims, 0).unwrap_err().kind(),
+        n.on_prediction(&dims, 0).accepted().unwrap_err().kind(),
         RejectKind::DimensionMismatch
     );
     let big = prediction("o", "a=b", &vec![0.0; 10_000]);
     assert_eq!(
-        n.on_prediction(&big, 0).unwrap_err().kind(),
+        n.on_prediction(&big, 0).accepted().unwrap_err().kind(),
         RejectKind::Oversized
     );
     let mut bad_tag = prediction("t", "", &[1.0]);
     bad_tag.scenario.tags = vec!["\u{1}".into()];
     assert_eq!(
-        n.on_prediction(&bad_tag, 0).unwrap_err().kind(),
+        n.on_prediction(&bad_tag, 0).accepted().unwrap_err().kind(),
         RejectKind::BadScenario
     );
     let mut no_model = prediction("m", "a=b", &[1.0]);
     no_model.model_id.clear();
     assert_eq!(
-        n.on_prediction(&no_model, 0).unwrap_err().kind(),
+        n.on_prediction(&no_model, 0).accepted().unwrap_err().kind(),
         RejectKind::BadId
     );
     assert_eq!(
@@ -281,9 +288,11 @@ fn malformed_inputs_are_rejected_counted_and_the_node_goes_on() {
         RejectKind::NoPrediction
     );
     n.on_prediction(&prediction("ok", "a=b", &[1.0, 2.0]), 0)
+        .accepted()
         .unwrap();
     assert_eq!(
         n.on_prediction(&prediction("ok", "a=b", &[1.0, 2.0]), 0)
+            .accepted()
             .unwrap_err()
             .kind(),
         RejectKind::Duplicate
@@ -314,6 +323,117 @@ fn malformed_inputs_are_rejected_counted_and_the_node_goes_on() {
     assert_eq!(c.outcomes, 1);
 }
 
+/// A prediction at `tag` whose scenario also carries numeric `speed`, which has no bins in
+/// the default config (`unknown_features: error`): it cannot be fingerprinted.
+fn unbinned(ep: &str, tag: &str, state: &[f64]) -> Prediction {
+    let mut p = prediction(ep, tag, state);
+    p.scenario.feature_names = vec!["speed".into()];
+    p.scenario.features = vec![3.0];
+    p
+}
+
+#[test]
+fn an_unbinned_numeric_feature_is_answered_unchanged_with_match_none_and_counted() {
+    use crate::ros::msgs::CorrectedPrior;
+    let mut n = node("robot-a", NodeParams::default());
+    // The node knows the tag's address well, so a prior that leaked a correction into
+    // the answer would show.
+    learn(&mut n, "road=ice", 10, 0.5, 0);
+    let mut p = unbinned("u0", "road=ice", &[1.0, 2.0]);
+    p.covariance = vec![0.25, 4.0];
+    let answer = n.on_prediction(&p, 20 * S);
+    assert_eq!(
+        answer.refusal().map(InputError::kind),
+        Some(RejectKind::BadScenario)
+    );
+    let prior = answer
+        .prior()
+        .expect("a refused prediction is still answered");
+    assert_eq!(prior.episode_id, "u0");
+    assert_eq!(prior.model_id, "wm-1");
+    assert_eq!(prior.r#match, CorrectedPrior::MATCH_NONE);
+    assert_eq!(prior.confidence, 0.0);
+    assert_eq!(prior.state, vec![1.0, 2.0]);
+    assert_eq!(prior.covariance, vec![0.25, 0.0, 0.0, 4.0]);
+    assert_eq!(prior.correction, vec![0.0, 0.0]);
+    assert_eq!((prior.support, prior.sources), (0, 0));
+    assert_eq!(prior.fingerprint, "");
+    // Every refusal is counted, though only the first of its kind is logged at WARN.
+    n.on_prediction(&unbinned("u1", "road=ice", &[1.0, 2.0]), 21 * S)
+        .prior()
+        .expect("answered again");
+    let r = n.report();
+    assert_eq!(r.counters.rejected(RejectKind::BadScenario), 2);
+    assert_eq!(r.counters.predictions_uncorrected, 2);
+    assert_eq!(
+        r.counters.predictions, 10,
+        "refused ones are not counted as kept"
+    );
+    assert_eq!(
+        r.pending, 0,
+        "nothing waits for an outcome it could not be paired with"
+    );
+    assert!(
+        r.key_values()
+            .contains(&("rejected.bad_scenario".into(), "2".into()))
+    );
+}
+
+#[test]
+fn without_a_usable_state_only_a_valid_episode_id_is_answered() {
+    let mut n = node("robot-a", NodeParams::default());
+    let nan = n.on_prediction(&prediction("n", "a=b", &[f64::NAN]), 0);
+    let prior = nan.prior().expect("the episode is answered, with no state");
+    assert_eq!(prior.episode_id, "n");
+    assert!(prior.state.is_empty() && prior.covariance.is_empty());
+    assert_eq!(prior.r#match, crate::ros::msgs::CorrectedPrior::MATCH_NONE);
+    let nothing = n.on_prediction(&prediction("", "a=b", &[f64::NAN]), 0);
+    assert_eq!(nothing.prior(), None);
+    assert_eq!(
+        nothing.refusal().map(InputError::kind),
+        Some(RejectKind::BadId)
+    );
+    let c = n.report().counters;
+    assert_eq!(c.rejected(RejectKind::NonFinite), 1);
+    assert_eq!(c.rejected(RejectKind::BadId), 1);
+    assert_eq!(
+        (c.predictions_uncorrected, c.predictions_unanswered),
+        (1, 1)
+    );
+}
+
+#[test]
+fn a_duplicate_episode_is_corrected_but_pairs_with_its_first_prediction() {
+    use crate::ros::msgs::CorrectedPrior;
+    let mut n = node("robot-a", NodeParams::default());
+    learn(&mut n, "road=ice", 20, 0.5, 0);
+    let first = n
+        .on_prediction(&prediction("d", "road=ice", &[1.0, 2.0]), 30 * S)
+        .accepted()
+        .unwrap();
+    // A retry of the same episode (here re-planned from another state) is answered as
+    // any prediction there would be, for the state it carries.
+    let again = n.on_prediction(&prediction("d", "road=ice", &[3.0, 2.0]), 30 * S);
+    assert_eq!(
+        again.refusal().map(InputError::kind),
+        Some(RejectKind::Duplicate)
+    );
+    let prior = again.prior().expect("a duplicate is answered");
+    assert_eq!(prior.r#match, CorrectedPrior::MATCH_EXACT);
+    assert!(prior.confidence > 0.0);
+    assert!((prior.correction[0] - first.correction[0]).abs() < 1e-12);
+    assert!((prior.state[0] - (3.0 + first.correction[0])).abs() < 1e-12);
+    // The outcome pairs with the first prediction, which the duplicate did not replace.
+    let eff = n.on_outcome(&outcome("d", &[1.5, 2.0]), 32 * S).unwrap();
+    assert_eq!(eff.discrepancy.residual, vec![0.5, 0.0]);
+    let c = n.report().counters;
+    assert_eq!(c.rejected(RejectKind::Duplicate), 1);
+    assert_eq!(
+        c.predictions_uncorrected, 0,
+        "a duplicate's answer is corrected"
+    );
+}
+
 #[test]
 fn pending_is_bounded_by_count_and_timeout() {
     let params = NodeParams {
@@ -324,6 +444,7 @@ fn pending_is_bounded_by_count_and_timeout() {
     let mut n = node("robot-a", params);
     for (i, ep) in ["a", "b", "c"].iter().enumerate() {
         n.on_prediction(&prediction(ep, "x=y", &[0.0]), i as i64)
+            .accepted()
             .unwrap();
     }
     assert_eq!(n.report().counters.pending_evicted, 1);
@@ -347,6 +468,7 @@ fn pending_is_bounded_by_count_and_timeout() {
 fn a_huge_outcome_is_refused_and_its_prediction_stays_pending() {
     let mut n = node("robot-a", NodeParams::default());
     n.on_prediction(&prediction("h", "road=ice", &[1.0, 2.0]), 0)
+        .accepted()
         .unwrap();
     let e = n.on_outcome(&outcome("h", &[1e7, 2.0]), 1).unwrap_err();
     assert_eq!(e.kind(), RejectKind::HugeOutcome, "{e}");
@@ -376,7 +498,7 @@ fn mahalanobis_uses_prediction_and_measurement_covariance() {
     let mut n = node("robot-a", NodeParams::default());
     let mut p = prediction("e", "k=v", &[0.0, 0.0]);
     p.covariance = vec![2.0, 2.0];
-    n.on_prediction(&p, 0).unwrap();
+    n.on_prediction(&p, 0).accepted().unwrap();
     let mut o = outcome("e", &[3.0, 4.0]);
     o.covariance = vec![2.0, 0.0, 0.0, 2.0];
     let d = n.on_outcome(&o, 1).unwrap().discrepancy;
@@ -413,7 +535,7 @@ fn a_thin_address_borrows_from_a_similar_one() {
     let mut last = None;
     for i in 0..30 {
         let ep = format!("a{i}");
-        a.on_prediction(&at(&ep, 3.5), i * S).unwrap();
+        a.on_prediction(&at(&ep, 3.5), i * S).accepted().unwrap();
         last = a
             .on_outcome(&outcome(&ep, &[1.0]), i * S + 1)
             .unwrap()
@@ -423,7 +545,7 @@ fn a_thin_address_borrows_from_a_similar_one() {
     let (key, rec) = last.unwrap();
     b.on_record(&key, rec, LATER);
     // Speed 4.5 is the next bin: a different address, but a near one.
-    let p = b.on_prediction(&at("b0", 4.5), 40 * S).unwrap();
+    let p = b.on_prediction(&at("b0", 4.5), 40 * S).accepted().unwrap();
     assert_ne!(p.fingerprint, key.fingerprint.to_hex());
     assert_eq!(p.r#match, crate::ros::msgs::CorrectedPrior::MATCH_NEIGHBOR);
     assert!(p.correction[0] > 0.1, "{:?}", p.correction);
@@ -435,7 +557,7 @@ fn a_thin_address_borrows_from_a_similar_one() {
         },
         ..prediction("b1", "", &[0.0])
     };
-    let f = b.on_prediction(&far, 41 * S).unwrap();
+    let f = b.on_prediction(&far, 41 * S).accepted().unwrap();
     assert!(
         f.correction[0] < p.correction[0],
         "{:?} vs {:?}",
@@ -477,6 +599,7 @@ fn a_fleet_secret_keys_the_nodes_addresses_and_sketches() {
         let mut n = node("robot-a", params);
         let p = n
             .on_prediction(&prediction("e0", "weather=rain", &[1.0, 2.0]), 0)
+            .accepted()
             .unwrap();
         let eff = n.on_outcome(&outcome("e0", &[1.5, 2.0]), 1).unwrap();
         let (key, rec) = eff.own_record;
@@ -554,7 +677,7 @@ proptest::proptest! {
         }
         let max = b.params().validation.max_abs_residual;
         for (i, tag) in ["road=ice", "road=wet", "road=snow", "road=dry"].iter().enumerate() {
-            let p = b.on_prediction(&prediction(&format!("p{i}"), tag, &[1.0, 2.0]), now).unwrap();
+            let p = b.on_prediction(&prediction(&format!("p{i}"), tag, &[1.0, 2.0]), now).accepted().unwrap();
             proptest::prop_assert!(p.state.iter().chain(&p.covariance).all(|v| v.is_finite()), "{p:?}");
             proptest::prop_assert!(p.correction.iter().all(|c| c.abs() <= max), "{p:?}");
             proptest::prop_assert!(p.confidence.is_finite());
@@ -589,7 +712,7 @@ proptest::proptest! {
             };
             proptest::prop_assert_eq!(b.on_record(&key, record, now), crate::core::memory::Ingest::Stored);
         }
-        let p = b.on_prediction(&prediction("p", "road=ice", &[1.0, 2.0]), now).unwrap();
+        let p = b.on_prediction(&prediction("p", "road=ice", &[1.0, 2.0]), now).accepted().unwrap();
         proptest::prop_assert!(p.state.iter().chain(&p.covariance).all(|v| v.is_finite()), "{p:?}");
         proptest::prop_assert!(p.correction.iter().all(|c| c.abs() <= 1e6), "{p:?}");
     }

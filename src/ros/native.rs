@@ -426,7 +426,6 @@ impl NativeNode {
             let (logic, cancel, clock, fleet) =
                 (logic.clone(), cancel.clone(), clock.clone(), fleet.clone());
             tasks.spawn(async move {
-                let mut rejects = RejectLog::new();
                 loop {
                     let msg = tokio::select! {
                         _ = cancel.cancelled() => break,
@@ -450,13 +449,11 @@ impl NativeNode {
                     for (model, fp) in &interests {
                         fleet.interest(model, fp);
                     }
-                    match result {
-                        Ok(prior) => {
-                            if let Err(e) = prior_pub.async_publish(&prior).await {
-                                tracing::error!(episode_id = %prior.episode_id, "publishing corrected prior: {e}");
-                            }
-                        }
-                        Err(e) => rejects.log("prediction", &e),
+                    // Refused predictions are answered too and logged by the logic.
+                    if let Some(prior) = result.prior()
+                        && let Err(e) = prior_pub.async_publish(prior).await
+                    {
+                        tracing::error!(episode_id = %prior.episode_id, "publishing corrected prior: {e}");
                     }
                 }
             });

@@ -164,18 +164,11 @@ pub async fn run(
                 for (m, f) in &interests {
                     fleet.interest(m, f);
                 }
-                match r {
-                    Ok(prior) => {
-                        if let Err(e) = prior_pub.publish_raw(&prior.serialize()) {
-                            tracing::error!("publishing corrected prior: {e}");
-                        }
-                    }
-                    Err(e) => {
-                        let t = i64::try_from(started.elapsed().as_nanos()).unwrap_or(i64::MAX);
-                        if let Some(suppressed) = rejects.allow(e.kind(), t) {
-                            tracing::warn!(kind = e.kind().as_str(), suppressed, "prediction rejected: {e}");
-                        }
-                    }
+                // Refused predictions are answered too and logged by the logic.
+                if let Some(prior) = r.prior()
+                    && let Err(e) = prior_pub.publish_raw(&prior.serialize())
+                {
+                    tracing::error!("publishing corrected prior: {e}");
                 }
             }
             Some(bytes) = outcomes.next() => {
