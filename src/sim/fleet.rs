@@ -327,7 +327,8 @@ impl<E: Exchange> Robot<E> {
     fn predict(&mut self, p: &Prediction, now: i64) -> Result<CorrectedPrior, SimError> {
         let prior = match &mut self.brain {
             Brain::Logic(logic) => {
-                let prior = logic.on_prediction(p, now)?;
+                // The simulator only sends predictions the node accepts: a refusal is a bug.
+                let prior = logic.on_prediction(p, now).accepted()?;
                 for (model, f) in logic.drain_interests() {
                     self.exchange.follow(&model, f)?;
                 }
