@@ -55,8 +55,7 @@ const MODEL: &str = "wm-1";
 const ICE: &str = "road=ice";
 const GRAVEL: &str = "road=gravel";
 /// The prior strength k0 in force: the fallback (`FALLBACK_PRIOR_STRENGTH`), since the
-/// victim holds too few addresses to learn one (`core::shrinkage::MIN_ADDRESSES`); young
-/// sources add it again in proportion to their share of the weight.
+/// victim holds too few addresses to learn one (`core::shrinkage::MIN_ADDRESSES`).
 const K0: f64 = 5.0;
 /// The shipped cap on young sources' total weight at an address (synthesis.max_young_weight).
 const MAX_YOUNG_WEIGHT: f64 = 2.0;
@@ -449,27 +448,15 @@ fn grew(before: &Diag, after: &Diag, key: &str) -> u64 {
 /// service: own record first, then every received one) and each source's mean: the
 /// shrinkage Σ wᵢ μᵢ / (Σ wᵢ + k0) of the synthesis (module doc of core::synthesis; no
 /// bound is configured by default).
-/// The corrected prior's correction from what `q` says B holds: the pooled mean shrunk
-/// by k0, plus the fallback k0 in proportion to the young (unearned) sources' share of
-/// the weight (`young`: every source but B itself and A, whose trust B has earned from
-/// its own outcomes by the first check).
-fn synthesis_of(
-    q: &QueryResponse,
-    mean_of: &dyn Fn(&str) -> [f64; 2],
-    young: &dyn Fn(&str) -> bool,
-) -> [f64; 2] {
-    let (mut num, mut n_eff, mut n_young) = ([0.0; 2], 0.0, 0.0);
+fn synthesis_of(q: &QueryResponse, mean_of: &dyn Fn(&str) -> [f64; 2]) -> [f64; 2] {
+    let (mut num, mut n_eff) = ([0.0; 2], 0.0);
     for (id, w) in q.source_ids.iter().zip(&q.source_weights) {
         let m = mean_of(id);
         num[0] += w * m[0];
         num[1] += w * m[1];
         n_eff += w;
-        if young(id) {
-            n_young += w;
-        }
     }
-    let k = K0 + K0 * n_young / n_eff;
-    [num[0] / (n_eff + k), num[1] / (n_eff + k)]
+    [num[0] / (n_eff + K0), num[1] / (n_eff + K0)]
 }
 
 fn weight_of(q: &QueryResponse, id: &str) -> f64 {
@@ -572,7 +559,7 @@ async fn a_forging_peer_neither_poisons_nor_silences_nor_goes_uncounted() {
             }
         }
     };
-    let expected = synthesis_of(&q, &means(a.mean()), &|id| id != b_id && id != a_id);
+    let expected = synthesis_of(&q, &means(a.mean()));
     assert!(
         (p0.correction[0] - expected[0]).abs() < 1e-3,
         "{p0:?} vs {expected:?}"
@@ -611,23 +598,19 @@ async fn a_forging_peer_neither_poisons_nor_silences_nor_goes_uncounted() {
             assert!(wa > 0.95 * a.weight(), "{}: A silenced: {q:?}", $label);
             let (_, p) = b.predict(ICE).await;
             let a_mean = a.mean();
-            let expected = synthesis_of(
-                &q,
-                &|id: &str| {
-                    if id == b_id {
-                        B_RESIDUAL
-                    } else if id == a_id {
-                        a_mean
-                    } else if sybils.contains(id) {
-                        [SYBIL_BIAS, 0.0]
-                    } else {
-                        *others
-                            .get(id)
-                            .unwrap_or_else(|| panic!("unexpected source {id}"))
-                    }
-                },
-                &|id| id != b_id && id != a_id,
-            );
+            let expected = synthesis_of(&q, &|id: &str| {
+                if id == b_id {
+                    B_RESIDUAL
+                } else if id == a_id {
+                    a_mean
+                } else if sybils.contains(id) {
+                    [SYBIL_BIAS, 0.0]
+                } else {
+                    *others
+                        .get(id)
+                        .unwrap_or_else(|| panic!("unexpected source {id}"))
+                }
+            });
             assert!(
                 (p.correction[0] - expected[0]).abs() < 1e-3
                     && (p.correction[1] - expected[1]).abs() < 1e-3,

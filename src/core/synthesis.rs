@@ -6,11 +6,11 @@
 //! k0_d = σ²_d / τ²_d is learned by empirical Bayes from the summaries the node holds
 //! ([`super::shrinkage`]: reality's spread inside an address over the spread of biases
 //! between addresses); `prior_strength` > 0 overrides it with one fixed k0, and
-//! [`FALLBACK_PRIOR_STRENGTH`] applies while too little is held to learn it. Young
-//! sources' weight n_young (trust not yet earned) adds `FALLBACK_PRIOR_STRENGTH ·
-//! n_young / n_eff` to k0: unverified evidence never counts for more than it would with
-//! the fallback, however small the learned k0. The reported confidence is the mean of
-//! the w_d.
+//! [`FALLBACK_PRIOR_STRENGTH`] applies while too little is held to learn it. With young
+//! sources' weight n_young (trust not yet earned) in the pool, k0_d is at least
+//! `FALLBACK_PRIOR_STRENGTH · n_young / n_eff`: unverified evidence never counts for more
+//! than it would with the fallback, however small the learned k0. The reported
+//! confidence is the mean of the w_d.
 //! The corrected covariance blends the model's with the fleet's:
 //! `(1 − w) · P + w · Σ_res · (1 + 1 / n_eff)`, where Σ_res is the pooled residual
 //! covariance (spread of reality around the corrected mean, plus the mean's own error).
@@ -402,13 +402,13 @@ pub fn estimate(
     }
     residual_cov /= n_eff;
     residual_cov *= 1.0 + 1.0 / n_eff;
-    // Young evidence is unverified: it carries the fallback k0 as an extra prior in
-    // proportion to its share, so a learned k0 near 0 (consistent worlds) cannot let a
-    // lone young source move the prior further than it could with the fallback.
+    // Young evidence is unverified: k0 is at least the fallback in proportion to its
+    // share, so a learned k0 near 0 (consistent worlds) cannot let a lone young source
+    // move the prior further than it could with the fallback.
     let k_young = FALLBACK_PRIOR_STRENGTH * n_young / n_eff;
     let mut w_sum = 0.0;
     for (i, c) in mean.iter_mut().enumerate() {
-        let w = n_eff / (n_eff + config.k0(i) + k_young);
+        let w = n_eff / (n_eff + config.k0(i).max(k_young));
         w_sum += w;
         let b = config.bound(i);
         *c = (w * *c).clamp(-b, b);
@@ -760,7 +760,7 @@ mod tests {
         let p = synthesize(&cfg, &x, None, &[young], 0).unwrap();
         let y = cfg.max_young_weight;
         assert!(
-            (p.confidence - y / (y + 0.05 + FALLBACK_PRIOR_STRENGTH)).abs() < 1e-9,
+            (p.confidence - y / (y + FALLBACK_PRIOR_STRENGTH)).abs() < 1e-9,
             "{p:?}"
         );
     }
@@ -798,10 +798,8 @@ mod tests {
         );
         let n_h: f64 = honest.weights.iter().sum();
         let c_h = honest.correction[0];
-        // Young weight Y also adds the fallback k0 in proportion to its share.
-        let y = cfg.max_young_weight;
-        let k_young = FALLBACK_PRIOR_STRENGTH * y / (n_h + y);
-        let bound = (y * (50.0 - c_h) - c_h * k_young) / (n_h + y + cfg.k0(0) + k_young);
+        // k0 here is the fallback, which the young share cannot exceed.
+        let bound = cfg.max_young_weight * (50.0 - c_h) / (n_h + cfg.max_young_weight + cfg.k0(0));
         assert!((flooded.correction[0] - c_h - bound).abs() < 1e-9);
         // With three established sources the young ones are judged by them: a far young
         // claim is an outlier and loses its weight.
