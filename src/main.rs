@@ -238,14 +238,20 @@ async fn run_node(
     let mut logic = NodeLogic::new(params.clone(), source)?;
     let (link, records_rx) = start_link(&params, &mut logic, store, identity).await?;
     let port: Arc<dyn FleetPort> = link.port.clone();
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    // SIGINT (ros2 launch's first) or SIGTERM (systemd, docker, ros2 launch's second).
+    let stop = async move {
+        tokio::select! {
+            r = tokio::signal::ctrl_c() => {
+                if let Err(e) = r {
+                    tracing::error!("waiting for SIGINT: {e}");
+                }
+            }
+            _ = term.recv() => {}
+        }
+    };
     #[cfg(feature = "r2r")]
     if a.r2r {
-        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let flag = stop.clone();
-        tokio::spawn(async move {
-            let _ = tokio::signal::ctrl_c().await;
-            flag.store(true, std::sync::atomic::Ordering::Relaxed);
-        });
         let name = names.node().to_string();
         qis_ros::ros::r2r_binding::run(&name, logic, port, records_rx, stop).await?;
         link.shutdown().await;
@@ -266,11 +272,7 @@ async fn run_node(
     if let Some(records) = rosout {
         node.publish_rosout(records)?;
     }
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    tokio::select! {
-        r = tokio::signal::ctrl_c() => r?,
-        _ = term.recv() => {}
-    }
+    stop.await;
     tracing::info!("shutting down");
     node.shutdown().await;
     link.shutdown().await;

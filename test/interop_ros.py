@@ -343,8 +343,8 @@ def check_rosout(peer, ns):
             continue
     check("a warning reaches /rosout", record is not None, record)
     check("logger name is the node's (rcl: namespace.name)", record.name == f"{ns}.qis_node", record.name)
-    check("file and line", record.file.endswith("native.rs") and record.line > 0, (record.file, record.line))
-    check("function", record.function.startswith("qis_ros::ros::native"), record.function)
+    check("file and line", record.file.endswith("runner.rs") and record.line > 0, (record.file, record.line))
+    check("function", record.function.startswith("qis_ros::ros::runner"), record.function)
     check("stamped with the system time", abs(record.stamp.sec - time.time()) < 600, record.stamp)
 
 

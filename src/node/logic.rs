@@ -220,6 +220,7 @@ impl NodeLogic {
     /// known addresses and for input that `on_prediction` will refuse.
     pub fn first_encounter(&mut self, p: &Prediction) -> Option<(ModelId, Fingerprint)> {
         let model = ModelId::new(p.model_id.as_str()).ok()?;
+        input::state("state", &p.state).ok()?;
         let (fingerprint, _) = address_of(&self.fingerprinter, &p.scenario).ok()?;
         if self.memory.address(&model, &fingerprint).is_some() {
             return None;

@@ -1,5 +1,6 @@
-//! ROS 2 bindings of the node: the message types, `--ros-args` handling and the
-//! native (hiroz, rmw_zenoh wire format) and r2r runners around [`crate::node::NodeLogic`].
+//! ROS 2 bindings of the node: the message types, `--ros-args` handling, the one
+//! [`runner`] around [`crate::node::NodeLogic`], and the native (hiroz, rmw_zenoh wire
+//! format) and r2r transports it runs on.
 
 pub mod args;
 pub mod clock;
@@ -11,4 +12,5 @@ pub mod params_file;
 #[cfg(feature = "r2r")]
 pub mod r2r_binding;
 pub mod ros_params;
+pub mod runner;
 pub mod type_hash;
