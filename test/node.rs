@@ -8,7 +8,9 @@ mod support;
 use std::sync::{Arc, Mutex};
 
 use hiroz::Builder;
-use qis_ros::node::{NodeParams, RejectKind};
+use qis_ros::core::ids::{Fingerprint, ModelId, RecordKey};
+use qis_ros::core::record::OutcomeRecord;
+use qis_ros::node::{FleetPort, NodeParams, RejectKind};
 use qis_ros::ros::msgs::{
     Clock, CorrectedPrior, DiagnosticArray, Discrepancy, Outcome, Prediction, Query, QueryRequest,
     Scenario, Time,
@@ -708,5 +710,73 @@ async fn without_clock_inputs_wait_the_bound_then_are_counted() {
             break;
         }
     }
+    n.shutdown().await;
+}
+
+/// A fleet whose fetches are never answered (a silent queryable on the key space): the
+/// node waits `first_encounter_wait_s` for each, counting them.
+struct SilentFleet {
+    pending: Mutex<Vec<tokio::sync::oneshot::Sender<Vec<(RecordKey, OutcomeRecord)>>>>,
+}
+
+impl FleetPort for SilentFleet {
+    fn publish(&self, _key: &RecordKey, _record: &OutcomeRecord) {}
+
+    fn fetch(
+        &self,
+        _model: &ModelId,
+        _fingerprint: &Fingerprint,
+    ) -> Option<tokio::sync::oneshot::Receiver<Vec<(RecordKey, OutcomeRecord)>>> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.pending.lock().unwrap().push(tx);
+        Some(rx)
+    }
+}
+
+/// A first encounter waits for the fleet on its own task: predictions behind it are
+/// answered first, and it is answered once its wait runs out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_fleet_delays_only_the_first_encounter_it_is_asked_about() {
+    let (_router, endpoint) = router().await;
+    let fleet = Arc::new(SilentFleet {
+        pending: Mutex::new(Vec::new()),
+    });
+    let (_records_tx, records_rx) = mpsc::channel(10);
+    let params = NodeParams {
+        first_encounter_wait_s: 2.0,
+        ..NodeParams::default()
+    };
+    let n = start_node(
+        &endpoint,
+        "/s",
+        "robot-s",
+        params,
+        fleet.clone(),
+        records_rx,
+    )
+    .await;
+    let ctx = client(&endpoint);
+    let driver = ctx.create_node("silent_driver").build().unwrap();
+    let r = Robot::new(&driver, "/s").await;
+    // The first prediction at ice is a first encounter; the next ones at ice are not.
+    for ep in ["first", "second", "third"] {
+        r.pred
+            .async_publish(&prediction(ep, "road=ice", &[1.0, 0.0]))
+            .await
+            .unwrap();
+    }
+    let order: Vec<String> = {
+        let mut v = Vec::new();
+        for _ in 0..3 {
+            v.push(recv("prior", r.prior.async_recv()).await.episode_id);
+        }
+        v
+    };
+    assert_eq!(
+        order,
+        ["second", "third", "first"],
+        "answered in this order"
+    );
+    assert_eq!(fleet.pending.lock().unwrap().len(), 1, "one fetch asked");
     n.shutdown().await;
 }
