@@ -713,10 +713,13 @@ async fn without_clock_inputs_wait_the_bound_then_are_counted() {
     n.shutdown().await;
 }
 
+/// The answer a fetch waits for.
+type Found = tokio::sync::oneshot::Sender<Vec<(RecordKey, OutcomeRecord)>>;
+
 /// A fleet whose fetches are never answered (a silent queryable on the key space): the
 /// node waits `first_encounter_wait_s` for each, counting them.
 struct SilentFleet {
-    pending: Mutex<Vec<tokio::sync::oneshot::Sender<Vec<(RecordKey, OutcomeRecord)>>>>,
+    pending: Mutex<Vec<Found>>,
 }
 
 impl FleetPort for SilentFleet {
