@@ -52,6 +52,27 @@ impl OutcomeEffect {
     }
 }
 
+/// What the node does with a prediction ([`NodeLogic::intake`]).
+// Returned by value once per prediction and never stored: boxing the answer would add
+// an allocation to the hot path.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug)]
+pub enum Intake {
+    /// Answer it now.
+    Answer(PredictionAnswer),
+    /// First ask the fleet about this address, met for the first time.
+    Fetch(ModelId, Fingerprint),
+}
+
+/// A prediction's validated parts, computed once per prediction.
+struct Checked {
+    model: ModelId,
+    predicted: DVector<f64>,
+    predicted_cov: Covariance,
+    fingerprint: Fingerprint,
+    sketch: Sketch,
+}
+
 /// The binding-free node: fingerprints, pairs, synthesizes and counts.
 #[derive(Debug)]
 pub struct NodeLogic {
@@ -219,18 +240,35 @@ impl NodeLogic {
     /// answering, so even the first prediction at an address is corrected. `None` for
     /// known addresses and for input that `on_prediction` will refuse.
     pub fn first_encounter(&mut self, p: &Prediction) -> Option<(ModelId, Fingerprint)> {
-        let model = ModelId::new(p.model_id.as_str()).ok()?;
-        input::state("state", &p.state).ok()?;
-        let (fingerprint, _) = address_of(&self.fingerprinter, &p.scenario).ok()?;
-        if self.memory.address(&model, &fingerprint).is_some() {
-            return None;
+        let c = self.check(p).ok()?;
+        self.mark_first(&c.model, c.fingerprint)
+            .then_some((c.model, c.fingerprint))
+    }
+
+    /// What to do with a prediction, with its address computed once: ask the fleet
+    /// first ([`Intake::Fetch`]: an address met for the first time, now marked as asked;
+    /// call [`Self::on_prediction`] once the answer is merged), or the answer itself.
+    pub fn intake(&mut self, p: &Prediction, now_ns: i64) -> Intake {
+        let r = match self.check(p) {
+            Ok(c) if self.mark_first(&c.model, c.fingerprint) => {
+                return Intake::Fetch(c.model, c.fingerprint);
+            }
+            Ok(c) => self.correct(p, now_ns, c),
+            Err(e) => Err(e),
+        };
+        Intake::Answer(self.finish(p, r))
+    }
+
+    /// Whether an address is held by nothing here and not asked of the fleet yet; then
+    /// marks it as asked.
+    fn mark_first(&mut self, model: &ModelId, fingerprint: Fingerprint) -> bool {
+        if self.memory.address(model, &fingerprint).is_some() {
+            return false;
         }
         if self.asked.len() >= MAX_ASKED {
             self.asked.clear();
         }
-        self.asked
-            .insert((model.clone(), fingerprint))
-            .then_some((model, fingerprint))
+        self.asked.insert((model.clone(), fingerprint))
     }
 
     /// Answers a prediction. Accepted, it gets its corrected prior and is kept for its
@@ -239,7 +277,18 @@ impl NodeLogic {
     /// so a planner waiting on `corrected_prior` never starves. The bindings publish
     /// [`PredictionAnswer::prior`] and nothing else.
     pub fn on_prediction(&mut self, p: &Prediction, now_ns: i64) -> PredictionAnswer {
-        let answer = match self.prediction(p, now_ns) {
+        let r = self.check(p).and_then(|c| self.correct(p, now_ns, c));
+        self.finish(p, r)
+    }
+
+    /// Turns the outcome of a correction into the answer: refusals counted, logged once
+    /// per kind, and echoed where something can be.
+    fn finish(
+        &mut self,
+        p: &Prediction,
+        r: Result<PredictionAnswer, InputError>,
+    ) -> PredictionAnswer {
+        let answer = match r {
             Ok(a) => a,
             Err(reason) => {
                 let prior = answer::echo(p, self.synthesis.default_variance);
@@ -258,15 +307,37 @@ impl NodeLogic {
         answer
     }
 
-    /// Corrects a valid prediction: `Accepted`, or `Refused` with its corrected prior when
-    /// only the pairing refuses it (a duplicate episode); `Err` when it cannot be corrected.
-    fn prediction(&mut self, p: &Prediction, now_ns: i64) -> Result<PredictionAnswer, InputError> {
+    /// Validates a prediction and computes its address (fingerprint and sketch).
+    fn check(&self, p: &Prediction) -> Result<Checked, InputError> {
         input::episode_id(&p.episode_id)?;
         let model = ModelId::new(p.model_id.as_str()).map_err(InputError::BadId)?;
         let predicted = input::state("state", &p.state)?;
-        let n = predicted.len();
-        let predicted_cov = Covariance::from_flat(&p.covariance, n)?;
+        let predicted_cov = Covariance::from_flat(&p.covariance, predicted.len())?;
         let (fingerprint, sketch) = address_of(&self.fingerprinter, &p.scenario)?;
+        Ok(Checked {
+            model,
+            predicted,
+            predicted_cov,
+            fingerprint,
+            sketch,
+        })
+    }
+
+    /// Corrects a checked prediction: `Accepted`, or `Refused` with its corrected prior when
+    /// only the pairing refuses it (a duplicate episode); `Err` when it cannot be corrected.
+    fn correct(
+        &mut self,
+        p: &Prediction,
+        now_ns: i64,
+        c: Checked,
+    ) -> Result<PredictionAnswer, InputError> {
+        let Checked {
+            model,
+            predicted,
+            predicted_cov,
+            fingerprint,
+            sketch,
+        } = c;
         // Decided before expiry: an episode pending on arrival (even one timing out now)
         // or paired recently is a duplicate, never silently entered a second time.
         let duplicate = self.pairing.is_known(&p.episode_id);

@@ -14,7 +14,7 @@ pub use answer::PredictionAnswer;
 pub use diagnostics::{Counters, LogLimiter, RejectKind, Report};
 pub use fleet_port::{FleetPort, LocalOnly};
 pub use input::InputError;
-pub use logic::{NodeLogic, OutcomeEffect};
+pub use logic::{Intake, NodeLogic, OutcomeEffect};
 pub use params::{NodeParams, ParamError};
 
 #[cfg(test)]

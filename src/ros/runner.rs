@@ -32,7 +32,7 @@ use super::msgs::{
 };
 use crate::core::ids::{Fingerprint, ModelId, RecordKey};
 use crate::core::record::OutcomeRecord;
-use crate::node::{FleetPort, InputError, LogLimiter, NodeLogic};
+use crate::node::{FleetPort, InputError, Intake, LogLimiter, NodeLogic, PredictionAnswer};
 
 /// Default longest wait of an input for the first `/clock` under `use_sim_time`.
 pub const DEFAULT_FIRST_CLOCK_WAIT: Duration = Duration::from_secs(10);
@@ -229,20 +229,15 @@ async fn fetch_first(
     }
 }
 
-/// Answers one prediction: the logic's corrected prior (refused predictions are
-/// answered too, and logged by the logic), the addresses it met followed.
-async fn answer<O: Outputs>(
+/// Publishes a prediction's answer (refused predictions are answered too, and logged by
+/// the logic) and follows the addresses the logic met meanwhile.
+async fn publish_answer<O: Outputs>(
     logic: &SharedLogic,
-    clock: &NodeClock,
     fleet: &dyn FleetPort,
     outputs: &O,
-    p: &Prediction,
+    answer: PredictionAnswer,
 ) {
-    let (answer, interests) = {
-        let mut l = lock(logic);
-        let r = l.on_prediction(p, clock.now_ns());
-        (r, l.drain_interests().collect::<Vec<_>>())
-    };
+    let interests: Vec<_> = lock(logic).drain_interests().collect();
     for (model, fp) in &interests {
         fleet.interest(model, fp);
     }
@@ -335,29 +330,29 @@ impl Runner {
                     continue;
                 };
                 clock.ready("prediction").await;
-                let first = lock(&logic).first_encounter(&p);
-                let permit = first
-                    .as_ref()
-                    .and_then(|_| fetches.clone().try_acquire_owned().ok());
-                match (first, permit) {
-                    (Some((model, fp)), Some(permit)) => {
-                        let (logic, clock, fleet, outputs) =
-                            (logic.clone(), clock.clone(), fleet.clone(), outputs.clone());
-                        in_flight.spawn(async move {
-                            fetch_first(&logic, &clock, fleet.as_ref(), &model, &fp, first_wait)
-                                .await;
-                            answer(&logic, &clock, fleet.as_ref(), outputs.as_ref(), &p).await;
-                            drop(permit);
-                        });
+                let intake = lock(&logic).intake(&p, clock.now_ns());
+                let (model, fp) = match intake {
+                    Intake::Answer(a) => {
+                        publish_answer(&logic, fleet.as_ref(), outputs.as_ref(), a).await;
+                        continue;
                     }
-                    (first, _) => {
-                        if let Some((model, fp)) = first {
-                            // Too many fetches in flight: follow it, answer with what is held.
-                            fleet.interest(&model, &fp);
-                        }
-                        answer(&logic, &clock, fleet.as_ref(), outputs.as_ref(), &p).await;
-                    }
-                }
+                    Intake::Fetch(model, fp) => (model, fp),
+                };
+                let Ok(permit) = fetches.clone().try_acquire_owned() else {
+                    // Too many fetches in flight: follow it, answer with what is held.
+                    fleet.interest(&model, &fp);
+                    let a = lock(&logic).on_prediction(&p, clock.now_ns());
+                    publish_answer(&logic, fleet.as_ref(), outputs.as_ref(), a).await;
+                    continue;
+                };
+                let (logic, clock, fleet, outputs) =
+                    (logic.clone(), clock.clone(), fleet.clone(), outputs.clone());
+                in_flight.spawn(async move {
+                    fetch_first(&logic, &clock, fleet.as_ref(), &model, &fp, first_wait).await;
+                    let a = lock(&logic).on_prediction(&p, clock.now_ns());
+                    publish_answer(&logic, fleet.as_ref(), outputs.as_ref(), a).await;
+                    drop(permit);
+                });
             }
             // Fetches in flight at shutdown still answer (each is bounded by its wait).
             while in_flight.join_next().await.is_some() {}
