@@ -229,15 +229,23 @@ async fn fetch_first(
     }
 }
 
+/// The logic's answer to a prediction and the addresses it met meanwhile, in one lock.
+fn answer_of(logic: &SharedLogic, p: &Prediction, now_ns: i64) -> (PredictionAnswer, Interests) {
+    let mut l = lock(logic);
+    let a = l.on_prediction(p, now_ns);
+    (a, l.drain_interests().collect())
+}
+
+/// Addresses the logic met, to follow.
+type Interests = Vec<(ModelId, Fingerprint)>;
+
 /// Publishes a prediction's answer (refused predictions are answered too, and logged by
 /// the logic) and follows the addresses the logic met meanwhile.
 async fn publish_answer<O: Outputs>(
-    logic: &SharedLogic,
     fleet: &dyn FleetPort,
     outputs: &O,
-    answer: PredictionAnswer,
+    (answer, interests): (PredictionAnswer, Interests),
 ) {
-    let interests: Vec<_> = lock(logic).drain_interests().collect();
     for (model, fp) in &interests {
         fleet.interest(model, fp);
     }
@@ -314,12 +322,15 @@ impl Runner {
     ) {
         let (logic, cancel, clock) = (self.logic.clone(), self.cancel.clone(), self.clock.clone());
         self.tasks.spawn(async move {
+            // One registration for the task's life, not one per message.
+            let cancelled = cancel.cancelled();
+            tokio::pin!(cancelled);
             let fetches = Arc::new(Semaphore::new(MAX_FETCHES));
             let mut in_flight = JoinSet::new();
             let (mut log, start) = (LogLimiter::new(1_000_000_000), Instant::now());
             loop {
                 let msg = tokio::select! {
-                    _ = cancel.cancelled() => break,
+                    _ = &mut cancelled => break,
                     m = input.next() => m,
                     // Reaps finished fetches so the set stays as small as what is in flight.
                     Some(_) = in_flight.join_next(), if !in_flight.is_empty() => continue,
@@ -330,27 +341,33 @@ impl Runner {
                     continue;
                 };
                 clock.ready("prediction").await;
-                let intake = lock(&logic).intake(&p, clock.now_ns());
+                let intake = {
+                    let mut l = lock(&logic);
+                    match l.intake(&p, clock.now_ns()) {
+                        Intake::Answer(a) => Ok((a, l.drain_interests().collect())),
+                        Intake::Fetch(model, fp) => Err((model, fp)),
+                    }
+                };
                 let (model, fp) = match intake {
-                    Intake::Answer(a) => {
-                        publish_answer(&logic, fleet.as_ref(), outputs.as_ref(), a).await;
+                    Ok(answered) => {
+                        publish_answer(fleet.as_ref(), outputs.as_ref(), answered).await;
                         continue;
                     }
-                    Intake::Fetch(model, fp) => (model, fp),
+                    Err(first) => first,
                 };
                 let Ok(permit) = fetches.clone().try_acquire_owned() else {
                     // Too many fetches in flight: follow it, answer with what is held.
                     fleet.interest(&model, &fp);
-                    let a = lock(&logic).on_prediction(&p, clock.now_ns());
-                    publish_answer(&logic, fleet.as_ref(), outputs.as_ref(), a).await;
+                    let answered = answer_of(&logic, &p, clock.now_ns());
+                    publish_answer(fleet.as_ref(), outputs.as_ref(), answered).await;
                     continue;
                 };
                 let (logic, clock, fleet, outputs) =
                     (logic.clone(), clock.clone(), fleet.clone(), outputs.clone());
                 in_flight.spawn(async move {
                     fetch_first(&logic, &clock, fleet.as_ref(), &model, &fp, first_wait).await;
-                    let a = lock(&logic).on_prediction(&p, clock.now_ns());
-                    publish_answer(&logic, fleet.as_ref(), outputs.as_ref(), a).await;
+                    let answered = answer_of(&logic, &p, clock.now_ns());
+                    publish_answer(fleet.as_ref(), outputs.as_ref(), answered).await;
                     drop(permit);
                 });
             }
@@ -390,11 +407,14 @@ impl Runner {
         });
         let (logic, cancel, clock) = (self.logic.clone(), self.cancel.clone(), self.clock.clone());
         self.tasks.spawn(async move {
+            // One registration for the task's life, not one per message.
+            let cancelled = cancel.cancelled();
+            tokio::pin!(cancelled);
             let mut rejects = RejectLog::new();
             let (mut log, start) = (LogLimiter::new(1_000_000_000), Instant::now());
             loop {
                 let msg = tokio::select! {
-                    _ = cancel.cancelled() => break,
+                    _ = &mut cancelled => break,
                     m = input.next() => m,
                 };
                 let Some(msg) = msg else { break };
@@ -425,9 +445,12 @@ impl Runner {
     fn records(&mut self, mut records: mpsc::Receiver<(RecordKey, OutcomeRecord)>) {
         let (logic, cancel, clock) = (self.logic.clone(), self.cancel.clone(), self.clock.clone());
         self.tasks.spawn(async move {
+            // One registration for the task's life, not one per message.
+            let cancelled = cancel.cancelled();
+            tokio::pin!(cancelled);
             loop {
                 let rec = tokio::select! {
-                    _ = cancel.cancelled() => break,
+                    _ = &mut cancelled => break,
                     r = records.recv() => r,
                 };
                 let Some((key, record)) = rec else { break };
@@ -440,10 +463,13 @@ impl Runner {
     fn queries(&mut self, mut input: BoxStream<'static, Result<QueryCall, Undecodable>>) {
         let (logic, cancel, clock) = (self.logic.clone(), self.cancel.clone(), self.clock.clone());
         self.tasks.spawn(async move {
+            // One registration for the task's life, not one per message.
+            let cancelled = cancel.cancelled();
+            tokio::pin!(cancelled);
             let (mut log, start) = (LogLimiter::new(1_000_000_000), Instant::now());
             loop {
                 let call = tokio::select! {
-                    _ = cancel.cancelled() => break,
+                    _ = &mut cancelled => break,
                     c = input.next() => c,
                 };
                 let Some(call) = call else { break };
@@ -465,9 +491,12 @@ impl Runner {
         };
         let cancel = self.cancel.clone();
         self.tasks.spawn(async move {
+            // One registration for the task's life, not one per message.
+            let cancelled = cancel.cancelled();
+            tokio::pin!(cancelled);
             loop {
                 let m = tokio::select! {
-                    _ = cancel.cancelled() => break,
+                    _ = &mut cancelled => break,
                     m = input.next() => m,
                 };
                 let Some(c) = m else { break };
@@ -488,12 +517,15 @@ impl Runner {
         let (logic, cancel, clock) = (self.logic.clone(), self.cancel.clone(), self.clock.clone());
         let name = format!("{fqn}: outcome memory");
         self.tasks.spawn(async move {
+            // One registration for the task's life, not one per message.
+            let cancelled = cancel.cancelled();
+            tokio::pin!(cancelled);
             let mut tick = tokio::time::interval(period);
             let mut last = (Instant::now(), 0u64, 0u64, 0u64);
             let mut fleet_rejected_before = 0u64;
             loop {
                 tokio::select! {
-                    _ = cancel.cancelled() => break,
+                    _ = &mut cancelled => break,
                     _ = tick.tick() => {}
                 }
                 let now = clock.now_ns();
