@@ -1,18 +1,13 @@
 //! `qis`: the command line of qis_ros.
 
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
-use qis_ros::core::ids::SourceId;
-use qis_ros::core::store::Store;
-use qis_ros::fleet::{FleetExchange, Identity, Received};
-use qis_ros::link::{FleetLink, RunningLink};
-use qis_ros::node::{FleetPort, NodeLogic, NodeParams, ParamError};
+use qis_ros::app::{NODE_NAME, Node};
 use qis_ros::ros::logging::{self, LogRecord};
-use qis_ros::ros::native::{DEFAULT_INPUT_DEPTH, NativeConfig, NativeNode, ZenohOptions};
+use qis_ros::ros::native::ZenohOptions;
 use qis_ros::ros::{args, names::Names, params_file};
 use tokio::sync::mpsc;
 
@@ -52,9 +47,6 @@ struct NodeArgs {
     #[arg(long)]
     r2r: bool,
 }
-
-/// The node's default name (`-r __node:=` changes it).
-const NODE_NAME: &str = "qis_node";
 
 /// Sets up logging: the filter is `--log-level` (ROS levels, `logger:=level`), else
 /// `RUST_LOG`, else `default`; records go to stderr unless `--disable-stdout-logs` (ANSI
@@ -110,111 +102,6 @@ fn init_logging(
     rosout_rx
 }
 
-/// The store file: `store_path`, or `$ROS_HOME/qis/<fleet>.<node>.redb` (`~/.ros`).
-fn store_path(params: &NodeParams, names: &Names) -> anyhow::Result<PathBuf> {
-    if !params.store_path.is_empty() {
-        return Ok(PathBuf::from(&params.store_path));
-    }
-    let ros_home = match std::env::var_os("ROS_HOME") {
-        Some(h) if !h.is_empty() => PathBuf::from(h),
-        _ => PathBuf::from(std::env::var_os("HOME").context("neither ROS_HOME nor HOME is set")?)
-            .join(".ros"),
-    };
-    let node = names.fqn().trim_start_matches('/').replace('/', ".");
-    Ok(ros_home
-        .join("qis")
-        .join(format!("{}.{node}.redb", params.fleet)))
-}
-
-/// The robot's identity: in a signed fleet (the default) the key in `identity_file`, or
-/// beside the store (`<store>.key`), created at first start with mode 0600; its source
-/// id is the public key. With `exchange.unsigned: true`, the `source_id` parameter or
-/// the id kept beside the store (`<store>.source`), else a new random one.
-fn identity(params: &NodeParams, store: &Path) -> anyhow::Result<Identity> {
-    if !params.exchange.unsigned {
-        let file = if params.identity_file.is_empty() {
-            store.with_extension("key")
-        } else {
-            PathBuf::from(&params.identity_file)
-        };
-        return Ok(Identity::load_or_create(&file)?);
-    }
-    if !params.source_id.is_empty() {
-        return Ok(Identity::unsigned(SourceId::new(params.source_id.clone())?));
-    }
-    let file = store.with_extension("source");
-    match std::fs::read_to_string(&file) {
-        Ok(s) => Ok(Identity::unsigned(SourceId::new(s.trim()).with_context(
-            || format!("{} holds an invalid source id", file.display()),
-        )?)),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            // A random name: the public key of a throwaway identity.
-            let id = Identity::generate().source().clone();
-            std::fs::write(&file, id.as_str())
-                .with_context(|| format!("writing {}", file.display()))?;
-            Ok(Identity::unsigned(id))
-        }
-        Err(e) => Err(e).with_context(|| format!("reading {}", file.display())),
-    }
-}
-
-/// Opens the store, restores it into the node logic and starts the fleet link.
-async fn start_link(
-    params: &NodeParams,
-    logic: &mut NodeLogic,
-    store: Store,
-    identity: Identity,
-) -> anyhow::Result<(RunningLink, mpsc::Receiver<Received>)> {
-    let stored = store.load().context("reading the store")?;
-    // Own addresses first: where this robot has been is where it is likely to return.
-    let mut known = Vec::new();
-    let mut seen = std::collections::HashSet::new();
-    for r in stored
-        .iter()
-        .filter(|r| r.own)
-        .chain(stored.iter().filter(|r| !r.own))
-    {
-        if seen.insert((r.key.model.clone(), r.key.fingerprint)) {
-            known.push((r.key.model.clone(), r.key.fingerprint));
-        }
-    }
-    let now = qis_ros::ros::clock::system_ns();
-    let mut own = 0usize;
-    for r in stored {
-        if r.own {
-            if r.key.source == *logic.source() {
-                own += 1;
-                logic.restore_own(&r.key, r.record);
-            }
-        } else {
-            // Checked like a record from the network: a stored record from the future
-            // (kept by an older version) is refused here, not trusted forever.
-            logic.on_record(&r.key, r.record, now);
-        }
-    }
-    tracing::info!(
-        own,
-        received = store.received_len(),
-        "restored from the store"
-    );
-    if !params.exchange_enabled {
-        return Ok(FleetLink::start(store, None, 4096));
-    }
-    let mut exchange = params.exchange.clone();
-    exchange.fleet = params.fleet.clone();
-    exchange.min_count_to_share = params.min_count_to_share;
-    let settings = exchange.validate().map_err(|e| ParamError {
-        param: format!("exchange.{}", e.field),
-        reason: e.reason,
-    })?;
-    let (exchange, from_fleet) = FleetExchange::start(settings, identity)
-        .await
-        .context("starting the fleet exchange")?;
-    let (mut link, to_node) = FleetLink::start(store, Some((exchange, from_fleet)), 4096);
-    link.refollow(known);
-    Ok((link, to_node))
-}
-
 async fn run_node(
     a: NodeArgs,
     ros: args::RosArgs,
@@ -222,22 +109,10 @@ async fn run_node(
     rosout: Option<mpsc::Receiver<LogRecord>>,
 ) -> anyhow::Result<()> {
     let params = params_file::load(&names, &ros.params_files, &ros.params)?;
-    let path = store_path(&params, &names)?;
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
-    let store = Store::open(&path, params.store.clone())
-        .with_context(|| format!("opening the store {}", path.display()))?;
-    let identity = identity(&params, &path)?;
-    let source = identity.source().clone();
     let domain_id = match std::env::var("ROS_DOMAIN_ID") {
         Ok(v) if !v.is_empty() => v.parse().context("ROS_DOMAIN_ID must be an integer")?,
         _ => 0,
     };
-    tracing::info!(source = %source, signed = identity.signing_key().is_some(), fleet = %params.fleet, store = %path.display(), "starting");
-    let mut logic = NodeLogic::new(params.clone(), source)?;
-    let (link, records_rx) = start_link(&params, &mut logic, store, identity).await?;
-    let port: Arc<dyn FleetPort> = link.port.clone();
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     // SIGINT (ros2 launch's first) or SIGTERM (systemd, docker, ros2 launch's second).
     let stop = async move {
@@ -250,32 +125,27 @@ async fn run_node(
             _ = term.recv() => {}
         }
     };
-    #[cfg(feature = "r2r")]
-    if a.r2r {
-        let name = names.node().to_string();
-        qis_ros::ros::r2r_binding::run(&name, logic, port, records_rx, stop).await?;
-        link.shutdown().await;
-        return Ok(());
-    }
-    let config = NativeConfig {
-        names,
-        domain_id,
-        zenoh: ZenohOptions {
+    let mut builder = Node::builder()
+        .params(params)
+        .names(names)
+        .domain_id(domain_id)
+        .zenoh(ZenohOptions {
             connect: a.connect,
             listen: a.listen,
             config_file: a.zenoh_config,
             mode: a.zenoh_mode,
-        },
-        input_depth: DEFAULT_INPUT_DEPTH,
-    };
-    let mut node = NativeNode::start(config, logic, port, records_rx).await?;
+        });
     if let Some(records) = rosout {
-        node.publish_rosout(records)?;
+        builder = builder.rosout(records);
     }
+    #[cfg(feature = "r2r")]
+    if a.r2r {
+        return Ok(builder.run_r2r(stop).await?);
+    }
+    let node = builder.build().await?;
     stop.await;
     tracing::info!("shutting down");
     node.shutdown().await;
-    link.shutdown().await;
     Ok(())
 }
 

@@ -783,3 +783,39 @@ async fn a_silent_fleet_delays_only_the_first_encounter_it_is_asked_about() {
     assert_eq!(fleet.pending.lock().unwrap().len(), 1, "one fetch asked");
     n.shutdown().await;
 }
+
+/// A program embeds the whole node (store, identity, fleet exchange, binding) with the
+/// builder `qis node` uses, and shuts it down with its store flushed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_embedding_program_runs_the_node_through_the_builder() {
+    let (_router, endpoint) = router().await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("embedded.redb");
+    let node = qis_ros::app::Node::builder()
+        .params(NodeParams {
+            min_count_to_share: 1,
+            ..NodeParams::default()
+        })
+        .names(qis_ros::ros::names::Names::new("qis_node", "/emb", vec![]).unwrap())
+        .zenoh(zenoh_options(&endpoint))
+        .store_path(&store)
+        .build()
+        .await
+        .expect("the builder starts the node");
+    let ctx = client(&endpoint);
+    let driver = ctx.create_node("embedding_driver").build().unwrap();
+    let r = Robot::new(&driver, "/emb").await;
+    let (prior, disc) = r
+        .episode(&prediction("emb-1", "road=ice", &[1.0, 0.0]), &[1.5, 0.0])
+        .await;
+    assert_eq!(prior.episode_id, "emb-1");
+    assert_eq!(disc.episode_id, "emb-1");
+    node.shutdown().await;
+    // The outcome is in the store, and the key beside it (signed by default).
+    let kept = qis_ros::core::store::Store::open(&store, Default::default())
+        .unwrap()
+        .load()
+        .unwrap();
+    assert_eq!(kept.iter().filter(|r| r.own).count(), 1, "{kept:?}");
+    assert!(store.with_extension("key").exists());
+}
