@@ -101,7 +101,7 @@ enum Command {
         #[arg(long)]
         connect: Vec<String>,
         /// Fleet name when publishing.
-        #[arg(long, default_value = "default")]
+        #[arg(long, default_value = qis_ros::core::ids::DEFAULT_FLEET)]
         fleet: String,
     },
     /// Writes a new ed25519 signing key (64 hex digits) to FILE and prints its public key.

@@ -106,6 +106,9 @@ name_newtype!(
     "fleet name"
 );
 
+/// The fleet name a node joins unless configured (`fleet`, `exchange.fleet`).
+pub const DEFAULT_FLEET: &str = "default";
+
 /// A scenario's exact address: 16 bytes of a versioned SHA-256 over its canonical form.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Fingerprint(pub [u8; FINGERPRINT_LEN]);

@@ -38,7 +38,8 @@ pub struct MemoryConfig {
 impl Default for MemoryConfig {
     fn default() -> Self {
         MemoryConfig {
-            max_received_records: 100_000,
+            // The store keeps as many, so what the memory holds survives a restart.
+            max_received_records: crate::core::store::DEFAULT_MAX_RECEIVED_RECORDS,
             max_own_addresses: 100_000,
             estimate_ttl_s: 1.0,
         }

@@ -11,8 +11,7 @@ use super::signing::{Admission, parse_public_key};
 use crate::core::ids::FleetName;
 use crate::core::privacy::DpConfig;
 
-/// Default fleet name.
-pub const DEFAULT_FLEET: &str = "default";
+pub use crate::core::ids::DEFAULT_FLEET;
 /// Default wait for replies to a fleet query, milliseconds.
 pub const DEFAULT_QUERY_TIMEOUT_MS: u64 = 500;
 /// Default least interval between two publications of one fingerprint's record, ms.

@@ -23,8 +23,7 @@ pub const DEFAULT_NEIGHBORS_K: usize = 8;
 pub use crate::core::privacy::DEFAULT_MIN_COUNT_TO_SHARE;
 /// Default longest wait of a first prediction for the fleet's answer, seconds.
 pub const DEFAULT_FIRST_ENCOUNTER_WAIT_S: f64 = 1.0;
-/// Default fleet name.
-pub const DEFAULT_FLEET: &str = "default";
+pub use crate::core::ids::DEFAULT_FLEET;
 
 /// Everything `qis_node` can be configured with (`qis_node: ros__parameters:`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -192,9 +191,7 @@ impl NodeParams {
                 "must be >= 1, got 0",
             ));
         }
-        if self.exchange.fleet != crate::fleet::config::DEFAULT_FLEET
-            && self.exchange.fleet != self.fleet
-        {
+        if self.exchange.fleet != DEFAULT_FLEET && self.exchange.fleet != self.fleet {
             return Err(ParamError::new(
                 "exchange.fleet",
                 format!(
