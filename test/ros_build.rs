@@ -45,16 +45,41 @@ fn calls(log: &Path) -> Vec<Vec<String>> {
         .collect()
 }
 
+/// The cargo calls of one configure + build + CTest + install of CMakeLists.txt.
+struct CargoCalls {
+    /// Calls during `cmake --build`.
+    built: Vec<Vec<String>>,
+    /// Calls during `ctest`.
+    tested: Vec<Vec<String>>,
+    /// Calls during `cmake --install`, and the AMENT_PREFIX_PATH each saw.
+    installed: Vec<(Vec<String>, String)>,
+    /// The cargo target directory.
+    target: PathBuf,
+    /// The install prefix.
+    prefix: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
 /// Configures and builds CMakeLists.txt with `-DQIS_CARGO_FEATURES=<features>`, runs its
-/// CTest entry, and returns the cargo calls of the build and of the test.
-fn cargo_calls(features: &str) -> (Vec<Vec<String>>, Vec<Vec<String>>, PathBuf) {
+/// CTest entry, installs it, and returns the cargo calls of each step. The fake cargo
+/// logs its arguments and AMENT_PREFIX_PATH, and writes the binary a build would.
+fn cargo_calls(features: &str) -> CargoCalls {
     let dir = tempfile::tempdir().unwrap();
     let build = dir.path().join("build");
     let log = dir.path().join("cargo.log");
+    let env_log = dir.path().join("cargo.log.env");
     let fake = dir.path().join("cargo");
     std::fs::write(
         &fake,
-        "#!/bin/sh\n{ printf '%s\\n' \"$@\"; echo ---; } >> \"$QIS_FAKE_CARGO_LOG\"\n",
+        concat!(
+            "#!/bin/sh\n",
+            "{ printf '%s\\n' \"$@\"; echo ---; } >> \"$QIS_FAKE_CARGO_LOG\"\n",
+            "echo \"$AMENT_PREFIX_PATH\" >> \"$QIS_FAKE_CARGO_LOG.env\"\n",
+            "while [ $# -gt 0 ]; do\n",
+            "  if [ \"$1\" = --target-dir ]; then mkdir -p \"$2/release\"; touch \"$2/release/qis\"; fi\n",
+            "  shift\n",
+            "done\n",
+        ),
     )
     .unwrap();
     std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
@@ -76,7 +101,7 @@ fn cargo_calls(features: &str) -> (Vec<Vec<String>>, Vec<Vec<String>>, PathBuf) 
         .args(["--target", "qis_cargo"])
         .env("QIS_FAKE_CARGO_LOG", &log));
     let built = calls(&log);
-    std::fs::remove_file(&log).unwrap();
+    let _ = std::fs::remove_file(&log);
     let tests = run(Command::new("ctest")
         .arg("--test-dir")
         .arg(&build)
@@ -84,7 +109,34 @@ fn cargo_calls(features: &str) -> (Vec<Vec<String>>, Vec<Vec<String>>, PathBuf) 
         .env("QIS_FAKE_CARGO_LOG", &log));
     assert!(tests.contains("cargo_test"), "{tests}");
     let tested = calls(&log);
-    (built, tested, build.join("cargo"))
+    let _ = std::fs::remove_file(&log);
+    let _ = std::fs::remove_file(&env_log);
+    let prefix = dir.path().join("install");
+    run(Command::new("cmake")
+        .arg("--install")
+        .arg(&build)
+        .arg("--prefix")
+        .arg(&prefix)
+        .env("QIS_FAKE_CARGO_LOG", &log)
+        .env("AMENT_PREFIX_PATH", "/opt/ros/jazzy"));
+    let envs: Vec<String> = std::fs::read_to_string(&env_log)
+        .unwrap_or_default()
+        .lines()
+        .map(String::from)
+        .collect();
+    let installed = calls(&log).into_iter().zip(envs).collect();
+    assert!(
+        prefix.join("lib/qis_ros/qis").exists(),
+        "the binary is installed"
+    );
+    CargoCalls {
+        built,
+        tested,
+        installed,
+        target: build.join("cargo"),
+        prefix,
+        _dir: dir,
+    }
 }
 
 fn strings(v: &[&str]) -> Vec<String> {
@@ -103,8 +155,8 @@ fn cmake_passes_features_to_cargo_only_when_there_are_some() {
         ("r2r,foo", vec!["--features", "r2r,foo"]),
         (" r2r ", vec!["--features", "r2r"]),
     ] {
-        let (built, tested, target) = cargo_calls(features);
-        let target = target.display().to_string();
+        let c = cargo_calls(features);
+        let target = c.target.display().to_string();
         let mut build = strings(&["build"]);
         build.extend(strings(&expected));
         build.extend(strings(&[
@@ -114,11 +166,26 @@ fn cmake_passes_features_to_cargo_only_when_there_are_some() {
             "--bin",
             "qis",
         ]));
-        assert_eq!(built, vec![build], "QIS_CARGO_FEATURES={features:?}");
+        if expected.is_empty() {
+            // Native: built with the package, nothing left for the install.
+            assert_eq!(c.built, vec![build], "QIS_CARGO_FEATURES={features:?}");
+            assert!(c.installed.is_empty(), "{:?}", c.installed);
+        } else {
+            // r2r: built at install time, after the interfaces are installed, with the
+            // install prefix first on AMENT_PREFIX_PATH, so r2r's build script finds
+            // qis_ros/msg/* there.
+            assert!(c.built.is_empty(), "{:?}", c.built);
+            let want = format!("{}:/opt/ros/jazzy", c.prefix.display());
+            assert_eq!(
+                c.installed,
+                vec![(build, want)],
+                "QIS_CARGO_FEATURES={features:?}"
+            );
+        }
         let mut test = strings(&["test"]);
         test.extend(strings(&expected));
         test.extend(strings(&["--target-dir", &target]));
-        assert_eq!(tested, vec![test], "QIS_CARGO_FEATURES={features:?}");
+        assert_eq!(c.tested, vec![test], "QIS_CARGO_FEATURES={features:?}");
     }
 }
 
