@@ -8,7 +8,7 @@
 //!   (`key=value`, vocabulary in order of first sight; past [`DIM`] coordinates, tags
 //!   share coordinates by hash). Two contexts that differ in one tag are √2 apart, so
 //!   the nearest neighbours are the same tags at the nearest features, and borrow across
-//!   tags only where those are scarce.
+//!   tags only where the same tags have nothing within √2 standard deviations.
 //! - **Prediction**: predicted + the mean residual of the k nearest stored contexts. k is
 //!   chosen online from {1, 2, 4, 8, 16, 32}: each candidate's squared error (normalized
 //!   by the world's scales) is scored on every outcome before it is stored (prequential),
@@ -33,6 +33,11 @@ pub const DIM: usize = 32;
 pub const REFIT_MIN: usize = 200;
 /// The candidate numbers of neighbours, scored online.
 pub const CANDIDATE_K: [usize; 6] = [1, 2, 4, 8, 16, 32];
+/// Squared distance within which neighbours are searched first: contexts that differ in
+/// a tag or the model are at least 2 apart, so this keeps the same tags and model (at
+/// features within √2 standard deviations); only a context with nothing there looks
+/// further. It also keeps the k-d tree's search cheap in 32 dimensions.
+const SAME_TAGS_RADIUS: f64 = 1.99;
 /// The candidate used before any outcome was scored.
 const INITIAL_CANDIDATE: usize = 3;
 
@@ -60,6 +65,13 @@ impl Guess {
     }
 }
 
+/// The fitted residuals of one (model, tags) group: their indices and a tree over them.
+#[derive(Debug)]
+struct Group {
+    items: Vec<usize>,
+    tree: ImmutableKdTree<f64, DIM>,
+}
+
 /// The central k-NN learner.
 #[derive(Debug)]
 pub struct Learner {
@@ -72,7 +84,9 @@ pub struct Learner {
     residuals: Vec<f64>,
     /// Residuals in the fitted tree (the first `fitted` stored).
     fitted: usize,
+    /// The fitted tree over every residual, and one per (model, tags) group.
     tree: Option<ImmutableKdTree<f64, DIM>>,
+    groups: HashMap<Vec<usize>, Group>,
     /// Feature mean and standard deviation at the last fit.
     center: Vec<f64>,
     spread: Vec<f64>,
@@ -93,6 +107,7 @@ impl Learner {
             residuals: Vec::new(),
             fitted: 0,
             tree: None,
+            groups: HashMap::new(),
             center: vec![0.0; features],
             spread: vec![1.0; features],
             scores: [0.0; CANDIDATE_K.len()],
@@ -110,6 +125,8 @@ impl Learner {
             let room = DIM - first_tag;
             hot.push(first_tag + slot % room);
         }
+        hot.sort_unstable();
+        hot.dedup();
         Context {
             features: features.to_vec(),
             hot,
@@ -132,11 +149,29 @@ impl Learner {
         let dim = self.scale.len();
         let mut per_candidate = vec![0.0; dim * CANDIDATE_K.len()];
         if let (Some(tree), Some(most)) = (&self.tree, NonZero::new(CANDIDATE_K[5])) {
-            let near = tree.nearest_n::<SquaredEuclidean>(&self.point(context), most);
+            let point = self.point(context);
+            // Same tags and model first (their own small tree: the search is exact, as
+            // every other context is at least 2 away); the whole tree otherwise.
+            let mut near: Vec<usize> = match self.groups.get(&context.hot) {
+                Some(g) => g
+                    .tree
+                    .nearest_n_within::<SquaredEuclidean>(&point, SAME_TAGS_RADIUS, most, true)
+                    .iter()
+                    .map(|n| g.items[n.item as usize])
+                    .collect(),
+                None => Vec::new(),
+            };
+            if near.is_empty() {
+                near = tree
+                    .nearest_n::<SquaredEuclidean>(&point, most)
+                    .iter()
+                    .map(|n| n.item as usize)
+                    .collect();
+            }
             let mut sum = vec![0.0; dim];
             let mut c = 0;
-            for (i, n) in near.iter().enumerate() {
-                let r = &self.residuals[n.item as usize * dim..(n.item as usize + 1) * dim];
+            for (i, &n) in near.iter().enumerate() {
+                let r = &self.residuals[n * dim..(n + 1) * dim];
                 sum.iter_mut().zip(r).for_each(|(s, x)| *s += x);
                 while c < CANDIDATE_K.len() && CANDIDATE_K[c] == i + 1 {
                     for d in 0..dim {
@@ -206,6 +241,18 @@ impl Learner {
         }
         let points: Vec<[f64; DIM]> = self.contexts.iter().map(|c| self.point(c)).collect();
         self.tree = Some(ImmutableKdTree::new_from_slice(&points));
+        let mut members: HashMap<Vec<usize>, Vec<usize>> = HashMap::new();
+        for (i, c) in self.contexts.iter().enumerate() {
+            members.entry(c.hot.clone()).or_default().push(i);
+        }
+        self.groups = members
+            .into_iter()
+            .map(|(hot, items)| {
+                let slice: Vec<[f64; DIM]> = items.iter().map(|&i| points[i]).collect();
+                let tree = ImmutableKdTree::new_from_slice(&slice);
+                (hot, Group { items, tree })
+            })
+            .collect();
         self.fitted = self.contexts.len();
         self.refits += 1;
     }
@@ -234,7 +281,11 @@ mod tests {
         let tags = |t: &str| vec![format!("surface={t}")];
         for i in 0..1_000 {
             let x = (i % 10) as f64;
-            let (t, r) = if i % 2 == 0 { ("ice", 2.0) } else { ("dry", -1.0) };
+            let (t, r) = if i % 2 == 0 {
+                ("ice", 2.0)
+            } else {
+                ("dry", -1.0)
+            };
             let c = l.context(0, &tags(t), &[x]);
             let g = l.guess(&c);
             l.add(c, &g, &[r]);

@@ -635,8 +635,7 @@ impl SimReport {
             t.qis_over_oracle.measured,
             mark(&t.qis_over_oracle)
         );
-        let floor_over_raw =
-            self.baselines[FLOOR].rmse_after_warmup / raw.rmse_after_warmup;
+        let floor_over_raw = self.baselines[FLOOR].rmse_after_warmup / raw.rmse_after_warmup;
         let _ = writeln!(
             s,
             "  where the floor is above 0.2 x raw ({:.3} here), within {:.2} x the floor:  {:.3}  {}",
@@ -788,7 +787,10 @@ fn recovery_lines(r: &RecoveryFigures) -> String {
                 p.outcomes.to_string()
             },
             p.episodes,
-            p.rmse.iter().map(|v| format!("{v:>11.3}")).collect::<String>()
+            p.rmse
+                .iter()
+                .map(|v| format!("{v:>11.3}"))
+                .collect::<String>()
         );
     }
     let _ = writeln!(

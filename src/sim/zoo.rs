@@ -64,8 +64,7 @@ impl ZooRow {
             oracle_over_raw: over(ORACLE),
             learner_over_raw: over(LEARNER),
             first_encounter_over_raw: b[QIS].rmse_first_encounter / b[RAW].rmse_first_encounter,
-            neighbors_on_over_off: b[QIS].rmse_after_warmup
-                / off.baselines[QIS].rmse_after_warmup,
+            neighbors_on_over_off: b[QIS].rmse_after_warmup / off.baselines[QIS].rmse_after_warmup,
             recovery_outcomes: on
                 .recovery
                 .as_ref()

@@ -143,7 +143,11 @@ impl Context {
 
     fn mu(&self) -> (f64, f64) {
         let o = &OBJECTS[self.object as usize];
-        if self.pad == 0 { o.mu_rubber } else { o.mu_foam }
+        if self.pad == 0 {
+            o.mu_rubber
+        } else {
+            o.mu_foam
+        }
     }
 }
 
@@ -202,12 +206,7 @@ impl Gripper {
             setup.zipf_exponent,
             &mut SimRng::seed_from_u64(setup.seed ^ 0x6219_9E12),
         );
-        let weight = mix
-            .contexts()
-            .iter()
-            .copied()
-            .zip(mix.weights())
-            .collect();
+        let weight = mix.contexts().iter().copied().zip(mix.weights()).collect();
         let bins = fingerprint_config();
         Gripper {
             mix,

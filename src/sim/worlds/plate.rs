@@ -363,7 +363,10 @@ mod tests {
         let p = simulate_push(1.0, 0.45, 0.3);
         let textbook = 1.0 / (2.0 * 0.3 * G);
         assert!(!p.fell, "{p:?}");
-        assert!((p.slide_m - textbook).abs() < 0.05 * textbook, "{p:?} vs {textbook}");
+        assert!(
+            (p.slide_m - textbook).abs() < 0.05 * textbook,
+            "{p:?} vs {textbook}"
+        );
         // Its center stops short of the edge: it stays; past the edge: it tips and falls.
         assert!(!simulate_push(1.2, 0.3, 0.3).fell);
         let over = simulate_push(1.45, 0.3, 0.3);
