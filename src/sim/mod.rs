@@ -276,6 +276,7 @@ impl SimConfig {
             world,
             robots,
             episodes,
+            node: sim_node_params(world),
             ..SimConfig::braking()
         }
     }

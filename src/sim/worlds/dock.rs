@@ -21,7 +21,7 @@
 //! drawn once (a fleet whose tires wear 1 % on average, by 0.6 % more or less per robot,
 //! so a per-class mean over the fleet leaves a per-robot offset no shared correction
 //! removes); per-episode slip jitter and sensor noise. From the middle of the run the
-//! floor of the `zone=dock` stations is wet: slip grows by half and friction drops to 40 %.
+//! floor of the `zone=dock` stations is wet: slip grows by half and friction drops to a quarter.
 
 use rand::RngExt;
 
@@ -55,7 +55,7 @@ const SLIP_JITTER: f64 = 0.2;
 const MEASUREMENT_NOISE: [f64; 3] = [0.01, 0.01, 0.2];
 /// What the wet floor does to slip and to friction.
 const WET_SLIP: f64 = 1.5;
-const WET_FRICTION: f64 = 0.4;
+const WET_FRICTION: f64 = 0.25;
 /// Leg length and speed ranges.
 const LENGTH_RANGE: (f64, f64) = (2.0, 20.0);
 const SPEED_MEAN: f64 = 0.9;
@@ -203,7 +203,7 @@ impl World for Dock {
     fn change(&self) -> Option<Change> {
         Some(Change {
             round: self.change_round,
-            what: "the floor of zone=dock gets wet (slip x1.5, friction x0.4; no tag says so)",
+            what: "the floor of zone=dock gets wet (slip x1.5, friction x0.25; no tag says so)",
         })
     }
 
