@@ -2,8 +2,8 @@
 //! learning where the fleet has seen a class before, runs must be reproducible, memory
 //! must respect its bound and a poisoning minority must not undo the correction.
 
-use qis_ros::sim::baselines::{LOCAL, ORACLE, QIS, RAW};
-use qis_ros::sim::{AttackMode, SimConfig, SimReport, run};
+use qis_ros::sim::baselines::{FLOOR, LEARNER, LOCAL, ORACLE, QIS, RAW};
+use qis_ros::sim::{AttackMode, SimConfig, SimReport, WorldKind, run};
 
 /// A small fleet with the node's shipped defaults. Honest records on the bus go unsigned
 /// (in memory) to keep debug runs short: signatures change no figure (every honest record
@@ -395,4 +395,107 @@ fn node_robots_get_the_fleets_records_through_their_fleet_port() {
     assert!(n.round_trip_p50_ms <= n.round_trip_p99_ms, "{n:?}");
     let b = &r.baselines;
     assert!(b[QIS].rmse_first_encounter < 0.6 * b[RAW].rmse_first_encounter);
+}
+
+/// A small fixed-seed run of `world` with the node's shipped defaults (only the world's
+/// bins declared), unsigned bus records as in [`small`].
+fn zoo_small(world: WorldKind, seed: u64) -> SimConfig {
+    SimConfig {
+        seed,
+        robots: 40,
+        episodes: 80,
+        sign_records: false,
+        ..SimConfig::for_world(world)
+    }
+}
+
+/// The figures a zoo test guards, printed so a failure shows them all.
+fn zoo_figures(r: &SimReport) -> [f64; 5] {
+    let b = &r.baselines;
+    let w = |i: usize| b[i].rmse_after_warmup;
+    let f = [
+        w(QIS) / w(RAW),
+        w(QIS) / w(ORACLE),
+        w(QIS) / w(FLOOR),
+        w(QIS) / w(LEARNER),
+        w(FLOOR) / w(RAW),
+    ];
+    eprintln!(
+        "{}: qis/raw {:.3} qis/oracle {:.3} qis/floor {:.3} qis/learner {:.3} floor/raw {:.3}",
+        r.world.name, f[0], f[1], f[2], f[3], f[4]
+    );
+    f
+}
+
+/// One world of the zoo, small and seeded, with the node's shipped defaults: qis beats
+/// the raw model by the margin measured on this run, stays within the measured multiple
+/// of the central oracle, neighbors on is not worse than off by more than 2 %, and the
+/// floor and the learner (simulator-side baselines) beat raw. The bounds are this run's
+/// measured figures plus a margin (docs/BENCHMARKS.md has the full runs and the gaps to
+/// the targets: qis <= 1.2 x oracle and qis < 0.5 x raw do not hold on every
+/// world with the shipped defaults).
+fn guard_world(world: WorldKind, max_over_raw: f64, max_over_oracle: f64) -> SimReport {
+    let config = zoo_small(world, 21);
+    assert!(config.shipped_defaults(), "only the world's bins declared");
+    assert_eq!(config.plausibility_margin, 0.0, "no gate from ground truth");
+    let on = simulate(&config);
+    assert_eq!(on.world.name, world.name());
+    let f = zoo_figures(&on);
+    assert!(f[0] < max_over_raw, "{}: qis/raw {:.3}", world.name(), f[0]);
+    assert!(
+        f[1] <= max_over_oracle,
+        "{}: qis/oracle {:.3}",
+        world.name(),
+        f[1]
+    );
+    let b = &on.baselines;
+    assert!(b[FLOOR].rmse_after_warmup < b[RAW].rmse_after_warmup);
+    assert!(b[LEARNER].rmse_after_warmup < b[RAW].rmse_after_warmup);
+    let mut off = config.clone();
+    off.node.neighbors_k = 0;
+    let off = simulate(&off);
+    let ratio = b[QIS].rmse_after_warmup / off.baselines[QIS].rmse_after_warmup;
+    assert!(
+        ratio <= 1.02,
+        "{}: neighbors on/off {ratio:.3}",
+        world.name()
+    );
+    on
+}
+
+/// Measured on this run: qis/raw 0.604, qis/oracle 1.217, neighbors on/off 0.651.
+#[test]
+fn zoo_braking_holds_its_figures() {
+    let r = guard_world(WorldKind::Braking, 0.7, 1.35);
+    assert!(r.recovery.is_none(), "no change in mid-run");
+}
+
+/// rapier3d physics. Measured: qis/raw 0.971, qis/oracle 1.163, on/off 0.978; the floor
+/// is 0.74 x raw (a fall near the edge is a coin flip), so qis < 0.5 x raw cannot hold.
+#[test]
+fn zoo_plate_holds_its_figures() {
+    guard_world(WorldKind::Plate, 1.0, 1.3);
+}
+
+/// Measured: qis/raw 0.950, qis/oracle 1.038, on/off 0.953; floor 0.72 x raw.
+#[test]
+fn zoo_gripper_holds_its_figures() {
+    let r = guard_world(WorldKind::Gripper, 1.0, 1.15);
+    let rec = r
+        .recovery
+        .as_ref()
+        .expect("model v2 in mid-run is reported");
+    assert!(rec.episodes > 0, "v2 episodes were scored after the change");
+    assert_eq!(r.world.models.len(), 2);
+}
+
+/// Measured: qis/raw 0.709, qis/oracle 0.744 (each robot's own records learn its tires,
+/// which the oracle's per-class pool cannot), on/off 0.720; floor 0.85 x raw.
+#[test]
+fn zoo_dock_holds_its_figures() {
+    let r = guard_world(WorldKind::Dock, 0.8, 0.85);
+    let rec = r.recovery.as_ref().expect("the wet floor is reported");
+    assert!(rec.episodes > 0);
+    // Robots that differ: the per-class floor cannot remove a per-robot offset, qis can.
+    assert!(r.qis_over(FLOOR) < 1.0, "{}", r.qis_over(FLOOR));
 }

@@ -1,9 +1,12 @@
-//! The four predictors compared on every episode, and the error bookkeeping.
+//! The predictors compared on every episode, and the error bookkeeping.
 //!
 //! (a) raw: the world model's prediction; (b) local-only: corrected by the robot's own
 //! outcomes in that class only; (c) qis: the corrected prior from the robot's outcome
 //! memory (own + fleet records received over the exchange); (d) oracle: a central server
-//! that pools every robot's raw residual per class instantly, with the same shrinkage.
+//! that pools every robot's raw residual per class instantly, with the same shrinkage;
+//! (e) floor: the prediction plus the world's true mean error of the class (known only
+//! to the simulator, [`super::floor`]); (f) learner: a central k-NN regression of the
+//! residual on the context, over every raw residual ([`super::learner`]).
 
 use std::collections::HashMap;
 
@@ -15,10 +18,21 @@ use crate::core::shrinkage::learn_prior_strength;
 use crate::core::summary::{Decay, Summary, SummaryError};
 use crate::core::synthesis::{Contribution, SynthesisConfig, SynthesisError, synthesize};
 
-use super::world::{STATE_DIM, STATE_SCALE};
+/// An address of the simulated fleet: the world model (index into the world's models)
+/// and the fingerprint, as a node's memory keys it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Class {
+    /// Index of the world model.
+    pub model: usize,
+    /// The scenario's fingerprint.
+    pub fingerprint: Fingerprint,
+}
 
+/// Number of predictors.
+pub const PREDICTORS: usize = 6;
 /// The predictors, in table order.
-pub const BASELINES: [&str; 4] = ["raw", "local-only", "qis", "oracle"];
+pub const BASELINES: [&str; PREDICTORS] =
+    ["raw", "local-only", "qis", "oracle", "floor", "learner"];
 /// Index of the raw world model in [`BASELINES`].
 pub const RAW: usize = 0;
 /// Index of local-only learning.
@@ -27,6 +41,10 @@ pub const LOCAL: usize = 1;
 pub const QIS: usize = 2;
 /// Index of the central oracle.
 pub const ORACLE: usize = 3;
+/// Index of the clairvoyant floor.
+pub const FLOOR: usize = 4;
+/// Index of the central learner.
+pub const LEARNER: usize = 5;
 
 /// The corrected prior from one summary alone (local-only and oracle use this).
 pub fn prior_from(
@@ -53,7 +71,7 @@ pub fn prior_from(
 /// Local-only is the same with one robot's residuals.
 #[derive(Debug, Default)]
 pub struct Oracle {
-    pooled: HashMap<Fingerprint, Summary>,
+    pooled: HashMap<Class, Summary>,
     /// k0 per dimension learned from `pooled` (empty = not yet: the fallback).
     learned: Vec<f64>,
     /// Residuals folded in since `learned` was computed.
@@ -67,17 +85,17 @@ impl Oracle {
     /// Folds one residual in.
     pub fn add(
         &mut self,
-        fingerprint: Fingerprint,
+        class: Class,
         residual: &[f64],
         t_ns: i64,
         decay: Decay,
     ) -> Result<(), SummaryError> {
         self.since += 1;
-        match self.pooled.get_mut(&fingerprint) {
+        match self.pooled.get_mut(&class) {
             Some(s) => s.add(residual, t_ns, decay),
             None => {
                 self.pooled
-                    .insert(fingerprint, Summary::from_sample(residual, t_ns)?);
+                    .insert(class, Summary::from_sample(residual, t_ns)?);
                 Ok(())
             }
         }
@@ -88,7 +106,7 @@ impl Oracle {
     pub fn prior(
         &mut self,
         base: &SynthesisConfig,
-        fingerprint: &Fingerprint,
+        class: &Class,
         predicted: &DVector<f64>,
         now_ns: i64,
     ) -> Result<DVector<f64>, SynthesisError> {
@@ -101,17 +119,17 @@ impl Oracle {
             learned_prior_strength: self.learned.clone(),
             ..base.clone()
         };
-        prior_from(&config, self.pooled.get(fingerprint), predicted, now_ns)
+        prior_from(&config, self.pooled.get(class), predicted, now_ns)
     }
 
     /// Outcomes pooled for a class so far.
-    pub fn count(&self, fingerprint: &Fingerprint) -> u64 {
-        self.pooled.get(fingerprint).map_or(0, Summary::count)
+    pub fn count(&self, class: &Class) -> u64 {
+        self.pooled.get(class).map_or(0, Summary::count)
     }
 
     /// The pooled summary of a class.
-    pub fn summary(&self, fingerprint: &Fingerprint) -> Option<&Summary> {
-        self.pooled.get(fingerprint)
+    pub fn summary(&self, class: &Class) -> Option<&Summary> {
+        self.pooled.get(class)
     }
 
     /// Classes seen.
@@ -121,14 +139,17 @@ impl Oracle {
 }
 
 /// Sums of squared normalized errors.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Debug, Default)]
 struct Acc {
-    sq: [f64; STATE_DIM],
+    sq: Vec<f64>,
     n: u64,
 }
 
 impl Acc {
-    fn add(&mut self, err: &[f64; STATE_DIM]) {
+    fn add(&mut self, err: &[f64]) {
+        if self.sq.len() < err.len() {
+            self.sq.resize(err.len(), 0.0);
+        }
         for (s, e) in self.sq.iter_mut().zip(err) {
             *s += e * e;
         }
@@ -137,36 +158,43 @@ impl Acc {
 
     /// RMSE over all components (normalized units).
     fn rmse(&self) -> f64 {
-        if self.n == 0 {
+        if self.n == 0 || self.sq.is_empty() {
             return f64::NAN;
         }
-        (self.sq.iter().sum::<f64>() / (self.n as f64 * STATE_DIM as f64)).sqrt()
+        (self.sq.iter().sum::<f64>() / (self.n as f64 * self.sq.len() as f64)).sqrt()
     }
 
     /// RMSE of each component, in the component's own unit.
-    fn rmse_per_dim(&self) -> [f64; STATE_DIM] {
-        let mut out = [f64::NAN; STATE_DIM];
-        if self.n > 0 {
-            for d in 0..STATE_DIM {
-                out[d] = (self.sq[d] / self.n as f64).sqrt() * STATE_SCALE[d];
-            }
-        }
-        out
+    fn rmse_per_dim(&self, scale: &[f64]) -> Vec<f64> {
+        scale
+            .iter()
+            .enumerate()
+            .map(|(d, s)| match self.sq.get(d) {
+                Some(sq) if self.n > 0 => (sq / self.n as f64).sqrt() * s,
+                _ => f64::NAN,
+            })
+            .collect()
     }
 }
+
+/// One accumulator per predictor.
+type Row = [Acc; PREDICTORS];
 
 /// Error bookkeeping of one run: per predictor, over time windows, after warm-up and on
 /// first encounters.
 #[derive(Debug)]
 pub struct Metrics {
-    windows: Vec<[Acc; 4]>,
+    scale: Vec<f64>,
+    windows: Vec<Row>,
     rounds_per_window: usize,
     warmup_rounds: usize,
-    all: [Acc; 4],
-    after_warmup: [Acc; 4],
-    first: [Acc; 4],
+    all: Row,
+    after_warmup: Row,
+    first: Row,
     /// First encounters split by how many fleet outcomes existed: 1–4, 5–19, ≥ 20.
-    first_by_support: [[Acc; 4]; 3],
+    first_by_support: [Row; 3],
+    /// Scratch: one episode's normalized error.
+    err: Vec<f64>,
 }
 
 /// Support buckets of [`Metrics::first_by_support`], for the report.
@@ -182,7 +210,7 @@ pub struct BaselineResult {
     /// Normalized RMSE after warm-up.
     pub rmse_after_warmup: f64,
     /// Per-component RMSE after warm-up, in each component's unit.
-    pub rmse_after_warmup_per_dim: [f64; STATE_DIM],
+    pub rmse_after_warmup_per_dim: Vec<f64>,
     /// Normalized RMSE on first encounters of a class other robots had already seen.
     pub rmse_first_encounter: f64,
     /// Same, split by the fleet's support for the class at that moment.
@@ -193,17 +221,19 @@ pub struct BaselineResult {
 
 impl Metrics {
     /// Bookkeeping for `rounds` rounds cut into `windows` windows, the first
-    /// `warmup_rounds` being warm-up.
-    pub fn new(rounds: usize, windows: usize, warmup_rounds: usize) -> Metrics {
+    /// `warmup_rounds` being warm-up; errors are divided by `scale` per component.
+    pub fn new(rounds: usize, windows: usize, warmup_rounds: usize, scale: &[f64]) -> Metrics {
         let windows = windows.clamp(1, rounds.max(1));
         Metrics {
-            windows: vec![[Acc::default(); 4]; windows],
+            scale: scale.to_vec(),
+            windows: vec![Row::default(); windows],
             rounds_per_window: rounds.max(1).div_ceil(windows),
             warmup_rounds,
-            all: [Acc::default(); 4],
-            after_warmup: [Acc::default(); 4],
-            first: [Acc::default(); 4],
-            first_by_support: [[Acc::default(); 4]; 3],
+            all: Row::default(),
+            after_warmup: Row::default(),
+            first: Row::default(),
+            first_by_support: Default::default(),
+            err: vec![0.0; scale.len()],
         }
     }
 
@@ -213,29 +243,29 @@ impl Metrics {
     pub fn add(
         &mut self,
         round: usize,
-        predictions: &[[f64; STATE_DIM]; 4],
-        measured: &[f64; STATE_DIM],
+        predictions: &[&[f64]; PREDICTORS],
+        measured: &[f64],
         first_support: Option<u64>,
     ) {
         let w = (round / self.rounds_per_window).min(self.windows.len() - 1);
         for (b, pred) in predictions.iter().enumerate() {
-            let mut err = [0.0; STATE_DIM];
-            for d in 0..STATE_DIM {
-                err[d] = (pred[d] - measured[d]) / STATE_SCALE[d];
+            for (d, e) in self.err.iter_mut().enumerate() {
+                *e = (pred[d] - measured[d]) / self.scale[d];
             }
-            self.windows[w][b].add(&err);
-            self.all[b].add(&err);
+            let err = &self.err;
+            self.windows[w][b].add(err);
+            self.all[b].add(err);
             if round >= self.warmup_rounds {
-                self.after_warmup[b].add(&err);
+                self.after_warmup[b].add(err);
             }
             if let Some(support) = first_support.filter(|&s| s > 0) {
-                self.first[b].add(&err);
+                self.first[b].add(err);
                 let bucket = match support {
                     0..=4 => 0,
                     5..=19 => 1,
                     _ => 2,
                 };
-                self.first_by_support[bucket][b].add(&err);
+                self.first_by_support[bucket][b].add(err);
             }
         }
     }
@@ -269,7 +299,7 @@ impl Metrics {
                 name: (*name).to_owned(),
                 rmse_all: self.all[b].rmse(),
                 rmse_after_warmup: self.after_warmup[b].rmse(),
-                rmse_after_warmup_per_dim: self.after_warmup[b].rmse_per_dim(),
+                rmse_after_warmup_per_dim: self.after_warmup[b].rmse_per_dim(&self.scale),
                 rmse_first_encounter: self.first[b].rmse(),
                 rmse_first_encounter_by_support: [0, 1, 2]
                     .map(|i| self.first_by_support[i][b].rmse()),
@@ -283,18 +313,21 @@ impl Metrics {
 mod tests {
     use super::*;
 
+    const SCALE: [f64; 4] = [1.0, 0.25, 0.1, 0.25];
+
     #[test]
     fn rmse_is_normalized_per_component() {
-        let mut m = Metrics::new(10, 2, 5);
+        let mut m = Metrics::new(10, 2, 5, &SCALE);
         let truth = [10.0, 1.0, 0.5, 3.0];
         let off = [
-            truth[0] + STATE_SCALE[0],
-            truth[1] + STATE_SCALE[1],
-            truth[2] + STATE_SCALE[2],
-            truth[3] + STATE_SCALE[3],
+            truth[0] + SCALE[0],
+            truth[1] + SCALE[1],
+            truth[2] + SCALE[2],
+            truth[3] + SCALE[3],
         ];
-        m.add(1, &[off, truth, truth, truth], &truth, None);
-        m.add(7, &[off, off, truth, truth], &truth, Some(3));
+        let (t, o): (&[f64], &[f64]) = (&truth, &off);
+        m.add(1, &[o, t, t, t, t, t], &truth, None);
+        m.add(7, &[o, o, t, t, t, t], &truth, Some(3));
         let r = m.results();
         let close = |a: f64, b: f64| (a - b).abs() < 1e-12;
         assert!(close(r[RAW].rmse_all, 1.0), "{}", r[RAW].rmse_all);
@@ -303,7 +336,7 @@ mod tests {
         assert_eq!(r[LOCAL].curve[0], 0.0);
         assert!(close(r[LOCAL].curve[1], 1.0));
         assert!(close(r[LOCAL].rmse_after_warmup, 1.0));
-        for (got, want) in r[RAW].rmse_after_warmup_per_dim.iter().zip(STATE_SCALE) {
+        for (got, want) in r[RAW].rmse_after_warmup_per_dim.iter().zip(SCALE) {
             assert!(close(*got, want), "{got} vs {want}");
         }
         assert_eq!(m.first_encounters(), 1);
@@ -314,7 +347,10 @@ mod tests {
     #[test]
     fn the_oracle_pools_and_shrinks() {
         let mut o = Oracle::default();
-        let fp = Fingerprint([1; 16]);
+        let fp = Class {
+            model: 0,
+            fingerprint: Fingerprint([1; 16]),
+        };
         for _ in 0..95 {
             o.add(fp, &[2.0], 0, Decay::NONE).unwrap();
         }

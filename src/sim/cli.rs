@@ -7,8 +7,8 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use super::{
-    AUTO_ZENOH_MAX_FLEET, AttackMode, DEFAULT_EPISODES, DEFAULT_ROBOTS, DEFAULT_SEED,
-    DEFAULT_ZENOH_ROBOTS, SimConfig, SimError, SimReport,
+    AUTO_ZENOH_MAX_FLEET, AttackMode, DEFAULT_SEED, DEFAULT_ZENOH_ROBOTS, SimConfig, SimError,
+    SimReport, WorldKind,
 };
 
 /// `--network`: which exchange joins the robots.
@@ -23,15 +23,49 @@ pub enum NetworkChoice {
     Bus,
 }
 
+/// `--world`: which world of the zoo, or all of them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum WorldChoice {
+    /// An emergency stop of a wheeled robot (the original world).
+    Braking,
+    /// A plate pushed toward a table's edge, on rapier3d physics.
+    Plate,
+    /// A gripper placing objects whose class perception sometimes gets wrong.
+    Gripper,
+    /// AGVs on worn tires, a floor that gets wet in mid-run.
+    Dock,
+    /// Every world, one after the other, on the bus; one summary table.
+    All,
+}
+
+impl WorldChoice {
+    /// The worlds this choice runs.
+    pub fn worlds(self) -> Vec<WorldKind> {
+        match self {
+            WorldChoice::Braking => vec![WorldKind::Braking],
+            WorldChoice::Plate => vec![WorldKind::Plate],
+            WorldChoice::Gripper => vec![WorldKind::Gripper],
+            WorldChoice::Dock => vec![WorldKind::Dock],
+            WorldChoice::All => WorldKind::ALL.to_vec(),
+        }
+    }
+}
+
 /// Arguments of `qis sim`.
 #[derive(Debug, Clone, Args)]
 pub struct SimArgs {
-    /// Robots in the fleet (25% join late, 15% leave early).
-    #[arg(long, default_value_t = DEFAULT_ROBOTS)]
-    pub robots: usize,
-    /// Rounds: episodes per robot present for the whole run.
-    #[arg(long, default_value_t = DEFAULT_EPISODES)]
-    pub episodes: usize,
+    /// The world: braking (default), plate (rapier3d), gripper, dock, or all (each in
+    /// turn on the in-process bus, neighbors on and off, one summary table).
+    #[arg(long, value_enum, default_value_t = WorldChoice::Braking)]
+    pub world: WorldChoice,
+    /// Robots in the fleet (25% join late, 15% leave early); default: the world's
+    /// (600 braking, 200 plate, 300 gripper and dock).
+    #[arg(long)]
+    pub robots: Option<usize>,
+    /// Rounds: episodes per robot present for the whole run; default: the world's (300
+    /// braking, 200 plate, 300 gripper and dock).
+    #[arg(long)]
+    pub episodes: Option<usize>,
     /// Seed of every random stream; the same seed gives the same figures.
     #[arg(long, default_value_t = DEFAULT_SEED)]
     pub seed: u64,
@@ -147,20 +181,28 @@ pub struct SimArgs {
 }
 
 impl SimArgs {
-    /// How many robots `--network` puts on real Zenoh for this fleet size.
-    pub fn zenoh_robots(&self) -> usize {
+    /// How many robots `--network` puts on real Zenoh for a fleet of `robots`.
+    pub fn zenoh_robots(&self, robots: usize) -> usize {
         match self.network {
-            NetworkChoice::Zenoh => self.robots,
+            NetworkChoice::Zenoh => robots,
             NetworkChoice::Bus => 0,
-            NetworkChoice::Auto if self.robots > AUTO_ZENOH_MAX_FLEET => 0,
-            NetworkChoice::Auto => self.zenoh_robots.min(self.robots),
+            NetworkChoice::Auto if robots > AUTO_ZENOH_MAX_FLEET => 0,
+            NetworkChoice::Auto => self.zenoh_robots.min(robots),
         }
     }
 
-    /// The simulation settings these arguments describe: the node's shipped parameters
-    /// with what the flags change (each flag's default is the node's).
+    /// The simulation settings these arguments describe for the first world they name
+    /// (see [`SimArgs::config_for`]).
     pub fn config(&self) -> SimConfig {
-        let d = SimConfig::default();
+        self.config_for(self.world.worlds()[0])
+    }
+
+    /// The simulation settings these arguments describe in `world`: the node's shipped
+    /// parameters with the world's bins and what the flags change (each flag's default
+    /// is the node's).
+    pub fn config_for(&self, world: WorldKind) -> SimConfig {
+        let d = SimConfig::for_world(world);
+        let robots = self.robots.unwrap_or(d.robots);
         let mut node = d.node.clone();
         node.min_count_to_share = self.min_count_to_share;
         node.memory.max_received_records = self.max_received_records;
@@ -179,8 +221,8 @@ impl SimArgs {
         node.validation.envelope_min_outcomes = self.envelope_min_outcomes;
         SimConfig {
             seed: self.seed,
-            robots: self.robots,
-            episodes: self.episodes,
+            robots,
+            episodes: self.episodes.unwrap_or(d.episodes),
             attackers: self.attackers,
             attack_bias: self.attack_bias,
             attack: self.attack,
@@ -193,16 +235,25 @@ impl SimArgs {
             max_sources_per_address: self.max_sources,
             zipf_exponent: self.zipf,
             republish_growth: self.republish_growth,
-            zenoh_robots: self.zenoh_robots(),
-            ros_robots: self.ros_robots.min(self.robots),
+            zenoh_robots: self.zenoh_robots(robots),
+            ros_robots: self.ros_robots.min(robots),
             node,
             ..d
         }
     }
 }
 
-/// Runs `qis sim`: simulates, prints the table, writes results.json and rmse.svg.
-pub fn run(args: &SimArgs) -> Result<SimReport, SimError> {
+/// Runs `qis sim`: simulates, prints the table, writes results.json and rmse.svg
+/// (`--world all`: every world, one summary table, zoo.json).
+pub fn run(args: &SimArgs) -> Result<Vec<SimReport>, SimError> {
+    if args.world == WorldChoice::All {
+        return super::zoo::run_cli(args);
+    }
+    run_one(args).map(|r| vec![r])
+}
+
+/// Runs one world as `qis sim --world NAME` does.
+fn run_one(args: &SimArgs) -> Result<SimReport, SimError> {
     let config = args.config();
     config.validate()?;
     let z = config.zenoh_robots;
@@ -227,7 +278,22 @@ pub fn run(args: &SimArgs) -> Result<SimReport, SimError> {
             config.ros_robots
         );
     }
-    let bar = ProgressBar::new(config.episodes as u64);
+    let bar = progress_bar(config.episodes);
+    let report = super::run(&config, &mut |round| bar.set_position(round as u64))?;
+    bar.finish_and_clear();
+    print!("{}", report.table());
+    create_out(&args.out)?;
+    let json = args.out.join("results.json");
+    let svg = args.out.join("rmse.svg");
+    report.write_json(&json)?;
+    report.write_svg(&svg)?;
+    println!("\nwrote {} and {}", json.display(), svg.display());
+    Ok(report)
+}
+
+/// A progress bar over `rounds` rounds on a terminal, hidden otherwise.
+pub fn progress_bar(rounds: usize) -> ProgressBar {
+    let bar = ProgressBar::new(rounds as u64);
     if std::io::stderr().is_terminal() {
         bar.set_style(
             ProgressStyle::with_template("{elapsed_precise} [{bar:40}] round {pos}/{len} ({eta})")
@@ -237,17 +303,13 @@ pub fn run(args: &SimArgs) -> Result<SimReport, SimError> {
     } else {
         bar.set_draw_target(ProgressDrawTarget::hidden());
     }
-    let report = super::run(&config, &mut |round| bar.set_position(round as u64))?;
-    bar.finish_and_clear();
-    print!("{}", report.table());
-    std::fs::create_dir_all(&args.out).map_err(|source| SimError::Io {
-        path: args.out.display().to_string(),
+    bar
+}
+
+/// Creates the output folder.
+pub fn create_out(out: &std::path::Path) -> Result<(), SimError> {
+    std::fs::create_dir_all(out).map_err(|source| SimError::Io {
+        path: out.display().to_string(),
         source,
-    })?;
-    let json = args.out.join("results.json");
-    let svg = args.out.join("rmse.svg");
-    report.write_json(&json)?;
-    report.write_svg(&svg)?;
-    println!("\nwrote {} and {}", json.display(), svg.display());
-    Ok(report)
+    })
 }

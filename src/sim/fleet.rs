@@ -42,10 +42,15 @@ use crate::fleet::signing::seal;
 use crate::node::NodeLogic;
 use crate::ros::msgs::{CorrectedPrior, Outcome, Prediction, Scenario};
 
-use super::baselines::{LOCAL, Metrics, ORACLE, Oracle, QIS, RAW};
+use super::baselines::{
+    Class, FLOOR, LEARNER, LOCAL, Metrics, ORACLE, Oracle, PREDICTORS, QIS, RAW,
+};
 use super::exchange::{Bus, BusConfig, Exchange, ExchangeError, Network, Propagation, WireStats};
+use super::floor::Floor;
+use super::learner::Learner;
+use super::recovery::{Recovery, RecoveryFigures};
 use super::ros_node::{self, NodeRobot, RosFigures, RosNodes};
-use super::world::{ContextMix, FEATURE_NAMES, STATE_DIM, STATE_SCALE, Situation};
+use super::worlds::{World, WorldSetup};
 use super::zenoh_net::{MixedNetwork, ZenohNetConfig, ZenohNetwork};
 use super::{SIM_FLEET, SimConfig, SimError, SimRng};
 
@@ -82,9 +87,9 @@ pub struct Robot<E: Exchange> {
     /// The local-only baseline: this robot's own residuals per class, same estimator.
     local: Oracle,
     /// Classes met (the first episode of each is scored as a first encounter).
-    met: HashSet<Fingerprint>,
+    met: HashSet<Class>,
     /// Own count of each class at its last publication (the traffic budget).
-    published: HashMap<Fingerprint, u64>,
+    published: HashMap<(ModelId, Fingerprint), u64>,
 }
 
 /// Per-robot memory figures at the end of a run.
@@ -131,6 +136,14 @@ pub struct RunOutcome {
     pub propagation: Option<Propagation>,
     /// The robots that ran through `qis_node` over ROS topics, if any.
     pub ros: Option<RosFigures>,
+    /// The world simulated.
+    pub world: super::report::WorldFigures,
+    /// How fast each predictor followed the world's change in mid-run, if it has one.
+    pub recovery: Option<RecoveryFigures>,
+    /// Refits of the central learner, and the k it answered with at the end.
+    pub learner_refits: usize,
+    /// The k (neighbours) the central learner chose by the end.
+    pub learner_k: usize,
     /// How much honest robots trust attackers and honest sources, at the end of each
     /// window (empty without attackers).
     pub trust_curve: Vec<TrustPoint>,
@@ -216,11 +229,12 @@ fn trust_point<E: Exchange>(robots: &[Robot<E>], round: usize) -> TrustPoint {
     }
 }
 
-/// Estimated heap + inline bytes of one received record held in an [`OutcomeMemory`].
-fn held_record_bytes(source: &SourceId) -> usize {
+/// Estimated heap + inline bytes of one received record of dimension `dim` held in an
+/// [`OutcomeMemory`].
+fn held_record_bytes(source: &SourceId, dim: usize) -> usize {
     std::mem::size_of::<crate::core::memory::SourceRecord>()
-        + 8 * STATE_DIM
-        + 8 * STATE_DIM * STATE_DIM
+        + 8 * dim
+        + 8 * dim * dim
         + source.as_str().len()
         // The memory's LRU queue entry: tick + RecordKey with its two strings.
         + 8
@@ -253,20 +267,27 @@ pub fn simulate(
 struct Scene<'a> {
     config: &'a SimConfig,
     poison: bool,
+    world: &'a dyn World,
     /// The world's fingerprint (the nodes compute their own): scores per class.
     fingerprinter: Fingerprinter,
     fleet: FleetName,
     /// Every source id attackers publish under (own and Sybil): forgers spare them.
     attacker_sources: HashSet<SourceId>,
     attack: AttackCounts,
-    model: ModelId,
+    /// The world's models' ids, by index.
+    models: Vec<ModelId>,
     feature_names: Vec<String>,
-    mix: ContextMix,
     oracle: Oracle,
+    floor: Floor,
+    learner: Learner,
     metrics: Metrics,
     /// The same bookkeeping for the robots that run through `qis_node` only.
     node_metrics: Metrics,
-    attack_offset: [f64; STATE_DIM],
+    /// Error after the world's change, by outcomes at the address since it.
+    recovery: Option<Recovery>,
+    /// Fleet outcomes per address since the world's change.
+    since_change: HashMap<Class, u64>,
+    attack_offset: Vec<f64>,
     ingested: u64,
 }
 
@@ -291,16 +312,17 @@ impl<E: Exchange> Robot<E> {
         &mut self,
         scene: &mut Scene<'_>,
         p: &Prediction,
-        fp: Fingerprint,
+        class: Class,
         first: bool,
         now: i64,
     ) -> Result<(), SimError> {
+        let fp = class.fingerprint;
         let follow = match &mut self.brain {
             Brain::Logic(logic) => logic.first_encounter(p).is_some(),
             Brain::Ros(_) => first,
         };
         if follow {
-            self.exchange.follow(&scene.model, fp)?;
+            self.exchange.follow(&scene.models[class.model], fp)?;
         }
         self.exchange.poll(&mut self.inbox)?;
         match &mut self.brain {
@@ -324,7 +346,12 @@ impl<E: Exchange> Robot<E> {
     }
 
     /// The node's corrected prior for `p`; addresses the node asks to follow are followed.
-    fn predict(&mut self, p: &Prediction, now: i64) -> Result<CorrectedPrior, SimError> {
+    fn predict(
+        &mut self,
+        p: &Prediction,
+        dim: usize,
+        now: i64,
+    ) -> Result<CorrectedPrior, SimError> {
         let prior = match &mut self.brain {
             Brain::Logic(logic) => {
                 // The simulator only sends predictions the node accepts: a refusal is a bug.
@@ -342,7 +369,7 @@ impl<E: Exchange> Robot<E> {
                 prior
             }
         };
-        if prior.state.len() != STATE_DIM {
+        if prior.state.len() != dim {
             return Err(SimError::Ros(format!(
                 "corrected prior of {} has {} components",
                 p.episode_id,
@@ -361,7 +388,10 @@ impl<E: Exchange> Robot<E> {
         record: &OutcomeRecord,
     ) -> Result<bool, SimError> {
         let count = record.summary.count();
-        let last = self.published.entry(key.fingerprint).or_default();
+        let last = self
+            .published
+            .entry((key.model.clone(), key.fingerprint))
+            .or_default();
         if *last != 0 && (count as f64) < *last as f64 * scene.config.republish_growth {
             return Ok(false);
         }
@@ -435,7 +465,7 @@ impl<E: Exchange> Robot<E> {
         for victim in victims {
             let s = &victim.summary;
             let mut mean = s.mean().clone();
-            for (m, o) in mean.iter_mut().zip(scene.attack_offset) {
+            for (m, o) in mean.iter_mut().zip(&scene.attack_offset) {
                 *m += o;
             }
             // The victim's own record, its mean shifted, at the last seq there is: a
@@ -476,51 +506,81 @@ impl<E: Exchange> Robot<E> {
     }
 
     /// One episode: route, predict with every baseline, measure, score, learn, publish.
-    fn episode(&mut self, scene: &mut Scene<'_>, round: usize, now: i64) -> Result<(), SimError> {
+    fn episode(
+        &mut self,
+        scene: &mut Scene<'_>,
+        index: usize,
+        round: usize,
+        now: i64,
+    ) -> Result<(), SimError> {
         let attacking = self.attacker && scene.poison;
         if attacking && scene.config.attack.sybil() {
             self.rotate(scene, round);
         }
-        let context = scene.mix.draw(&mut self.rng);
-        let situation = Situation::draw(context, &mut self.rng);
-        let tags = context.tags();
-        let features = situation.features();
-        let fp = scene
-            .fingerprinter
-            .fingerprint(&tags, &scene.feature_names, &features)
-            .map_err(SimError::Scenario)?;
-        let predicted = situation.predict();
+        let episode = scene.world.draw(index, round, &mut self.rng);
+        let tags = episode.tags();
+        let features = episode.features();
+        let class = Class {
+            model: episode.model(),
+            fingerprint: scene
+                .fingerprinter
+                .fingerprint(&tags, &scene.feature_names, &features)
+                .map_err(SimError::Scenario)?,
+        };
+        let predicted = episode.predict();
+        let dim = predicted.len();
         let p = Prediction {
             episode_id: format!("{}-{round}", self.name),
-            model_id: scene.model.as_str().to_owned(),
+            model_id: scene.models[class.model].as_str().to_owned(),
             scenario: Scenario {
-                tags: tags.to_vec(),
+                tags: tags.clone(),
                 feature_names: scene.feature_names.clone(),
-                features: features.to_vec(),
+                features: features.clone(),
                 embedding: Vec::new(),
             },
-            state: predicted.to_vec(),
+            state: predicted.clone(),
             ..Prediction::default()
         };
-        let first = self.met.insert(fp);
-        self.route(scene, &p, fp, first, now)?;
-        let qis = self.predict(&p, now)?;
+        let first = self.met.insert(class);
+        self.route(scene, &p, class, first, now)?;
+        let qis = self.predict(&p, dim, now)?;
 
         // The baselines have nothing to defend against: the node's synthesis, no gate.
         let synthesis = &scene.config.node.synthesis;
         let x = DVector::from_row_slice(&predicted);
-        let local = self.local.prior(synthesis, &fp, &x, now)?;
-        let central = scene.oracle.prior(synthesis, &fp, &x, now)?;
-        let measured = situation.measure(&mut self.rng);
+        let local = self.local.prior(synthesis, &class, &x, now)?;
+        let central = scene.oracle.prior(synthesis, &class, &x, now)?;
+        let floor: Vec<f64> = scene
+            .floor
+            .mean_error(class, episode.as_ref())
+            .iter()
+            .zip(&predicted)
+            .map(|(m, p)| p + m)
+            .collect();
+        let context = scene.learner.context(class.model, &tags, &features);
+        let guess = scene.learner.guess(&context);
+        let learner: Vec<f64> = scene
+            .learner
+            .correction(&guess)
+            .iter()
+            .zip(&predicted)
+            .map(|(c, p)| p + c)
+            .collect();
+        let measured = episode.outcome(&mut self.rng);
+        let after_change = episode.affected().then(|| {
+            let n = scene.since_change.entry(class).or_default();
+            *n += 1;
+            *n - 1
+        });
         if !self.attacker {
-            let mut predictions = [[0.0; STATE_DIM]; 4];
-            predictions[RAW] = predicted;
-            for d in 0..STATE_DIM {
-                predictions[LOCAL][d] = local[d];
-                predictions[QIS][d] = qis.state[d];
-                predictions[ORACLE][d] = central[d];
-            }
-            let first_support = first.then(|| scene.oracle.count(&fp));
+            let mut predictions: [&[f64]; PREDICTORS] = [&[]; PREDICTORS];
+            predictions[RAW] = &predicted;
+            predictions[LOCAL] = local.as_slice();
+            predictions[QIS] = &qis.state;
+            predictions[ORACLE] = central.as_slice();
+            predictions[FLOOR] = &floor;
+            predictions[LEARNER] = &learner;
+            let first_support = first.then(|| scene.oracle.count(&class));
             scene
                 .metrics
                 .add(round, &predictions, &measured, first_support);
@@ -529,25 +589,38 @@ impl<E: Exchange> Robot<E> {
                     .node_metrics
                     .add(round, &predictions, &measured, first_support);
             }
+            if let (Some(n), Some(recovery)) = (after_change, scene.recovery.as_mut()) {
+                let scale = scene.world.state_scale();
+                let errors = predictions.map(|pred| {
+                    pred.iter()
+                        .zip(&measured)
+                        .zip(scale)
+                        .map(|((p, m), s)| (p - m) / s)
+                        .collect::<Vec<f64>>()
+                });
+                recovery.add(n, &errors);
+            }
         }
-        let mut residual = [0.0; STATE_DIM];
-        for d in 0..STATE_DIM {
-            residual[d] = measured[d] - predicted[d];
-        }
+        let residual: Vec<f64> = measured
+            .iter()
+            .zip(&predicted)
+            .map(|(m, p)| m - p)
+            .collect();
         let decay = synthesis.decay();
-        scene.oracle.add(fp, &residual, now, decay)?;
-        self.local.add(fp, &residual, now, decay)?;
+        scene.oracle.add(class, &residual, now, decay)?;
+        self.local.add(class, &residual, now, decay)?;
+        scene.learner.add(context, &guess, &residual);
 
         // What the robot's sensor reports: an attacker's is biased.
         let mut reported = measured;
         if attacking {
-            for (r, o) in reported.iter_mut().zip(scene.attack_offset) {
+            for (r, o) in reported.iter_mut().zip(&scene.attack_offset) {
                 *r += o;
             }
         }
         let o = Outcome {
             episode_id: p.episode_id,
-            state: reported.to_vec(),
+            state: reported,
             ..Outcome::default()
         };
         let (own, share) = match &mut self.brain {
@@ -643,21 +716,40 @@ pub fn simulate_on<N: Network>(
     config.validate()?;
     let rounds = config.episodes;
     let warmup = (rounds as f64 * config.warmup_fraction).round() as usize;
+    let world = config.world.build(&WorldSetup {
+        seed: config.seed,
+        robots: config.robots,
+        rounds,
+        zipf_exponent: config.zipf_exponent,
+    });
+    let world: &dyn World = world.as_ref();
+    let scale = world.state_scale();
+    let models = world
+        .models()
+        .iter()
+        .map(|m| ModelId::new(*m).map_err(SimError::Id))
+        .collect::<Result<Vec<_>, _>>()?;
     let mut scene = Scene {
         config,
         poison,
+        world,
         fingerprinter: config.node.validate().map_err(SimError::Params)?,
-        model: ModelId::new("brake-wm/v1").map_err(SimError::Id)?,
-        feature_names: FEATURE_NAMES.iter().map(|s| (*s).to_owned()).collect(),
-        // Its own stream: the class mix is the same whatever else the seed drives.
-        mix: ContextMix::zipf(
-            config.zipf_exponent,
-            &mut SimRng::seed_from_u64(config.seed),
-        ),
+        models,
+        feature_names: world
+            .feature_names()
+            .iter()
+            .map(|s| (*s).to_owned())
+            .collect(),
         oracle: Oracle::default(),
-        metrics: Metrics::new(rounds, config.windows, warmup),
-        node_metrics: Metrics::new(rounds, config.windows, warmup),
-        attack_offset: STATE_SCALE.map(|s| s * config.attack_bias),
+        floor: Floor::new(config.seed ^ 0xF100_4000, world.floor_samples()),
+        learner: Learner::new(scale, world.models().len(), world.feature_names().len()),
+        metrics: Metrics::new(rounds, config.windows, warmup, scale),
+        node_metrics: Metrics::new(rounds, config.windows, warmup, scale),
+        recovery: world
+            .change()
+            .map(|change| Recovery::new(change, scale.len())),
+        since_change: HashMap::new(),
+        attack_offset: scale.iter().map(|s| s * config.attack_bias).collect(),
         ingested: 0,
         fleet: FleetName::new(SIM_FLEET).map_err(SimError::Id)?,
         attacker_sources: HashSet::new(),
@@ -717,7 +809,7 @@ pub fn simulate_on<N: Network>(
             }
             let now = round as i64 * interval_ns + i as i64 * interval_ns / n;
             network.advance(now);
-            robot.episode(&mut scene, round, now)?;
+            robot.episode(&mut scene, i, round, now)?;
         }
         network.end_round()?;
         if config.attackers > 0.0 && (round + 1) % window == 0 {
@@ -752,8 +844,9 @@ fn tally<N: Network>(
     };
     let (mut honest, mut attackers) = (0, 0);
     let (mut sum_records, mut sum_bytes, mut sum_addr) = (0usize, 0usize, 0usize);
-    let mut learned_gate = vec![0.0; STATE_DIM];
-    let mut learned_k0 = vec![0.0; STATE_DIM];
+    let dim = scene.world.state_names().len();
+    let mut learned_gate = vec![0.0; dim];
+    let mut learned_k0 = vec![0.0; dim];
     let mut with_k0 = 0usize;
     let mut gated = 0usize;
     let mut paths = RobotPaths::default();
@@ -776,7 +869,7 @@ fn tally<N: Network>(
         }
         let m = logic.memory();
         let held = m.received_len();
-        let bytes = held * held_record_bytes(r.source())
+        let bytes = held * held_record_bytes(r.source(), dim)
             + m.addresses_len() * (std::mem::size_of::<(Fingerprint, u64)>() + 64);
         memory.robots += 1;
         memory.max_received_records = memory.max_received_records.max(held);
@@ -785,12 +878,12 @@ fn tally<N: Network>(
         sum_bytes += bytes;
         sum_addr += m.addresses_len();
         let k0 = logic.learned_prior_strength();
-        if k0.len() == STATE_DIM {
+        if k0.len() == dim {
             with_k0 += 1;
             learned_k0.iter_mut().zip(k0).for_each(|(m, v)| *m += v);
         }
         let gate = logic.plausibility_gate();
-        if config.node.synthesis.max_residual.is_empty() && gate.len() == STATE_DIM {
+        if config.node.synthesis.max_residual.is_empty() && gate.len() == dim {
             gated += 1;
             for (m, v) in learned_gate.iter_mut().zip(gate) {
                 *m += v;
@@ -835,6 +928,10 @@ fn tally<N: Network>(
         ..scene.attack
     };
     RunOutcome {
+        world: super::report::WorldFigures::of(scene.world),
+        recovery: scene.recovery.as_ref().map(Recovery::figures),
+        learner_refits: scene.learner.refits(),
+        learner_k: scene.learner.chosen_k(),
         classes: scene.oracle.classes(),
         ingested: scene.ingested,
         metrics: scene.metrics,

@@ -2,25 +2,34 @@
 //! ones are, run through the qis loop and compared with three baselines on the same
 //! episodes (see docs/BENCHMARKS.md for figures).
 //!
-//! - [`world`]: the braking physics, the biased world model, the Zipf mix of classes;
+//! - [`worlds`]: the zoo of worlds (the [`worlds::World`] trait; braking, a plate on
+//!   rapier3d physics, a gripper with wrong tags, AGVs on worn tires), each a reality, a
+//!   biased world model and the fingerprint bins its users declare;
 //! - [`exchange`]: the [`exchange::Exchange`] trait and the in-process bus;
 //! - [`zenoh_net`]: the same trait over real Zenoh sessions on loopback;
 //! - [`fleet`]: the robots (each one a [`crate::node::NodeLogic`] with the node's shipped
 //!   parameters, or a `qis_node` over ROS 2 topics), the attackers (bias, Sybil
 //!   rotation, seq hijack) and the round-based driver;
 //! - [`baselines`]: raw, local-only, qis and central-oracle predictors and their errors;
-//! - [`report`]: table and JSON output; [`plot`]: the SVG error curves;
+//!   [`floor`]: the clairvoyant floor; [`learner`]: the central k-NN learner;
+//!   [`recovery`]: how fast each follows a change in mid-run;
+//! - [`report`]: table and JSON output; [`plot`]: the SVG error curves; [`zoo`]: every
+//!   world in one table (`--world all`);
 //! - [`cli`]: the `qis sim` arguments.
 
 pub mod baselines;
 pub mod cli;
 pub mod exchange;
 pub mod fleet;
+pub mod floor;
+pub mod learner;
 pub mod plot;
+pub mod recovery;
 pub mod report;
 pub mod ros_node;
-pub mod world;
+pub mod worlds;
 pub mod zenoh_net;
+pub mod zoo;
 
 use rand::SeedableRng;
 use serde::Serialize;
@@ -35,6 +44,7 @@ use crate::core::synthesis::{SynthesisConfigError, SynthesisError};
 use crate::node::{InputError, NodeParams, ParamError};
 
 pub use report::SimReport;
+pub use worlds::WorldKind;
 
 /// The simulator's random number generator: seeded, portable, reproducible.
 pub type SimRng = rand_chacha::ChaCha8Rng;
@@ -175,6 +185,8 @@ pub enum SimError {
 /// Settings of one simulation (the CLI fills the common ones).
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct SimConfig {
+    /// The world the fleet lives in.
+    pub world: WorldKind,
     /// Seed of every random stream.
     pub seed: u64,
     /// Robots in the fleet (some join late, some leave early).
@@ -213,7 +225,7 @@ pub struct SimConfig {
     pub attackers_keep_budget: bool,
     /// Experiment only (off by default): a plausibility gate (`synthesis.max_residual`)
     /// taken from the simulator's ground truth, this multiple of the world model's
-    /// validation envelope ([`world::residual_envelope`]); 0 = off, each robot learns its
+    /// validation envelope ([`worlds::World::residual_envelope`]); 0 = off, each robot learns its
     /// gate from its own outcomes as the node does.
     pub plausibility_margin: f64,
     /// Seal every record on the bus with its writer's key and open it at every receiver,
@@ -231,27 +243,47 @@ pub struct SimConfig {
     /// topics (the last ones present the whole run; 0 = none).
     pub ros_robots: usize,
     /// The parameters every simulated robot's node runs with: the node's shipped defaults
-    /// ([`sim_node_params`]) unless an experiment changes them. Local-only and the oracle
+    /// with the world's bins ([`sim_node_params`]) unless an experiment changes them. Local-only and the oracle
     /// use its synthesis settings too (without the gate each robot learns).
     #[serde(skip)]
     pub node: NodeParams,
 }
 
-/// The node parameters of a simulated robot: `NodeParams::default()` (what
-/// config/qis.yaml ships), with what any user must declare for this world: its fleet
+/// The node parameters of a simulated robot in `world`: `NodeParams::default()` (what
+/// config/qis.yaml ships), with what any user must declare for that world: its fleet
 /// name, its feature bins (the fingerprint), and simulated time.
-pub fn sim_node_params() -> NodeParams {
+pub fn sim_node_params(world: WorldKind) -> NodeParams {
     NodeParams {
         fleet: SIM_FLEET.into(),
         use_sim_time: true,
-        fingerprint: world::fingerprint_config(),
+        fingerprint: world.fingerprint_config(),
         ..NodeParams::default()
     }
 }
 
 impl Default for SimConfig {
     fn default() -> Self {
+        SimConfig::for_world(WorldKind::Braking)
+    }
+}
+
+impl SimConfig {
+    /// The default run of `world`: its default fleet size, the node's shipped defaults
+    /// with the world's bins.
+    pub fn for_world(world: WorldKind) -> SimConfig {
+        let (robots, episodes) = world.default_fleet();
         SimConfig {
+            world,
+            robots,
+            episodes,
+            node: sim_node_params(world),
+            ..SimConfig::braking()
+        }
+    }
+
+    fn braking() -> SimConfig {
+        SimConfig {
+            world: WorldKind::Braking,
             seed: DEFAULT_SEED,
             robots: DEFAULT_ROBOTS,
             episodes: DEFAULT_EPISODES,
@@ -274,12 +306,10 @@ impl Default for SimConfig {
             warmup_fraction: 0.25,
             zenoh_robots: 0,
             ros_robots: 0,
-            node: sim_node_params(),
+            node: sim_node_params(WorldKind::Braking),
         }
     }
-}
 
-impl SimConfig {
     /// Checks every setting; names the bad one.
     pub fn validate(&self) -> Result<(), SimError> {
         let bad = |field, reason: &str| {
@@ -351,7 +381,7 @@ impl SimConfig {
     /// this world's bins, [`sim_node_params`]) and no ground-truth gate. The traffic
     /// budget (`republish_growth`) and the fan-in are the simulator's exchange.
     pub fn shipped_defaults(&self) -> bool {
-        self.plausibility_margin == 0.0 && self.node == sim_node_params()
+        self.plausibility_margin == 0.0 && self.node == sim_node_params(self.world)
     }
 
     /// Experiment only: these settings with `synthesis.max_residual` set to
@@ -363,7 +393,13 @@ impl SimConfig {
         let mut config = self.clone();
         if self.plausibility_margin > 0.0 && self.node.synthesis.max_residual.is_empty() {
             let mut rng = SimRng::seed_from_u64(self.seed ^ 0xE57E_1093);
-            let envelope = world::residual_envelope(ENVELOPE_SAMPLES_PER_CONTEXT, &mut rng);
+            let world = self.world.build(&worlds::WorldSetup {
+                seed: self.seed,
+                robots: self.robots,
+                rounds: self.episodes,
+                zipf_exponent: self.zipf_exponent,
+            });
+            let envelope = world.residual_envelope(&mut rng);
             config.node.synthesis.max_residual = envelope
                 .iter()
                 .map(|e| e * self.plausibility_margin)
@@ -372,9 +408,6 @@ impl SimConfig {
         config
     }
 }
-
-/// Situations drawn per context to measure the world model's validation envelope.
-const ENVELOPE_SAMPLES_PER_CONTEXT: usize = 200;
 
 /// Runs the simulation (twice when there are attackers: once without, for reference,
 /// on the same episodes) and gathers the report. `progress` gets the rounds done.

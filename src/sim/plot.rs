@@ -54,7 +54,7 @@ impl SimReport {
             .y_desc("normalized RMSE")
             .draw()
             .map_err(|e| plot_err(&e))?;
-        let colors = [RED, BLUE, GREEN, BLACK];
+        let colors = [RED, BLUE, GREEN, BLACK, MAGENTA, CYAN];
         for (b, color) in self.baselines.iter().zip(colors) {
             chart
                 .draw_series(LineSeries::new(points(b), color.stroke_width(2)))

@@ -6,10 +6,13 @@ use std::path::Path;
 
 use serde::Serialize;
 
-use super::baselines::{BaselineResult, LOCAL, ORACLE, QIS, RAW, SUPPORT_BUCKETS};
+use super::baselines::{
+    BASELINES, BaselineResult, FLOOR, LEARNER, LOCAL, ORACLE, QIS, RAW, SUPPORT_BUCKETS,
+};
 use super::exchange::{Propagation, WireStats};
 use super::fleet::{AttackCounts, MemoryFigures, RunOutcome, TrustPoint};
-use super::world::{STATE_NAMES, STATE_SCALE};
+use super::recovery::{RECOVERED_OVER_FLOOR, RecoveryFigures};
+use super::worlds::World;
 use super::{SimConfig, SimError};
 
 /// DESIGN 7: corrected-prior RMSE after warm-up at most this fraction of raw.
@@ -18,6 +21,13 @@ pub const TARGET_CORRECTED_OVER_RAW: f64 = 0.2;
 pub const TARGET_FIRST_OVER_RAW: f64 = 0.3;
 /// DESIGN 7: qis within 10 % of the central oracle.
 pub const TARGET_OVER_ORACLE: f64 = 1.1;
+/// DESIGN 7: where the floor is higher than 0.2 × raw, qis within 1.25 × the floor.
+pub const TARGET_OVER_FLOOR: f64 = 1.25;
+/// Issue 12: qis within 1.25 × the central learner that sees every raw residual.
+pub const TARGET_OVER_LEARNER: f64 = 1.25;
+/// Issue 12: after the mid-run change, back within 1.5 × the floor within this many
+/// outcomes per address.
+pub const TARGET_RECOVERY_OUTCOMES: usize = 20;
 
 /// Per-robot traffic (honest robots, mean over those that took part).
 #[derive(Clone, Copy, Debug, PartialEq, Serialize)]
@@ -66,6 +76,39 @@ pub struct Targets {
     pub first_encounter_over_raw: Target,
     /// qis RMSE after warm-up / oracle RMSE after warm-up.
     pub qis_over_oracle: Target,
+    /// qis RMSE after warm-up / clairvoyant floor RMSE after warm-up.
+    pub qis_over_floor: Target,
+    /// qis RMSE after warm-up / central learner RMSE after warm-up.
+    pub qis_over_learner: Target,
+}
+
+/// The world a run simulated, as the report names it.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct WorldFigures {
+    /// Its name (`--world`).
+    pub name: String,
+    /// What it tests.
+    pub summary: String,
+    /// Its world models' ids.
+    pub models: Vec<String>,
+    /// Names of the state components.
+    pub state_names: Vec<String>,
+    /// Scale of each component in the pooled, normalized RMSE.
+    pub state_scale: Vec<f64>,
+}
+
+impl WorldFigures {
+    /// What the report says about `world`.
+    pub fn of(world: &dyn World) -> WorldFigures {
+        let strings = |v: &[&str]| v.iter().map(|s| (*s).to_owned()).collect();
+        WorldFigures {
+            name: world.name().to_owned(),
+            summary: world.summary().to_owned(),
+            models: strings(world.models()),
+            state_names: strings(world.state_names()),
+            state_scale: world.state_scale().to_vec(),
+        }
+    }
 }
 
 /// The poisoning target (issue 6): qis RMSE after warm-up under attack at most this
@@ -156,16 +199,24 @@ pub struct SimReport {
     pub first_encounters_by_support: [u64; 3],
     /// Names of the fleet-support buckets.
     pub support_buckets: [&'static str; 3],
+    /// The world.
+    pub world: WorldFigures,
     /// Names of the state components.
-    pub state_names: [&'static str; 4],
+    pub state_names: Vec<String>,
     /// Scale of each component in the pooled, normalized RMSE.
-    pub state_scale: [f64; 4],
+    pub state_scale: Vec<f64>,
     /// Rounds per point of the error curves.
     pub rounds_per_window: usize,
     /// Figures per predictor.
     pub baselines: Vec<BaselineResult>,
     /// DESIGN 7 targets.
     pub targets: Targets,
+    /// How fast each predictor followed the world's change in mid-run, if it has one.
+    pub recovery: Option<RecoveryFigures>,
+    /// Refits of the central learner during the run.
+    pub learner_refits: usize,
+    /// The number of neighbours the central learner answered with at the end.
+    pub learner_k: usize,
     /// Traffic per robot.
     pub wire_per_robot: WirePerRobot,
     /// Memory per robot.
@@ -227,6 +278,14 @@ impl SimReport {
                 ratio(QIS, ORACLE, |b| b.rmse_after_warmup),
                 TARGET_OVER_ORACLE,
             ),
+            qis_over_floor: Target::new(
+                ratio(QIS, FLOOR, |b| b.rmse_after_warmup),
+                TARGET_OVER_FLOOR,
+            ),
+            qis_over_learner: Target::new(
+                ratio(QIS, LEARNER, |b| b.rmse_after_warmup),
+                TARGET_OVER_LEARNER,
+            ),
         };
         let k = run.honest_robots.max(1) as f64;
         let w: WireStats = run.wire_total;
@@ -270,8 +329,12 @@ impl SimReport {
             first_encounters: run.metrics.first_encounters(),
             first_encounters_by_support: run.metrics.first_encounters_by_support(),
             support_buckets: SUPPORT_BUCKETS,
-            state_names: STATE_NAMES,
-            state_scale: STATE_SCALE,
+            world: run.world.clone(),
+            state_names: run.world.state_names.clone(),
+            state_scale: run.world.state_scale.clone(),
+            recovery: run.recovery.clone(),
+            learner_refits: run.learner_refits,
+            learner_k: run.learner_k,
             rounds_per_window: run.metrics.rounds_per_window(),
             baselines,
             targets,
@@ -305,7 +368,14 @@ impl SimReport {
         let c = &self.config;
         let _ = writeln!(
             s,
-            "qis sim: {} robots ({} scored), {} rounds, seed {}, {} scored episodes, {} classes met",
+            "qis sim: world `{}` ({}), models {}",
+            self.world.name,
+            self.world.summary,
+            self.world.models.join(", ")
+        );
+        let _ = writeln!(
+            s,
+            "{} robots ({} scored), {} rounds, seed {}, {} scored episodes, {} classes met",
             c.robots, self.robots, c.episodes, c.seed, self.episodes, self.classes
         );
         let _ = writeln!(
@@ -315,7 +385,8 @@ impl SimReport {
         );
         let _ = writeln!(
             s,
-            "error: RMSE of the 4-d stop state, each component divided by its scale {:?} ({})",
+            "error: RMSE of the {}-d state, each component divided by its scale {:?} ({})",
+            self.state_scale.len(),
             self.state_scale,
             self.state_names.join(", ")
         );
@@ -395,6 +466,11 @@ impl SimReport {
                 b.rmse_first_encounter / raw.rmse_first_encounter
             );
         }
+        let _ = writeln!(
+            s,
+            "floor = prediction + the world's true mean error of the class (simulator only); learner = central k-NN on every raw residual (tags one-hot + features, k chosen online: {} at the end, {} refits)",
+            self.learner_k, self.learner_refits
+        );
         let _ = writeln!(
             s,
             "\nfirst encounters scored: {} (fleet support {}: {:?})",
@@ -559,6 +635,29 @@ impl SimReport {
             t.qis_over_oracle.measured,
             mark(&t.qis_over_oracle)
         );
+        let floor_over_raw = self.baselines[FLOOR].rmse_after_warmup / raw.rmse_after_warmup;
+        let _ = writeln!(
+            s,
+            "  where the floor is above 0.2 x raw ({:.3} here), within {:.2} x the floor:  {:.3}  {}",
+            floor_over_raw,
+            t.qis_over_floor.bound,
+            t.qis_over_floor.measured,
+            if floor_over_raw <= TARGET_CORRECTED_OVER_RAW {
+                "(floor below 0.2 x raw: the 0.2 x raw target applies)"
+            } else {
+                mark(&t.qis_over_floor)
+            }
+        );
+        let _ = writeln!(
+            s,
+            "  within {:.2} x the central learner (every raw residual):  {:.3}  {}",
+            t.qis_over_learner.bound,
+            t.qis_over_learner.measured,
+            mark(&t.qis_over_learner)
+        );
+        if let Some(r) = &self.recovery {
+            s.push_str(&recovery_lines(r));
+        }
         if let Some(a) = &self.attack {
             let n = &a.counts;
             let _ = writeln!(
@@ -641,6 +740,11 @@ impl SimReport {
         s
     }
 
+    /// qis after warm-up ÷ another predictor's.
+    pub fn qis_over(&self, predictor: usize) -> f64 {
+        self.baselines[QIS].rmse_after_warmup / self.baselines[predictor].rmse_after_warmup
+    }
+
     /// Writes the report as pretty JSON.
     pub fn write_json(&self, path: &Path) -> Result<(), SimError> {
         let text = serde_json::to_string_pretty(self)?;
@@ -649,4 +753,58 @@ impl SimReport {
             source,
         })
     }
+}
+
+/// The recovery part of the table: the curve at a few points and outcomes to recover.
+fn recovery_lines(r: &RecoveryFigures) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "\nafter the change at round {} ({}): {} affected episodes scored; normalized RMSE by fleet outcomes at the address since the change:",
+        r.change.round, r.change.what, r.episodes
+    );
+    let _ = writeln!(
+        s,
+        "  {:>9} {:>8} {}",
+        "outcomes",
+        "episodes",
+        BASELINES
+            .iter()
+            .map(|b| format!("{b:>11}"))
+            .collect::<String>()
+    );
+    for p in r
+        .curve
+        .iter()
+        .filter(|p| matches!(p.outcomes, 0 | 1 | 2 | 5 | 10 | 20 | 30) || p.outcomes >= 40)
+    {
+        let _ = writeln!(
+            s,
+            "  {:>9} {:>8} {}",
+            if p.outcomes >= 40 {
+                format!("{}+", p.outcomes)
+            } else {
+                p.outcomes.to_string()
+            },
+            p.episodes,
+            p.rmse
+                .iter()
+                .map(|v| format!("{v:>11.3}"))
+                .collect::<String>()
+        );
+    }
+    let _ = writeln!(
+        s,
+        "  outcomes per address until the error stays within {RECOVERED_OVER_FLOOR} x the floor (target <= {TARGET_RECOVERY_OUTCOMES} for qis): {}",
+        BASELINES
+            .iter()
+            .zip(&r.outcomes_to_recover)
+            .map(|(b, n)| match n {
+                Some(n) => format!("{b} {n}"),
+                None => format!("{b} never"),
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    s
 }

@@ -1,4 +1,4 @@
-//! The simulated world: an emergency stop of a wheeled utility robot, with physics the
+//! The braking world: an emergency stop of a wheeled utility robot, with physics the
 //! robots' world model gets wrong in class-dependent ways.
 //!
 //! One episode is a braking manoeuvre from speed `v` (m/s) on a slope of grade `g` (%,
@@ -20,10 +20,11 @@
 //! condition, timing jitter) and sensor noise. So the model's error is a bias that depends
 //! on the scenario class plus noise: the setting the outcome layer is meant for.
 
-use rand::RngExt;
 use rand_distr::{Distribution, StandardNormal};
 
-use super::SimRng;
+use super::mix::ContextMix;
+use super::{Change, Episode, World, WorldSetup, bins_of, redraw_in_bin};
+use crate::sim::SimRng;
 
 use crate::core::fingerprint::{Bins, FingerprintConfig, UnknownFeatures};
 
@@ -241,9 +242,8 @@ pub struct Situation {
 impl Situation {
     /// Draws speed and grade for a context.
     pub fn draw(context: Context, rng: &mut SimRng) -> Situation {
-        let mut n = || -> f64 { StandardNormal.sample(&mut *rng) };
-        let speed = (context.typical_speed() + SPEED_SD * n()).clamp(SPEED_RANGE.0, SPEED_RANGE.1);
-        let grade = (GRADE_SD * n()).clamp(GRADE_RANGE.0, GRADE_RANGE.1);
+        let speed = draw_speed(context, rng);
+        let grade = draw_grade(rng);
         Situation {
             context,
             speed_mps: speed,
@@ -302,6 +302,16 @@ impl Situation {
         }
         state
     }
+}
+
+fn draw_speed(context: Context, rng: &mut SimRng) -> f64 {
+    let n: f64 = StandardNormal.sample(rng);
+    (context.typical_speed() + SPEED_SD * n).clamp(SPEED_RANGE.0, SPEED_RANGE.1)
+}
+
+fn draw_grade(rng: &mut SimRng) -> f64 {
+    let n: f64 = StandardNormal.sample(rng);
+    (GRADE_SD * n).clamp(GRADE_RANGE.0, GRADE_RANGE.1)
 }
 
 /// The validation envelope of the world model: the largest |reality − prediction| per
@@ -370,52 +380,130 @@ pub fn fingerprint_config() -> FingerprintConfig {
     }
 }
 
-/// How often each context occurs: Zipf over a seeded random ranking of all contexts, so
-/// a few are everyday and many are rare.
-#[derive(Clone, Debug)]
-pub struct ContextMix {
-    contexts: Vec<Context>,
-    cumulative: Vec<f64>,
+/// Situations drawn per context to measure the world model's validation envelope.
+const ENVELOPE_SAMPLES_PER_CONTEXT: usize = 200;
+
+/// The braking world of a run: its class mix (drawn from the run's seed).
+pub struct Braking {
+    mix: ContextMix<Context>,
+    bins: FingerprintConfig,
 }
 
-impl ContextMix {
-    /// Ranks the contexts with `rng` and gives rank r (1-based) a weight r^(−exponent).
-    pub fn zipf(exponent: f64, rng: &mut SimRng) -> ContextMix {
-        let mut contexts = Context::all();
-        // Fisher–Yates with our own RNG keeps the ranking reproducible from the seed.
-        for i in (1..contexts.len()).rev() {
-            let j = rng.random_range(0..=i);
-            contexts.swap(i, j);
-        }
-        let mut total = 0.0;
-        let cumulative = (1..=contexts.len())
-            .map(|r| {
-                total += (r as f64).powf(-exponent);
-                total
-            })
-            .collect();
-        ContextMix {
-            contexts,
-            cumulative,
+impl Braking {
+    /// The world of a run: contexts ranked by a stream of the run's seed, as before the zoo.
+    pub fn new(setup: &WorldSetup) -> Braking {
+        use rand::SeedableRng;
+        Braking {
+            mix: ContextMix::zipf(
+                Context::all(),
+                setup.zipf_exponent,
+                &mut SimRng::seed_from_u64(setup.seed),
+            ),
+            bins: fingerprint_config(),
         }
     }
+}
 
-    /// Draws one context.
-    pub fn draw(&self, rng: &mut SimRng) -> Context {
-        let total = self.cumulative.last().copied().unwrap_or(0.0);
-        let u = rng.random::<f64>() * total;
-        let i = self.cumulative.partition_point(|&c| c <= u);
-        self.contexts[i.min(self.contexts.len() - 1)]
+impl World for Braking {
+    fn name(&self) -> &'static str {
+        "braking"
     }
 
-    /// Number of contexts.
-    pub fn len(&self) -> usize {
-        self.contexts.len()
+    fn summary(&self) -> &'static str {
+        "emergency stop: per-class bias from friction, payload and latency the model gets wrong; error grows with speed inside a 1 m/s bin"
     }
 
-    /// Always false: every mix holds all contexts.
-    pub fn is_empty(&self) -> bool {
-        self.contexts.is_empty()
+    fn state_names(&self) -> &'static [&'static str] {
+        &STATE_NAMES
+    }
+
+    fn state_scale(&self) -> &'static [f64] {
+        &STATE_SCALE
+    }
+
+    fn feature_names(&self) -> &'static [&'static str] {
+        &FEATURE_NAMES
+    }
+
+    fn models(&self) -> &'static [&'static str] {
+        &[MODEL_ID]
+    }
+
+    fn fingerprint_config(&self) -> FingerprintConfig {
+        self.bins.clone()
+    }
+
+    fn change(&self) -> Option<Change> {
+        None
+    }
+
+    fn draw(&self, _robot: usize, _round: usize, rng: &mut SimRng) -> Box<dyn Episode> {
+        let context = self.mix.draw(rng);
+        Box::new(BrakingEpisode {
+            situation: Situation::draw(context, rng),
+            bins: [
+                bins_of(&self.bins, FEATURE_NAMES[0]).clone(),
+                bins_of(&self.bins, FEATURE_NAMES[1]).clone(),
+            ],
+        })
+    }
+
+    fn residual_envelope(&self, rng: &mut SimRng) -> Vec<f64> {
+        residual_envelope(ENVELOPE_SAMPLES_PER_CONTEXT, rng).to_vec()
+    }
+}
+
+/// The world model's id.
+pub const MODEL_ID: &str = "brake-wm/v1";
+
+/// One braking episode: the situation and the bins its class is cut by.
+struct BrakingEpisode {
+    situation: Situation,
+    bins: [Bins; 2],
+}
+
+impl Episode for BrakingEpisode {
+    fn model(&self) -> usize {
+        0
+    }
+
+    fn tags(&self) -> Vec<String> {
+        self.situation.context.tags().to_vec()
+    }
+
+    fn features(&self) -> Vec<f64> {
+        self.situation.features().to_vec()
+    }
+
+    fn phase(&self) -> usize {
+        0
+    }
+
+    fn affected(&self) -> bool {
+        false
+    }
+
+    fn predict(&self) -> Vec<f64> {
+        self.situation.predict().to_vec()
+    }
+
+    fn outcome(&self, rng: &mut SimRng) -> Vec<f64> {
+        self.situation.measure(rng).to_vec()
+    }
+
+    fn resample(&self, rng: &mut SimRng) -> Box<dyn Episode> {
+        let s = &self.situation;
+        let context = s.context;
+        let speed = redraw_in_bin(s.speed_mps, &self.bins[0], rng, |r| draw_speed(context, r));
+        let grade = redraw_in_bin(s.grade_pct, &self.bins[1], rng, draw_grade);
+        Box::new(BrakingEpisode {
+            situation: Situation {
+                context,
+                speed_mps: speed,
+                grade_pct: grade,
+            },
+            bins: self.bins.clone(),
+        })
     }
 }
 
@@ -497,7 +585,7 @@ mod tests {
 
     #[test]
     fn zipf_mix_is_skewed_and_reproducible() {
-        let mix = ContextMix::zipf(1.0, &mut ChaCha8Rng::seed_from_u64(3));
+        let mix = ContextMix::zipf(Context::all(), 1.0, &mut ChaCha8Rng::seed_from_u64(3));
         assert_eq!(mix.len(), 216);
         let mut rng = ChaCha8Rng::seed_from_u64(4);
         let mut counts = std::collections::HashMap::new();
@@ -511,7 +599,7 @@ mod tests {
             "and most contexts still occur: {}",
             counts.len()
         );
-        let again = ContextMix::zipf(1.0, &mut ChaCha8Rng::seed_from_u64(3));
+        let again = ContextMix::zipf(Context::all(), 1.0, &mut ChaCha8Rng::seed_from_u64(3));
         assert_eq!(again.contexts, mix.contexts);
     }
 
