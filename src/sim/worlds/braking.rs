@@ -23,7 +23,7 @@
 use rand_distr::{Distribution, StandardNormal};
 
 use super::mix::ContextMix;
-use super::{Change, Episode, World, WorldSetup, bins_of, redraw_in_bin};
+use super::{Change, Episode, World, WorldMeta, WorldSetup, bins_of, redraw_in_bin};
 use crate::sim::SimRng;
 
 use crate::core::fingerprint::{Bins, FingerprintConfig, UnknownFeatures};
@@ -404,29 +404,19 @@ impl Braking {
     }
 }
 
+/// What the zoo shows of this world.
+const META: WorldMeta = WorldMeta {
+    name: "braking",
+    summary: "emergency stop: per-class bias from friction, payload and latency the model gets wrong; error grows with speed inside a 1 m/s bin",
+    state_names: &STATE_NAMES,
+    state_scale: &STATE_SCALE,
+    feature_names: &FEATURE_NAMES,
+    models: &[MODEL_ID],
+};
+
 impl World for Braking {
-    fn name(&self) -> &'static str {
-        "braking"
-    }
-
-    fn summary(&self) -> &'static str {
-        "emergency stop: per-class bias from friction, payload and latency the model gets wrong; error grows with speed inside a 1 m/s bin"
-    }
-
-    fn state_names(&self) -> &'static [&'static str] {
-        &STATE_NAMES
-    }
-
-    fn state_scale(&self) -> &'static [f64] {
-        &STATE_SCALE
-    }
-
-    fn feature_names(&self) -> &'static [&'static str] {
-        &FEATURE_NAMES
-    }
-
-    fn models(&self) -> &'static [&'static str] {
-        &[MODEL_ID]
+    fn meta(&self) -> &'static WorldMeta {
+        &META
     }
 
     fn fingerprint_config(&self) -> FingerprintConfig {

@@ -26,8 +26,11 @@
 use rand::RngExt;
 
 use super::mix::ContextMix;
-use super::{Change, Episode, World, WorldSetup, normal, redraw_in_bin};
-use crate::core::fingerprint::{Bins, FingerprintConfig, UnknownFeatures};
+use super::{
+    Change, Episode, World, WorldMeta, WorldSetup, bins, clamped_normal, normal, redraw_in_bin,
+    width,
+};
+use crate::core::fingerprint::{Bins, FingerprintConfig};
 use crate::sim::SimRng;
 
 /// Names of the state components, with units.
@@ -141,59 +144,33 @@ impl Dock {
 
 /// The bins a user of this world declares: leg length in 2 m, speed in 0.3 m/s.
 pub fn fingerprint_config() -> FingerprintConfig {
-    let mut features = std::collections::BTreeMap::new();
-    features.insert(
-        FEATURE_NAMES[0].to_owned(),
-        Bins::Width {
-            width: 2.0,
-            origin: 0.0,
-        },
-    );
-    features.insert(
-        FEATURE_NAMES[1].to_owned(),
-        Bins::Width {
-            width: 0.3,
-            origin: 0.0,
-        },
-    );
-    FingerprintConfig {
-        features,
-        unknown_features: UnknownFeatures::Error,
-        fleet_secret_file: None,
-    }
+    bins(&[
+        (FEATURE_NAMES[0], width(2.0)),
+        (FEATURE_NAMES[1], width(0.3)),
+    ])
 }
 
 fn draw_speed(rng: &mut SimRng) -> f64 {
-    (SPEED_MEAN + SPEED_SD * normal(rng)).clamp(SPEED_RANGE.0, SPEED_RANGE.1)
+    clamped_normal(rng, SPEED_MEAN, SPEED_SD, SPEED_RANGE)
 }
 
 fn draw_length(rng: &mut SimRng) -> f64 {
     rng.random_range(LENGTH_RANGE.0..LENGTH_RANGE.1)
 }
 
+/// What the zoo shows of this world.
+const META: WorldMeta = WorldMeta {
+    name: "dock",
+    summary: "AGV odometry legs: every robot's tires worn its own way, the dock zone's floor wet from mid-run (no tag says so)",
+    state_names: &STATE_NAMES,
+    state_scale: &STATE_SCALE,
+    feature_names: &FEATURE_NAMES,
+    models: &[MODEL_ID],
+};
+
 impl World for Dock {
-    fn name(&self) -> &'static str {
-        "dock"
-    }
-
-    fn summary(&self) -> &'static str {
-        "AGV odometry legs: every robot's tires worn its own way, the dock zone's floor wet from mid-run (no tag says so)"
-    }
-
-    fn state_names(&self) -> &'static [&'static str] {
-        &STATE_NAMES
-    }
-
-    fn state_scale(&self) -> &'static [f64] {
-        &STATE_SCALE
-    }
-
-    fn feature_names(&self) -> &'static [&'static str] {
-        &FEATURE_NAMES
-    }
-
-    fn models(&self) -> &'static [&'static str] {
-        &[MODEL_ID]
+    fn meta(&self) -> &'static WorldMeta {
+        &META
     }
 
     fn fingerprint_config(&self) -> FingerprintConfig {

@@ -29,8 +29,8 @@ use std::sync::Arc;
 use rand::RngExt;
 
 use super::mix::ContextMix;
-use super::{Change, Episode, World, WorldSetup, normal};
-use crate::core::fingerprint::{Bins, FingerprintConfig, UnknownFeatures};
+use super::{Change, Episode, World, WorldMeta, WorldSetup, bins, normal, width};
+use crate::core::fingerprint::{Bins, FingerprintConfig};
 use crate::sim::SimRng;
 
 /// Names of the state components, with units.
@@ -224,51 +224,25 @@ impl Gripper {
 
 /// The bins a user of this world declares: carry speed in 0.2 m/s, lift height in 0.1 m.
 pub fn fingerprint_config() -> FingerprintConfig {
-    let mut features = std::collections::BTreeMap::new();
-    features.insert(
-        FEATURE_NAMES[0].to_owned(),
-        Bins::Width {
-            width: 0.2,
-            origin: 0.0,
-        },
-    );
-    features.insert(
-        FEATURE_NAMES[1].to_owned(),
-        Bins::Width {
-            width: 0.1,
-            origin: 0.0,
-        },
-    );
-    FingerprintConfig {
-        features,
-        unknown_features: UnknownFeatures::Error,
-        fleet_secret_file: None,
-    }
+    bins(&[
+        (FEATURE_NAMES[0], width(0.2)),
+        (FEATURE_NAMES[1], width(0.1)),
+    ])
 }
 
+/// What the zoo shows of this world.
+const META: WorldMeta = WorldMeta {
+    name: "gripper",
+    summary: "pick and place: object class wrong 8 % of the time, mass noise as large as the bias, grip-wm/v2 to half the fleet in mid-run",
+    state_names: &STATE_NAMES,
+    state_scale: &STATE_SCALE,
+    feature_names: &FEATURE_NAMES,
+    models: &MODELS,
+};
+
 impl World for Gripper {
-    fn name(&self) -> &'static str {
-        "gripper"
-    }
-
-    fn summary(&self) -> &'static str {
-        "pick and place: object class wrong 8 % of the time, mass noise as large as the bias, grip-wm/v2 to half the fleet in mid-run"
-    }
-
-    fn state_names(&self) -> &'static [&'static str] {
-        &STATE_NAMES
-    }
-
-    fn state_scale(&self) -> &'static [f64] {
-        &STATE_SCALE
-    }
-
-    fn feature_names(&self) -> &'static [&'static str] {
-        &FEATURE_NAMES
-    }
-
-    fn models(&self) -> &'static [&'static str] {
-        &MODELS
+    fn meta(&self) -> &'static WorldMeta {
+        &META
     }
 
     fn fingerprint_config(&self) -> FingerprintConfig {

@@ -23,7 +23,7 @@ pub mod plate;
 use rand_distr::{Distribution, StandardNormal};
 use serde::Serialize;
 
-use crate::core::fingerprint::{Bins, FingerprintConfig};
+use crate::core::fingerprint::{Bins, FingerprintConfig, UnknownFeatures};
 
 use super::SimRng;
 
@@ -73,21 +73,52 @@ pub trait Episode: Send {
     fn resample(&self, rng: &mut SimRng) -> Box<dyn Episode>;
 }
 
-/// A simulated world of the zoo.
-pub trait World: Send + Sync {
+/// The fixed facts of a world: what the report shows and what every episode shares.
+#[derive(Debug)]
+pub struct WorldMeta {
     /// Its name (`qis sim --world NAME`).
-    fn name(&self) -> &'static str;
+    pub name: &'static str,
     /// What it tests, in one line.
-    fn summary(&self) -> &'static str;
+    pub summary: &'static str,
     /// Names of the state components, with units.
-    fn state_names(&self) -> &'static [&'static str];
+    pub state_names: &'static [&'static str],
     /// Scale of each component in the pooled, normalized error (what an engineer would
     /// call a meaningful error in that unit).
-    fn state_scale(&self) -> &'static [f64];
+    pub state_scale: &'static [f64],
     /// Names of the numeric features.
-    fn feature_names(&self) -> &'static [&'static str];
+    pub feature_names: &'static [&'static str],
     /// The world models' ids (`model_id`), one or more.
-    fn models(&self) -> &'static [&'static str];
+    pub models: &'static [&'static str],
+}
+
+/// A simulated world of the zoo.
+pub trait World: Send + Sync {
+    /// Its name, summary, state, features and models.
+    fn meta(&self) -> &'static WorldMeta;
+    /// Its name (`qis sim --world NAME`).
+    fn name(&self) -> &'static str {
+        self.meta().name
+    }
+    /// What it tests, in one line.
+    fn summary(&self) -> &'static str {
+        self.meta().summary
+    }
+    /// Names of the state components, with units.
+    fn state_names(&self) -> &'static [&'static str] {
+        self.meta().state_names
+    }
+    /// Scale of each component in the pooled, normalized error.
+    fn state_scale(&self) -> &'static [f64] {
+        self.meta().state_scale
+    }
+    /// Names of the numeric features.
+    fn feature_names(&self) -> &'static [&'static str] {
+        self.meta().feature_names
+    }
+    /// The world models' ids (`model_id`), one or more.
+    fn models(&self) -> &'static [&'static str] {
+        self.meta().models
+    }
     /// The fingerprint bins a user of this world declares (the only setting a world
     /// changes from the node's shipped defaults).
     fn fingerprint_config(&self) -> FingerprintConfig;
@@ -188,6 +219,29 @@ impl WorldKind {
 }
 
 /// One standard normal draw.
+/// The fingerprint config a world's user declares: these bins per feature, the node's
+/// default policy for unknown features, no fleet secret.
+pub(crate) fn bins(features: &[(&str, Bins)]) -> FingerprintConfig {
+    FingerprintConfig {
+        features: features
+            .iter()
+            .map(|(name, b)| ((*name).to_owned(), b.clone()))
+            .collect(),
+        unknown_features: UnknownFeatures::Error,
+        fleet_secret_file: None,
+    }
+}
+
+/// Bins `width` wide from 0.
+pub(crate) fn width(width: f64) -> Bins {
+    Bins::Width { width, origin: 0.0 }
+}
+
+/// A normal draw around `mean` with spread `sd`, kept within `range`.
+pub(crate) fn clamped_normal(rng: &mut SimRng, mean: f64, sd: f64, range: (f64, f64)) -> f64 {
+    (mean + sd * normal(rng)).clamp(range.0, range.1)
+}
+
 pub(crate) fn normal(rng: &mut SimRng) -> f64 {
     StandardNormal.sample(rng)
 }

@@ -31,8 +31,11 @@ use rapier3d::prelude::{
 };
 
 use super::mix::ContextMix;
-use super::{Change, Episode, World, WorldSetup, normal, redraw_in_bin};
-use crate::core::fingerprint::{Bins, FingerprintConfig, UnknownFeatures};
+use super::{
+    Change, Episode, World, WorldMeta, WorldSetup, bins, clamped_normal, normal, redraw_in_bin,
+    width,
+};
+use crate::core::fingerprint::{Bins, FingerprintConfig};
 use crate::sim::SimRng;
 
 /// Names of the state components, with units.
@@ -209,59 +212,33 @@ impl Plate {
 
 /// The bins a user of this world declares: push speed in 0.2 m/s, edge distance in 5 cm.
 pub fn fingerprint_config() -> FingerprintConfig {
-    let mut features = std::collections::BTreeMap::new();
-    features.insert(
-        FEATURE_NAMES[0].to_owned(),
-        Bins::Width {
-            width: 0.2,
-            origin: 0.0,
-        },
-    );
-    features.insert(
-        FEATURE_NAMES[1].to_owned(),
-        Bins::Width {
-            width: 0.05,
-            origin: 0.0,
-        },
-    );
-    FingerprintConfig {
-        features,
-        unknown_features: UnknownFeatures::Error,
-        fleet_secret_file: None,
-    }
+    bins(&[
+        (FEATURE_NAMES[0], width(0.2)),
+        (FEATURE_NAMES[1], width(0.05)),
+    ])
 }
 
 fn draw_speed(rng: &mut SimRng) -> f64 {
-    (SPEED_MEAN + SPEED_SD * normal(rng)).clamp(SPEED_RANGE.0, SPEED_RANGE.1)
+    clamped_normal(rng, SPEED_MEAN, SPEED_SD, SPEED_RANGE)
 }
 
 fn draw_distance(rng: &mut SimRng) -> f64 {
     rng.random_range(DISTANCE_RANGE.0..DISTANCE_RANGE.1)
 }
 
+/// What the zoo shows of this world.
+const META: WorldMeta = WorldMeta {
+    name: "plate",
+    summary: "rapier3d: a plate pushed toward a table's edge stops or falls; a damp table no tag names; fall is a coin flip near the edge",
+    state_names: &STATE_NAMES,
+    state_scale: &STATE_SCALE,
+    feature_names: &FEATURE_NAMES,
+    models: &[MODEL_ID],
+};
+
 impl World for Plate {
-    fn name(&self) -> &'static str {
-        "plate"
-    }
-
-    fn summary(&self) -> &'static str {
-        "rapier3d: a plate pushed toward a table's edge stops or falls; a damp table no tag names; fall is a coin flip near the edge"
-    }
-
-    fn state_names(&self) -> &'static [&'static str] {
-        &STATE_NAMES
-    }
-
-    fn state_scale(&self) -> &'static [f64] {
-        &STATE_SCALE
-    }
-
-    fn feature_names(&self) -> &'static [&'static str] {
-        &FEATURE_NAMES
-    }
-
-    fn models(&self) -> &'static [&'static str] {
-        &[MODEL_ID]
+    fn meta(&self) -> &'static WorldMeta {
+        &META
     }
 
     fn fingerprint_config(&self) -> FingerprintConfig {
