@@ -357,13 +357,7 @@ async fn an_unbinned_numeric_feature_is_answered_uncorrected_and_counted() {
     assert_eq!(c.predictions, 5);
     loop {
         let d = recv("diagnostics", diag.async_recv()).await;
-        let v = |k: &str| {
-            d.status[0]
-                .values
-                .iter()
-                .find(|kv| kv.key == k)
-                .map(|kv| kv.value.clone())
-        };
+        let v = |k: &str| diag_value(&d, k);
         if v("rejected.bad_scenario") == Some(BAD.to_string()) {
             assert_eq!(v("predictions_uncorrected"), Some(BAD.to_string()));
             break;
@@ -698,13 +692,7 @@ async fn without_clock_inputs_wait_the_bound_then_are_counted() {
     assert!(started.elapsed() >= bound, "answered before the bound");
     loop {
         let d = recv("diagnostics", diag.async_recv()).await;
-        let v = |k: &str| {
-            d.status[0]
-                .values
-                .iter()
-                .find(|kv| kv.key == k)
-                .map(|kv| kv.value.clone())
-        };
+        let v = |k: &str| diag_value(&d, k);
         if v("sim_time_unset").as_deref() == Some("1") {
             assert_eq!(v("sim_time_started").as_deref(), Some("false"));
             break;

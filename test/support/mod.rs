@@ -16,7 +16,7 @@ use hiroz::ros_msg::WithTypeInfo;
 use qis_ros::core::ids::{Fingerprint, ModelId, RecordKey, SourceId};
 use qis_ros::core::record::OutcomeRecord;
 use qis_ros::node::{FleetPort, NodeLogic, NodeParams};
-use qis_ros::ros::msgs::{CorrectedPrior, Discrepancy, Outcome, Prediction};
+use qis_ros::ros::msgs::{CorrectedPrior, DiagnosticArray, Discrepancy, Outcome, Prediction};
 use qis_ros::ros::names::Names;
 use qis_ros::ros::native::{NativeConfig, NativeNode, ZenohOptions};
 use tokio::sync::mpsc;
@@ -241,4 +241,13 @@ pub async fn recv<F: std::future::Future<Output = zenoh::Result<T>>, T>(what: &s
         .await
         .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
         .unwrap_or_else(|e| panic!("{what}: {e}"))
+}
+
+/// The value of `key` in the node's first diagnostics status, if it reports one.
+pub fn diag_value(d: &DiagnosticArray, key: &str) -> Option<String> {
+    d.status[0]
+        .values
+        .iter()
+        .find(|kv| kv.key == key)
+        .map(|kv| kv.value.clone())
 }
