@@ -785,6 +785,9 @@ async fn qis_node_soak_over_ros_topics_stays_within_its_bounds() {
         // and counts from the next prediction; the rate is the node's own.
         "first_encounter_wait_s:=0.0".to_string(),
         "diagnostics_period_s:=1.0".to_string(),
+        // The peer's fleet shares every record (k = 1, count-1 records); a node with the
+        // default k = 5 would refuse them as below its fleet's privacy budget.
+        "min_count_to_share:=1".to_string(),
     ];
     let node = NodeProcess::spawn(&endpoint, "/soak", &store, peer.port, &params);
     let ctx = client(&endpoint);

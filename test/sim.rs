@@ -131,10 +131,12 @@ fn memory_per_node_respects_its_bound() {
 #[test]
 fn poisoned_records_are_measured_against_the_same_episodes_without_attack() {
     // With no plausibility gate at all (neither learned nor configured), a huge bias
-    // reaches the honest robots.
+    // reaches the honest robots. The attackers keep the privacy budget: records below it
+    // are refused by every node whatever they claim.
     let mut config = SimConfig {
         attackers: 0.15,
         attack: AttackMode::Bias,
+        attackers_keep_budget: true,
         ..small(9)
     };
     config.node.validation.envelope_margin = 0.0;

@@ -559,6 +559,18 @@ impl NodeLogic {
     /// Checks a record received from the fleet against the record bounds (time base,
     /// clock skew, count, weights, magnitude) as seen at `now_ns`, and merges it.
     pub fn on_record(&mut self, key: &RecordKey, record: OutcomeRecord, now_ns: i64) -> Ingest {
+        // Below the fleet's privacy budget: a record no honest node sends (it shares an
+        // address only after `min_count_to_share` outcomes), so a node that sends it
+        // ignores the fleet's rules; its outcomes would also outnumber honest ones at
+        // thin addresses, where borrowed neighbors decide the prior.
+        if record.summary.count() < self.budget.min_count {
+            self.counters.reject(RejectKind::ImplausibleRecord);
+            tracing::debug!(source = %key.source, fingerprint = %key.fingerprint, count = record.summary.count(), "fleet record below the privacy budget refused");
+            if key.source != *self.memory.own_source() {
+                self.trust.observe(&key.source, &[f64::INFINITY], &[0.0]);
+            }
+            return Ingest::Refused;
+        }
         if let Err(e) = self.bounds.check(&record, now_ns) {
             self.counters.reject(match e {
                 Implausible::Future { .. } => RejectKind::FutureRecord,

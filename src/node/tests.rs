@@ -107,6 +107,46 @@ fn first_prediction_is_unchanged_then_learns_the_bias() {
     assert!(r.counters.error_removed() > 0.0);
 }
 
+/// A record with fewer outcomes than the fleet's privacy budget is one no honest node
+/// sends: refused and counted, and the same record passes a node whose fleet shares
+/// every record (k = 1).
+#[test]
+fn records_below_the_privacy_budget_are_refused_and_counted() {
+    let mut sharer = node(
+        "robot-s",
+        NodeParams {
+            min_count_to_share: 1,
+            ..NodeParams::default()
+        },
+    );
+    let effects = learn(&mut sharer, "road=ice", 3, 0.5, 0);
+    let (key, rec) = effects[2].own_record.clone();
+    assert_eq!(rec.summary.count(), 3);
+    let mut b = node("robot-b", NodeParams::default());
+    assert_eq!(
+        b.on_record(&key, rec.clone(), LATER),
+        crate::core::memory::Ingest::Refused
+    );
+    assert_eq!(
+        b.report()
+            .counters
+            .rejected(super::RejectKind::ImplausibleRecord),
+        1
+    );
+    assert_eq!(b.memory().received_len(), 0);
+    let mut k1 = node(
+        "robot-k",
+        NodeParams {
+            min_count_to_share: 1,
+            ..NodeParams::default()
+        },
+    );
+    assert_eq!(
+        k1.on_record(&key, rec, LATER),
+        crate::core::memory::Ingest::Stored
+    );
+}
+
 #[test]
 fn records_beyond_the_plausibility_gate_are_counted_and_given_no_weight() {
     let mut liar = node("robot-l", NodeParams::default());
