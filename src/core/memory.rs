@@ -441,7 +441,7 @@ impl OutcomeMemory {
             .filter(|n| n.0 != *fingerprint)
             .filter_map(|(fp, sim)| per_model_ref.get(fp).map(|a| (a, f64::from(*sim), false)));
         let mut contributions = Vec::new();
-        for (addr, similarity, exact) in exact.into_iter().chain(near) {
+        for (address, (addr, similarity, exact)) in (0u32..).zip(exact.into_iter().chain(near)) {
             if addr.dim() != Some(n) {
                 continue;
             }
@@ -451,6 +451,7 @@ impl OutcomeMemory {
                     trust: 1.0,
                     similarity,
                     exact,
+                    address,
                     young: false,
                 });
             }
@@ -461,6 +462,7 @@ impl OutcomeMemory {
                     trust: t.weight,
                     similarity,
                     exact,
+                    address,
                     young: t.young,
                 });
             }

@@ -5,6 +5,7 @@ pub mod discrepancy;
 pub mod fingerprint;
 pub mod ids;
 pub mod memory;
+pub mod neighbor_prior;
 pub mod neighbors;
 pub mod plausibility;
 pub mod privacy;
