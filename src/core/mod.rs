@@ -2,6 +2,7 @@
 //! into corrected priors, with no ROS and no networking.
 
 pub mod discrepancy;
+pub mod drift;
 pub mod fingerprint;
 pub mod ids;
 pub mod memory;

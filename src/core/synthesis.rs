@@ -407,8 +407,12 @@ pub fn estimate(
         .collect();
     // Young sources count as support at most as much as they may weigh (the young cap):
     // a crowd of fresh ids claiming many outcomes must not switch the neighbors off.
+    // A source given no trust at all (or a record that predates a drift) is no support.
     let (mut established_support, mut young_support) = (0.0, 0.0);
     for (c, w) in contributions.iter().zip(&weights) {
+        if c.trust <= 0.0 {
+            continue;
+        }
         match (c.exact, c.young) {
             (true, false) => established_support += w,
             (true, true) => young_support += w,

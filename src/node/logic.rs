@@ -491,6 +491,11 @@ impl NodeLogic {
         // measured, before the outcome joins the own summary.
         if let Some(addr) = self.memory.address(&p.model, &p.fingerprint) {
             for held in &addr.received {
+                // A record that predates a drift detected here is not judged by the
+                // changed world: its source was right when it wrote it.
+                if addr.post_change_share(&held.summary) < 1.0 {
+                    continue;
+                }
                 self.trust
                     .observe(&held.source, held.summary.mean().as_slice(), &r.residual);
             }
@@ -507,9 +512,23 @@ impl NodeLogic {
         } else {
             &r.residual
         };
-        let record =
-            self.memory
-                .record_outcome(&p.model, p.fingerprint, p.sketch, folded, now_ns)?;
+        let recorded = self.memory.fold_outcome(
+            &p.model,
+            p.fingerprint,
+            p.sketch,
+            folded,
+            now_ns,
+            Some(&self.synthesis.learned_within_variance),
+        )?;
+        if let Some(drift) = recorded.drift {
+            self.counters.drift_detected += 1;
+            tracing::info!(
+                model_id = %p.model, fingerprint = %p.fingerprint,
+                dimension = drift.dimension, shift = drift.shift, since_ns = drift.since_ns,
+                "drift: recent outcomes disagree with the address's summary; a fresh epoch starts"
+            );
+        }
+        let record = recorded.record;
         if !p.checks.is_empty() {
             if self.spread_calibration.len() >= MAX_CALIBRATED_MODELS
                 && !self.spread_calibration.contains_key(&p.model)
