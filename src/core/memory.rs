@@ -501,7 +501,14 @@ impl OutcomeMemory {
             .iter()
             .filter(|n| n.0 != *fingerprint)
             .filter_map(|(fp, sim)| per_model_ref.get(fp).map(|a| (a, f64::from(*sim), false)));
-        let mut contributions = Vec::new();
+        let held = |a: Option<&Address>| a.map_or(0, |a| a.received.len() + 1);
+        let mut contributions = Vec::with_capacity(
+            held(per_model_ref.get(fingerprint))
+                + neighbors
+                    .iter()
+                    .map(|n| held(per_model_ref.get(&n.0)))
+                    .sum::<usize>(),
+        );
         for (address, (addr, similarity, exact)) in (0u32..).zip(exact.into_iter().chain(near)) {
             if addr.dim() != Some(n) {
                 continue;

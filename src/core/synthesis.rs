@@ -483,7 +483,7 @@ pub fn estimate(
     let mut exact_mean = DVector::zeros(n);
     // The established part alone, for the neighbors' measured disagreement: unverified
     // claims at the exact address must not make the neighbors look unlike it.
-    let mut established_mean = DVector::zeros(n);
+    let mut established_mean = DVector::zeros(if groups.is_empty() { 0 } else { n });
     for &i in &exact_members {
         let w = weights[i];
         if w <= 0.0 {
@@ -493,7 +493,7 @@ pub fn estimate(
         n_exact += w;
         if contributions[i].young {
             n_young += w;
-        } else {
+        } else if !groups.is_empty() {
             established_mean.axpy(w, contributions[i].summary.mean(), 1.0);
         }
     }
@@ -527,12 +527,12 @@ pub fn estimate(
     let mut neighbor_worth = vec![0.0; neighbors.len()];
     let mut evidence: Vec<NeighborEvidence> = Vec::with_capacity(neighbors.len());
     let mut checks: Vec<Option<BorrowedCheck>> = Vec::new();
-    let mut priors: Vec<NeighborPrior> = Vec::with_capacity(n);
-    for i in 0..n {
+    // Empty without neighbors: every dimension's prior is then the model's.
+    let mut priors: Vec<NeighborPrior> =
+        Vec::with_capacity(if neighbors.is_empty() { 0 } else { n });
+    for i in (0..n).filter(|_| !neighbors.is_empty()) {
         let k0 = config.k0(i);
-        let prior = if neighbors.is_empty() {
-            NeighborPrior::none(k0)
-        } else {
+        let prior = {
             evidence.clear();
             let local = sigma2.get(i).copied().flatten();
             evidence.extend(neighbors.iter().map(|g| NeighborEvidence {
@@ -621,8 +621,9 @@ pub fn estimate(
     };
     let mut correction = DVector::zeros(n);
     let mut w_sum = 0.0;
-    for (i, prior) in priors.iter().enumerate() {
+    for i in 0..n {
         let k0 = config.k0(i);
+        let prior = priors.get(i).copied().unwrap_or(NeighborPrior::none(k0));
         let k = prior.strength + k_young;
         let theta = (n_exact * exact_mean[i] + k * prior.mean) / (n_exact + k);
         // The fleet's share of the answer: the exact evidence plus what the neighbors
@@ -646,21 +647,24 @@ pub fn estimate(
     // Provenance: a neighbor source's reported weight is its share of its address's
     // worth in the corrected mean (outcomes), so weights read alike for every source.
     // The covariance still pools every source used, neighbors at weight × similarity.
-    let mut cov_weights = weights.clone();
-    for (g, worth) in neighbors.iter().zip(&neighbor_worth) {
-        for &j in &g.members {
-            cov_weights[j] = weights[j] * g.similarity;
-            weights[j] = if borrowed_any && g.weight > 0.0 {
-                worth * weights[j] / g.weight
-            } else {
-                0.0
-            };
+    // (Without neighbors the weights are the covariance's: no copy on the exact path.)
+    let borrowed_weights;
+    let cov_weights: &[f64] = if neighbors.is_empty() {
+        &weights
+    } else {
+        let mut w = weights.clone();
+        for g in &neighbors {
+            for &j in &g.members {
+                w[j] = weights[j] * g.similarity;
+            }
         }
-    }
+        borrowed_weights = w;
+        &borrowed_weights
+    };
     let (mut support, mut sources) = (0u64, 0u32);
     let mut pooled_mean = DVector::zeros(n);
     let mut n_eff = 0.0;
-    for (c, &w) in contributions.iter().zip(&cov_weights) {
+    for (c, &w) in contributions.iter().zip(cov_weights) {
         if w <= 0.0 {
             continue;
         }
@@ -673,7 +677,7 @@ pub fn estimate(
     if n_eff > MIN_EVIDENCE {
         pooled_mean /= n_eff;
         let mut delta = DVector::zeros(n);
-        for (c, &w) in contributions.iter().zip(&cov_weights) {
+        for (c, &w) in contributions.iter().zip(cov_weights) {
             if w <= 0.0 {
                 continue;
             }
@@ -688,6 +692,15 @@ pub fn estimate(
         }
         residual_cov /= n_eff;
         residual_cov *= 1.0 + 1.0 / n_eff;
+    }
+    for (g, worth) in neighbors.iter().zip(&neighbor_worth) {
+        for &j in &g.members {
+            weights[j] = if borrowed_any && g.weight > 0.0 {
+                worth * weights[j] / g.weight
+            } else {
+                0.0
+            };
+        }
     }
     // Records are bounded before they get here, so this cannot happen; if it ever does,
     // the prediction is answered unchanged rather than with inf or NaN.
@@ -963,54 +976,61 @@ fn down_weight_outliers(
         .copied()
         .filter(|&i| weights[i] > 0.0)
         .collect();
-    let established: Vec<usize> = active
-        .iter()
-        .copied()
-        .filter(|&i| !contributions[i].young)
-        .collect();
-    let voters = if established.is_empty() && !young_only {
-        &active
-    } else {
-        &established
-    };
-    if voters.len() < 3 {
+    let any_established = active.iter().any(|&i| !contributions[i].young);
+    let votes = |i: usize| !contributions[i].young || (!any_established && !young_only);
+    let voters = active.iter().filter(|&&i| votes(i)).count();
+    if voters < 3 {
         return;
     }
     let judged = |i: usize| !young_only || contributions[i].young;
     let n = contributions[active[0]].summary.dim();
-    let mut z = vec![0.0f64; weights.len()];
-    let mut column: Vec<f64> = Vec::with_capacity(voters.len());
+    // z per active source (in `active` order), and one buffer for every median.
+    let mut z = vec![0.0f64; active.len()];
+    let mut column: Vec<f64> = Vec::with_capacity(voters);
     for d in 0..n {
         column.clear();
-        column.extend(voters.iter().map(|&i| contributions[i].summary.mean()[d]));
+        column.extend(
+            active
+                .iter()
+                .filter(|&&i| votes(i))
+                .map(|&i| contributions[i].summary.mean()[d]),
+        );
         let med = median(&mut column);
         for v in column.iter_mut() {
             *v = (*v - med).abs();
         }
         let mad = median(&mut column);
+        let floor = 1e-9 * (1.0 + med.abs());
+        let mut scale = (1.4826 * mad).max(floor);
+        let far = |scale: f64| {
+            active.iter().any(|&i| {
+                judged(i) && (contributions[i].summary.mean()[d] - med).abs() > z0 * scale
+            })
+        };
         // Scale floor: sources that agree exactly (MAD 0) must not make every other one
         // an outlier, so the scale is at least the typical standard error of a voter's
-        // own mean (sd · sqrt(Σw²) / W, from its own scatter), and never 0.
-        column.clear();
-        column.extend(voters.iter().map(|&i| {
-            let s = contributions[i].summary;
-            let w = s.weight();
-            if w > 0.0 {
-                (s.m2()[(d, d)].max(0.0) / w).sqrt() * s.weight_sq().sqrt() / w
-            } else {
-                0.0
-            }
-        }));
-        let se = median(&mut column);
-        let scale = (1.4826 * mad).max(se).max(1e-9 * (1.0 + med.abs()));
-        for &i in &active {
-            let zi = (contributions[i].summary.mean()[d] - med).abs() / scale;
-            z[i] = z[i].max(zi);
+        // own mean (sd · sqrt(Σw²) / W, from its own scatter). Only needed, and so only
+        // computed, when the MAD alone would call someone an outlier.
+        if far(scale) {
+            column.clear();
+            column.extend(active.iter().filter(|&&i| votes(i)).map(|&i| {
+                let s = contributions[i].summary;
+                let w = s.weight();
+                if w > 0.0 {
+                    (s.m2()[(d, d)].max(0.0) / w).sqrt() * s.weight_sq().sqrt() / w
+                } else {
+                    0.0
+                }
+            }));
+            scale = scale.max(median(&mut column));
+        }
+        for (zi, &i) in z.iter_mut().zip(&active) {
+            *zi = zi.max((contributions[i].summary.mean()[d] - med).abs() / scale);
         }
     }
-    for &i in &active {
-        if z[i] > z0 && judged(i) {
-            weights[i] *= (z0 / z[i]).powi(2);
+    for (&zi, &i) in z.iter().zip(&active) {
+        if zi > z0 && judged(i) {
+            weights[i] *= (z0 / zi).powi(2);
         }
     }
 }
