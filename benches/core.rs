@@ -94,6 +94,7 @@ fn benches(c: &mut Criterion) {
             trust: 1.0,
             similarity: 1.0,
             exact: true,
+            address: 0,
             young: false,
         })
         .collect();

@@ -36,6 +36,7 @@ use qis_ros::core::memory::{MemoryConfig, OutcomeMemory};
 use qis_ros::core::neighbors::Sketch;
 use qis_ros::core::record::OutcomeRecord;
 use qis_ros::core::summary::Decay;
+use qis_ros::core::synthesis::FALLBACK_PRIOR_STRENGTH;
 use qis_ros::fleet::identity::source_id_of;
 use qis_ros::fleet::keys::record_key;
 use qis_ros::fleet::signing::seal;
@@ -448,15 +449,24 @@ fn grew(before: &Diag, after: &Diag, key: &str) -> u64 {
 /// service: own record first, then every received one) and each source's mean: the
 /// shrinkage Σ wᵢ μᵢ / (Σ wᵢ + k0) of the synthesis (module doc of core::synthesis; no
 /// bound is configured by default).
-fn synthesis_of(q: &QueryResponse, mean_of: &dyn Fn(&str) -> [f64; 2]) -> [f64; 2] {
-    let (mut num, mut n_eff) = ([0.0; 2], 0.0);
+fn synthesis_of(
+    q: &QueryResponse,
+    mean_of: &dyn Fn(&str) -> [f64; 2],
+    young: &dyn Fn(&str) -> bool,
+) -> [f64; 2] {
+    let (mut num, mut n_eff, mut n_young) = ([0.0; 2], 0.0, 0.0);
     for (id, w) in q.source_ids.iter().zip(&q.source_weights) {
         let m = mean_of(id);
         num[0] += w * m[0];
         num[1] += w * m[1];
         n_eff += w;
+        if young(id) {
+            n_young += w;
+        }
     }
-    [num[0] / (n_eff + K0), num[1] / (n_eff + K0)]
+    // Young (unearned) weight carries the fallback k0 again in proportion to its share.
+    let k = K0 + FALLBACK_PRIOR_STRENGTH * n_young / n_eff;
+    [num[0] / (n_eff + k), num[1] / (n_eff + k)]
 }
 
 fn weight_of(q: &QueryResponse, id: &str) -> f64 {
@@ -559,7 +569,7 @@ async fn a_forging_peer_neither_poisons_nor_silences_nor_goes_uncounted() {
             }
         }
     };
-    let expected = synthesis_of(&q, &means(a.mean()));
+    let expected = synthesis_of(&q, &means(a.mean()), &|_| false);
     assert!(
         (p0.correction[0] - expected[0]).abs() < 1e-3,
         "{p0:?} vs {expected:?}"
@@ -598,19 +608,23 @@ async fn a_forging_peer_neither_poisons_nor_silences_nor_goes_uncounted() {
             assert!(wa > 0.95 * a.weight(), "{}: A silenced: {q:?}", $label);
             let (_, p) = b.predict(ICE).await;
             let a_mean = a.mean();
-            let expected = synthesis_of(&q, &|id: &str| {
-                if id == b_id {
-                    B_RESIDUAL
-                } else if id == a_id {
-                    a_mean
-                } else if sybils.contains(id) {
-                    [SYBIL_BIAS, 0.0]
-                } else {
-                    *others
-                        .get(id)
-                        .unwrap_or_else(|| panic!("unexpected source {id}"))
-                }
-            });
+            let expected = synthesis_of(
+                &q,
+                &|id: &str| {
+                    if id == b_id {
+                        B_RESIDUAL
+                    } else if id == a_id {
+                        a_mean
+                    } else if sybils.contains(id) {
+                        [SYBIL_BIAS, 0.0]
+                    } else {
+                        *others
+                            .get(id)
+                            .unwrap_or_else(|| panic!("unexpected source {id}"))
+                    }
+                },
+                &|id: &str| sybils.contains(id),
+            );
             assert!(
                 (p.correction[0] - expected[0]).abs() < 1e-3
                     && (p.correction[1] - expected[1]).abs() < 1e-3,

@@ -10,6 +10,7 @@ use nalgebra::{DMatrix, DVector};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+use super::drift::{Drift, DriftDetector, post_change_share};
 use super::ids::{Fingerprint, ModelId, RecordKey, Seq, SourceId};
 use super::neighbors::Sketch;
 use super::privacy::PrivacyBudget;
@@ -81,6 +82,15 @@ pub enum Ingest {
     Refused,
 }
 
+/// What folding in one own outcome produced.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Recorded {
+    /// The new own record, to be persisted and then published.
+    pub record: OutcomeRecord,
+    /// The drift this outcome revealed, if any (the record then starts a fresh epoch).
+    pub drift: Option<Drift>,
+}
+
 /// One source's latest record at an address.
 #[derive(Clone, Debug)]
 pub struct SourceRecord {
@@ -109,9 +119,26 @@ pub struct Address {
     /// Last pooled estimate (exact address only) and when it was computed; dropped on
     /// any change to this address's records.
     cached: Option<(i64, FleetEstimate)>,
+    /// The drift test of the own residuals here (core::drift).
+    detector: DriftDetector,
+    /// Start of the current epoch after a detected drift: other sources' records count
+    /// by the share of their time span after it.
+    drift_since_ns: Option<i64>,
 }
 
 impl Address {
+    /// When the last drift detected here began (ns, the caller's clock), if any: the own
+    /// summary holds only outcomes since, and older records of others lose weight.
+    pub fn drift_since_ns(&self) -> Option<i64> {
+        self.drift_since_ns
+    }
+
+    /// How much a received record counts here after a detected drift (1 without one).
+    pub fn post_change_share(&self, summary: &Summary) -> f64 {
+        self.drift_since_ns
+            .map_or(1.0, |since| post_change_share(summary, since))
+    }
+
     fn dim(&self) -> Option<usize> {
         self.own
             .as_ref()
@@ -217,7 +244,8 @@ impl OutcomeMemory {
     }
 
     /// Folds one of this robot's residuals in and returns its new own record, to be
-    /// persisted and then published.
+    /// persisted and then published: [`OutcomeMemory::fold_outcome`] without the drift
+    /// test, so the summary holds every outcome (tools, replays and tests that count).
     pub fn record_outcome(
         &mut self,
         model: &ModelId,
@@ -226,6 +254,24 @@ impl OutcomeMemory {
         residual: &[f64],
         t_ns: i64,
     ) -> Result<OutcomeRecord, MemoryError> {
+        self.fold_outcome(model, fingerprint, sketch, residual, t_ns, None)
+            .map(|r| r.record)
+    }
+
+    /// Folds one of this robot's residuals in and returns its new own record, to be
+    /// persisted and then published. With `drift` (the learned within-address variance
+    /// per dimension, or empty) the residual is first tested for drift against the own
+    /// summary; on a drift the own summary restarts at this outcome (a fresh epoch,
+    /// shared again only after `min_count_to_share` outcomes).
+    pub fn fold_outcome(
+        &mut self,
+        model: &ModelId,
+        fingerprint: Fingerprint,
+        sketch: Sketch,
+        residual: &[f64],
+        t_ns: i64,
+        drift: Option<&[f64]>,
+    ) -> Result<Recorded, MemoryError> {
         if self.own_full_for(model, &fingerprint) {
             return Err(MemoryError::OwnAddressesFull {
                 max: self.config.max_own_addresses,
@@ -238,9 +284,24 @@ impl OutcomeMemory {
         let addr = self.entry(model, fingerprint);
         addr.sketch.get_or_insert(sketch);
         addr.cached = None;
+        let noise = drift;
+        let mut drift = None;
         let (seq, summary) = match &mut addr.own {
             Some((seq, s)) => {
-                s.add(residual, t_ns, decay)?;
+                let tested = match noise {
+                    Some(noise) => addr.detector.observe(s, residual, t_ns, noise, decay)?,
+                    None => None,
+                };
+                match tested {
+                    Some((d, fresh)) => {
+                        *s = fresh;
+                        addr.drift_since_ns = Some(d.since_ns);
+                        // The fresh epoch is a new record for the privacy budget.
+                        addr.own_shared = 0;
+                        drift = Some(d);
+                    }
+                    None => s.add(residual, t_ns, decay)?,
+                }
                 seq.0 += 1;
                 (*seq, s)
             }
@@ -257,7 +318,7 @@ impl OutcomeMemory {
             time_base,
         };
         self.own_len += usize::from(is_new);
-        Ok(record)
+        Ok(Recorded { record, drift })
     }
 
     /// Restores an own record from the store at start-up.
@@ -441,8 +502,15 @@ impl OutcomeMemory {
             .iter()
             .filter(|n| n.0 != *fingerprint)
             .filter_map(|(fp, sim)| per_model_ref.get(fp).map(|a| (a, f64::from(*sim), false)));
-        let mut contributions = Vec::new();
-        for (addr, similarity, exact) in exact.into_iter().chain(near) {
+        let held = |a: Option<&Address>| a.map_or(0, |a| a.received.len() + 1);
+        let mut contributions = Vec::with_capacity(
+            held(per_model_ref.get(fingerprint))
+                + neighbors
+                    .iter()
+                    .map(|n| held(per_model_ref.get(&n.0)))
+                    .sum::<usize>(),
+        );
+        for (address, (addr, similarity, exact)) in (0u32..).zip(exact.into_iter().chain(near)) {
             if addr.dim() != Some(n) {
                 continue;
             }
@@ -452,16 +520,22 @@ impl OutcomeMemory {
                     trust: 1.0,
                     similarity,
                     exact,
+                    address,
                     young: false,
                 });
             }
             for r in &addr.received {
+                // After a drift here, a record counts by its share after the change;
+                // one entirely before it is no evidence (nor support) at all. Still
+                // listed, so weights stay aligned with the address's records.
+                let share = addr.post_change_share(&r.summary);
                 let t = trust(&r.source);
                 contributions.push(Contribution {
                     summary: &r.summary,
-                    trust: t.weight,
+                    trust: t.weight * share,
                     similarity,
                     exact,
+                    address,
                     young: t.young,
                 });
             }
@@ -705,6 +779,57 @@ mod tests {
             )
             .unwrap();
         assert_eq!(p7.sources, 1, "only the own summary is left at trust 0");
+    }
+
+    /// After a drift at an address, others' records count by their share after the
+    /// change: one from before it weighs nothing (nor counts as support), one whose
+    /// source restarted its own epoch since weighs fully.
+    #[test]
+    fn a_drift_starts_a_fresh_epoch_and_older_records_lose_their_weight() {
+        let (m, fp, sk) = ids();
+        let mut mem = memory(MemoryConfig::default());
+        let cfg = SynthesisConfig {
+            half_life_s: 0.0,
+            prior_strength: 0.1,
+            ..Default::default()
+        };
+        let s = 1_000_000_000;
+        // A peer's 20 outcomes, all at t <= 19 ns: before the change.
+        mem.ingest(&key("old", fp), record(1, 0.5, 20));
+        let mut drift = None;
+        for i in 0..40i64 {
+            let r = if i < 30 { 0.5 } else { 2.0 } + if i % 2 == 0 { 0.05 } else { -0.05 };
+            let rec = mem
+                .fold_outcome(&m, fp, sk, &[r], 100 * s + i * s, Some(&[]))
+                .unwrap();
+            if let Some(d) = rec.drift {
+                assert!(drift.is_none(), "one drift");
+                drift = Some(d);
+                assert_eq!(rec.record.summary.count(), 1, "a fresh epoch");
+                assert_eq!(rec.record.seq, Seq(i as u64 + 1), "versions still grow");
+            }
+        }
+        let d = drift.expect("the jump is detected");
+        assert_eq!(d.since_ns, 130 * s);
+        let addr = mem.address(&m, &fp).unwrap();
+        assert_eq!(addr.drift_since_ns(), Some(130 * s));
+        assert_eq!(addr.post_change_share(&addr.received[0].summary), 0.0);
+        let p = prior_at(&mut mem, &cfg, &m, &fp, &[], SourceTrust::FULL);
+        assert_eq!(p.weights.len(), 2, "still listed");
+        assert_eq!(p.weights[1], 0.0, "the old record weighs nothing");
+        assert!((p.correction[0] - 2.0).abs() < 0.1, "{:?}", p.correction);
+        // A record written after the change (its source restarted too) counts fully.
+        let mut fresh = Summary::empty(1).unwrap();
+        for i in 0..5 {
+            fresh.add(&[2.0], 140 * s + i, Decay::NONE).unwrap();
+        }
+        let rec = OutcomeRecord {
+            summary: fresh,
+            ..record(2, 0.0, 1)
+        };
+        assert_eq!(mem.ingest(&key("old", fp), rec), Ingest::Stored);
+        let p = prior_at(&mut mem, &cfg, &m, &fp, &[], SourceTrust::FULL);
+        assert_eq!(p.weights[1], 5.0, "{p:?}");
     }
 
     #[test]

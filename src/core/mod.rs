@@ -2,9 +2,11 @@
 //! into corrected priors, with no ROS and no networking.
 
 pub mod discrepancy;
+pub mod drift;
 pub mod fingerprint;
 pub mod ids;
 pub mod memory;
+pub mod neighbor_prior;
 pub mod neighbors;
 pub mod plausibility;
 pub mod privacy;

@@ -1,28 +1,42 @@
 //! Synthesis: the corrected prior from a prediction and the fleet's summaries.
 //!
-//! Normal–normal shrinkage. With μ the pooled, decay-weighted mean residual of the
-//! contributing sources and n_eff their pooled weight, per state dimension d
-//! `w_d = n_eff / (n_eff + k0_d)` and `corrected = predicted + clamp(w · μ, ±bound)`.
-//! k0_d = σ²_d / τ²_d is learned by empirical Bayes from the summaries the node holds
-//! ([`super::shrinkage`]: reality's spread inside an address over the spread of biases
-//! between addresses); `prior_strength` > 0 overrides it with one fixed k0, and
-//! [`FALLBACK_PRIOR_STRENGTH`] applies while too little is held to learn it. With young
-//! sources' weight n_young (trust not yet earned) in the pool, k0_d is at least
-//! `FALLBACK_PRIOR_STRENGTH · n_young / n_eff`: unverified evidence never counts for more
-//! than it would with the fallback, however small the learned k0. The reported
-//! confidence is the mean of the w_d.
-//! The corrected covariance blends the model's with the fleet's:
-//! `(1 − w) · P + w · Σ_res · (1 + 1 / n_eff)`, where Σ_res is the pooled residual
-//! covariance (spread of reality around the corrected mean, plus the mean's own error).
+//! Hierarchical normal–normal shrinkage, per state dimension d. A residual at address a
+//! is `θ_a + ε` with `Var ε = σ²_d` (reality's spread inside an address) and the bias θ_a
+//! has prior mean m_d and prior strength k_d (in outcomes: σ²_d over the prior's
+//! variance). With x̄ the pooled, decay-weighted mean residual of the exact address's
+//! sources and n their pooled weight, the posterior mean is
+//! `θ̂_d = (n x̄_d + k_d m_d) / (n + k_d)` and `corrected = predicted + clamp(θ̂, ±bound)`.
+//! - Exact support enough (decayed weight ≥ `min_support`), or no neighbor known: the
+//!   prior is the world model's, m = 0 and k = k0_d = σ²_d / τ²_d, learned by empirical
+//!   Bayes from the summaries the node holds ([`super::shrinkage`]: σ² over the spread τ²
+//!   of biases between addresses); `prior_strength` > 0 overrides it with one fixed k0,
+//!   and [`FALLBACK_PRIOR_STRENGTH`] applies while too little is held to learn it. This is
+//!   `w = n / (n + k0)` applied to x̄.
+//! - Exact support thin: the neighbor addresses passed in give the prior, m = m_N and
+//!   k = k_N ≥ k0 ([`super::neighbor_prior`]: the neighbors' pooled means, weighted by
+//!   similarity and by their own disagreement, which also sets the prior's variance).
+//!   Neighbors never count as exact samples: one or two consistent exact outcomes move
+//!   the prior as far as the neighbors' disagreement allows.
 //!
-//! Robustness, in this order, per source: weight = decayed W × trust × similarity,
-//! capped at `max_source_weight`; young sources (trust not yet earned) scaled down
-//! together to at most `max_young_weight`; then, with at least three voting sources (the
+//! Young sources' weight n_young (trust not yet earned) adds `FALLBACK_PRIOR_STRENGTH ·
+//! n_young / n` to k: unverified evidence never counts for more than it would with the
+//! fallback, however small the learned k0. The reported confidence is the mean over d of
+//! the fleet's share of the answer, `(n + k_N − k0) / (n + k)` (= n / (n + k0) without
+//! neighbors). The corrected covariance blends the model's with the fleet's:
+//! `(1 − w) · P + w · Σ_res · (1 + 1 / n_eff)`, where Σ_res is the pooled residual
+//! covariance of the sources used (neighbors at weight × similarity).
+//!
+//! Robustness, in this order, per source: weight = decayed W × trust, capped at
+//! `max_source_weight`; then per address (the exact one, and each neighbor on its own:
+//! sources at one address report one bias, while neighbors may legitimately differ, which
+//! the neighbor prior measures) young sources (trust not yet earned) are scaled down
+//! together to at most `max_young_weight`, and, with at least three voting sources (the
 //! established ones whenever any is active, else all: young sources never outvote
 //! established ones), each source's mean is compared with the voters' median per
 //! dimension; a source whose robust z-score (|μ_s − median| / (1.4826 · MAD)) exceeds
 //! `outlier_z` has its weight multiplied by (outlier_z / z)², so a few broken or hostile
-//! robots cannot steer the fleet.
+//! robots cannot steer the fleet. A neighbor claiming far more than the others widens
+//! their measured disagreement, which weakens the neighbor prior toward the model's.
 //!
 //! Pure: no clock, no I/O; time comes in as `now_ns`.
 
@@ -30,6 +44,9 @@ use nalgebra::{DMatrix, DVector};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+use super::neighbor_prior::{
+    BorrowedCheck, NeighborEvidence, NeighborPrior, PriorScale, neighbor_prior,
+};
 use super::summary::{Decay, Summary};
 
 /// Settings of the synthesis (fleet-wide; every robot should use the same).
@@ -43,7 +60,20 @@ pub struct SynthesisConfig {
     /// node holds, see [`super::shrinkage`]); used when `prior_strength` is 0.
     #[serde(skip)]
     pub learned_prior_strength: Vec<f64>,
-    /// Exact support (decayed weight) below which neighbors are borrowed.
+    /// The within-address residual variance σ² per dimension learned with k0 (not a
+    /// setting); the neighbor prior and the drift test weigh evidence against it.
+    #[serde(skip)]
+    pub learned_within_variance: Vec<f64>,
+    /// The spread τ² of biases between addresses per dimension learned with k0 (not a
+    /// setting); how far the neighbor prior lets a neighborhood's bias lie from the model.
+    #[serde(skip)]
+    pub learned_bias_variance: Vec<f64>,
+    /// λ per dimension, the calibration of the neighbors' disagreement learned from this
+    /// robot's outcomes at borrowed addresses (not a setting; empty = 1, see
+    /// [`super::neighbor_prior::SpreadCalibration`]).
+    #[serde(skip)]
+    pub learned_spread_scale: Vec<f64>,
+    /// Exact support (decayed weight) below which neighbors give the prior mean.
     pub min_support: f64,
     /// Largest weight one source can carry, in outcomes.
     pub max_source_weight: f64,
@@ -79,6 +109,9 @@ impl Default for SynthesisConfig {
         SynthesisConfig {
             prior_strength: DEFAULT_PRIOR_STRENGTH,
             learned_prior_strength: Vec::new(),
+            learned_within_variance: Vec::new(),
+            learned_bias_variance: Vec::new(),
+            learned_spread_scale: Vec::new(),
             min_support: 5.0,
             max_source_weight: 1000.0,
             outlier_z: 3.0,
@@ -164,6 +197,23 @@ impl SynthesisConfig {
         }
     }
 
+    /// The learned within-address residual variance σ² for state dimension `i`, if any
+    /// (one value for all dimensions, or one per dimension).
+    pub fn within_variance(&self, i: usize) -> Option<f64> {
+        per_dimension(&self.learned_within_variance, i).filter(|v| v.is_finite() && *v > 0.0)
+    }
+
+    /// The learned spread τ² of biases between addresses for state dimension `i`, if any.
+    pub fn bias_variance(&self, i: usize) -> Option<f64> {
+        per_dimension(&self.learned_bias_variance, i).filter(|v| v.is_finite() && *v > 0.0)
+    }
+
+    /// λ for state dimension `i`: the learned calibration of the neighbors' disagreement,
+    /// 1 while none is learned.
+    pub fn spread_scale(&self, i: usize) -> f64 {
+        per_dimension(&self.learned_spread_scale, i).unwrap_or(1.0)
+    }
+
     /// Whether a source claiming this mean residual passes the plausibility gate
     /// (`max_residual`); always true without a gate.
     pub fn plausible(&self, mean: &[f64]) -> bool {
@@ -231,6 +281,10 @@ pub struct Contribution<'a> {
     pub similarity: f64,
     /// Whether it comes from the exact address (false = a neighbor).
     pub exact: bool,
+    /// Which neighbor address it comes from (any value for the exact address): neighbor
+    /// contributions with the same value are one address, pooled before neighbors are
+    /// compared with each other.
+    pub address: u32,
     /// A source that has not yet earned full trust: young sources together carry at
     /// most `max_young_weight`.
     pub young: bool,
@@ -266,6 +320,12 @@ pub struct Prior {
     pub matched: Match,
     /// Final weight of each contribution, in input order (provenance and trust updates).
     pub weights: Vec<f64>,
+    /// What the neighbor prior predicted per dimension (empty unless neighbors
+    /// contributed): kept with the prediction to calibrate later ones by its outcome.
+    pub checks: Vec<Option<BorrowedCheck>>,
+    /// Whether exact support was below `min_support`, so neighbors were eligible (a
+    /// caller that passed none may search them and ask again).
+    pub borrowed: bool,
 }
 
 /// What the fleet says about an address, independent of the prediction it corrects:
@@ -290,6 +350,9 @@ pub struct FleetEstimate {
     pub weights: Vec<f64>,
     /// Whether exact support was below `min_support`, so neighbors were eligible.
     pub borrowed: bool,
+    /// What the neighbor prior predicted per dimension, to be checked against the
+    /// outcome (empty unless neighbors contributed).
+    pub checks: Vec<Option<BorrowedCheck>>,
 }
 
 /// Computes the corrected prior for `predicted` (covariance `predicted_cov`, n × n, or
@@ -342,98 +405,469 @@ pub fn estimate(
             }
         })
         .collect();
-    let exact_support: f64 = contributions
-        .iter()
-        .zip(&weights)
-        .filter(|(c, _)| c.exact)
-        .map(|(_, w)| w)
-        .sum();
+    // Young sources count as support at most as much as they may weigh (the young cap):
+    // a crowd of fresh ids claiming many outcomes must not switch the neighbors off.
+    // A source given no trust at all (or a record that predates a drift) is no support.
+    let (mut established_support, mut young_support) = (0.0, 0.0);
+    for (c, w) in contributions.iter().zip(&weights) {
+        if c.trust <= 0.0 {
+            continue;
+        }
+        match (c.exact, c.young) {
+            (true, false) => established_support += w,
+            (true, true) => young_support += w,
+            _ => {}
+        }
+    }
+    let exact_support = established_support + young_support.min(config.max_young_weight);
     let borrow = exact_support < config.min_support;
+    // A neighbor's decayed weight measures how precisely its mean is known; trust, caps
+    // and the outlier test say how far it may be believed, which is kept apart for it.
+    let decayed: Vec<f64> = if borrow {
+        weights
+            .iter()
+            .map(|w| w.min(config.max_source_weight))
+            .collect()
+    } else {
+        Vec::new()
+    };
+    // Similarity is not a weight here: it enters the neighbor prior (how far a
+    // neighbor's bias may lie from this address's), never the exact evidence.
     for (c, w) in contributions.iter().zip(weights.iter_mut()) {
         *w = if c.exact || borrow {
-            (*w * c.trust.clamp(0.0, 1.0) * c.similarity.clamp(0.0, 1.0))
-                .min(config.max_source_weight)
+            (*w * c.trust.clamp(0.0, 1.0)).min(config.max_source_weight)
         } else {
             0.0
         };
     }
-    cap_young(config.max_young_weight, contributions, &mut weights);
-    down_weight_outliers(config.outlier_z, contributions, &mut weights);
+    // The robustness steps run per address: sources at one address report the same
+    // bias and may be judged against each other; different neighbor addresses may
+    // legitimately disagree, which the neighbor prior measures instead.
+    let exact_members: Vec<usize> = (0..contributions.len())
+        .filter(|&i| contributions[i].exact)
+        .collect();
+    let groups = if borrow {
+        neighbor_groups(contributions, &weights)
+    } else {
+        Vec::new()
+    };
+    cap_young(
+        config.max_young_weight,
+        contributions,
+        &mut weights,
+        &exact_members,
+    );
+    for members in std::iter::once(&exact_members).chain(&groups) {
+        down_weight_outliers(
+            config.outlier_z,
+            contributions,
+            &mut weights,
+            members,
+            false,
+        );
+    }
+    if !groups.is_empty() {
+        // Young sources at neighbors are judged by the established neighbors, across
+        // addresses: a crowd of fresh ids cannot make a neighborhood look like its claim
+        // (established neighbors that disagree are the spread the prior measures). They
+        // share one young cap over every neighbor, as they did when neighbors were pooled.
+        let all: Vec<usize> = groups.iter().flatten().copied().collect();
+        cap_young(config.max_young_weight, contributions, &mut weights, &all);
+        down_weight_outliers(config.outlier_z, contributions, &mut weights, &all, true);
+    }
 
-    // Pooling by hand rather than by Summary::merge: same algebra (decay cancels in
-    // M2/W, so each source enters as mean μ_s and covariance C_s = M2_s / W_s at its
-    // final weight), but with two buffers instead of allocations per source.
-    let (mut support, mut sources, mut used_neighbor, mut n_eff) = (0u64, 0u32, false, 0.0);
-    let mut n_young = 0.0;
-    let mut mean = DVector::zeros(n);
-    for (c, &w) in contributions.iter().zip(&weights) {
+    // Exact evidence: pooled by hand rather than by Summary::merge (same algebra: decay
+    // cancels in M2/W, so each source enters as mean μ_s at its final weight), with one
+    // buffer instead of allocations per source.
+    let (mut n_exact, mut n_young) = (0.0, 0.0);
+    let mut exact_mean = DVector::zeros(n);
+    // The established part alone, for the neighbors' measured disagreement: unverified
+    // claims at the exact address must not make the neighbors look unlike it.
+    let mut established_mean = DVector::zeros(if groups.is_empty() { 0 } else { n });
+    for &i in &exact_members {
+        let w = weights[i];
         if w <= 0.0 {
             continue;
         }
-        mean.axpy(w, c.summary.mean(), 1.0);
-        n_eff += w;
-        if c.young {
+        exact_mean.axpy(w, contributions[i].summary.mean(), 1.0);
+        n_exact += w;
+        if contributions[i].young {
             n_young += w;
+        } else if !groups.is_empty() {
+            established_mean.axpy(w, contributions[i].summary.mean(), 1.0);
         }
-        support = support.saturating_add(c.summary.count());
-        sources += 1;
-        used_neighbor |= !c.exact;
     }
+    let n_established = n_exact - n_young;
+    if n_established > MIN_EVIDENCE {
+        established_mean /= n_established;
+    }
+    if n_exact > MIN_EVIDENCE {
+        exact_mean /= n_exact;
+    } else {
+        n_exact = 0.0;
+    }
+    let neighbors: Vec<NeighborAddress> = groups
+        .iter()
+        .filter_map(|members| NeighborAddress::pool(n, contributions, &weights, &decayed, members))
+        .collect();
     // Below this the pooled weight is no evidence (sources decayed or distrusted to
     // nothing), and its 1/n_eff inflation would only amplify rounding.
-    if n_eff <= MIN_EVIDENCE {
-        return Ok(FleetEstimate::nothing(n, weights, borrow));
+    if n_exact <= MIN_EVIDENCE && neighbors.is_empty() {
+        let none = vec![0.0; weights.len()];
+        return Ok(FleetEstimate::nothing(n, none, borrow));
     }
-    mean /= n_eff;
-    let mut residual_cov = DMatrix::zeros(n, n);
-    let mut delta = DVector::zeros(n);
-    for (c, &w) in contributions.iter().zip(&weights) {
+    let sigma2 = if neighbors.is_empty() {
+        Vec::new()
+    } else {
+        within_variance(config, n, contributions, &weights)
+    };
+
+    let mut borrowed_any = false;
+    // Per neighbor address: its worth in the corrected mean, in outcomes (provenance).
+    let mut neighbor_worth = vec![0.0; neighbors.len()];
+    let mut evidence: Vec<NeighborEvidence> = Vec::with_capacity(neighbors.len());
+    let mut checks: Vec<Option<BorrowedCheck>> = Vec::new();
+    // Empty without neighbors: every dimension's prior is then the model's.
+    let mut priors: Vec<NeighborPrior> =
+        Vec::with_capacity(if neighbors.is_empty() { 0 } else { n });
+    for i in (0..n).filter(|_| !neighbors.is_empty()) {
+        let k0 = config.k0(i);
+        let prior = {
+            evidence.clear();
+            let local = sigma2.get(i).copied().flatten();
+            evidence.extend(neighbors.iter().map(|g| NeighborEvidence {
+                weight: g.weight_at(i, local),
+                mean: g.mean[i],
+                similarity: g.similarity,
+                credence: g.credence,
+            }));
+            let own = (n_established > MIN_EVIDENCE).then(|| NeighborEvidence {
+                weight: n_established,
+                mean: established_mean[i],
+                similarity: 1.0,
+                credence: 1.0,
+            });
+            // τ² is the spread of biases between addresses, in units of the σ² of the
+            // summaries at hand: the learned one (not the clamped k0, which caps it at
+            // 20 σ² in consistent worlds), else what the k0 in force implies.
+            let t = match (config.bias_variance(i), local) {
+                (Some(tau2), Some(local)) if local > 0.0 => tau2 / local,
+                _ => 1.0 / k0,
+            };
+            let p = neighbor_prior(
+                &evidence,
+                own,
+                PriorScale {
+                    sigma2: local,
+                    t,
+                    k0,
+                    spread_scale: config.spread_scale(i),
+                },
+            );
+            checks.push(BorrowedCheck::of(&p, local));
+            for (worth, g) in neighbor_worth.iter_mut().zip(&evidence) {
+                *worth += p.strength * p.share_of(g) / n as f64;
+            }
+            p
+        };
+        borrowed_any |= prior.share > 0.0;
+        priors.push(prior);
+    }
+    if borrowed_any && n_young > 0.0 {
+        // Young exact sources are judged against the neighbors' prior, as they are
+        // against established sources: at a thin address a fresh id claiming what no
+        // neighbor suggests would otherwise carry its full capped weight.
+        for &i in &exact_members {
+            if !contributions[i].young || weights[i] <= 0.0 {
+                continue;
+            }
+            let s = contributions[i].summary;
+            let z = (0..n)
+                .filter_map(|d| {
+                    let p = &priors[d];
+                    // Without scatter (σ² = 0) nothing tells a claim from noise.
+                    let sigma2 = sigma2.get(d).copied().flatten().filter(|v| *v > 0.0)?;
+                    (p.share > 0.0 && p.precision > 0.0).then(|| {
+                        let var =
+                            sigma2 * (p.spread + 1.0 / p.precision + 1.0 / s.weight().max(1.0));
+                        (s.mean()[d] - p.mean).abs() / var.sqrt()
+                    })
+                })
+                .fold(0.0f64, f64::max);
+            if z > config.outlier_z {
+                let k = (config.outlier_z / z).powi(2);
+                let w = weights[i];
+                weights[i] = w * k;
+                exact_mean *= n_exact;
+                exact_mean.axpy(-w * (1.0 - k), s.mean(), 1.0);
+                n_exact -= w * (1.0 - k);
+                n_young -= w * (1.0 - k);
+                if n_exact > MIN_EVIDENCE {
+                    exact_mean /= n_exact;
+                } else {
+                    n_exact = 0.0;
+                    exact_mean.fill(0.0);
+                }
+            }
+        }
+    }
+    // Young evidence is unverified: it carries the fallback k0 as an extra prior in
+    // proportion to its share, so a learned k0 near 0 (consistent worlds) cannot let a
+    // lone young source move the prior further than it could with the fallback.
+    let k_young = if n_exact > 0.0 {
+        FALLBACK_PRIOR_STRENGTH * n_young.max(0.0) / n_exact
+    } else {
+        0.0
+    };
+    let mut correction = DVector::zeros(n);
+    let mut w_sum = 0.0;
+    for i in 0..n {
+        let k0 = config.k0(i);
+        let prior = priors.get(i).copied().unwrap_or(NeighborPrior::none(k0));
+        let k = prior.strength + k_young;
+        let theta = (n_exact * exact_mean[i] + k * prior.mean) / (n_exact + k);
+        // The fleet's share of the answer: the exact evidence plus what the neighbors
+        // add over the model (k_N − k0 outcomes' worth), n / (n + k0) without them.
+        w_sum += ((n_exact + prior.strength - k0) / (n_exact + k)).clamp(0.0, 1.0);
+        let b = config.bound(i);
+        correction[i] = theta.clamp(-b, b);
+    }
+    let confidence = w_sum / n as f64;
+    if !borrowed_any {
+        for g in &neighbors {
+            for &j in &g.members {
+                weights[j] = 0.0;
+            }
+        }
+    }
+    if n_exact <= 0.0 && !borrowed_any {
+        let none = vec![0.0; weights.len()];
+        return Ok(FleetEstimate::nothing(n, none, borrow));
+    }
+    // Provenance: a neighbor source's reported weight is its share of its address's
+    // worth in the corrected mean (outcomes), so weights read alike for every source.
+    // The covariance still pools every source used, neighbors at weight × similarity.
+    // (Without neighbors the weights are the covariance's: no copy on the exact path.)
+    let borrowed_weights;
+    let cov_weights: &[f64] = if neighbors.is_empty() {
+        &weights
+    } else {
+        let mut w = weights.clone();
+        for g in &neighbors {
+            for &j in &g.members {
+                w[j] = weights[j] * g.similarity;
+            }
+        }
+        borrowed_weights = w;
+        &borrowed_weights
+    };
+    let (mut support, mut sources) = (0u64, 0u32);
+    let mut pooled_mean = DVector::zeros(n);
+    let mut n_eff = 0.0;
+    for (c, &w) in contributions.iter().zip(cov_weights) {
         if w <= 0.0 {
             continue;
         }
-        let s = c.summary;
-        if s.weight() > 0.0 {
-            let k = w / s.weight();
-            residual_cov.zip_apply(s.m2(), |a, b| *a += k * b);
+        pooled_mean.axpy(w, c.summary.mean(), 1.0);
+        n_eff += w;
+        support = support.saturating_add(c.summary.count());
+        sources += 1;
+    }
+    let mut residual_cov = DMatrix::zeros(n, n);
+    if n_eff > MIN_EVIDENCE {
+        pooled_mean /= n_eff;
+        let mut delta = DVector::zeros(n);
+        for (c, &w) in contributions.iter().zip(cov_weights) {
+            if w <= 0.0 {
+                continue;
+            }
+            let s = c.summary;
+            if s.weight() > 0.0 {
+                let k = w / s.weight();
+                residual_cov.zip_apply(s.m2(), |a, b| *a += k * b);
+            }
+            delta.copy_from(s.mean());
+            delta -= &pooled_mean;
+            residual_cov.ger(w, &delta, &delta, 1.0);
         }
-        delta.copy_from(s.mean());
-        delta -= &mean;
-        residual_cov.ger(w, &delta, &delta, 1.0);
+        residual_cov /= n_eff;
+        residual_cov *= 1.0 + 1.0 / n_eff;
     }
-    residual_cov /= n_eff;
-    residual_cov *= 1.0 + 1.0 / n_eff;
-    // Young evidence is unverified: k0 is at least the fallback in proportion to its
-    // share, so a learned k0 near 0 (consistent worlds) cannot let a lone young source
-    // move the prior further than it could with the fallback.
-    let k_young = FALLBACK_PRIOR_STRENGTH * n_young / n_eff;
-    let mut w_sum = 0.0;
-    for (i, c) in mean.iter_mut().enumerate() {
-        let w = n_eff / (n_eff + config.k0(i).max(k_young));
-        w_sum += w;
-        let b = config.bound(i);
-        *c = (w * *c).clamp(-b, b);
+    for (g, worth) in neighbors.iter().zip(&neighbor_worth) {
+        for &j in &g.members {
+            weights[j] = if borrowed_any && g.weight > 0.0 {
+                worth * weights[j] / g.weight
+            } else {
+                0.0
+            };
+        }
     }
-    let w = w_sum / n as f64;
     // Records are bounded before they get here, so this cannot happen; if it ever does,
     // the prediction is answered unchanged rather than with inf or NaN.
-    if !(mean.iter().all(|v| v.is_finite()) && residual_cov.iter().all(|v| v.is_finite())) {
+    if !(correction.iter().all(|v| v.is_finite()) && residual_cov.iter().all(|v| v.is_finite())) {
         let none = vec![0.0; weights.len()];
         return Ok(FleetEstimate::nothing(n, none, borrow));
     }
     Ok(FleetEstimate {
-        correction: mean,
+        correction,
         residual_cov,
-        confidence: w,
+        confidence,
         support,
         sources,
-        matched: if used_neighbor {
+        matched: if borrowed_any {
             Match::Neighbor
         } else {
             Match::Exact
         },
         weights,
         borrowed: borrow,
+        checks: if borrowed_any { checks } else { Vec::new() },
     })
+}
+
+/// One neighbor address pooled over its sources.
+struct NeighborAddress {
+    /// Pooled final weight of its sources, in outcomes (trusted, capped, robust).
+    weight: f64,
+    /// Their decayed weight before trust: how precisely its mean is known.
+    precise: f64,
+    /// weight / precise in [0, 1]: how far its sources are believed (trust, caps, the
+    /// outlier test), which scales its precision in the prior like similarity does.
+    credence: f64,
+    /// Their weighted mean residual.
+    mean: DVector<f64>,
+    /// Their scatter per dimension (Σ (w/W) M2_dd) and its degrees of freedom: the
+    /// address's own noise, which may differ from the neighborhood's.
+    scatter: Vec<f64>,
+    dof: f64,
+    /// Similarity of the address to the predicted one.
+    similarity: f64,
+    /// Indices of its contributions.
+    members: Vec<usize>,
+}
+
+impl NeighborAddress {
+    /// Pools one neighbor address's sources at their final weights (`None` if none has
+    /// weight left).
+    fn pool(
+        n: usize,
+        contributions: &[Contribution<'_>],
+        weights: &[f64],
+        decayed: &[f64],
+        members: &[usize],
+    ) -> Option<NeighborAddress> {
+        let mut mean = DVector::zeros(n);
+        let mut scatter = vec![0.0; n];
+        let (mut weight, mut similarity, mut dof) = (0.0, 0.0f64, 0.0);
+        // Σ w²/d over Σ w: each source's belief w/d, averaged at its weight, so a source
+        // the outlier test silenced does not lower the belief in the others.
+        let mut belief = 0.0;
+        for &i in members {
+            let w = weights[i];
+            if w <= 0.0 {
+                continue;
+            }
+            belief += w * (w / decayed[i].max(w));
+            let s = contributions[i].summary;
+            mean.axpy(w, s.mean(), 1.0);
+            weight += w;
+            similarity = similarity.max(contributions[i].similarity.clamp(0.0, 1.0));
+            if s.weight() > 0.0 {
+                let k = w / s.weight();
+                dof += w * (1.0 - s.weight_sq() / (s.weight() * s.weight())).max(0.0);
+                for (d, v) in scatter.iter_mut().enumerate() {
+                    *v += k * s.m2()[(d, d)].max(0.0);
+                }
+            }
+        }
+        (weight > MIN_EVIDENCE && similarity > 0.0).then(|| {
+            mean /= weight;
+            let credence = (belief / weight).clamp(0.0, 1.0);
+            NeighborAddress {
+                weight,
+                precise: weight / credence.max(f64::MIN_POSITIVE),
+                credence,
+                mean,
+                scatter,
+                dof,
+                similarity,
+                members: members.to_vec(),
+            }
+        })
+    }
+
+    /// Its weight in outcomes of the neighborhood's noise σ² in dimension `d`: an
+    /// address noisier than the neighborhood (its own scatter, pooled with σ² at
+    /// [`WITHIN_VARIANCE_PRIOR_DOF`]) counts for fewer outcomes.
+    fn weight_at(&self, d: usize, sigma2: Option<f64>) -> f64 {
+        match sigma2 {
+            Some(pooled) if pooled > 0.0 => {
+                let own = (self.scatter[d] + WITHIN_VARIANCE_PRIOR_DOF * pooled)
+                    / (self.dof + WITHIN_VARIANCE_PRIOR_DOF);
+                if own > 0.0 {
+                    self.precise * pooled / own
+                } else {
+                    self.precise
+                }
+            }
+            _ => self.precise,
+        }
+    }
+}
+
+/// The neighbor contributions grouped by address, in order of first appearance.
+fn neighbor_groups(contributions: &[Contribution<'_>], weights: &[f64]) -> Vec<Vec<usize>> {
+    let mut groups: Vec<(u32, Vec<usize>)> = Vec::new();
+    for (i, c) in contributions.iter().enumerate() {
+        if c.exact || weights[i] <= 0.0 {
+            continue;
+        }
+        match groups.iter_mut().find(|(a, _)| *a == c.address) {
+            Some((_, members)) => members.push(i),
+            None => groups.push((c.address, vec![i])),
+        }
+    }
+    groups.into_iter().map(|(_, m)| m).collect()
+}
+
+/// Degrees of freedom the learned within-address variance counts for against the
+/// scatter of the summaries at hand (a scaled-inverse-χ² prior centered on it).
+const WITHIN_VARIANCE_PRIOR_DOF: f64 = 4.0;
+
+/// σ² per state dimension for the neighbor prior: the scatter of the sources used
+/// (each at its final share w / W of its own summary), pooled with the learned σ² at
+/// [`WITHIN_VARIANCE_PRIOR_DOF`]; `None` for a dimension with neither.
+fn within_variance(
+    config: &SynthesisConfig,
+    n: usize,
+    contributions: &[Contribution<'_>],
+    weights: &[f64],
+) -> Vec<Option<f64>> {
+    let mut m2 = vec![0.0; n];
+    let mut dof = 0.0;
+    for (c, &w) in contributions.iter().zip(weights) {
+        let s = c.summary;
+        let big_w = s.weight();
+        if w <= 0.0 || big_w <= 0.0 {
+            continue;
+        }
+        let k = w / big_w;
+        dof += w * (1.0 - s.weight_sq() / (big_w * big_w)).max(0.0);
+        for (d, v) in m2.iter_mut().enumerate() {
+            *v += k * s.m2()[(d, d)].max(0.0);
+        }
+    }
+    m2.iter()
+        .enumerate()
+        .map(|(d, m2)| {
+            let (prior_m2, prior_dof) = match config.within_variance(d) {
+                Some(s2) => (WITHIN_VARIANCE_PRIOR_DOF * s2, WITHIN_VARIANCE_PRIOR_DOF),
+                None => (0.0, 0.0),
+            };
+            let total = dof + prior_dof;
+            (total > 0.0).then(|| (m2 + prior_m2) / total)
+        })
+        .collect()
 }
 
 impl FleetEstimate {
@@ -448,6 +882,7 @@ impl FleetEstimate {
             matched: Match::None,
             weights,
             borrowed,
+            checks: Vec::new(),
         }
     }
 
@@ -497,84 +932,105 @@ impl FleetEstimate {
             confidence: w,
             matched: self.matched,
             weights: self.weights.clone(),
+            checks: self.checks.clone(),
+            borrowed: self.borrowed,
         })
     }
 }
 
-/// Scales young sources down together so that their total weight is at most `cap`.
-fn cap_young(cap: f64, contributions: &[Contribution<'_>], weights: &mut [f64]) {
-    let total: f64 = contributions
+/// Scales the young sources among `members` (one address) down together so that their
+/// total weight is at most `cap`.
+fn cap_young(cap: f64, contributions: &[Contribution<'_>], weights: &mut [f64], members: &[usize]) {
+    let total: f64 = members
         .iter()
-        .zip(weights.iter())
-        .filter(|(c, _)| c.young)
-        .map(|(_, w)| *w)
+        .filter(|&&i| contributions[i].young)
+        .map(|&i| weights[i])
         .sum();
     if total > cap {
         let k = cap / total;
-        for (c, w) in contributions.iter().zip(weights.iter_mut()) {
-            if c.young {
-                *w *= k;
+        for &i in members {
+            if contributions[i].young {
+                weights[i] *= k;
             }
         }
     }
 }
 
-/// Multiplies the weight of sources whose mean is a robust outlier by (z0 / z)².
+/// Multiplies the weight of sources among `members` (one address, or with `young_only`
+/// the young sources among every neighbor's) whose mean is a robust outlier by (z0 / z)².
 ///
 /// The median and MAD are taken over the sources that vote: the established ones (not
 /// young) whenever any is active, else all. Young sources carry at most
 /// `max_young_weight` together, however many they are; if each of them also had a vote,
 /// a crowd of new or rotating ids (or one stranger echoing another source's mean, which
 /// makes the MAD 0) would make the established sources the outliers and silence them.
-fn down_weight_outliers(z0: f64, contributions: &[Contribution<'_>], weights: &mut [f64]) {
-    let active: Vec<usize> = (0..weights.len()).filter(|&i| weights[i] > 0.0).collect();
-    let established: Vec<usize> = active
+fn down_weight_outliers(
+    z0: f64,
+    contributions: &[Contribution<'_>],
+    weights: &mut [f64],
+    members: &[usize],
+    young_only: bool,
+) {
+    let active: Vec<usize> = members
         .iter()
         .copied()
-        .filter(|&i| !contributions[i].young)
+        .filter(|&i| weights[i] > 0.0)
         .collect();
-    let voters = if established.is_empty() {
-        &active
-    } else {
-        &established
-    };
-    if voters.len() < 3 {
+    let any_established = active.iter().any(|&i| !contributions[i].young);
+    let votes = |i: usize| !contributions[i].young || (!any_established && !young_only);
+    let voters = active.iter().filter(|&&i| votes(i)).count();
+    if voters < 3 {
         return;
     }
+    let judged = |i: usize| !young_only || contributions[i].young;
     let n = contributions[active[0]].summary.dim();
-    let mut z = vec![0.0f64; weights.len()];
-    let mut column: Vec<f64> = Vec::with_capacity(voters.len());
+    // z per active source (in `active` order), and one buffer for every median.
+    let mut z = vec![0.0f64; active.len()];
+    let mut column: Vec<f64> = Vec::with_capacity(voters);
     for d in 0..n {
         column.clear();
-        column.extend(voters.iter().map(|&i| contributions[i].summary.mean()[d]));
+        column.extend(
+            active
+                .iter()
+                .filter(|&&i| votes(i))
+                .map(|&i| contributions[i].summary.mean()[d]),
+        );
         let med = median(&mut column);
         for v in column.iter_mut() {
             *v = (*v - med).abs();
         }
         let mad = median(&mut column);
+        let floor = 1e-9 * (1.0 + med.abs());
+        let mut scale = (1.4826 * mad).max(floor);
+        let far = |scale: f64| {
+            active.iter().any(|&i| {
+                judged(i) && (contributions[i].summary.mean()[d] - med).abs() > z0 * scale
+            })
+        };
         // Scale floor: sources that agree exactly (MAD 0) must not make every other one
         // an outlier, so the scale is at least the typical standard error of a voter's
-        // own mean (sd · sqrt(Σw²) / W, from its own scatter), and never 0.
-        column.clear();
-        column.extend(voters.iter().map(|&i| {
-            let s = contributions[i].summary;
-            let w = s.weight();
-            if w > 0.0 {
-                (s.m2()[(d, d)].max(0.0) / w).sqrt() * s.weight_sq().sqrt() / w
-            } else {
-                0.0
-            }
-        }));
-        let se = median(&mut column);
-        let scale = (1.4826 * mad).max(se).max(1e-9 * (1.0 + med.abs()));
-        for &i in &active {
-            let zi = (contributions[i].summary.mean()[d] - med).abs() / scale;
-            z[i] = z[i].max(zi);
+        // own mean (sd · sqrt(Σw²) / W, from its own scatter). Only needed, and so only
+        // computed, when the MAD alone would call someone an outlier.
+        if far(scale) {
+            column.clear();
+            column.extend(active.iter().filter(|&&i| votes(i)).map(|&i| {
+                let s = contributions[i].summary;
+                let w = s.weight();
+                if w > 0.0 {
+                    (s.m2()[(d, d)].max(0.0) / w).sqrt() * s.weight_sq().sqrt() / w
+                } else {
+                    0.0
+                }
+            }));
+            scale = scale.max(median(&mut column));
+        }
+        for (zi, &i) in z.iter_mut().zip(&active) {
+            *zi = zi.max((contributions[i].summary.mean()[d] - med).abs() / scale);
         }
     }
-    for &i in &active {
-        if z[i] > z0 {
-            weights[i] *= (z0 / z[i]).powi(2);
+    for (&zi, &i) in z.iter().zip(&active) {
+        if zi > z0 && judged(i) {
+            weights[i] *= (z0 / zi).powi(2);
         }
     }
 }
@@ -624,6 +1080,7 @@ mod tests {
             trust: 1.0,
             similarity: 1.0,
             exact: true,
+            address: 0,
             young: false,
         }
     }
@@ -759,10 +1216,12 @@ mod tests {
         };
         let p = synthesize(&cfg, &x, None, &[young], 0).unwrap();
         let y = cfg.max_young_weight;
+        // All evidence young: the fallback's k0 comes on top of the learned one.
         assert!(
-            (p.confidence - y / (y + FALLBACK_PRIOR_STRENGTH)).abs() < 1e-9,
+            (p.confidence - y / (y + 0.05 + FALLBACK_PRIOR_STRENGTH)).abs() < 1e-9,
             "{p:?}"
         );
+        assert!(p.confidence <= y / (y + FALLBACK_PRIOR_STRENGTH), "{p:?}");
     }
 
     #[test]
@@ -798,9 +1257,17 @@ mod tests {
         );
         let n_h: f64 = honest.weights.iter().sum();
         let c_h = honest.correction[0];
-        // k0 here is the fallback, which the young share cannot exceed.
-        let bound = cfg.max_young_weight * (50.0 - c_h) / (n_h + cfg.max_young_weight + cfg.k0(0));
-        assert!((flooded.correction[0] - c_h - bound).abs() < 1e-9);
+        let y = cfg.max_young_weight;
+        // The young share adds the fallback's k0 in proportion to its weight, so the
+        // shift is below what the cap alone would allow.
+        let k = cfg.k0(0) + FALLBACK_PRIOR_STRENGTH * y / (n_h + y);
+        let expected = (c_h * (n_h + cfg.k0(0)) + y * 50.0) / (n_h + y + k);
+        assert!(
+            (flooded.correction[0] - expected).abs() < 1e-9,
+            "{flooded:?}"
+        );
+        let cap_only = y * (50.0 - c_h) / (n_h + y + cfg.k0(0));
+        assert!(flooded.correction[0] - c_h < cap_only);
         // With three established sources the young ones are judged by them: a far young
         // claim is an outlier and loses its weight.
         let c = source(&[0.85], 0.0, 10, &mut rng);
@@ -826,35 +1293,132 @@ mod tests {
         assert!(strangers.weights[3] < 0.01 * strangers.weights[1]);
     }
 
+    /// Sources at neighbor address `address` (similarity `similarity`).
+    fn neighbor(s: &Summary, address: u32, similarity: f64) -> Contribution<'_> {
+        Contribution {
+            similarity,
+            exact: false,
+            address,
+            ..exact(s)
+        }
+    }
+
+    /// Biases spread τ = 1 between addresses, outcomes σ = 0.5 around them: k0 = 0.25.
+    fn learned() -> SynthesisConfig {
+        SynthesisConfig {
+            learned_prior_strength: vec![0.25],
+            learned_within_variance: vec![0.25],
+            learned_bias_variance: vec![1.0],
+            ..config()
+        }
+    }
+
     #[test]
     fn neighbors_are_borrowed_only_when_exact_support_is_thin() {
         let mut rng = Normal(3);
-        let exact_few = source(&[1.0], 0.1, 2, &mut rng);
-        let exact_many = source(&[1.0], 0.1, 50, &mut rng);
-        let near = source(&[3.0], 0.1, 100, &mut rng);
-        let cfg = config();
+        let exact_many = source(&[1.0], 0.5, 50, &mut rng);
+        let near: Vec<Summary> = (0..4).map(|_| source(&[2.0], 0.5, 40, &mut rng)).collect();
+        let cfg = learned();
         let x = DVector::zeros(1);
-        let neighbor = Contribution {
-            summary: &near,
-            trust: 1.0,
-            similarity: 0.8,
-            exact: false,
-            young: false,
-        };
-        let thin = synthesize(&cfg, &x, None, &[exact(&exact_few), neighbor.clone()], 0).unwrap();
-        assert_eq!(thin.matched, Match::Neighbor);
+        let mut rich = vec![exact(&exact_many)];
+        rich.extend(near.iter().zip(1..).map(|(s, a)| neighbor(s, a, 0.9)));
+        let p = synthesize(&cfg, &x, None, &rich, 0).unwrap();
+        assert_eq!(p.matched, Match::Exact);
+        assert!(p.weights[1..].iter().all(|w| *w == 0.0), "{:?}", p.weights);
+        assert_eq!(p.support, 50);
+    }
+
+    /// The neighbors give the prior mean; the exact outcomes update it. Before, four
+    /// neighbors of 40 outcomes each were pooled as 144 exact samples and two exact
+    /// outcomes moved the answer by 1 %.
+    #[test]
+    fn a_thin_address_starts_from_its_neighbors_and_its_outcomes_move_it() {
+        let mut rng = Normal(4);
+        let near: Vec<Summary> = (0..4).map(|_| source(&[2.0], 0.5, 40, &mut rng)).collect();
+        let neighbors: Vec<Contribution<'_>> = near
+            .iter()
+            .zip(1..)
+            .map(|(s, a)| neighbor(s, a, 0.9))
+            .collect();
+        let cfg = learned();
+        let x = DVector::zeros(1);
+        let unseen = synthesize(&cfg, &x, None, &neighbors, 0).unwrap();
+        assert_eq!(unseen.matched, Match::Neighbor);
+        let c0 = unseen.correction[0];
+        assert!(c0 > 1.7 && c0 < 2.1, "the neighbors' level: {c0}");
+        assert!(unseen.confidence > 0.5, "{unseen:?}");
+        let mut last = c0;
+        for n in [1usize, 2, 4] {
+            // Exact outcomes at 1.0 (no noise: a consistent address unlike its neighbors).
+            let own = source(&[1.0], 0.0, n, &mut rng);
+            let mut all = vec![exact(&own)];
+            all.extend(neighbors.iter().cloned());
+            let p = synthesize(&cfg, &x, None, &all, 0).unwrap();
+            let c = p.correction[0];
+            assert!(c > 1.0 && c < last, "{n} outcomes: {c} after {last}");
+            last = c;
+            // Own outcomes count as exact samples, neighbors at their prior strength.
+            let neighbor_worth: f64 = p.weights[1..].iter().sum();
+            assert!(p.weights[0] == n as f64 && neighbor_worth > 0.0, "{p:?}");
+        }
         assert!(
-            thin.correction[0] > 1.5,
-            "neighbor pulls the mean: {}",
-            thin.correction[0]
+            last < 1.0 + 0.75 * (c0 - 1.0),
+            "four outcomes move it: {last}"
         );
+    }
+
+    #[test]
+    fn neighbors_that_disagree_leave_the_exact_answer() {
+        let mut rng = Normal(8);
+        let near: Vec<Summary> = [3.0, -3.0, 2.5, -2.0, 3.5, -2.5]
+            .iter()
+            .map(|&b| source(&[b], 0.5, 40, &mut rng))
+            .collect();
+        let own = source(&[1.0], 0.5, 2, &mut rng);
+        let cfg = learned();
+        let x = DVector::zeros(1);
+        let alone = synthesize(&cfg, &x, None, &[exact(&own)], 0).unwrap();
+        let mut all = vec![exact(&own)];
+        all.extend(near.iter().zip(1..).map(|(s, a)| neighbor(s, a, 0.9)));
+        let p = synthesize(&cfg, &x, None, &all, 0).unwrap();
+        let (a, b) = (alone.correction[0], p.correction[0]);
         assert!(
-            (thin.weights[1] - 80.0).abs() < 1e-9,
-            "similarity scales weight"
+            (a - b).abs() < 0.1 * a.abs(),
+            "alone {a}, with neighbors {b}"
         );
-        let rich = synthesize(&cfg, &x, None, &[exact(&exact_many), neighbor], 0).unwrap();
-        assert_eq!(rich.matched, Match::Exact);
-        assert_eq!(rich.weights[1], 0.0);
+    }
+
+    /// Three sources at one neighbor address are one address: their agreement is not
+    /// the neighbors' agreement, and a hostile one among them is judged by the others.
+    #[test]
+    fn sources_at_one_neighbor_address_are_pooled_and_judged_together() {
+        let mut rng = Normal(9);
+        let honest: Vec<Summary> = (0..3).map(|_| source(&[2.0], 0.5, 40, &mut rng)).collect();
+        let liar = source(&[40.0], 0.5, 40, &mut rng);
+        let cfg = learned();
+        let x = DVector::zeros(1);
+        let mut at_one: Vec<Contribution<'_>> =
+            honest.iter().map(|s| neighbor(s, 1, 0.9)).collect();
+        let one = synthesize(&cfg, &x, None, &at_one, 0).unwrap();
+        let spread: Vec<Contribution<'_>> = honest
+            .iter()
+            .zip(1..)
+            .map(|(s, a)| neighbor(s, a, 0.9))
+            .collect();
+        let three = synthesize(&cfg, &x, None, &spread, 0).unwrap();
+        assert!(
+            three.confidence > one.confidence,
+            "three agreeing addresses say more than one: {} vs {}",
+            three.confidence,
+            one.confidence
+        );
+        at_one.push(neighbor(&liar, 1, 0.9));
+        let attacked = synthesize(&cfg, &x, None, &at_one, 0).unwrap();
+        assert!(
+            attacked.weights[3] < 0.01 * attacked.weights[0],
+            "{attacked:?}"
+        );
+        assert!((attacked.correction[0] - one.correction[0]).abs() < 0.05);
     }
 
     #[test]
@@ -888,7 +1452,7 @@ mod tests {
         let cfg = SynthesisConfig {
             max_residual: vec![10.0, 5.0],
             min_support: 5.0,
-            ..config()
+            ..learned()
         };
         assert!(cfg.plausible(&[9.9, -4.9]) && !cfg.plausible(&[0.0, 5.1]));
         assert!(config().plausible(&[1e300]), "no gate: everything passes");

@@ -111,6 +111,9 @@ pub struct Counters {
     /// Corrected priors that came out non-finite and were replaced by the prediction
     /// (should stay 0: records are bounded before they reach the synthesis).
     pub priors_non_finite: u64,
+    /// Drifts detected: addresses whose recent own outcomes disagreed with their summary,
+    /// each of which started a fresh epoch (core::drift).
+    pub drift_detected: u64,
     /// Pending predictions dropped because `max_pending` was reached.
     pub pending_evicted: u64,
     /// Pending predictions dropped after `pending_timeout_s`.
@@ -198,6 +201,7 @@ impl Report {
             ("records_published".into(), c.records_published.to_string()),
             ("records_received".into(), c.records_received.to_string()),
             ("records_stale".into(), c.records_stale.to_string()),
+            ("drift_detected".into(), c.drift_detected.to_string()),
             ("trust_sources".into(), self.trust_sources.to_string()),
             ("trust_distrusted".into(), self.trust_distrusted.to_string()),
             ("trust_young".into(), self.trust_young.to_string()),

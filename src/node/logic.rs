@@ -2,7 +2,7 @@
 //! one, with no binding, no I/O and no clock (time comes in as an argument), so the
 //! native and r2r bindings, the tests and the fleet simulator all run the same code.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use nalgebra::DVector;
 
@@ -10,10 +10,12 @@ use crate::core::discrepancy::{Covariance, Discrepancy as Residual};
 use crate::core::fingerprint::Fingerprinter;
 use crate::core::ids::{Fingerprint, FleetName, ModelId, RecordKey, SourceId};
 use crate::core::memory::{Ingest, OutcomeMemory};
+use crate::core::neighbor_prior::SpreadCalibration;
 use crate::core::neighbors::{MAX_EMBEDDING_DIM, NeighborIndex, Sketch, sketch};
 use crate::core::plausibility::{Implausible, RecordBounds, ResidualEnvelope};
 use crate::core::privacy::PrivacyBudget;
 use crate::core::record::{OutcomeRecord, TimeBase};
+use crate::core::shrinkage::Shrinkage;
 use crate::core::summary::Summary;
 use crate::core::synthesis::{Match, SynthesisConfig};
 use crate::core::trust::TrustBook;
@@ -99,10 +101,16 @@ pub struct NodeLogic {
     /// Refused predictions logged at WARN so far (once per kind).
     refusals: RefusalLog,
     interests: Vec<(ModelId, Fingerprint)>,
+    /// Per model: how far outcomes at borrowed addresses fell from the neighbor prior
+    /// (bounded: cleared beyond [`MAX_CALIBRATED_MODELS`]).
+    spread_calibration: HashMap<ModelId, SpreadCalibration>,
     /// Addresses already asked of the fleet (bounded: cleared when full, which at worst
     /// repeats a query).
     asked: HashSet<(ModelId, Fingerprint)>,
 }
+
+/// Most world models whose neighbor calibration is kept (a robot runs a few).
+const MAX_CALIBRATED_MODELS: usize = 64;
 
 /// Most addresses remembered as asked of the fleet.
 const MAX_ASKED: usize = 100_000;
@@ -183,6 +191,7 @@ impl NodeLogic {
             counters: Counters::default(),
             refusals: RefusalLog::default(),
             interests: Vec::new(),
+            spread_calibration: HashMap::new(),
             asked: HashSet::new(),
         })
     }
@@ -356,31 +365,38 @@ impl NodeLogic {
             self.interests.push((model.clone(), fingerprint));
         }
         // Neighbors are searched only when the exact address is thin, which keeps the
-        // faiss search off the path of well-known scenarios.
+        // faiss search off the path of well-known scenarios. Thin by the raw count, or
+        // by the synthesis's own test (young sources count as support only up to their
+        // cap), which the first answer reports.
         self.refresh_gate(&model);
         self.refresh_prior_strength(&model);
-        let neighbors =
-            if (self.exact_count(&model, &fingerprint) as f64) < self.synthesis.min_support {
-                self.neighbors
-                    .nearest(&model, &sketch, self.params.neighbors_k)
-                    .unwrap_or_else(|e| {
-                        tracing::warn!(%fingerprint, "neighbor search: {e}");
-                        Vec::new()
-                    })
-            } else {
-                Vec::new()
-            };
-        let trust = &self.trust;
-        let mut prior = self.memory.prior(
-            &self.synthesis,
+        let thin = (self.exact_count(&model, &fingerprint) as f64) < self.synthesis.min_support;
+        let mut neighbors = if thin {
+            self.nearest(&model, &fingerprint, &sketch)
+        } else {
+            Vec::new()
+        };
+        let mut prior = self.prior_at(
             &model,
             &fingerprint,
             &neighbors,
             &predicted,
-            predicted_cov.to_matrix().as_ref(),
-            &|s| trust.source(s),
+            &predicted_cov,
             now_ns,
         )?;
+        if !thin && prior.borrowed {
+            neighbors = self.nearest(&model, &fingerprint, &sketch);
+            if !neighbors.is_empty() {
+                prior = self.prior_at(
+                    &model,
+                    &fingerprint,
+                    &neighbors,
+                    &predicted,
+                    &predicted_cov,
+                    now_ns,
+                )?;
+            }
+        }
         if !(prior.state.iter().all(|v| v.is_finite())
             && prior.covariance.iter().all(|v| v.is_finite()))
         {
@@ -424,6 +440,7 @@ impl NodeLogic {
             predicted_cov,
             corrected: prior.state,
             arrived_ns: now_ns,
+            checks: prior.checks,
         };
         match self.pairing.insert(&p.episode_id, pending) {
             Ok(evicted) => self.counters.pending_evicted += evicted as u64,
@@ -432,6 +449,54 @@ impl NodeLogic {
         }
         self.counters.predictions += 1;
         Ok(PredictionAnswer::Accepted(msg))
+    }
+
+    /// The nearest known addresses of a scenario (empty if the search fails: the exact
+    /// address still works without it).
+    fn nearest(
+        &self,
+        model: &ModelId,
+        fingerprint: &Fingerprint,
+        sketch: &Sketch,
+    ) -> Vec<(Fingerprint, f32)> {
+        self.neighbors
+            .nearest(model, sketch, self.params.neighbors_k)
+            .unwrap_or_else(|e| {
+                tracing::warn!(%fingerprint, "neighbor search: {e}");
+                Vec::new()
+            })
+    }
+
+    /// The memory's corrected prior at an address, with this node's synthesis settings,
+    /// trust and (when neighbors are given) the model's calibration λ.
+    fn prior_at(
+        &mut self,
+        model: &ModelId,
+        fingerprint: &Fingerprint,
+        neighbors: &[(Fingerprint, f32)],
+        predicted: &DVector<f64>,
+        predicted_cov: &Covariance,
+        now_ns: i64,
+    ) -> Result<crate::core::synthesis::Prior, InputError> {
+        if !neighbors.is_empty() {
+            // λ of this model (the synthesis settings hold one model's at a time).
+            self.synthesis.learned_spread_scale = self
+                .spread_calibration
+                .get(model)
+                .map(SpreadCalibration::scales)
+                .unwrap_or_default();
+        }
+        let trust = &self.trust;
+        Ok(self.memory.prior(
+            &self.synthesis,
+            model,
+            fingerprint,
+            neighbors,
+            predicted,
+            predicted_cov.to_matrix().as_ref(),
+            &|s| trust.source(s),
+            now_ns,
+        )?)
     }
 
     /// Pairs an outcome with its prediction: the discrepancy to publish and the updated
@@ -498,6 +563,11 @@ impl NodeLogic {
         // measured, before the outcome joins the own summary.
         if let Some(addr) = self.memory.address(&p.model, &p.fingerprint) {
             for held in &addr.received {
+                // A record that predates a drift detected here is not judged by the
+                // changed world: its source was right when it wrote it.
+                if addr.post_change_share(&held.summary) < 1.0 {
+                    continue;
+                }
                 self.trust
                     .observe(&held.source, held.summary.mean().as_slice(), &r.residual);
             }
@@ -514,9 +584,34 @@ impl NodeLogic {
         } else {
             &r.residual
         };
-        let record =
-            self.memory
-                .record_outcome(&p.model, p.fingerprint, p.sketch, folded, now_ns)?;
+        let recorded = self.memory.fold_outcome(
+            &p.model,
+            p.fingerprint,
+            p.sketch,
+            folded,
+            now_ns,
+            Some(&self.synthesis.learned_within_variance),
+        )?;
+        if let Some(drift) = recorded.drift {
+            self.counters.drift_detected += 1;
+            tracing::info!(
+                model_id = %p.model, fingerprint = %p.fingerprint,
+                dimension = drift.dimension, shift = drift.shift, since_ns = drift.since_ns,
+                "drift: recent outcomes disagree with the address's summary; a fresh epoch starts"
+            );
+        }
+        let record = recorded.record;
+        if !p.checks.is_empty() {
+            if self.spread_calibration.len() >= MAX_CALIBRATED_MODELS
+                && !self.spread_calibration.contains_key(&p.model)
+            {
+                self.spread_calibration.clear();
+            }
+            self.spread_calibration
+                .entry(p.model.clone())
+                .or_default()
+                .observe(&p.checks, &r.residual);
+        }
         let stated = pending_sd(&p.predicted_cov.sum(&measured_cov), n);
         if self
             .envelope
@@ -741,23 +836,32 @@ impl NodeLogic {
         self.shrinkage_model = Some(model.clone());
         let (trust, synthesis) = (&self.trust, &self.synthesis);
         let floor = self.params.trust.initial;
-        let learned = crate::core::shrinkage::learn_prior_strength(
-            self.memory.addresses_of(model).map(|a| {
+        let learned =
+            crate::core::shrinkage::learn_shrinkage(self.memory.addresses_of(model).map(|a| {
                 let own = a.own.as_ref().map(|o| &o.1);
                 let received = a
                     .received
                     .iter()
                     .filter(|r| {
-                        trust.source(&r.source).weight >= floor
-                            && synthesis.plausible(r.summary.mean().as_slice())
+                        let t = trust.source(&r.source);
+                        t.weight >= floor && synthesis.plausible(r.summary.mean().as_slice())
                     })
                     .map(|r| &r.summary);
                 own.into_iter().chain(received)
-            }),
-        )
-        .unwrap_or_default();
-        if learned != self.synthesis.learned_prior_strength {
-            self.synthesis.learned_prior_strength = learned;
+            }))
+            .unwrap_or(Shrinkage {
+                prior_strength: Vec::new(),
+                within_variance: Vec::new(),
+                between_variance: Vec::new(),
+            });
+        let s = &mut self.synthesis;
+        if learned.prior_strength != s.learned_prior_strength
+            || learned.within_variance != s.learned_within_variance
+            || learned.between_variance != s.learned_bias_variance
+        {
+            s.learned_prior_strength = learned.prior_strength;
+            s.learned_within_variance = learned.within_variance;
+            s.learned_bias_variance = learned.between_variance;
             self.memory.drop_estimates();
         }
     }

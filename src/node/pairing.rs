@@ -9,6 +9,7 @@ use nalgebra::DVector;
 
 use crate::core::discrepancy::Covariance;
 use crate::core::ids::{Fingerprint, ModelId};
+use crate::core::neighbor_prior::BorrowedCheck;
 use crate::core::neighbors::Sketch;
 
 /// A prediction waiting for its outcome.
@@ -28,6 +29,9 @@ pub struct Pending {
     pub corrected: DVector<f64>,
     /// Node time at arrival, ns.
     pub arrived_ns: i64,
+    /// What the neighbor prior predicted, if the prior was borrowed: its outcome
+    /// calibrates how far neighbors are believed to disagree.
+    pub checks: Vec<Option<BorrowedCheck>>,
 }
 
 /// Why an episode could not be entered or taken.
@@ -161,6 +165,7 @@ mod tests {
             predicted_cov: Covariance::None,
             corrected: DVector::from_vec(vec![0.0]),
             arrived_ns: t,
+            checks: Vec::new(),
         }
     }
 

@@ -606,6 +606,102 @@ fn a_thin_address_borrows_from_a_similar_one() {
     );
 }
 
+/// Drift (issue 12 item 3): reality at an address jumps mid-stream. The node detects it
+/// from its own outcomes, counts and logs it, restarts the address's own summary from
+/// the outcomes since the change, and stops weighing a peer's record that predates it:
+/// the corrected prior is back on the new bias within a few outcomes, no restart.
+#[test]
+fn a_bias_that_jumps_is_followed_within_a_few_outcomes() {
+    // A consistent world, where empirical Bayes learns k0 near its floor (0.05); one
+    // address is too little to learn it, so it is set.
+    let mut params = NodeParams::default();
+    params.synthesis.prior_strength = 0.1;
+    let mut a = node("robot-a", params.clone());
+    let mut b = node("robot-b", params);
+    // A peer's record from before the change: 30 outcomes at +0.5.
+    let peer = learn(&mut b, "floor=tile", 30, 0.5, 0);
+    let (key, rec) = last_shared(&peer);
+    assert_eq!(
+        a.on_record(&key, rec, 40 * S),
+        crate::core::memory::Ingest::Stored
+    );
+    // Robot A's outcomes: +0.5 with a little scatter, then +2.0 from outcome 40 on.
+    let mut t = 100 * S;
+    let mut step = |a: &mut NodeLogic, i: usize, bias: f64| {
+        let ep = format!("tile-{i}");
+        t += S;
+        let p = a
+            .on_prediction(&prediction(&ep, "floor=tile", &[1.0, 2.0]), t)
+            .accepted()
+            .unwrap();
+        let wobble = if i % 2 == 0 { 0.05 } else { -0.05 };
+        let e = a
+            .on_outcome(&outcome(&ep, &[1.0 + bias + wobble, 2.0]), t + 1)
+            .unwrap();
+        (p, e)
+    };
+    for i in 0..40 {
+        let (p, _) = step(&mut a, i, 0.5);
+        if i > 2 {
+            assert!(
+                (p.correction[0] - 0.5).abs() < 0.1,
+                "{i}: {:?}",
+                p.correction
+            );
+        }
+    }
+    assert_eq!(a.report().counters.drift_detected, 0, "no false alarm");
+    let mut back = None;
+    for i in 40..60 {
+        let (p, e) = step(&mut a, i, 2.0);
+        if back.is_none() && (p.correction[0] - 2.0).abs() < 0.2 {
+            back = Some(i - 40);
+        }
+        if a.report().counters.drift_detected == 1 && e.own_record.1.summary.count() < 5 {
+            // The fresh epoch is a new record for the privacy budget.
+            assert!(
+                !e.share,
+                "{} outcomes shared",
+                e.own_record.1.summary.count()
+            );
+        }
+    }
+    let back = back.expect("the prior follows the new bias");
+    assert!(back <= 6, "error back after {back} outcomes");
+    let r = a.report();
+    assert_eq!(r.counters.drift_detected, 1);
+    assert!(
+        r.key_values()
+            .contains(&("drift_detected".into(), "1".into()))
+    );
+    // The peer's record predates the change: listed, but weighing nothing.
+    let q = a.query(
+        &QueryRequest {
+            scenario: scenario("floor=tile"),
+            model_id: "wm-1".into(),
+        },
+        200 * S,
+    );
+    assert_eq!(
+        q.source_ids,
+        vec!["robot-a".to_string(), "robot-b".to_string()]
+    );
+    assert_eq!(q.source_weights.len(), 2);
+    assert!(
+        q.source_weights[0] > 0.0 && q.source_weights[1] == 0.0,
+        "{q:?}"
+    );
+    assert!(
+        (q.mean_residual[0] - 2.0).abs() > 0.1,
+        "the pooled summary still mixes"
+    );
+    let addr = a.memory().address(&key.model, &key.fingerprint).unwrap();
+    let since = addr.drift_since_ns().expect("the drift is on record");
+    assert!(since > 139 * S && since <= 142 * S, "{since}");
+    let own = &addr.own.as_ref().unwrap().1;
+    assert!((own.mean()[0] - 2.0).abs() < 0.05 && own.count() <= 21);
+}
+
 #[test]
 fn the_neighbor_index_is_bounded_and_its_evictions_reported() {
     let params = NodeParams {

@@ -59,6 +59,7 @@ pub fn prior_from(
             trust: 1.0,
             similarity: 1.0,
             exact: true,
+            address: 0,
             young: false,
         })
         .into_iter()
