@@ -11,6 +11,7 @@ use nalgebra::DVector;
 use qis_ros::core::ids::{Fingerprint, FleetName, ModelId, RecordKey, Seq, SourceId};
 use qis_ros::core::memory::{Ingest, MemoryConfig, OutcomeMemory};
 use qis_ros::core::neighbors::Sketch;
+use qis_ros::core::privacy::shared_form as shared;
 use qis_ros::core::record::OutcomeRecord;
 use qis_ros::core::summary::Decay;
 use qis_ros::core::synthesis::SynthesisConfig;
@@ -433,7 +434,7 @@ async fn router_storage_serves_records_of_departed_robots() {
     let got = query_until(&c, &s, |g| !g.is_empty()).await;
     assert_eq!(got.len(), 1);
     assert_eq!(got[0].0, key);
-    assert_eq!(got[0].1, rec);
+    assert_eq!(got[0].1, shared(&rec));
 
     probe.close().await.unwrap();
     c.close().await.unwrap();
@@ -528,7 +529,7 @@ async fn anti_entropy_brings_records_missed_live() {
     let (key, rec) = own_record("robot-a", s, 4, &[0.1, 0.2]);
     assert!(a.serve_own(&key, &rec).unwrap());
     let (k, r) = recv_until(&mut rx_b, |_| true).await;
-    assert_eq!((k, r), (key.clone(), rec));
+    assert_eq!((k, r), (key.clone(), shared(&rec)));
     assert_eq!(a.stats().published, 0);
     assert!(
         b.stats().queries >= 1,

@@ -556,8 +556,10 @@ async fn qis_node_processes_share_outcomes_over_the_fleet_and_survive_sigkill() 
     assert_eq!(prior.sources, 1);
     assert_eq!(prior.support, 10);
     let s = f64::from(prior.support);
+    // Shared times are rounded down to the minute, so B sees A's outcomes up to a minute
+    // older than they are: a one-day half-life shifts the weight by < 5e-4.
     assert!(
-        (prior.correction[0] - 0.8 * s / (s + 5.0)).abs() < 1e-6,
+        (prior.correction[0] - 0.8 * s / (s + 5.0)).abs() < 1e-3,
         "{:?}",
         prior.correction
     );

@@ -23,6 +23,7 @@ use hiroz::msg::SerdeCdrSerdes;
 use hiroz::node::ZNode;
 use hiroz::pubsub::{ZPub, ZSub};
 use qis_ros::core::ids::{FleetName, RecordKey};
+use qis_ros::core::privacy::shared_form;
 use qis_ros::core::record::{OutcomeRecord, decode};
 use qis_ros::core::store::{Store, StoreConfig};
 use qis_ros::fleet::keys::parse_record_key;
@@ -388,11 +389,12 @@ fn check_published_against_store(
         );
         if s.seq == record.seq {
             assert_eq!(
-                s, record,
+                &shared_form(s),
+                record,
                 "{when}: stored record of {fp} differs from the published one at the same seq"
             );
             assert_eq!(
-                &s.encode().expect("encodes"),
+                &shared_form(s).encode().expect("encodes"),
                 bytes,
                 "{when}: bytes differ at seq {}",
                 s.seq.0

@@ -220,6 +220,15 @@ async fn a_passive_observer_recovers_no_single_residual_and_no_keyed_address() {
             versions.iter().all(|s| s.count() >= k),
             "{key}: a record with fewer than {k} outcomes left the robot"
         );
+        // Times: no finer than the quantum (the run lasts seconds, so the observer
+        // cannot tell when within the minute any outcome happened).
+        let quantum = (qis_ros::core::privacy::DEFAULT_TIME_QUANTUM_S * 1e9) as i64;
+        assert!(
+            versions
+                .iter()
+                .all(|s| s.first_ns() % quantum == 0 && s.last_ns() % quantum == 0),
+            "{key}: outcome times finer than {quantum} ns left the robot"
+        );
         for pair in versions.windows(2) {
             let (a, b) = (&pair[0], &pair[1]);
             let new = (b.count() - a.count()) as usize;

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use qis_ros::core::ids::{Fingerprint, FleetName, ModelId, RecordKey, Seq, SourceId};
 use qis_ros::core::memory::{MemoryConfig, OutcomeMemory};
 use qis_ros::core::neighbors::Sketch;
+use qis_ros::core::privacy::shared_form;
 use qis_ros::core::record::OutcomeRecord;
 use qis_ros::core::store::{Store, StoreConfig};
 use qis_ros::core::summary::Decay;
@@ -242,7 +243,11 @@ async fn sigkill_during_ingest_loses_no_acked_record_and_counts_nothing_twice() 
                 "round {round}: published seq {seq} lost"
             );
             if held.seq.0 == *seq {
-                assert_eq!(held, rec, "round {round}: stored differs from published");
+                assert_eq!(
+                    &shared_form(held),
+                    rec,
+                    "round {round}: stored differs from published"
+                );
             }
         }
         for rec in stored.values() {
@@ -439,7 +444,11 @@ impl Node {
 
 /// The union of the given nodes' own records: what everyone should hold once converged.
 fn truth(nodes: &[&Node]) -> View {
-    nodes.iter().flat_map(|n| n.own_view()).collect()
+    nodes
+        .iter()
+        .flat_map(|n| n.own_view())
+        .map(|(k, v)| (k, shared_form(&v)))
+        .collect()
 }
 
 fn summarize(view: &View) -> Vec<String> {
@@ -464,7 +473,7 @@ async fn converge(nodes: &mut [&mut Node], members: &[usize], what: &str) -> Dur
             n.view
                 .iter()
                 .filter(|((_, s), _)| sources.contains(&s.as_str()))
-                .map(|(k, v)| (k.clone(), v.clone()))
+                .map(|(k, v)| (k.clone(), shared_form(v)))
                 .collect()
         };
         if members.iter().all(|&i| restricted(&*nodes[i]) == expected) {
@@ -1205,7 +1214,11 @@ async fn mtls_router_storage_serves_members_only() {
     // B (member) gets A's record from the storage, and nothing of the intruders'.
     let (b, _rx_b) = client(1, "robot-b").await.expect("member B connects");
     let got = query_until_any(&b, &f, "B never got A's record from the storage").await;
-    assert_eq!(got, vec![(key, rec)], "only A's record, as published");
+    assert_eq!(
+        got,
+        vec![(key, shared_form(&rec))],
+        "only A's record, as published"
+    );
     println!(
         "mTLS router test: {refused} of 2 intruder clients refused at open, the others unlinked"
     );
@@ -1288,7 +1301,7 @@ async fn acl_router_lets_listed_robots_only_read_and_write_fleet_records() {
     );
     let (b, _rx_b) = client(1, "robot-b").await.expect("B connects");
     let got = query_until_any(&b, &f, "B never got A's record").await;
-    assert_eq!(got, vec![(ak, arec)], "only A's record");
+    assert_eq!(got, vec![(ak, shared_form(&arec))], "only A's record");
     for x in [a, b, d] {
         x.close().await.unwrap();
     }

@@ -6,6 +6,11 @@
 //! and a newer version only once it holds at least `k` more than the version last
 //! shared. Whatever an observer records on the wire, each difference it can form covers
 //! at least `k` outcomes: it learns means of `k` or more residuals, never a single one.
+//!
+//! Times: a shared record's first and last outcome times are rounded down to a time
+//! quantum ([`coarsen_times`], `exchange.time_quantum_s`, default one minute), so the
+//! wire does not tell when each outcome happened to the nanosecond (decay, with its
+//! one-day half-life, does not notice a minute).
 
 use rand::Rng;
 use rand_distr::{Distribution, StandardNormal};
@@ -17,6 +22,38 @@ use super::summary::Summary;
 
 /// Default `k`: own outcomes before an address is shared, and between two shares.
 pub const DEFAULT_MIN_COUNT_TO_SHARE: u64 = 5;
+
+/// Default time quantum of shared records' timestamps, seconds.
+pub const DEFAULT_TIME_QUANTUM_S: f64 = 60.0;
+
+/// The record as shared: its first and last outcome times rounded down to multiples of
+/// `quantum_ns` (rounded down, so a record never claims a time later than its own and
+/// no receiver sees it as from the future); `quantum_ns` <= 1 keeps them exact.
+pub fn coarsen_times(record: &OutcomeRecord, quantum_ns: i64) -> OutcomeRecord {
+    if quantum_ns <= 1 {
+        return record.clone();
+    }
+    let down = |t: i64| t - t.rem_euclid(quantum_ns);
+    let s = &record.summary;
+    OutcomeRecord {
+        summary: Summary::from_parts(
+            s.count(),
+            s.weight(),
+            s.weight_sq(),
+            s.mean().clone(),
+            s.m2().clone(),
+            down(s.first_ns()),
+            down(s.last_ns()),
+        ),
+        ..record.clone()
+    }
+}
+
+/// The record as a fleet with the default time quantum shares it: what a receiver
+/// holds of a record published under the shipped defaults.
+pub fn shared_form(record: &OutcomeRecord) -> OutcomeRecord {
+    coarsen_times(record, (DEFAULT_TIME_QUANTUM_S * 1e9) as i64)
+}
 
 /// The sharing rule for own records (see the module doc).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -234,5 +271,24 @@ mod tests {
         assert!(PrivacyBudget { min_count: 1 }.may_share(1, 0));
         // Saturating, never an overflow panic.
         let _ = b.may_share(u64::MAX, u64::MAX);
+    }
+
+    #[test]
+    fn shared_times_are_rounded_down_to_the_quantum() {
+        let mut s = Summary::from_sample(&[1.0], 61_500_000_000).unwrap();
+        s.add(&[2.0], 185_250_000_000, crate::core::summary::Decay::NONE)
+            .unwrap();
+        let r = OutcomeRecord {
+            seq: crate::core::ids::Seq(2),
+            sketch: crate::core::neighbors::Sketch([0; 32]),
+            summary: s,
+            time_base: Default::default(),
+        };
+        let c = coarsen_times(&r, 60_000_000_000);
+        assert_eq!(c.summary.first_ns(), 60_000_000_000);
+        assert_eq!(c.summary.last_ns(), 180_000_000_000);
+        assert_eq!(c.summary.mean(), r.summary.mean());
+        assert_eq!(c.summary.count(), 2);
+        assert_eq!(coarsen_times(&r, 0).summary.last_ns(), 185_250_000_000);
     }
 }

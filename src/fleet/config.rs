@@ -9,7 +9,7 @@ use thiserror::Error;
 
 use super::signing::{Admission, parse_public_key};
 use crate::core::ids::FleetName;
-use crate::core::privacy::DpConfig;
+use crate::core::privacy::{DEFAULT_TIME_QUANTUM_S, DpConfig};
 
 pub use crate::core::ids::DEFAULT_FLEET;
 /// Default wait for replies to a fleet query, milliseconds.
@@ -69,6 +69,9 @@ pub struct FleetConfig {
     /// Optional differential privacy of shared records (Gaussian mechanism with
     /// clipping); off by default.
     pub differential_privacy: DpConfig,
+    /// Shared records' first and last outcome times are rounded down to this many
+    /// seconds (0 = exact).
+    pub time_quantum_s: f64,
 }
 
 impl Default for FleetConfig {
@@ -89,6 +92,7 @@ impl Default for FleetConfig {
             unsigned: false,
             allowed_keys: Vec::new(),
             differential_privacy: DpConfig::default(),
+            time_quantum_s: DEFAULT_TIME_QUANTUM_S,
         }
     }
 }
@@ -137,6 +141,8 @@ pub struct FleetSettings {
     pub admission: Admission,
     /// Noise added to every shared version of an own record (off by default).
     pub dp: DpConfig,
+    /// Time quantum of shared records' timestamps, ns (0 = exact).
+    pub time_quantum_ns: i64,
 }
 
 fn endpoints_json(field: &'static str, eps: &[String]) -> Result<String, FleetConfigError> {
@@ -148,6 +154,9 @@ impl FleetConfig {
     /// settings; after this the exchange trusts them.
     pub fn validate(&self) -> Result<FleetSettings, FleetConfigError> {
         let fleet = FleetName::new(&self.fleet).map_err(|e| err("fleet", e.to_string()))?;
+        if !(self.time_quantum_s.is_finite() && (0.0..=86_400.0).contains(&self.time_quantum_s)) {
+            return Err(err("time_quantum_s", "must be in [0, 86400] seconds"));
+        }
         if self.query_timeout_ms == 0 {
             return Err(err("query_timeout_ms", "must be > 0"));
         }
@@ -220,6 +229,7 @@ impl FleetConfig {
             max_served_records: self.max_served_records,
             admission,
             dp: self.differential_privacy.clone(),
+            time_quantum_ns: (self.time_quantum_s * 1e9) as i64,
         })
     }
 }

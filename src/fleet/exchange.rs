@@ -38,7 +38,7 @@ use super::outbox::{Outbox, Sealed, put};
 use super::signing::seal;
 use super::stats::{FleetStats, FleetStatsSnapshot, bump};
 use crate::core::ids::{Fingerprint, FleetName, ModelId, RecordKey, Seq, SourceId};
-use crate::core::privacy::DpConfig;
+use crate::core::privacy::{DpConfig, coarsen_times};
 use crate::core::record::{EncodeError, OutcomeRecord};
 
 /// Why a fleet operation failed.
@@ -144,6 +144,8 @@ struct Shared {
     query_timeout: Duration,
     min_count_to_share: u64,
     dp: DpConfig,
+    /// Time quantum of shared records' timestamps (ns).
+    time_quantum_ns: i64,
     /// Sealed own records by key, as the queryable serves them (latest per key, bounded).
     served: RwLock<ServedRecords>,
     outbox: Arc<Outbox>,
@@ -218,6 +220,7 @@ impl FleetExchange {
             query_timeout: settings.query_timeout,
             min_count_to_share: settings.min_count_to_share,
             dp: settings.dp,
+            time_quantum_ns: settings.time_quantum_ns,
             served: RwLock::new(ServedRecords::new(settings.max_served_records)),
             outbox: Arc::new(Outbox::new(settings.publish_interval)),
             follows: Mutex::new(Follows::new(settings.max_live_subscriptions)),
@@ -285,13 +288,14 @@ impl FleetExchange {
         let ke = record_key(&self.shared.intake.fleet, key);
         // Noise is drawn once per shared version: what is served and what is put are the
         // same release, so repeating a query reveals nothing more.
+        let coarse = coarsen_times(record, self.shared.time_quantum_ns);
         let released;
         let record = if self.shared.dp.enabled() {
-            released = self.shared.dp.release(record, &mut rand::rng());
+            released = self.shared.dp.release(&coarse, &mut rand::rng());
             bump(&self.shared.intake.stats.dp_releases, 1);
             &released
         } else {
-            record
+            &coarse
         };
         let bytes = seal(record, &ke, self.shared.signing_key.as_ref())?;
         let parsed = KeyExpr::try_from(ke.clone()).map_err(zerr)?;

@@ -34,6 +34,7 @@ use rand::{RngExt, SeedableRng};
 use crate::core::fingerprint::Fingerprinter;
 use crate::core::ids::{Fingerprint, FleetName, ModelId, RecordKey, Seq, SourceId};
 use crate::core::memory::Ingest;
+use crate::core::privacy::shared_form;
 use crate::core::record::{OutcomeRecord, TimeBase};
 use crate::core::summary::Summary;
 use crate::fleet::Identity;
@@ -396,7 +397,8 @@ impl<E: Exchange> Robot<E> {
             return Ok(false);
         }
         *last = count;
-        self.exchange.publish(key, record)?;
+        // As the product's exchange shares it: outcome times rounded to the quantum.
+        self.exchange.publish(key, &shared_form(record))?;
         Ok(true)
     }
 
