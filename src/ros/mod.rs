@@ -11,6 +11,8 @@ pub mod native;
 pub mod params_file;
 #[cfg(feature = "r2r")]
 pub mod r2r_binding;
+#[cfg(feature = "r2r")]
+mod r2r_params;
 pub mod ros_params;
 pub mod runner;
 pub mod type_hash;

@@ -7,10 +7,12 @@
 //! parses `--ros-args` itself (name, namespace, remaps); parameters are loaded by our
 //! own loader, exactly as in the native binding, so both validate them the same way.
 //!
-//! Not served here (say so, do not fake it): the `query` service (r2r has no untyped
-//! service server; typed services need r2r's generated types for our interface package)
-//! and the ROS parameter services (`ros2 param`); both need the interface package built
-//! before this one (docs/ARCHITECTURE.md, "r2r layout").
+//! The ROS parameter services (`ros2 param list/get/describe/set`) are r2r's, over the
+//! same declarations and the same validation as the native binding ([`super::r2r_params`]).
+//!
+//! Not served here (say so, do not fake it): the `query` service. r2r has no untyped
+//! service server, and a typed one needs r2r's generated types for our own interface
+//! package, which CI's `doc-only` check cannot see (docs/ARCHITECTURE.md, "r2r layout").
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -23,6 +25,8 @@ use tokio::sync::mpsc;
 
 use super::msgs::{Clock, CorrectedPrior, DiagnosticArray, Discrepancy, Outcome, Prediction};
 use super::native::DEFAULT_INPUT_DEPTH;
+use super::r2r_params::R2rParams;
+use super::ros_params::{self, RosParamError};
 use super::runner::{Inputs, Outputs, Runner, RunnerConfig, Undecodable};
 use crate::core::ids::RecordKey;
 use crate::core::record::OutcomeRecord;
@@ -39,6 +43,9 @@ pub enum R2rError {
         /// The error.
         source: r2r::Error,
     },
+    /// A parameter has no ROS 2 form.
+    #[error(transparent)]
+    Params(#[from] RosParamError),
 }
 
 fn rcl<T>(what: &'static str, r: r2r::Result<T>) -> Result<T, R2rError> {
@@ -158,12 +165,24 @@ pub async fn run(
         None
     };
     let fqn = rcl("reading the node name", node.fully_qualified_name())?;
+    let logic = Arc::new(Mutex::new(logic));
+    let declared = ros_params::declarations(&params).map_err(R2rError::Params)?;
+    let served = R2rParams::new(logic.clone(), declared);
+    let declared = served.len();
+    let (param_services, param_events) = rcl(
+        "serving the parameter services",
+        node.make_derived_parameter_handler(Arc::new(Mutex::new(served))),
+    )?;
+    let param_task = tokio::spawn(param_services);
+    // r2r reports accepted changes on this stream; they are applied and logged already,
+    // so it is drained only to keep r2r's channel from filling.
+    let events_task = tokio::spawn(param_events.for_each(|_| async {}));
     let runner = Runner::start(
         RunnerConfig {
             fqn,
             first_clock_wait: super::runner::DEFAULT_FIRST_CLOCK_WAIT,
         },
-        Arc::new(std::sync::Mutex::new(logic)),
+        logic,
         fleet,
         records,
         Inputs {
@@ -177,6 +196,7 @@ pub async fn run(
     tracing::info!(
         node = name,
         shadow = params.shadow_mode,
+        parameters = declared,
         "qis_node started (r2r)"
     );
 
@@ -195,5 +215,7 @@ pub async fn run(
     runner.shutdown().await;
     spinning.store(false, Ordering::Relaxed);
     let _ = spinner.await;
+    param_task.abort();
+    events_task.abort();
     Ok(())
 }
