@@ -4,6 +4,7 @@
 pub mod discrepancy;
 pub mod drift;
 pub mod fingerprint;
+pub mod flat_ip;
 pub mod ids;
 pub mod memory;
 pub mod neighbor_prior;

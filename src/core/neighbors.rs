@@ -10,8 +10,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use faiss::index::flat::FlatIndexImpl;
-use faiss::{ConcurrentIndex, Index};
+use super::flat_ip::{FlatIp, IndexError};
 use thiserror::Error;
 
 use super::fingerprint::CanonicalScenario;
@@ -49,9 +48,9 @@ pub enum NeighborError {
         /// Its length.
         len: usize,
     },
-    /// The faiss index refused an operation.
-    #[error("faiss index: {0}")]
-    Faiss(#[from] faiss::error::Error),
+    /// The index (faiss) refused an operation.
+    #[error("neighbor index: {0}")]
+    Index(#[from] IndexError),
 }
 
 /// FNV-1a, 64 bit: a tiny hash any implementation can reproduce byte for byte.
@@ -180,7 +179,7 @@ impl Sketch {
 /// One model's addresses: a faiss index whose evicted rows stay as tombstones until
 /// they outnumber half the live ones, then the index is rebuilt from the live rows.
 struct ModelIndex {
-    index: FlatIndexImpl,
+    index: FlatIp,
     /// The address at each faiss row; `None` once evicted.
     rows: Vec<Option<Fingerprint>>,
     /// Live addresses: (faiss row, last insert stamp).
@@ -194,7 +193,7 @@ struct ModelIndex {
 impl ModelIndex {
     fn new() -> Result<Self, NeighborError> {
         Ok(ModelIndex {
-            index: FlatIndexImpl::new_ip(SKETCH_DIM as u32)?,
+            index: FlatIp::new(SKETCH_DIM as u32)?,
             rows: Vec::new(),
             live: HashMap::new(),
             by_age: BTreeMap::new(),
@@ -224,8 +223,8 @@ impl ModelIndex {
     /// A new faiss index holding only the live rows (amortized: at most every
     /// `live / 2` evictions).
     fn rebuild(&mut self) -> Result<(), NeighborError> {
-        let mut index = FlatIndexImpl::new_ip(SKETCH_DIM as u32)?;
-        let old = self.index.xb();
+        let mut index = FlatIp::new(SKETCH_DIM as u32)?;
+        let old = self.index.rows();
         let mut kept = Vec::with_capacity(self.live.len() * SKETCH_DIM);
         let mut rows = Vec::with_capacity(self.live.len());
         for (row, fp) in self.rows.iter().enumerate() {
@@ -401,15 +400,10 @@ impl NeighborIndex {
         let rows = m.rows.len();
         let mut want = (k + (k * m.dead).div_ceil(m.live.len())).min(rows);
         loop {
-            let found = ConcurrentIndex::search(&m.index, &query, want)?;
+            let found = m.index.search(&query, want)?;
             let out: Vec<(Fingerprint, f32)> = found
-                .labels
-                .iter()
-                .zip(&found.distances)
-                .filter_map(|(label, &score)| {
-                    let row = usize::try_from(label.get()?).ok()?;
-                    Some(((*m.rows.get(row)?)?, score.clamp(0.0, 1.0)))
-                })
+                .into_iter()
+                .filter_map(|(row, score)| Some(((*m.rows.get(row)?)?, score.clamp(0.0, 1.0))))
                 .take(k)
                 .collect();
             // With k live rows among the `want` best rows, they are the k best live rows.
