@@ -174,11 +174,16 @@ fn cmake_passes_features_to_cargo_only_when_there_are_some() {
             // r2r: built at install time, after the interfaces are installed, with the
             // install prefix first on AMENT_PREFIX_PATH, so r2r's build script finds
             // qis_ros/msg/* there.
+            // The install-time build also has the typed `query` service (r2r-query),
+            // which needs r2r's generated qis_ros types.
             assert!(c.built.is_empty(), "{:?}", c.built);
             let want = format!("{}:/opt/ros/jazzy", c.prefix.display());
+            let mut install = strings(&["build", "--features"]);
+            install.push(format!("{},r2r-query", expected[1]));
+            install.extend(build[3..].iter().cloned());
             assert_eq!(
                 c.installed,
-                vec![(build, want)],
+                vec![(install, want)],
                 "QIS_CARGO_FEATURES={features:?}"
             );
         }

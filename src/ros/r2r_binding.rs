@@ -10,24 +10,33 @@
 //! The ROS parameter services (`ros2 param list/get/describe/set`) are r2r's, over the
 //! same declarations and the same validation as the native binding ([`super::r2r_params`]).
 //!
-//! Not served here (say so, do not fake it): the `query` service. r2r has no untyped
-//! service server, and a typed one needs r2r's generated types for our own interface
-//! package, which CI's `doc-only` check cannot see (docs/ARCHITECTURE.md, "r2r layout").
+//! The `query` service needs r2r's generated types for our own interface package (r2r
+//! has no untyped service server), which exist only when r2r is built after the
+//! interfaces are installed: feature `r2r-query`, which CMakeLists.txt adds to the
+//! install-time build. Its calls cross as CDR bytes into the native binding's serde types
+//! ([`query_service`], generic, type-checked by CI); the one line naming the generated
+//! type compiles only there, and CI's `doc-only` check cannot see it
+//! (docs/ARCHITECTURE.md, "r2r layout"). Without the feature, no `query` service.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use futures_util::StreamExt;
+use futures_util::future::BoxFuture;
+use futures_util::stream::BoxStream;
 use hiroz::msg::{ZDeserializer, ZMessage};
 use thiserror::Error;
 use tokio::sync::mpsc;
 
-use super::msgs::{Clock, CorrectedPrior, DiagnosticArray, Discrepancy, Outcome, Prediction};
+use super::msgs::{
+    Clock, CorrectedPrior, DiagnosticArray, Discrepancy, Outcome, Prediction, QueryRequest,
+    QueryResponse,
+};
 use super::native::DEFAULT_INPUT_DEPTH;
 use super::r2r_params::R2rParams;
 use super::ros_params::{self, RosParamError};
-use super::runner::{Inputs, Outputs, Runner, RunnerConfig, Undecodable};
+use super::runner::{Inputs, Outputs, QueryCall, Runner, RunnerConfig, Undecodable};
 use crate::core::ids::RecordKey;
 use crate::core::record::OutcomeRecord;
 use crate::node::{FleetPort, NodeLogic};
@@ -93,6 +102,39 @@ impl Outputs for Publishers {
     async fn diagnostics(&self, msg: &DiagnosticArray) -> Result<(), String> {
         self.diagnostics.publish(&msg.serialize())
     }
+}
+
+/// The `query` service for a service type `S` whose request and response are
+/// `qis_ros/srv/Query`'s: each call is serialized by rcl and decoded with the native
+/// binding's serde types, and the answer goes back the same way.
+#[cfg_attr(not(feature = "r2r-query"), allow(dead_code))]
+fn query_service<S>(
+    node: &mut r2r::Node,
+    qos: r2r::QosProfile,
+) -> Result<BoxStream<'static, Result<QueryCall, Undecodable>>, R2rError>
+where
+    S: r2r::WrappedServiceTypeSupport + 'static,
+    S::Response: Send,
+{
+    use r2r::WrappedTypesupport;
+    let requests = rcl("serving query", node.create_service::<S>("query", qos))?;
+    Ok(requests
+        .map(|req: r2r::ServiceRequest<S>| {
+            let bytes = req.message.to_serialized_bytes().map_err(|_| Undecodable)?;
+            let request = decode::<QueryRequest>(&bytes)?;
+            let reply = move |resp: QueryResponse| -> BoxFuture<'static, Result<(), String>> {
+                Box::pin(async move {
+                    let typed = S::Response::from_serialized_bytes(&resp.serialize())
+                        .map_err(|e| e.to_string())?;
+                    req.respond(typed).map_err(|e| e.to_string())
+                })
+            };
+            Ok(QueryCall {
+                request,
+                reply: Box::new(reply),
+            })
+        })
+        .boxed())
 }
 
 /// Runs `qis_node` on r2r until `stop` resolves (SIGINT or SIGTERM in `qis node`).
@@ -164,6 +206,13 @@ pub async fn run(
     } else {
         None
     };
+    #[cfg(feature = "r2r-query")]
+    let queries = Some(query_service::<r2r::qis_ros::srv::Query::Service>(
+        &mut node,
+        r2r::QosProfile::default(),
+    )?);
+    #[cfg(not(feature = "r2r-query"))]
+    let queries = None;
     let fqn = rcl("reading the node name", node.fully_qualified_name())?;
     let logic = Arc::new(Mutex::new(logic));
     let declared = ros_params::declarations(&params).map_err(R2rError::Params)?;
@@ -188,7 +237,7 @@ pub async fn run(
         Inputs {
             predictions,
             outcomes,
-            queries: None,
+            queries,
             clock,
         },
         outputs,
