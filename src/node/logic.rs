@@ -376,25 +376,21 @@ impl NodeLogic {
         } else {
             Vec::new()
         };
-        let mut prior = self.prior_at(
-            &model,
-            &fingerprint,
-            &neighbors,
-            &predicted,
-            &predicted_cov,
-            now_ns,
-        )?;
+        let prior_with = |this: &mut Self, neighbors: &[_]| {
+            this.prior_at(
+                &model,
+                &fingerprint,
+                neighbors,
+                &predicted,
+                &predicted_cov,
+                now_ns,
+            )
+        };
+        let mut prior = prior_with(self, &neighbors)?;
         if !thin && prior.borrowed {
             neighbors = self.nearest(&model, &fingerprint, &sketch);
             if !neighbors.is_empty() {
-                prior = self.prior_at(
-                    &model,
-                    &fingerprint,
-                    &neighbors,
-                    &predicted,
-                    &predicted_cov,
-                    now_ns,
-                )?;
+                prior = prior_with(self, &neighbors)?;
             }
         }
         if !(prior.state.iter().all(|v| v.is_finite())
