@@ -9,8 +9,10 @@
 //! peers (its records are stale downstream), never lost.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use std::time::Duration;
+
+use futures_util::future::join_all;
 
 use tokio::sync::mpsc;
 use tracing::debug;
@@ -19,9 +21,13 @@ use zenoh::query::{ConsolidationMode, QueryTarget};
 use zenoh::sample::Sample;
 
 use super::exchange::FleetError;
-use super::keys::{address_selector, escape_chunk, parse_record_key};
+use super::keys::{KeyError, address_selector, escape_chunk, parse_record_key};
+use super::lanes::{
+    Lane, LanePrefix, LaneSet, MAX_PREFIXES, coverage, fraction_for, lane_and_hash, select,
+    widening,
+};
 use super::signing::{Admission, VerifyError};
-use super::stats::{FleetStats, bump};
+use super::stats::{FleetStats, bump, set};
 use crate::core::ids::{Fingerprint, FleetName, ModelId, RecordKey, Seq, SourceId};
 use crate::core::record::OutcomeRecord;
 
@@ -93,6 +99,77 @@ pub(crate) fn seq_in_digest(have: &str, escaped_source: &str) -> Option<Seq> {
     })
 }
 
+/// Most distinct sources the estimate of the fleet's size remembers (16 bytes each).
+const MAX_SOURCES_COUNTED: usize = 1 << 16;
+
+/// The lanes this node listens to now, and the distinct sources it has seen (bounded),
+/// from which it estimates the fleet's size.
+pub(crate) struct LaneState {
+    /// Fraction of the lane space selected (1 = the whole fleet).
+    pub(crate) fraction: f64,
+    /// The selected prefixes (`[LanePrefix::ALL]` while wide).
+    pub(crate) prefixes: Vec<LanePrefix>,
+    /// The selected lanes, for the per-sample check.
+    pub(crate) set: LaneSet,
+    /// Distinct sources seen: hash → lane.
+    seen: HashMap<u64, Lane>,
+    /// How many of `seen` lie in the selected lanes.
+    seen_selected: usize,
+}
+
+impl LaneState {
+    /// The whole fleet, nothing seen yet.
+    pub(crate) fn wide() -> Self {
+        LaneState {
+            fraction: 1.0,
+            prefixes: vec![LanePrefix::ALL],
+            set: LaneSet::all(),
+            seen: HashMap::new(),
+            seen_selected: 0,
+        }
+    }
+
+    /// The fleet's size as this node can tell: the distinct sources seen, or those in
+    /// its lanes scaled by the lanes' share, whichever is larger (once narrowed, a node
+    /// hears mostly its own lanes).
+    pub(crate) fn estimate(&self) -> usize {
+        let scaled = (self.seen_selected as f64 / coverage(&self.prefixes)).round() as usize;
+        self.seen.len().max(scaled)
+    }
+
+    /// Notes a verified source; true if it was new.
+    fn note(&mut self, hash: u64, lane: Lane) -> bool {
+        if self.seen.len() >= MAX_SOURCES_COUNTED || self.seen.contains_key(&hash) {
+            return false;
+        }
+        self.seen.insert(hash, lane);
+        if self.set.contains(lane) {
+            self.seen_selected += 1;
+        }
+        true
+    }
+
+    /// The fraction this node should listen to now; `None` while the current one is
+    /// within 15 % of it (hysteresis: each change redeclares subscriptions).
+    pub(crate) fn wanted(&self, budget: usize) -> Option<f64> {
+        let want = fraction_for(self.estimate(), budget);
+        let same = (want - self.fraction).abs() <= 0.15 * self.fraction;
+        (!same).then_some(want)
+    }
+
+    /// Switches to `prefixes` covering `fraction`.
+    pub(crate) fn switch(&mut self, fraction: f64, prefixes: Vec<LanePrefix>) {
+        self.set = LaneSet::of(&prefixes);
+        self.fraction = fraction;
+        self.prefixes = prefixes;
+        self.seen_selected = self
+            .seen
+            .values()
+            .filter(|&&l| self.set.contains(l))
+            .count();
+    }
+}
+
 /// What every receive path shares: who we are, whom we trust, where records go.
 pub(crate) struct Intake {
     pub(crate) fleet: FleetName,
@@ -104,6 +181,10 @@ pub(crate) struct Intake {
     pub(crate) digests: Mutex<Digests>,
     /// Most sources in one address's digest.
     pub(crate) max_digest_sources: usize,
+    /// Fan-in budget (sources).
+    pub(crate) budget: usize,
+    /// The lanes listened to and the sources seen.
+    pub(crate) lanes: RwLock<LaneState>,
 }
 
 impl Intake {
@@ -141,13 +222,29 @@ impl Intake {
             .map(digest_parameter)
     }
 
+    /// The lane state, read.
+    pub(crate) fn lanes(&self) -> std::sync::RwLockReadGuard<'_, LaneState> {
+        self.lanes.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The lane state, written.
+    pub(crate) fn lanes_mut(&self) -> std::sync::RwLockWriteGuard<'_, LaneState> {
+        self.lanes.write().unwrap_or_else(PoisonError::into_inner)
+    }
+
     /// Checks one received (key, payload); `None` for own echoes and refused input.
-    pub(crate) fn accept(&self, key_expr: &str, payload: &[u8]) -> Option<Received> {
+    /// `live`: a subscription sample, dropped (counted, before its signature is checked)
+    /// unless its address is followed and its lane selected.
+    pub(crate) fn accept(&self, key_expr: &str, payload: &[u8], live: bool) -> Option<Received> {
         let key = match parse_record_key(&self.fleet, key_expr) {
             Ok(k) => k,
             Err(e) => {
                 bump(&self.stats.received, 1);
-                bump(&self.stats.rejected_key, 1);
+                let counter = match e {
+                    KeyError::WrongLane { .. } => &self.stats.rejected_lane,
+                    _ => &self.stats.rejected_key,
+                };
+                bump(counter, 1);
                 debug!(key = key_expr, error = %e, "fleet: refused key");
                 return None;
             }
@@ -158,9 +255,28 @@ impl Intake {
         }
         bump(&self.stats.received, 1);
         bump(&self.stats.bytes_in, payload.len() as u64);
+        let (lane, hash) = lane_and_hash(&key.source);
+        if live {
+            // The clone of the model id is off the hot path (one per received record).
+            if !self
+                .digests()
+                .contains_key(&(key.model.clone(), key.fingerprint))
+            {
+                bump(&self.stats.dropped_unfollowed, 1);
+                return None;
+            }
+            if !self.lanes().set.contains(lane) {
+                bump(&self.stats.dropped_unselected, 1);
+                return None;
+            }
+        }
         match self.admission.open(key_expr, &key.source, payload) {
             Ok(record) => {
                 bump(&self.stats.accepted, 1);
+                let mut lanes = self.lanes_mut();
+                if lanes.note(hash, lane) {
+                    set(&self.stats.sources_seen, lanes.seen.len() as u64);
+                }
                 Some((key, record))
             }
             Err(e) => {
@@ -183,7 +299,7 @@ impl Intake {
     /// Subscriber callback: check and forward without waiting (the channel is bounded).
     pub(crate) fn on_sample(&self, sample: &Sample) {
         let payload = sample.payload().to_bytes();
-        let Some((key, record)) = self.accept(sample.key_expr().as_str(), &payload) else {
+        let Some((key, record)) = self.accept(sample.key_expr().as_str(), &payload, true) else {
             return;
         };
         let (noted, seq) = (key.clone(), record.seq);
@@ -195,7 +311,10 @@ impl Intake {
         }
     }
 
-    /// Gets every source's record at (model, fingerprint), checked, newest per source.
+    /// Gets the sources' records at (model, fingerprint), checked, newest per source:
+    /// first from this node's own lanes; while fewer than the budget's sources answered,
+    /// from lanes widened step by step ([`widening`]) up to the whole fleet. A query thus
+    /// reaches the sessions of a few lanes (and the storages), not every session.
     /// With `have`, peers skip records the querier already holds (see the module doc).
     pub(crate) async fn query(
         &self,
@@ -205,13 +324,75 @@ impl Intake {
         have: Option<String>,
         timeout: Duration,
     ) -> Result<Vec<Received>, FleetError> {
+        let fraction = self.lanes().fraction;
+        let mut newest: HashMap<SourceId, Received> = HashMap::new();
+        let mut asked: Option<LaneSet> = None;
+        for (step, f) in widening(fraction).into_iter().enumerate() {
+            let prefixes = select(&self.own, f, MAX_PREFIXES);
+            // Prefixes whose every lane an earlier step asked are not asked again.
+            let fresh: Vec<LanePrefix> = match &asked {
+                None => prefixes.clone(),
+                Some(done) => prefixes
+                    .iter()
+                    .copied()
+                    .filter(|p| !LaneSet::of(&[*p]).is_subset(done))
+                    .collect(),
+            };
+            if step > 0 {
+                bump(&self.stats.widened_queries, 1);
+            }
+            let gets = fresh.iter().map(|p| {
+                self.query_prefix(session, *p, model, fingerprint, have.as_deref(), timeout)
+            });
+            let mut failed = None;
+            for got in join_all(gets).await {
+                match got {
+                    Ok(records) => {
+                        for (key, record) in records {
+                            if newest
+                                .get(&key.source)
+                                .is_none_or(|(_, held)| held.seq < record.seq)
+                            {
+                                newest.insert(key.source.clone(), (key, record));
+                            }
+                        }
+                    }
+                    Err(e) => failed = Some(e),
+                }
+            }
+            if let Some(e) = failed
+                && newest.is_empty()
+            {
+                return Err(e);
+            }
+            asked = Some(LaneSet::of(&prefixes));
+            if newest.len() >= self.budget {
+                break;
+            }
+        }
+        for (key, record) in newest.values() {
+            self.note(key, record.seq);
+        }
+        Ok(newest.into_values().collect())
+    }
+
+    /// One get of the records at (model, fingerprint) of the sources under `prefix`.
+    async fn query_prefix(
+        &self,
+        session: &Session,
+        prefix: LanePrefix,
+        model: &ModelId,
+        fingerprint: &Fingerprint,
+        have: Option<&str>,
+        timeout: Duration,
+    ) -> Result<Vec<Received>, FleetError> {
         bump(&self.stats.queries, 1);
-        let mut selector = address_selector(&self.fleet, model, fingerprint);
+        let mut selector = address_selector(&self.fleet, prefix, model, fingerprint);
         if let Some(have) = have {
             selector.push('?');
             selector.push_str(HAVE_PARAMETER);
             selector.push('=');
-            selector.push_str(&have);
+            selector.push_str(have);
         }
         let replies = session
             .get(selector)
@@ -225,20 +406,13 @@ impl Intake {
                 bump(&self.stats.query_errors, 1);
                 FleetError::Zenoh(e.to_string())
             })?;
-        let mut newest: HashMap<SourceId, Received> = HashMap::new();
+        let mut out = Vec::new();
         while let Ok(reply) = replies.recv_async().await {
             match reply.result() {
                 Ok(sample) => {
                     let payload = sample.payload().to_bytes();
-                    let Some((key, record)) = self.accept(sample.key_expr().as_str(), &payload)
-                    else {
-                        continue;
-                    };
-                    if newest
-                        .get(&key.source)
-                        .is_none_or(|(_, held)| held.seq < record.seq)
-                    {
-                        newest.insert(key.source.clone(), (key, record));
+                    if let Some(r) = self.accept(sample.key_expr().as_str(), &payload, false) {
+                        out.push(r);
                     }
                 }
                 Err(e) => {
@@ -247,10 +421,7 @@ impl Intake {
                 }
             }
         }
-        for (key, record) in newest.values() {
-            self.note(key, record.seq);
-        }
-        Ok(newest.into_values().collect())
+        Ok(out)
     }
 }
 

@@ -7,7 +7,7 @@
 //! the storage keeps the latest sample per key, which is the latest record per source.
 //!
 //! Its storages must lie inside the record key space [`RECORD_KEY_SPACE`]
-//! (`qis/v1/*/*/*/*`), so no peer can make the router keep keys of any other shape;
+//! (`qis/v2/*/*/*/*/*/*/*`), so no peer can make the router keep keys of any other shape;
 //! [`router_config`] refuses a config whose storage does not. Zenoh's memory volume has
 //! no bound on the number of keys (docs/RELIABILITY.md, "Bounds on what the network can
 //! grow").
@@ -206,7 +206,13 @@ mod tests {
             std::fs::write(&path, text).unwrap();
             router_config(Some(&path), &[])
         };
-        for ke in ["qis/**", "**", "qis/v1/**", "qis/v1/*/*/*/*/**"] {
+        for ke in [
+            "qis/**",
+            "**",
+            "qis/v2/**",
+            "qis/v2/*/*/*/*/*/*/*/**",
+            "qis/v1/*/*/*/*",
+        ] {
             let e = with(ke).err().unwrap_or_else(|| panic!("{ke} accepted"));
             assert!(
                 matches!(
@@ -220,7 +226,7 @@ mod tests {
             );
         }
         // A narrower storage (one fleet) is fine.
-        assert!(with("qis/v1/depot/*/*/*").is_ok());
+        assert!(with("qis/v2/depot/*/*/*/*/*/*").is_ok());
         let shipped =
             std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/zenoh-mtls-router.json5");
         assert!(router_config(Some(&shipped), &[]).is_ok());
@@ -239,7 +245,7 @@ mod tests {
         assert!(
             cfg.get_json("access_control/rules")
                 .unwrap()
-                .contains("qis/v1/default/**")
+                .contains("qis/v2/default/**")
         );
         assert_eq!(
             cfg.get_json("transport/link/tls/enable_mtls").unwrap(),

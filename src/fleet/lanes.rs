@@ -1,0 +1,370 @@
+//! Lanes: how a node's fan-in stays bounded by config, not by fleet size (key space v2,
+//! docs/PROTOCOL.md "Lanes").
+//!
+//! Every source belongs to one of 4096 lanes, three hex digits of a hash of its id
+//! ([`lane_of`]), written as three key chunks after the fleet. A node that meets more
+//! than about twice its budget of sources (`max_sources_per_address`) stops listening to
+//! the whole fleet and listens to a few lane prefixes only, chosen by rendezvous hashing
+//! of (its own id, prefix), covering the fraction `budget / sources` of the lane space
+//! ([`select`]), so it hears about `budget` sources whatever the fleet size. Everything
+//! here is a pure function: the exchange (`FleetExchange`) and the simulator call the
+//! same code.
+
+use sha2::{Digest, Sha256};
+
+use crate::core::ids::SourceId;
+
+/// Lane chunks in a key (`qis/v2/<fleet>/<l1>/<l2>/<l3>/...`), one hex digit each.
+pub const LANE_DEPTH: usize = 3;
+/// Lanes in the key space (16^[`LANE_DEPTH`]).
+pub const LANES: usize = 1 << (4 * LANE_DEPTH);
+/// Most lane prefixes a node subscribes to (and queries at once).
+pub const MAX_PREFIXES: usize = 16;
+/// A node listens to the whole fleet until it has seen this many times its budget.
+pub const WIDE_FACTOR: usize = 2;
+/// Each widening step of a query multiplies the covered fraction by this.
+pub const WIDEN_FACTOR: f64 = 4.0;
+/// Domain separation of the lane hash (docs/PROTOCOL.md).
+const LANE_DOMAIN: &[u8] = b"qis.lane.v1\n";
+/// Domain separation of the rendezvous score.
+const RENDEZVOUS_DOMAIN: &[u8] = b"qis.rendezvous.v1\n";
+
+/// A source's lane: an index below [`LANES`], whose hex digits are its key chunks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Lane(pub u16);
+
+impl Lane {
+    /// Hex digit `i` (0 = the first chunk), 0..16.
+    pub fn digit(self, i: usize) -> u8 {
+        ((self.0 >> (4 * (LANE_DEPTH - 1 - i))) & 0xf) as u8
+    }
+
+    /// The lane whose digits these are; `None` unless exactly [`LANE_DEPTH`] digits < 16.
+    pub fn from_digits(digits: &[u8]) -> Option<Lane> {
+        if digits.len() != LANE_DEPTH || digits.iter().any(|&d| d > 0xf) {
+            return None;
+        }
+        Some(Lane(
+            digits.iter().fold(0u16, |acc, &d| acc << 4 | u16::from(d)),
+        ))
+    }
+}
+
+/// The lane of a source and a 64-bit hash of its id (for counting distinct sources):
+/// SHA-256 of `qis.lane.v1\n` followed by the source id's UTF-8 bytes; the lane is the
+/// first three hex digits of the digest, the hash its first 8 bytes (big endian).
+pub fn lane_and_hash(source: &SourceId) -> (Lane, u64) {
+    let mut h = Sha256::new();
+    h.update(LANE_DOMAIN);
+    h.update(source.as_str().as_bytes());
+    let d = h.finalize();
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&d[..8]);
+    let hash = u64::from_be_bytes(first);
+    (Lane((hash >> (64 - 4 * LANE_DEPTH)) as u16), hash)
+}
+
+/// The lane of a source (see [`lane_and_hash`]).
+pub fn lane_of(source: &SourceId) -> Lane {
+    lane_and_hash(source).0
+}
+
+/// A set of lanes sharing their first `depth` digits (depth 0 = every lane).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct LanePrefix {
+    /// The shared digits, packed like [`Lane`] (only the first `depth` count).
+    bits: u16,
+    /// Digits fixed, 0..=[`LANE_DEPTH`].
+    depth: u8,
+}
+
+impl LanePrefix {
+    /// Every lane.
+    pub const ALL: LanePrefix = LanePrefix { bits: 0, depth: 0 };
+
+    /// The full-depth prefix holding exactly `lane`.
+    pub fn of_lane(lane: Lane) -> LanePrefix {
+        LanePrefix {
+            bits: lane.0,
+            depth: LANE_DEPTH as u8,
+        }
+    }
+
+    /// Digits fixed by this prefix.
+    pub fn depth(self) -> usize {
+        usize::from(self.depth)
+    }
+
+    /// The fixed digits, first chunk first.
+    pub fn digits(self) -> Vec<u8> {
+        (0..self.depth())
+            .map(|i| ((self.bits >> (4 * (self.depth() - 1 - i))) & 0xf) as u8)
+            .collect()
+    }
+
+    /// The child prefix one digit deeper; `None` at full depth.
+    fn child(self, digit: u8) -> Option<LanePrefix> {
+        (self.depth() < LANE_DEPTH).then(|| LanePrefix {
+            bits: self.bits << 4 | u16::from(digit & 0xf),
+            depth: self.depth + 1,
+        })
+    }
+
+    /// Whether `lane` lies under this prefix.
+    pub fn contains(self, lane: Lane) -> bool {
+        self.depth == 0 || lane.0 >> (4 * (LANE_DEPTH - self.depth())) == self.bits
+    }
+
+    /// Fraction of all lanes under this prefix.
+    pub fn fraction(self) -> f64 {
+        16f64.powi(-i32::from(self.depth))
+    }
+}
+
+/// Rendezvous score of (node, prefix): the first 8 bytes of SHA-256 of
+/// `qis.rendezvous.v1\n`, the node's source id, `\n`, the prefix's digits in hex. A node's
+/// order of prefixes is stable, uniform over nodes, and cannot be steered by others.
+fn score(own: &SourceId, prefix: LanePrefix) -> u64 {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut h = Sha256::new();
+    h.update(RENDEZVOUS_DOMAIN);
+    h.update(own.as_str().as_bytes());
+    h.update(b"\n");
+    let digits: Vec<u8> = prefix
+        .digits()
+        .iter()
+        .map(|&d| HEX[usize::from(d)])
+        .collect();
+    h.update(&digits);
+    let d = h.finalize();
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&d[..8]);
+    u64::from_be_bytes(first)
+}
+
+/// The 16 children of `parent`, highest rendezvous score first.
+fn children_by_score(own: &SourceId, parent: LanePrefix) -> Vec<LanePrefix> {
+    let mut c: Vec<(u64, LanePrefix)> = (0..16u8)
+        .filter_map(|d| parent.child(d))
+        .map(|p| (score(own, p), p))
+        .collect();
+    c.sort_unstable_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+    c.into_iter().map(|(_, p)| p).collect()
+}
+
+/// The fraction of the lane space a node listens to when it has seen `sources` distinct
+/// sources with a fan-in budget of `budget` sources: 1 (the whole fleet) up to
+/// [`WIDE_FACTOR`] × budget sources, else `budget / sources`.
+pub fn fraction_for(sources: usize, budget: usize) -> f64 {
+    let budget = budget.max(1);
+    if sources <= WIDE_FACTOR * budget {
+        1.0
+    } else {
+        budget as f64 / sources as f64
+    }
+}
+
+/// The lane prefixes `own` listens to for `fraction` of the lane space: at most
+/// `max_prefixes` (≥ 1) disjoint prefixes, taken in `own`'s rendezvous order depth by
+/// depth (the base-16 digits of `fraction`: the first d₁ prefixes of depth 1, then d₂ of
+/// depth 2 inside the next depth-1 prefix, …, the last digit rounded up), so a larger
+/// fraction always selects a superset. `fraction ≥ 1` is [`LanePrefix::ALL`].
+pub fn select(own: &SourceId, fraction: f64, max_prefixes: usize) -> Vec<LanePrefix> {
+    let max = max_prefixes.max(1);
+    if !(fraction < 1.0) {
+        return vec![LanePrefix::ALL];
+    }
+    let mut out = Vec::new();
+    // The part of `parent`'s subtree still to cover, in units of that subtree.
+    let mut rem = fraction.max(0.0);
+    let mut parent = LanePrefix::ALL;
+    for depth in 1..=LANE_DEPTH {
+        let order = children_by_score(own, parent);
+        let x = rem * 16.0;
+        let room = max - out.len();
+        let last = depth == LANE_DEPTH || room <= 1;
+        // A hair below an integer is that integer: rounding must not add a prefix.
+        let take = if last {
+            (x - 1e-9).ceil().max(1.0)
+        } else {
+            (x + 1e-9).floor()
+        } as usize;
+        let take = take.min(room).min(order.len());
+        out.extend_from_slice(&order[..take]);
+        let left = x - take as f64;
+        if last || left <= 1e-9 || take >= order.len() || out.len() >= max {
+            break;
+        }
+        parent = order[take];
+        rem = left;
+    }
+    if out.is_empty() {
+        out.push(children_by_score(own, LanePrefix::ALL)[0]);
+    }
+    out
+}
+
+/// The fraction of the lane space a set of disjoint prefixes covers.
+pub fn coverage(prefixes: &[LanePrefix]) -> f64 {
+    prefixes.iter().map(|p| p.fraction()).sum::<f64>().min(1.0)
+}
+
+/// The lanes selected by a set of prefixes, as a bitmap for the hot path.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LaneSet {
+    bits: Vec<u64>,
+}
+
+impl LaneSet {
+    /// Every lane.
+    pub fn all() -> LaneSet {
+        LaneSet {
+            bits: vec![u64::MAX; LANES / 64],
+        }
+    }
+
+    /// The lanes under `prefixes`.
+    pub fn of(prefixes: &[LanePrefix]) -> LaneSet {
+        let mut bits = vec![0u64; LANES / 64];
+        for lane in 0..LANES as u16 {
+            if prefixes.iter().any(|p| p.contains(Lane(lane))) {
+                bits[usize::from(lane) / 64] |= 1 << (lane % 64);
+            }
+        }
+        LaneSet { bits }
+    }
+
+    /// Whether `lane` is in the set.
+    pub fn contains(&self, lane: Lane) -> bool {
+        self.bits
+            .get(usize::from(lane.0) / 64)
+            .is_some_and(|w| w & (1 << (lane.0 % 64)) != 0)
+    }
+
+    /// Whether every lane of this set is in `other`.
+    pub fn is_subset(&self, other: &LaneSet) -> bool {
+        self.bits.iter().zip(&other.bits).all(|(a, b)| a & !b == 0)
+    }
+
+    /// Lanes in the set.
+    pub fn len(&self) -> usize {
+        self.bits.iter().map(|w| w.count_ones() as usize).sum()
+    }
+
+    /// Whether the set holds no lane.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// The fractions a query covers in turn: the node's own `fraction`, then ×
+/// [`WIDEN_FACTOR`] each step up to the whole fleet. A querier stops at the first step
+/// that brought `budget` sources, so a rare address still reaches the few robots that met
+/// it while a common one costs one step.
+pub fn widening(fraction: f64) -> Vec<f64> {
+    let mut steps = Vec::new();
+    let mut f = fraction.clamp(1.0 / LANES as f64, 1.0);
+    loop {
+        if f >= 1.0 - 1e-12 {
+            steps.push(1.0);
+            return steps;
+        }
+        steps.push(f);
+        f *= WIDEN_FACTOR;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn id(s: &str) -> SourceId {
+        SourceId::new(s).unwrap()
+    }
+
+    #[test]
+    fn lane_hash_is_pinned() {
+        // SHA-256("qis.lane.v1\nrobot-1") starts with these digits (Python hashlib).
+        let (lane, hash) = lane_and_hash(&id("robot-1"));
+        let expected = {
+            let mut h = Sha256::new();
+            h.update(b"qis.lane.v1\nrobot-1");
+            let d = h.finalize();
+            u16::from(d[0]) << 4 | u16::from(d[1] >> 4)
+        };
+        assert_eq!(lane.0, expected);
+        assert_eq!((hash >> 52) as u16, lane.0);
+        assert_eq!(
+            Lane::from_digits(&[lane.digit(0), lane.digit(1), lane.digit(2)]),
+            Some(lane)
+        );
+        assert_eq!(Lane::from_digits(&[1, 2]), None);
+        assert_eq!(Lane::from_digits(&[1, 2, 16]), None);
+    }
+
+    #[test]
+    fn lanes_are_spread_evenly() {
+        let mut first = [0u32; 16];
+        for i in 0..16_000 {
+            first[usize::from(lane_of(&id(&format!("r{i}"))).digit(0))] += 1;
+        }
+        for c in first {
+            assert!((800..1200).contains(&c), "{first:?}");
+        }
+    }
+
+    #[test]
+    fn small_fleets_are_heard_whole() {
+        assert_eq!(fraction_for(32, 16), 1.0);
+        assert_eq!(fraction_for(33, 16), 16.0 / 33.0);
+        assert_eq!(select(&id("a"), 1.0, 16), vec![LanePrefix::ALL]);
+    }
+
+    #[test]
+    fn selection_covers_the_budget_within_a_few_percent() {
+        for sources in [50usize, 100, 200, 400, 1000, 10_000] {
+            let f = fraction_for(sources, 16);
+            let sel = select(&id("me"), f, MAX_PREFIXES);
+            let c = coverage(&sel);
+            assert!(sel.len() <= MAX_PREFIXES);
+            assert!(
+                c >= f * 0.97 && c <= f * 1.1 + 1.0 / LANES as f64,
+                "{sources}: {c} vs {f}"
+            );
+            // Disjoint: lanes counted once.
+            let counted = (0..LANES as u16)
+                .filter(|&l| sel.iter().any(|p| p.contains(Lane(l))))
+                .count();
+            assert_eq!(counted as f64, c * LANES as f64, "{sources}");
+        }
+    }
+
+    #[test]
+    fn nodes_choose_different_lanes() {
+        let a = select(&id("a"), 0.1, 16);
+        let b = select(&id("b"), 0.1, 16);
+        assert_ne!(a, b);
+    }
+
+    #[test]
+    fn widening_ends_at_the_whole_fleet() {
+        assert_eq!(widening(1.0), vec![1.0]);
+        let w = widening(0.08);
+        assert_eq!(w.len(), 3);
+        assert_eq!(*w.last().unwrap(), 1.0);
+        assert!((w[1] - 0.32).abs() < 1e-12);
+    }
+
+    proptest! {
+        #[test]
+        fn a_wider_selection_holds_the_narrower_one(f in 0.0001f64..1.0, g in 0.0001f64..1.0, own in "[a-z]{1,8}") {
+            let (lo, hi) = if f < g { (f, g) } else { (g, f) };
+            let narrow = LaneSet::of(&select(&id(&own), lo, MAX_PREFIXES));
+            let wide = LaneSet::of(&select(&id(&own), hi, MAX_PREFIXES));
+            for l in 0..LANES as u16 {
+                prop_assert!(!narrow.contains(Lane(l)) || wide.contains(Lane(l)), "lane {}", l);
+            }
+        }
+    }
+}
