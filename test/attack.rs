@@ -37,7 +37,8 @@ use qis_ros::core::neighbors::Sketch;
 use qis_ros::core::record::OutcomeRecord;
 use qis_ros::core::summary::Decay;
 use qis_ros::fleet::identity::source_id_of;
-use qis_ros::fleet::keys::record_key;
+use qis_ros::fleet::keys::{lane_chunks, record_key};
+use qis_ros::fleet::lanes::lane_of;
 use qis_ros::fleet::signing::seal;
 use qis_ros::fleet::{FleetConfig, FleetExchange, Identity, Publish, Received};
 use qis_ros::ros::msgs::{
@@ -936,7 +937,9 @@ async fn a_forging_peer_neither_poisons_nor_silences_nor_goes_uncounted() {
     // chunks; a 1 MiB payload, a record announcing dimension 64 cut short, and a whole
     // correctly signed 64-dimensional record at this 2-dimensional address.
     let before = b.diag_now().await;
-    let prefix = format!("qis/v1/{FLEET}/{MODEL}/{s_hex}");
+    // Under B's own lane: the bad keys fail on their source chunk, not on the lane.
+    let f_lane = lane_chunks(lane_of(&SourceId::new(f_id.clone()).expect("source id")));
+    let prefix = format!("qis/v2/{FLEET}/{f_lane}/{MODEL}/{s_hex}");
     let junk = hex::encode([1u8, 2, 3]);
     let mut plan = Vec::new();
     let bad_keys = [
@@ -947,8 +950,8 @@ async fn a_forging_peer_neither_poisons_nor_silences_nor_goes_uncounted() {
         format!("{prefix}/a+b"),
         format!("{prefix}/%"),
         format!("{prefix}/*"),
-        "qis/v1/**".to_owned(),
-        format!("qis/v1/{FLEET}/**"),
+        "qis/v2/**".to_owned(),
+        format!("qis/v2/{FLEET}/**"),
     ];
     for k in &bad_keys {
         plan.push(json!({"op": "raw", "key": k, "payload_hex": junk}));
@@ -985,7 +988,7 @@ async fn a_forging_peer_neither_poisons_nor_silences_nor_goes_uncounted() {
     note(
         &mut results,
         format!(
-            "7 keys (10 kB chunk, %2f, %41, %zz, a+b, %, *, qis/v1/**, qis/v1/default/**) and payloads (1 MiB, dim 64 cut at 300 B, dim 64 at a 2-D address): rejected_key +{}, rejected_decode +{}, rejected.fleet_record +{}; extra-chunk key matched no subscriber; A weight {wa:.3}; correction[0] {:.4}",
+            "7 keys (10 kB chunk, %2f, %41, %zz, a+b, %, *, qis/v2/**, qis/v2/default/**) and payloads (1 MiB, dim 64 cut at 300 B, dim 64 at a 2-D address): rejected_key +{}, rejected_decode +{}, rejected.fleet_record +{}; extra-chunk key matched no subscriber; A weight {wa:.3}; correction[0] {:.4}",
             grew(&before, &after, "fleet.rejected_key"),
             grew(&before, &after, "fleet.rejected_decode"),
             grew(&before, &after, "rejected.fleet_record"),

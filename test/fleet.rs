@@ -315,7 +315,9 @@ async fn three_peers_share_verify_and_survive_the_source() {
     assert_eq!(mem_b.ingest(&k, r), Ingest::Stored);
 
     // Hostile input on the wire, from a raw session: a record claiming to be A's signed
-    // by a forger, an unsigned one, garbage bytes, a key outside the key space v1 rules.
+    // by a forger, an unsigned one, garbage bytes, a key outside the key space v2 rules,
+    // and A's record correctly signed by A's own key but put under another lane than
+    // A's (which would reach subscribers that never chose A).
     let mut raw_cfg = zenoh::Config::default();
     raw_cfg.insert_json5("mode", "\"peer\"").unwrap();
     raw_cfg
@@ -333,12 +335,18 @@ async fn three_peers_share_verify_and_survive_the_source() {
     let raw = zenoh::open(raw_cfg).await.unwrap();
     let fleet = FleetName::new(FLEET).unwrap();
     let ke_a = record_key(&fleet, &key);
+    let wrong_lane = {
+        let mut chunks: Vec<String> = ke_a.split('/').map(str::to_owned).collect();
+        // Chunk 5 is the lane's last hex digit: any other digit is another lane.
+        chunks[5] = if chunks[5] == "0" { "1" } else { "0" }.to_owned();
+        chunks.join("/")
+    };
     let (_, newer) = own_record(&a_id, s, 20, &[9.0, 9.0]);
     let before_stats = b.stats();
     let mut sent = 0;
     let deadline = tokio::time::Instant::now() + WAIT;
     // Resend until B has seen all four (the raw session needs a moment to connect).
-    while b.stats().rejected() < before_stats.rejected() + 4 {
+    while b.stats().rejected() < before_stats.rejected() + 5 {
         assert!(
             tokio::time::Instant::now() < deadline,
             "hostile samples never reached B"
@@ -350,8 +358,11 @@ async fn three_peers_share_verify_and_survive_the_source() {
             .await
             .unwrap();
         raw.put(&ke_a, vec![1u8, 2, 3]).await.unwrap();
+        raw.put(&wrong_lane, seal(&newer, &wrong_lane, Some(&ka)).unwrap())
+            .await
+            .unwrap();
         raw.put(
-            format!("qis/v1/test%20fleet/cosmos%2Fv1/{s_hex}/a+b"),
+            format!("qis/v2/test%20fleet/0/0/0/cosmos%2Fv1/{s_hex}/a+b"),
             vec![0u8],
         )
         .await
@@ -364,6 +375,10 @@ async fn three_peers_share_verify_and_survive_the_source() {
     assert!(after.rejected_unsigned > before_stats.rejected_unsigned);
     assert!(after.rejected_decode > before_stats.rejected_decode);
     assert!(after.rejected_key > before_stats.rejected_key);
+    assert!(
+        after.rejected_lane > before_stats.rejected_lane,
+        "a validly signed record under a wrong lane is refused and counted"
+    );
     assert!(sent >= 1);
 
     // A genuine replay (A's older seq 5, correctly signed): verified, delivered, and the
@@ -659,7 +674,7 @@ async fn only_records_cross_the_wire() {
     let seen = seen.lock().unwrap().clone();
     let contains = |hay: &[u8], needle: &[u8]| hay.windows(needle.len()).any(|w| w == needle);
     for (k, payload) in &seen {
-        assert!(k.starts_with("qis/v1/"), "unexpected key {k}");
+        assert!(k.starts_with("qis/v2/"), "unexpected key {k}");
         for text in ["rain", "cyclist", "speed", "weather", "obstacle"] {
             assert!(
                 !k.contains(text) && !contains(payload, text.as_bytes()),

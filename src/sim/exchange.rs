@@ -85,6 +85,11 @@ pub struct Propagation {
     pub delivered: u64,
     /// Deliveries whose publication was unknown (should be 0).
     pub unmatched: u64,
+    /// Live deliveries nobody owed (duplicates during a lane change, puts just before a
+    /// follow).
+    pub not_owed: u64,
+    /// Owed deliveries written off (timeouts, or lanes that moved while in flight).
+    pub written_off: u64,
     /// Rounds whose wait for the expected deliveries timed out.
     pub timed_out_rounds: u64,
     /// Wall time the driver spent waiting for deliveries at round ends (s).
@@ -99,6 +104,52 @@ pub struct Propagation {
     pub follow_wait_s: f64,
     /// Total wall time in publish calls (s; they only queue).
     pub publish_wait_s: f64,
+    /// Fan-in on the wire, summed over the Zenoh robots.
+    pub lanes: LaneFigures,
+    /// The bare Zenoh put/subscribe of the same bytes with the same subscriptions, in
+    /// the same run.
+    pub bare: BareFigures,
+}
+
+/// What the Zenoh robots' lane selections let in, summed over them (monotonic counters
+/// of their exchanges; the last two are over the robots' final state).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+pub struct LaneFigures {
+    /// Records that crossed the wire to them (live samples and query replies).
+    pub received_records: u64,
+    /// Their bytes.
+    pub received_bytes: u64,
+    /// Live samples of addresses the receiver does not follow (dropped at intake).
+    pub dropped_unfollowed: u64,
+    /// Live samples of lanes the receiver has not selected (dropped at intake).
+    pub dropped_unselected: u64,
+    /// Refused because the key's lane is not its source's.
+    pub rejected_lane: u64,
+    /// Gets issued (one per lane prefix and step).
+    pub queries: u64,
+    /// Query steps that widened beyond the robot's own lanes.
+    pub widened_queries: u64,
+    /// Lane changes (subscriptions redeclared).
+    pub lane_changes: u64,
+    /// Mean lane prefixes subscribed at the end.
+    pub mean_prefixes: f64,
+    /// Most Zenoh declarations one robot held at the end (subscriptions + queryable).
+    pub max_declarations: u64,
+}
+
+/// The bare baseline: each publication's bytes (same length) put once more by the same
+/// session under a `qisbare/...` key of the same shape, received by bare subscriptions
+/// mirroring each robot's lane subscriptions; no signing, no checks, no channel.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+pub struct BareFigures {
+    /// Bare deliveries (to robots other than the publisher).
+    pub delivered: u64,
+    /// Their bytes.
+    pub bytes: u64,
+    /// Median put → subscriber callback (ms).
+    pub p50_ms: f64,
+    /// 99th percentile (ms).
+    pub p99_ms: f64,
 }
 
 /// Records and bytes one endpoint put on and took off the wire.
