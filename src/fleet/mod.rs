@@ -12,6 +12,7 @@ mod outbox;
 pub mod router;
 pub mod signing;
 pub mod stats;
+pub mod volume;
 
 pub use config::{FleetConfig, FleetConfigError, FleetSettings};
 pub use exchange::{FleetError, FleetExchange, LaneView, Publish};
