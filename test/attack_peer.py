@@ -62,10 +62,11 @@ def unescape(chunk):
 
 
 def lane(source_chunk):
-    """PROTOCOL "Lanes": the first 3 hex digits of SHA-256("qis.lane.v1\n" + source),
-    one key chunk each."""
-    digest = hashlib.sha256(b"qis.lane.v1\n" + unescape(source_chunk)).hexdigest()
-    return "/".join(digest[:3])
+    """PROTOCOL "Lanes": the first 12 bits of SHA-256("qis.lane.v1\n" + source), one
+    key chunk of one binary digit each."""
+    digest = hashlib.sha256(b"qis.lane.v1\n" + unescape(source_chunk)).digest()
+    bits = (digest[0] << 4) | (digest[1] >> 4)
+    return "/".join(str((bits >> (11 - i)) & 1) for i in range(12))
 
 
 def address_key(addr, source_chunk):

@@ -689,9 +689,11 @@ impl FleetPeer {
                 // its model and fingerprint by parsing them as the key of one made-up
                 // source (in that source's lane).
                 let chunks: Vec<&str> = q.key_expr().as_str().split('/').collect();
-                let [_, _, fleet_chunk, _, _, _, model, fp, "*"] = chunks[..] else {
+                let n = chunks.len();
+                if n < 6 || chunks[n - 1] != "*" {
                     return;
-                };
+                }
+                let (fleet_chunk, model, fp) = (chunks[2], chunks[n - 3], chunks[n - 2]);
                 let probe = SourceId::new("peer-0").expect("source id");
                 let lane = lane_chunks(lane_of(&probe));
                 let Ok(address) = parse_record_key(

@@ -40,9 +40,9 @@ use zenoh::query::{Query, Queryable};
 use super::config::FleetSettings;
 use super::follows::Follows;
 use super::identity::Identity;
-use super::intake::{Address, HAVE_PARAMETER, Intake, LaneState, Received, seq_in_digest};
+use super::intake::{Address, HAVE_PARAMETER, Intake, Received, seq_in_digest};
 use super::keys::{escape_chunk, lane_selector, record_key, source_selector};
-use super::lanes::{LanePrefix, MAX_PREFIXES, lane_of, select};
+use super::lanes::{LanePrefix, LaneSelection, MAX_PREFIXES, lane_of, select};
 use super::outbox::{Outbox, Sealed, put};
 use super::signing::seal;
 use super::stats::{FleetStats, FleetStatsSnapshot, bump, set};
@@ -172,12 +172,12 @@ pub struct LaneView(Arc<Intake>);
 impl LaneView {
     /// Whether a live sample of `source` at a followed address passes the lane check now.
     pub fn selects(&self, source: &SourceId) -> bool {
-        self.0.lanes().set.contains(lane_of(source))
+        self.0.lanes().selects(lane_of(source))
     }
 
     /// The selected lane prefixes now.
     pub fn prefixes(&self) -> Vec<LanePrefix> {
-        self.0.lanes().prefixes.clone()
+        self.0.lanes().prefixes().to_vec()
     }
 }
 
@@ -238,7 +238,7 @@ impl FleetExchange {
             digests: Default::default(),
             max_digest_sources: settings.max_digest_sources,
             budget: settings.max_sources_per_address,
-            lanes: RwLock::new(LaneState::wide()),
+            lanes: RwLock::new(LaneSelection::default()),
         });
         // One queryable on this node's own lane and id: a query for other lanes never
         // reaches it.

@@ -23,8 +23,7 @@ use zenoh::sample::Sample;
 use super::exchange::FleetError;
 use super::keys::{KeyError, address_selector, escape_chunk, parse_record_key};
 use super::lanes::{
-    Lane, LanePrefix, LaneSet, MAX_PREFIXES, coverage, fraction_for, lane_and_hash, select,
-    widening,
+    LanePrefix, LaneSelection, LaneSet, MAX_PREFIXES, lane_and_hash, select, widening,
 };
 use super::signing::{Admission, VerifyError};
 use super::stats::{FleetStats, bump, set};
@@ -99,77 +98,6 @@ pub(crate) fn seq_in_digest(have: &str, escaped_source: &str) -> Option<Seq> {
     })
 }
 
-/// Most distinct sources the estimate of the fleet's size remembers (16 bytes each).
-const MAX_SOURCES_COUNTED: usize = 1 << 16;
-
-/// The lanes this node listens to now, and the distinct sources it has seen (bounded),
-/// from which it estimates the fleet's size.
-pub(crate) struct LaneState {
-    /// Fraction of the lane space selected (1 = the whole fleet).
-    pub(crate) fraction: f64,
-    /// The selected prefixes (`[LanePrefix::ALL]` while wide).
-    pub(crate) prefixes: Vec<LanePrefix>,
-    /// The selected lanes, for the per-sample check.
-    pub(crate) set: LaneSet,
-    /// Distinct sources seen: hash → lane.
-    seen: HashMap<u64, Lane>,
-    /// How many of `seen` lie in the selected lanes.
-    seen_selected: usize,
-}
-
-impl LaneState {
-    /// The whole fleet, nothing seen yet.
-    pub(crate) fn wide() -> Self {
-        LaneState {
-            fraction: 1.0,
-            prefixes: vec![LanePrefix::ALL],
-            set: LaneSet::all(),
-            seen: HashMap::new(),
-            seen_selected: 0,
-        }
-    }
-
-    /// The fleet's size as this node can tell: the distinct sources seen, or those in
-    /// its lanes scaled by the lanes' share, whichever is larger (once narrowed, a node
-    /// hears mostly its own lanes).
-    pub(crate) fn estimate(&self) -> usize {
-        let scaled = (self.seen_selected as f64 / coverage(&self.prefixes)).round() as usize;
-        self.seen.len().max(scaled)
-    }
-
-    /// Notes a verified source; true if it was new.
-    fn note(&mut self, hash: u64, lane: Lane) -> bool {
-        if self.seen.len() >= MAX_SOURCES_COUNTED || self.seen.contains_key(&hash) {
-            return false;
-        }
-        self.seen.insert(hash, lane);
-        if self.set.contains(lane) {
-            self.seen_selected += 1;
-        }
-        true
-    }
-
-    /// The fraction this node should listen to now; `None` while the current one is
-    /// within 15 % of it (hysteresis: each change redeclares subscriptions).
-    pub(crate) fn wanted(&self, budget: usize) -> Option<f64> {
-        let want = fraction_for(self.estimate(), budget);
-        let same = (want - self.fraction).abs() <= 0.15 * self.fraction;
-        (!same).then_some(want)
-    }
-
-    /// Switches to `prefixes` covering `fraction`.
-    pub(crate) fn switch(&mut self, fraction: f64, prefixes: Vec<LanePrefix>) {
-        self.set = LaneSet::of(&prefixes);
-        self.fraction = fraction;
-        self.prefixes = prefixes;
-        self.seen_selected = self
-            .seen
-            .values()
-            .filter(|&&l| self.set.contains(l))
-            .count();
-    }
-}
-
 /// What every receive path shares: who we are, whom we trust, where records go.
 pub(crate) struct Intake {
     pub(crate) fleet: FleetName,
@@ -184,7 +112,7 @@ pub(crate) struct Intake {
     /// Fan-in budget (sources).
     pub(crate) budget: usize,
     /// The lanes listened to and the sources seen.
-    pub(crate) lanes: RwLock<LaneState>,
+    pub(crate) lanes: RwLock<LaneSelection>,
 }
 
 impl Intake {
@@ -223,12 +151,12 @@ impl Intake {
     }
 
     /// The lane state, read.
-    pub(crate) fn lanes(&self) -> std::sync::RwLockReadGuard<'_, LaneState> {
+    pub(crate) fn lanes(&self) -> std::sync::RwLockReadGuard<'_, LaneSelection> {
         self.lanes.read().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// The lane state, written.
-    pub(crate) fn lanes_mut(&self) -> std::sync::RwLockWriteGuard<'_, LaneState> {
+    pub(crate) fn lanes_mut(&self) -> std::sync::RwLockWriteGuard<'_, LaneSelection> {
         self.lanes.write().unwrap_or_else(PoisonError::into_inner)
     }
 
@@ -265,7 +193,7 @@ impl Intake {
                 bump(&self.stats.dropped_unfollowed, 1);
                 return None;
             }
-            if !self.lanes().set.contains(lane) {
+            if !self.lanes().selects(lane) {
                 bump(&self.stats.dropped_unselected, 1);
                 return None;
             }
@@ -274,8 +202,8 @@ impl Intake {
             Ok(record) => {
                 bump(&self.stats.accepted, 1);
                 let mut lanes = self.lanes_mut();
-                if lanes.note(hash, lane) {
-                    set(&self.stats.sources_seen, lanes.seen.len() as u64);
+                if lanes.note(lane, hash) {
+                    set(&self.stats.sources_seen, lanes.seen() as u64);
                 }
                 Some((key, record))
             }
@@ -324,7 +252,7 @@ impl Intake {
         have: Option<String>,
         timeout: Duration,
     ) -> Result<Vec<Received>, FleetError> {
-        let fraction = self.lanes().fraction;
+        let fraction = self.lanes().fraction();
         let mut newest: HashMap<SourceId, Received> = HashMap::new();
         let mut asked: Option<LaneSet> = None;
         for (step, f) in widening(fraction).into_iter().enumerate() {

@@ -1,6 +1,6 @@
 //! The Zenoh key space v2:
-//! `qis/v2/<fleet>/<l1>/<l2>/<l3>/<model_id>/<fingerprint hex>/<source>`, where
-//! `l1 l2 l3` are the hex digits of the source's lane ([`super::lanes`]).
+//! `qis/v2/<fleet>/<b1>/…/<b12>/<model_id>/<fingerprint hex>/<source>`, where
+//! `b1 … b12` are the binary digits of the source's lane ([`super::lanes`]).
 //!
 //! Every key and selector the fleet uses is built here, and only here, so the layout
 //! lives in one place (docs/PROTOCOL.md, "Key space v2"). Names are free text, so each
@@ -19,8 +19,8 @@ use crate::core::ids::{Fingerprint, FleetName, IdError, ModelId, RecordKey, Sour
 pub const KEY_PREFIX: &str = "qis/v2";
 
 /// Every record key of this version and nothing else:
-/// `qis/v2/<fleet>/<l1>/<l2>/<l3>/<model>/<fp>/<source>` (what a router's storage may hold).
-pub const RECORD_KEY_SPACE: &str = "qis/v2/*/*/*/*/*/*/*";
+/// `qis/v2/<fleet>/<b1>/…/<b12>/<model>/<fp>/<source>` (what a router's storage may hold).
+pub const RECORD_KEY_SPACE: &str = "qis/v2/*/*/*/*/*/*/*/*/*/*/*/*/*/*/*/*";
 
 /// Why a key could not be read back into a [`RecordKey`].
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
@@ -32,8 +32,8 @@ pub enum KeyError {
         key: String,
     },
     /// The key has another number of chunks than
-    /// `qis/v2/<fleet>/<l1>/<l2>/<l3>/<model>/<fp>/<source>`.
-    #[error("key {key:?} has {chunks} chunks, expected 9")]
+    /// `qis/v2/<fleet>/<b1>/…/<b12>/<model>/<fp>/<source>`.
+    #[error("key {key:?} has {chunks} chunks, expected 18")]
     WrongShape {
         /// The key received.
         key: String,
@@ -56,7 +56,7 @@ pub enum KeyError {
         /// The chunk found.
         chunk: String,
     },
-    /// The lane chunks are not the lane of the key's source (or not one hex digit each).
+    /// The lane chunks are not the lane of the key's source (or not one binary digit each).
     #[error("key {key:?}: lane {got:?} is not the lane of its source ({expected})")]
     WrongLane {
         /// The key received.
@@ -161,7 +161,7 @@ fn push_lane_chunks(out: &mut String, prefix: LanePrefix) {
     }
 }
 
-/// The key chunks of one lane, `l1/l2/l3`.
+/// The key chunks of one lane, `b1/…/b12`.
 pub fn lane_chunks(lane: Lane) -> String {
     let mut s = String::new();
     push_lane_chunks(&mut s, lane_prefix(lane));
@@ -244,7 +244,14 @@ pub fn parse_record_key(fleet: &FleetName, key: &str) -> Result<RecordKey, KeyEr
             key: key.to_owned(),
         })?;
     let chunks: Vec<&str> = rest.split('/').collect();
-    let [fleet_chunk, l1, l2, l3, model, fp, source] = chunks[..] else {
+    if chunks.len() != 1 + LANE_DEPTH + 3 {
+        return Err(KeyError::WrongShape {
+            key: key.to_owned(),
+            chunks: chunks.len() + 2,
+        });
+    }
+    let (fleet_chunk, lane) = (chunks[0], &chunks[1..=LANE_DEPTH]);
+    let [model, fp, source] = chunks[LANE_DEPTH + 1..] else {
         return Err(KeyError::WrongShape {
             key: key.to_owned(),
             chunks: chunks.len() + 2,
@@ -281,7 +288,7 @@ pub fn parse_record_key(fleet: &FleetName, key: &str) -> Result<RecordKey, KeyEr
     // The lane is a function of the source: a key under another lane would reach
     // subscribers that did not choose its source (and escape those that did).
     let expected = lane_chunks(lane_of(&source));
-    let got = format!("{l1}/{l2}/{l3}");
+    let got = lane.join("/");
     if got != expected {
         return Err(KeyError::WrongLane {
             key: key.to_owned(),
@@ -321,8 +328,8 @@ mod tests {
         assert_eq!(
             s,
             format!(
-                // Lane 9d6: SHA-256("qis.lane.v1\nrobot-1") starts 9d6 (Python hashlib).
-                "qis/v2/depot%207/9/d/6/cosmos%2Fv1%2A%24%23%3F%25%40x/{}/robot-1",
+                // Lane 9d6 = 1001 1101 0110: SHA-256("qis.lane.v1\nrobot-1") starts 9d6.
+                "qis/v2/depot%207/1/0/0/1/1/1/0/1/0/1/1/0/cosmos%2Fv1%2A%24%23%3F%25%40x/{}/robot-1",
                 "5a".repeat(16)
             )
         );
@@ -373,18 +380,24 @@ mod tests {
             Err(KeyError::WrongPrefix { .. })
         ));
         assert!(matches!(
-            parse_record_key(&f, "qis/v2/depot%207/0/6/a/m/fp"),
-            Err(KeyError::WrongShape { chunks: 8, .. })
+            parse_record_key(&f, "qis/v2/depot%207/0/0/0/0/0/1/1/0/1/0/1/0/m/fp"),
+            Err(KeyError::WrongShape { chunks: 17, .. })
         ));
         assert!(matches!(
-            parse_record_key(&f, &format!("qis/v2/depot8/0/6/a/m/{fp}/r")),
+            parse_record_key(
+                &f,
+                &format!("qis/v2/depot8/0/0/0/0/0/1/1/0/1/0/1/0/m/{fp}/r")
+            ),
             Err(KeyError::OtherFleet { .. })
         ));
         // Lowercase hex, an escaped plain byte, a truncated escape, a raw special byte.
         for model in ["a%2f", "%41", "a%2", "a+b"] {
             assert!(
                 matches!(
-                    parse_record_key(&f, &format!("qis/v2/depot%207/0/6/a/{model}/{fp}/r")),
+                    parse_record_key(
+                        &f,
+                        &format!("qis/v2/depot%207/0/0/0/0/0/1/1/0/1/0/1/0/{model}/{fp}/r")
+                    ),
                     Err(KeyError::BadEscape {
                         field: "model_id",
                         ..
@@ -394,7 +407,7 @@ mod tests {
             );
         }
         assert!(matches!(
-            parse_record_key(&f, "qis/v2/depot%207/0/6/a/m/abc/r"),
+            parse_record_key(&f, "qis/v2/depot%207/0/0/0/0/0/1/1/0/1/0/1/0/m/abc/r"),
             Err(KeyError::BadName {
                 field: "fingerprint",
                 ..
@@ -403,7 +416,10 @@ mod tests {
         assert!(matches!(
             parse_record_key(
                 &f,
-                &format!("qis/v2/depot%207/0/6/a/m/{}/r", "5A".repeat(16))
+                &format!(
+                    "qis/v2/depot%207/0/0/0/0/0/1/1/0/1/0/1/0/m/{}/r",
+                    "5A".repeat(16)
+                )
             ),
             Err(KeyError::BadEscape {
                 field: "fingerprint",
@@ -411,14 +427,20 @@ mod tests {
             })
         ));
         assert!(matches!(
-            parse_record_key(&f, &format!("qis/v2/depot%207/0/6/a/m/{fp}/%0A")),
+            parse_record_key(
+                &f,
+                &format!("qis/v2/depot%207/0/0/0/0/0/1/1/0/1/0/1/0/m/{fp}/%0A")
+            ),
             Err(KeyError::BadName {
                 field: "source",
                 ..
             })
         ));
         assert!(matches!(
-            parse_record_key(&f, &format!("qis/v2/depot%207/0/6/a/m/{fp}/%FF")),
+            parse_record_key(
+                &f,
+                &format!("qis/v2/depot%207/0/0/0/0/0/1/1/0/1/0/1/0/m/{fp}/%FF")
+            ),
             Err(KeyError::BadEscape {
                 field: "source",
                 ..
@@ -430,9 +452,21 @@ mod tests {
     fn a_key_under_another_lane_than_its_source_is_refused() {
         let f = fleet();
         let fp = "5a".repeat(16);
-        // Source `r` is in lane 06a.
-        assert!(parse_record_key(&f, &format!("qis/v2/depot%207/0/6/a/m/{fp}/r")).is_ok());
-        for lane in ["0/6/b", "1/6/a", "0/6/A", "06a/x/y", "*/6/a"] {
+        // Source `r` is in lane 06a = 0000 0110 1010.
+        assert!(
+            parse_record_key(
+                &f,
+                &format!("qis/v2/depot%207/0/0/0/0/0/1/1/0/1/0/1/0/m/{fp}/r")
+            )
+            .is_ok()
+        );
+        for lane in [
+            "0/0/0/0/0/1/1/0/1/0/1/1",
+            "1/0/0/0/0/1/1/0/1/0/1/0",
+            "0/0/0/0/0/1/1/0/1/0/1/2",
+            "0/0/0/0/0/1/1/0/1/0/1/*",
+            "00/0/0/0/1/1/0/1/0/1/0/x",
+        ] {
             assert!(
                 matches!(
                     parse_record_key(&f, &format!("qis/v2/depot%207/{lane}/m/{fp}/r")),

@@ -1,8 +1,11 @@
 //! Lanes: how a node's fan-in stays bounded by config, not by fleet size (key space v2,
 //! docs/PROTOCOL.md "Lanes").
 //!
-//! Every source belongs to one of 4096 lanes, three hex digits of a hash of its id
-//! ([`lane_of`]), written as three key chunks after the fleet. A node that meets more
+//! Every source belongs to one of 4096 lanes, the first 12 bits of a hash of its id
+//! ([`lane_of`]), written as 12 key chunks of one binary digit after the fleet. Binary,
+//! not hex: a fraction of the lane space is then the sum of few prefixes (one per 1-bit
+//! of its binary expansion), so a node needs 1 to 4 subscriptions and gets where hex
+//! digits needed up to 16 (measured: docs/BENCHMARKS.md). A node that meets more
 //! than about twice its budget of sources (`max_sources_per_address`) stops listening to
 //! the whole fleet and listens to a few lane prefixes only, chosen by rendezvous hashing
 //! of (its own id, prefix), covering the fraction `budget / sources` of the lane space
@@ -14,10 +17,12 @@ use sha2::{Digest, Sha256};
 
 use crate::core::ids::SourceId;
 
-/// Lane chunks in a key (`qis/v2/<fleet>/<l1>/<l2>/<l3>/...`), one hex digit each.
-pub const LANE_DEPTH: usize = 3;
-/// Lanes in the key space (16^[`LANE_DEPTH`]).
-pub const LANES: usize = 1 << (4 * LANE_DEPTH);
+/// Lane chunks in a key (`qis/v2/<fleet>/<b1>/…/<b12>/...`), one binary digit each.
+pub const LANE_DEPTH: usize = 12;
+/// Lanes in the key space (2^[`LANE_DEPTH`]).
+pub const LANES: usize = 1 << LANE_DEPTH;
+/// A selection stops refining once it covers the wanted fraction within this share of it.
+pub const TOLERANCE: f64 = 0.05;
 /// Most lane prefixes a node subscribes to (and queries at once).
 pub const MAX_PREFIXES: usize = 16;
 /// A node listens to the whole fleet until it has seen this many times its budget.
@@ -29,30 +34,31 @@ const LANE_DOMAIN: &[u8] = b"qis.lane.v1\n";
 /// Domain separation of the rendezvous score.
 const RENDEZVOUS_DOMAIN: &[u8] = b"qis.rendezvous.v1\n";
 
-/// A source's lane: an index below [`LANES`], whose hex digits are its key chunks.
+/// A source's lane: an index below [`LANES`], whose binary digits are its key chunks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Lane(pub u16);
 
 impl Lane {
-    /// Hex digit `i` (0 = the first chunk), 0..16.
+    /// Binary digit `i` (0 = the first chunk), 0 or 1.
     pub fn digit(self, i: usize) -> u8 {
-        ((self.0 >> (4 * (LANE_DEPTH - 1 - i))) & 0xf) as u8
+        ((self.0 >> (LANE_DEPTH - 1 - i)) & 1) as u8
     }
 
-    /// The lane whose digits these are; `None` unless exactly [`LANE_DEPTH`] digits < 16.
+    /// The lane whose digits these are; `None` unless exactly [`LANE_DEPTH`] digits < 2.
     pub fn from_digits(digits: &[u8]) -> Option<Lane> {
-        if digits.len() != LANE_DEPTH || digits.iter().any(|&d| d > 0xf) {
+        if digits.len() != LANE_DEPTH || digits.iter().any(|&d| d > 1) {
             return None;
         }
         Some(Lane(
-            digits.iter().fold(0u16, |acc, &d| acc << 4 | u16::from(d)),
+            digits.iter().fold(0u16, |acc, &d| acc << 1 | u16::from(d)),
         ))
     }
 }
 
 /// The lane of a source and a 64-bit hash of its id (for counting distinct sources):
 /// SHA-256 of `qis.lane.v1\n` followed by the source id's UTF-8 bytes; the lane is the
-/// first three hex digits of the digest, the hash its first 8 bytes (big endian).
+/// first 12 bits of the digest (its first three hex digits), the hash its first 8 bytes
+/// (big endian).
 pub fn lane_and_hash(source: &SourceId) -> (Lane, u64) {
     let mut h = Sha256::new();
     h.update(LANE_DOMAIN);
@@ -61,7 +67,7 @@ pub fn lane_and_hash(source: &SourceId) -> (Lane, u64) {
     let mut first = [0u8; 8];
     first.copy_from_slice(&d[..8]);
     let hash = u64::from_be_bytes(first);
-    (Lane((hash >> (64 - 4 * LANE_DEPTH)) as u16), hash)
+    (Lane((hash >> (64 - LANE_DEPTH)) as u16), hash)
 }
 
 /// The lane of a source (see [`lane_and_hash`]).
@@ -98,43 +104,38 @@ impl LanePrefix {
     /// The fixed digits, first chunk first.
     pub fn digits(self) -> Vec<u8> {
         (0..self.depth())
-            .map(|i| ((self.bits >> (4 * (self.depth() - 1 - i))) & 0xf) as u8)
+            .map(|i| ((self.bits >> (self.depth() - 1 - i)) & 1) as u8)
             .collect()
     }
 
     /// The child prefix one digit deeper; `None` at full depth.
     fn child(self, digit: u8) -> Option<LanePrefix> {
         (self.depth() < LANE_DEPTH).then(|| LanePrefix {
-            bits: self.bits << 4 | u16::from(digit & 0xf),
+            bits: self.bits << 1 | u16::from(digit & 1),
             depth: self.depth + 1,
         })
     }
 
     /// Whether `lane` lies under this prefix.
     pub fn contains(self, lane: Lane) -> bool {
-        self.depth == 0 || lane.0 >> (4 * (LANE_DEPTH - self.depth())) == self.bits
+        self.depth == 0 || lane.0 >> (LANE_DEPTH - self.depth()) == self.bits
     }
 
     /// Fraction of all lanes under this prefix.
     pub fn fraction(self) -> f64 {
-        16f64.powi(-i32::from(self.depth))
+        2f64.powi(-i32::from(self.depth))
     }
 }
 
 /// Rendezvous score of (node, prefix): the first 8 bytes of SHA-256 of
-/// `qis.rendezvous.v1\n`, the node's source id, `\n`, the prefix's digits in hex. A node's
+/// `qis.rendezvous.v1\n`, the node's source id, `\n`, the prefix's digits (`0`/`1`). A node's
 /// order of prefixes is stable, uniform over nodes, and cannot be steered by others.
 fn score(own: &SourceId, prefix: LanePrefix) -> u64 {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut h = Sha256::new();
     h.update(RENDEZVOUS_DOMAIN);
     h.update(own.as_str().as_bytes());
     h.update(b"\n");
-    let digits: Vec<u8> = prefix
-        .digits()
-        .iter()
-        .map(|&d| HEX[usize::from(d)])
-        .collect();
+    let digits: Vec<u8> = prefix.digits().iter().map(|&d| b'0' + d).collect();
     h.update(&digits);
     let d = h.finalize();
     let mut first = [0u8; 8];
@@ -142,9 +143,9 @@ fn score(own: &SourceId, prefix: LanePrefix) -> u64 {
     u64::from_be_bytes(first)
 }
 
-/// The 16 children of `parent`, highest rendezvous score first.
+/// The two children of `parent`, higher rendezvous score first.
 fn children_by_score(own: &SourceId, parent: LanePrefix) -> Vec<LanePrefix> {
-    let mut c: Vec<(u64, LanePrefix)> = (0..16u8)
+    let mut c: Vec<(u64, LanePrefix)> = (0..2u8)
         .filter_map(|d| parent.child(d))
         .map(|p| (score(own, p), p))
         .collect();
@@ -164,39 +165,48 @@ pub fn fraction_for(sources: usize, budget: usize) -> f64 {
     }
 }
 
-/// The lane prefixes `own` listens to for `fraction` of the lane space: at most
-/// `max_prefixes` (≥ 1) disjoint prefixes, taken in `own`'s rendezvous order depth by
-/// depth (the base-16 digits of `fraction`: the first d₁ prefixes of depth 1, then d₂ of
-/// depth 2 inside the next depth-1 prefix, …, the last digit rounded up), so a larger
-/// fraction always selects a superset. `fraction ≥ 1` is [`LanePrefix::ALL`].
+/// The lane prefixes `own` listens to for `fraction` of the lane space: disjoint
+/// prefixes taken in `own`'s rendezvous order depth by depth along the binary expansion of
+/// `fraction` (at each depth whose bit is 1, the higher-scored child is taken whole and the
+/// walk goes on in the other; else in the higher-scored one), until the remainder is at
+/// most [`TOLERANCE`] of `fraction`; when `max_prefixes` (≥ 1) or the last depth is
+/// reached first, it rounds up (takes the subtree the walk is in). So the selection
+/// covers between 95 % of `fraction` and `fraction` plus one lane, and `fraction ≥ 1` is
+/// [`LanePrefix::ALL`].
 pub fn select(own: &SourceId, fraction: f64, max_prefixes: usize) -> Vec<LanePrefix> {
     let max = max_prefixes.max(1);
     if !(fraction < 1.0) {
         return vec![LanePrefix::ALL];
     }
+    let fraction = fraction.max(1.0 / LANES as f64);
     let mut out = Vec::new();
-    // The part of `parent`'s subtree still to cover, in units of that subtree.
-    let mut rem = fraction.max(0.0);
+    let mut rem = fraction;
     let mut parent = LanePrefix::ALL;
     for depth in 1..=LANE_DEPTH {
         let order = children_by_score(own, parent);
-        let x = rem * 16.0;
-        let room = max - out.len();
-        let last = depth == LANE_DEPTH || room <= 1;
-        // A hair below an integer is that integer: rounding must not add a prefix.
-        let take = if last {
-            (x - 1e-9).ceil().max(1.0)
+        let unit = 2f64.powi(-(depth as i32));
+        let next = if rem >= unit * (1.0 - 1e-12) {
+            out.push(order[0]);
+            rem -= unit;
+            order[1]
         } else {
-            (x + 1e-9).floor()
-        } as usize;
-        let take = take.min(room).min(order.len());
-        out.extend_from_slice(&order[..take]);
-        let left = x - take as f64;
-        if last || left <= 1e-9 || take >= order.len() || out.len() >= max {
+            order[0]
+        };
+        if rem <= TOLERANCE * fraction {
             break;
         }
-        parent = order[take];
-        rem = left;
+        if out.len() + 1 >= max || depth == LANE_DEPTH {
+            // Out of prefixes or depth: round up rather than cover too little. When the
+            // last prefix was taken here, it and `next` are the two halves of `parent`.
+            if out.last() == Some(&order[0]) && next == order[1] {
+                out.pop();
+                out.push(parent);
+            } else {
+                out.push(next);
+            }
+            break;
+        }
+        parent = next;
     }
     if out.is_empty() {
         out.push(children_by_score(own, LanePrefix::ALL)[0]);
@@ -257,6 +267,122 @@ impl LaneSet {
     }
 }
 
+/// Sources in its lanes a node must have seen before it scales them up to a fleet size.
+const MIN_SCALED: usize = 32;
+/// Most distinct sources a [`LaneSelection`] remembers by default (16 bytes each).
+pub const MAX_SOURCES_COUNTED: usize = 1 << 16;
+
+/// What a node listens to now and what it has seen: the state behind its lane choice.
+/// Pure (no I/O): the exchange keeps one per node and the simulator's bus one per robot.
+#[derive(Clone, Debug)]
+pub struct LaneSelection {
+    fraction: f64,
+    prefixes: Vec<LanePrefix>,
+    set: LaneSet,
+    /// Distinct sources seen: hash → lane.
+    seen: std::collections::HashMap<u64, Lane>,
+    /// How many of `seen` lie in the selected lanes.
+    seen_selected: usize,
+    max_seen: usize,
+}
+
+impl Default for LaneSelection {
+    fn default() -> Self {
+        Self::wide(MAX_SOURCES_COUNTED)
+    }
+}
+
+impl LaneSelection {
+    /// The whole fleet, nothing seen yet; remembers at most `max_seen` sources.
+    pub fn wide(max_seen: usize) -> Self {
+        LaneSelection {
+            fraction: 1.0,
+            prefixes: vec![LanePrefix::ALL],
+            set: LaneSet::all(),
+            seen: std::collections::HashMap::new(),
+            seen_selected: 0,
+            max_seen,
+        }
+    }
+
+    /// Fraction of the lane space selected (1 = the whole fleet).
+    pub fn fraction(&self) -> f64 {
+        self.fraction
+    }
+
+    /// The selected prefixes (`[LanePrefix::ALL]` while wide).
+    pub fn prefixes(&self) -> &[LanePrefix] {
+        &self.prefixes
+    }
+
+    /// Whether `lane` is selected.
+    pub fn selects(&self, lane: Lane) -> bool {
+        self.set.contains(lane)
+    }
+
+    /// Distinct sources remembered.
+    pub fn seen(&self) -> usize {
+        self.seen.len()
+    }
+
+    /// The fleet's size as this node can tell: the distinct sources seen, or (once at
+    /// least 32 of them are in its lanes) those in its lanes scaled by the lanes' share,
+    /// whichever is larger (once narrowed, a node hears mostly its own lanes).
+    pub fn estimate(&self) -> usize {
+        // Scaling a few sources is noise (and the larger of two noisy numbers is biased
+        // up): the lanes' count speaks only once it holds enough sources.
+        if self.seen_selected < MIN_SCALED {
+            return self.seen.len();
+        }
+        let scaled = (self.seen_selected as f64 / coverage(&self.prefixes)).round() as usize;
+        self.seen.len().max(scaled)
+    }
+
+    /// Notes a verified source by its [`lane_and_hash`]; true if it was new.
+    pub fn note(&mut self, lane: Lane, hash: u64) -> bool {
+        if self.seen.len() >= self.max_seen || self.seen.contains_key(&hash) {
+            return false;
+        }
+        self.seen.insert(hash, lane);
+        if self.set.contains(lane) {
+            self.seen_selected += 1;
+        }
+        true
+    }
+
+    /// The fraction to listen to now; `None` while the current one is within 15 % of it
+    /// (hysteresis: each change redeclares subscriptions).
+    pub fn wanted(&self, budget: usize) -> Option<f64> {
+        let want = fraction_for(self.estimate(), budget);
+        let same = (want - self.fraction).abs() <= 0.15 * self.fraction;
+        (!same).then_some(want)
+    }
+
+    /// Switches to `prefixes` covering `fraction`.
+    pub fn switch(&mut self, fraction: f64, prefixes: Vec<LanePrefix>) {
+        self.set = LaneSet::of(&prefixes);
+        self.fraction = fraction;
+        self.prefixes = prefixes;
+        self.seen_selected = self
+            .seen
+            .values()
+            .filter(|&&l| self.set.contains(l))
+            .count();
+    }
+
+    /// Revises the selection of node `own` with fan-in budget `budget`; true if changed.
+    pub fn relane(&mut self, own: &SourceId, budget: usize) -> bool {
+        match self.wanted(budget) {
+            Some(f) => {
+                let prefixes = select(own, f, MAX_PREFIXES);
+                self.switch(f, prefixes);
+                true
+            }
+            None => false,
+        }
+    }
+}
+
 /// The fractions a query covers in turn: the node's own `fraction`, then ×
 /// [`WIDEN_FACTOR`] each step up to the whole fleet. A querier stops at the first step
 /// that brought `budget` sources, so a rare address still reaches the few robots that met
@@ -285,8 +411,9 @@ mod tests {
 
     #[test]
     fn lane_hash_is_pinned() {
-        // SHA-256("qis.lane.v1\nrobot-1") starts with these digits (Python hashlib).
+        // SHA-256("qis.lane.v1\nrobot-1") starts with 9d6 (Python hashlib).
         let (lane, hash) = lane_and_hash(&id("robot-1"));
+        assert_eq!(lane.0, 0x9d6);
         let expected = {
             let mut h = Sha256::new();
             h.update(b"qis.lane.v1\nrobot-1");
@@ -295,19 +422,18 @@ mod tests {
         };
         assert_eq!(lane.0, expected);
         assert_eq!((hash >> 52) as u16, lane.0);
-        assert_eq!(
-            Lane::from_digits(&[lane.digit(0), lane.digit(1), lane.digit(2)]),
-            Some(lane)
-        );
-        assert_eq!(Lane::from_digits(&[1, 2]), None);
-        assert_eq!(Lane::from_digits(&[1, 2, 16]), None);
+        let digits: Vec<u8> = (0..LANE_DEPTH).map(|i| lane.digit(i)).collect();
+        assert_eq!(digits, [1, 0, 0, 1, 1, 1, 0, 1, 0, 1, 1, 0]);
+        assert_eq!(Lane::from_digits(&digits), Some(lane));
+        assert_eq!(Lane::from_digits(&[1, 0]), None);
+        assert_eq!(Lane::from_digits(&[2; LANE_DEPTH]), None);
     }
 
     #[test]
     fn lanes_are_spread_evenly() {
         let mut first = [0u32; 16];
         for i in 0..16_000 {
-            first[usize::from(lane_of(&id(&format!("r{i}"))).digit(0))] += 1;
+            first[usize::from(lane_of(&id(&format!("r{i}"))).0 >> 8)] += 1;
         }
         for c in first {
             assert!((800..1200).contains(&c), "{first:?}");
@@ -327,9 +453,9 @@ mod tests {
             let f = fraction_for(sources, 16);
             let sel = select(&id("me"), f, MAX_PREFIXES);
             let c = coverage(&sel);
-            assert!(sel.len() <= MAX_PREFIXES);
+            assert!(sel.len() <= 5, "{sources}: {} prefixes", sel.len());
             assert!(
-                c >= f * 0.97 && c <= f * 1.1 + 1.0 / LANES as f64,
+                c >= f * (1.0 - TOLERANCE) - 1e-12 && c <= f + 1.0 / LANES as f64,
                 "{sources}: {c} vs {f}"
             );
             // Disjoint: lanes counted once.
@@ -354,6 +480,35 @@ mod tests {
         assert_eq!(w.len(), 3);
         assert_eq!(*w.last().unwrap(), 1.0);
         assert!((w[1] - 0.32).abs() < 1e-12);
+    }
+
+    #[test]
+    fn a_selection_narrows_past_twice_the_budget_and_estimates_from_its_lanes() {
+        let me = id("me");
+        let mut sel = LaneSelection::default();
+        for i in 0..32 {
+            let (l, h) = lane_and_hash(&id(&format!("s{i}")));
+            assert!(sel.note(l, h));
+        }
+        assert!(!sel.relane(&me, 16), "32 = 2 x budget: still wide");
+        let (l, h) = lane_and_hash(&id("s32"));
+        sel.note(l, h);
+        assert!(sel.relane(&me, 16));
+        assert!((sel.fraction() - 16.0 / 33.0).abs() < 1e-12);
+        assert!(!sel.relane(&me, 16), "unchanged: hysteresis");
+        // Once narrowed, sources in the lanes count for the whole fleet.
+        let mut inside = 0;
+        for i in 33..2000 {
+            let (l, h) = lane_and_hash(&id(&format!("s{i}")));
+            if sel.selects(l) {
+                sel.note(l, h);
+                inside += 1;
+            }
+        }
+        assert!(inside > 0);
+        assert!(sel.estimate() > 1000, "{}", sel.estimate());
+        assert!(sel.relane(&me, 16));
+        assert!(sel.fraction() < 0.05);
     }
 
     proptest! {

@@ -174,7 +174,11 @@ impl Volume {
                     SampleKind::Put => {
                         let payload = sample.payload().to_bytes();
                         if payload.len() > MAX_PAYLOAD {
-                            debug!(key, len = payload.len(), "router volume: payload too large, not kept");
+                            debug!(
+                                key,
+                                len = payload.len(),
+                                "router volume: payload too large, not kept"
+                            );
                             return;
                         }
                         Change::Put(key, payload.into_owned())
