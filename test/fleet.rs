@@ -1066,17 +1066,42 @@ async fn a_node_hears_its_lanes_once_the_fleet_outgrows_its_budget() {
             }
         }
     }
-    // A rare address met only by one robot outside the observer's lanes: the query
-    // widens until it finds it.
+    // A rare address met only by one robot outside the observer's lanes but inside the
+    // widened ones (4 x its share): the query widens once and finds it.
+    let f = fraction_for(SOURCES, BUDGET);
+    let widened = qis_ros::fleet::lanes::LaneSet::of(&select(&me, 4.0 * f, MAX_PREFIXES));
+    let in_widened = |n: &str| widened.contains(lane_of(&SourceId::new(n).unwrap()));
     let outsider = robots
         .iter()
-        .find(|(n, _, _)| !view.selects(&SourceId::new(n.as_str()).unwrap()))
-        .expect("some robot outside the lanes");
+        .find(|(n, _, _)| !view.selects(&SourceId::new(n.as_str()).unwrap()) && in_widened(n))
+        .expect("a robot in the widened lanes only");
     let (key, rec) = own_record(&outsider.0, rare, 2, &[0.3, 0.3]);
     outsider.1.publish(&key, &rec).unwrap();
     let got = query_until(&o, &rare, |g| !g.is_empty()).await;
     assert_eq!(got[0].0.source.as_str(), outsider.0);
     assert!(o.stats().widened_queries > 0);
+    // One met only by a robot beyond the widened lanes is not asked for: the query
+    // stays within about 4 budgets' worth of sessions (and the storage's same lanes).
+    let far = robots
+        .iter()
+        .find(|(n, _, _)| !in_widened(n))
+        .expect("a robot beyond the widened lanes");
+    let remote = fp(0x43);
+    let (key, rec) = own_record(&far.0, remote, 2, &[0.3, 0.3]);
+    far.1.publish(&key, &rec).unwrap();
+    // Wait until the storage holds it (a wide query from another robot sees it).
+    let other = robots
+        .iter()
+        .find(|(n, _, _)| *n != far.0)
+        .expect("another robot");
+    query_until(&other.1, &remote, |g| !g.is_empty()).await;
+    let served = far.1.stats().bytes_out;
+    assert!(o.query(&model, &remote).await.unwrap().is_empty());
+    assert_eq!(
+        far.1.stats().bytes_out,
+        served,
+        "the far robot was not asked"
+    );
 
     o.close().await.unwrap();
     for (_, ex, _) in robots {

@@ -241,7 +241,7 @@ impl Intake {
 
     /// Gets the sources' records at (model, fingerprint), checked, newest per source:
     /// first from this node's own lanes; while fewer than the budget's sources answered,
-    /// from lanes widened step by step ([`widening`]) up to the whole fleet. A query thus
+    /// from lanes widened once to four times that share ([`widening`]). A query thus
     /// reaches the sessions of a few lanes (and the storages), not every session.
     /// With `have`, peers skip records the querier already holds (see the module doc).
     pub(crate) async fn query(

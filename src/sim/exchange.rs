@@ -28,7 +28,7 @@
 //! follows an address; a follower receives live every update at the address from the
 //! sources in its selected lanes (the whole fleet until it has seen twice its budget
 //! `max_sources_per_address`), and a follow's query answers with the sources of its own
-//! lanes, widened step by step while fewer than the budget answered. That is what keeps a
+//! lanes, widened once (× 4) while fewer than the budget answered. That is what keeps a
 //! node's memory and traffic bounded by config while the fleet grows. (A `FleetExchange`
 //! also receives, and drops, the records of unfollowed addresses in its lanes; the bus
 //! does not deliver or count those.)
@@ -497,7 +497,7 @@ impl Shared {
     }
 
     /// The product's follow: revise the lanes, follow the address, and answer with the
-    /// stored records of the sources in the robot's lanes, widened step by step while
+    /// stored records of the sources in the robot's lanes, widened once (× 4) while
     /// fewer than the budget answered (`FleetExchange::query`).
     fn follow(&mut self, robot: RobotIx, model: ModelIx, fingerprint: Fingerprint) {
         let budget = self.config.max_sources_per_address;
