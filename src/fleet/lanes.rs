@@ -175,7 +175,8 @@ pub fn fraction_for(sources: usize, budget: usize) -> f64 {
 /// [`LanePrefix::ALL`].
 pub fn select(own: &SourceId, fraction: f64, max_prefixes: usize) -> Vec<LanePrefix> {
     let max = max_prefixes.max(1);
-    if !(fraction < 1.0) {
+    // NaN too: a fraction that is not below 1 means the whole fleet.
+    if fraction.partial_cmp(&1.0) != Some(std::cmp::Ordering::Less) {
         return vec![LanePrefix::ALL];
     }
     let fraction = fraction.max(1.0 / LANES as f64);
