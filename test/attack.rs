@@ -103,7 +103,7 @@ fn sid(key: &SigningKey) -> String {
     source_id_of(&key.verifying_key()).as_str().to_owned()
 }
 
-/// The victim: `qis node` with the shipped defaults (signed, no admission list: an open
+/// The victim: `qis node` with the shipped defaults but a fan-in budget of 1024 (signed, no admission list: an open
 /// fleet where newcomers must earn trust), its own store and identity, the fleet
 /// exchange listening on `listen` and connecting to `peer`, ROS over `router`.
 fn spawn_victim(router: &str, store: &std::path::Path, listen: u16, peer: u16) -> Child {
@@ -113,6 +113,11 @@ fn spawn_victim(router: &str, store: &std::path::Path, listen: u16, peer: u16) -
         .args(["-p", &format!("store_path:={}", store.display())])
         .args(["-p", &format!("exchange.listen:=[\"{}\"]", ep(listen))])
         .args(["-p", &format!("exchange.connect:=[\"{}\"]", ep(peer))])
+        // A fan-in budget above the Sybil waves (100 sources): this test is about what
+        // trust and the bounds do with every record that arrives. With the shipped
+        // budget (16) the node narrows to its lanes once it has seen 32 sources and drops
+        // most of a wave at intake (`fleet.dropped_unselected`; test/fleet.rs).
+        .args(["-p", "exchange.max_sources_per_address:=1024"])
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .kill_on_drop(true)
