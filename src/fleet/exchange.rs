@@ -502,7 +502,7 @@ async fn relane(shared: &Shared) -> Result<bool, FleetError> {
         fresh.push(declare_lane(&shared.session, intake, *p).await?);
     }
     let n = prefixes.len() as u64;
-    intake.lanes_mut().switch(fraction, prefixes);
+    intake.lanes_mut().switch(&intake.own, fraction, prefixes);
     let old = std::mem::replace(&mut *subs, fresh);
     drop(old);
     bump(&intake.stats.lane_changes, 1);

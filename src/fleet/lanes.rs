@@ -268,7 +268,8 @@ impl LaneSet {
     }
 }
 
-/// Sources in its lanes a node must have seen before it scales them up to a fleet size.
+/// Sources in its query region a node must have seen before it scales them up to a fleet
+/// size.
 const MIN_SCALED: usize = 32;
 /// Most distinct sources a [`LaneSelection`] remembers by default (16 bytes each).
 pub const MAX_SOURCES_COUNTED: usize = 1 << 16;
@@ -282,8 +283,12 @@ pub struct LaneSelection {
     set: LaneSet,
     /// Distinct sources seen: hash → lane.
     seen: std::collections::HashMap<u64, Lane>,
-    /// How many of `seen` lie in the selected lanes.
-    seen_selected: usize,
+    /// The lanes a query reaches ([`widening`]'s last step): the selected ones and more.
+    region: LaneSet,
+    /// Its share of the lane space.
+    region_coverage: f64,
+    /// How many of `seen` lie in `region`.
+    seen_region: usize,
     max_seen: usize,
 }
 
@@ -301,7 +306,9 @@ impl LaneSelection {
             prefixes: vec![LanePrefix::ALL],
             set: LaneSet::all(),
             seen: std::collections::HashMap::new(),
-            seen_selected: 0,
+            region: LaneSet::all(),
+            region_coverage: 1.0,
+            seen_region: 0,
             max_seen,
         }
     }
@@ -326,16 +333,18 @@ impl LaneSelection {
         self.seen.len()
     }
 
-    /// The fleet's size as this node can tell: the distinct sources seen, or (once at
-    /// least 32 of them are in its lanes) those in its lanes scaled by the lanes' share,
-    /// whichever is larger (once narrowed, a node hears mostly its own lanes).
+    /// The fleet's size as this node can tell: the distinct sources seen, or the sources
+    /// seen in the lanes its queries reach (its own lanes and the widened ones, where it
+    /// meets about four budgets' worth of sources) divided by those lanes' share, once at
+    /// least 32 were seen there, whichever is larger. Once narrowed, a node meets sources
+    /// almost only in those lanes, so the plain count would stall near four budgets.
     pub fn estimate(&self) -> usize {
         // Scaling a few sources is noise (and the larger of two noisy numbers is biased
-        // up): the lanes' count speaks only once it holds enough sources.
-        if self.seen_selected < MIN_SCALED {
+        // up): the region's count speaks only once it holds enough sources.
+        if self.seen_region < MIN_SCALED || self.region_coverage >= 1.0 {
             return self.seen.len();
         }
-        let scaled = (self.seen_selected as f64 / coverage(&self.prefixes)).round() as usize;
+        let scaled = (self.seen_region as f64 / self.region_coverage).round() as usize;
         self.seen.len().max(scaled)
     }
 
@@ -345,8 +354,8 @@ impl LaneSelection {
             return false;
         }
         self.seen.insert(hash, lane);
-        if self.set.contains(lane) {
-            self.seen_selected += 1;
+        if self.region.contains(lane) {
+            self.seen_region += 1;
         }
         true
     }
@@ -359,15 +368,20 @@ impl LaneSelection {
         (!same).then_some(want)
     }
 
-    /// Switches to `prefixes` covering `fraction`.
-    pub fn switch(&mut self, fraction: f64, prefixes: Vec<LanePrefix>) {
+    /// Switches node `own` to `prefixes` covering `fraction` (and to the query region
+    /// of that fraction).
+    pub fn switch(&mut self, own: &SourceId, fraction: f64, prefixes: Vec<LanePrefix>) {
         self.set = LaneSet::of(&prefixes);
         self.fraction = fraction;
         self.prefixes = prefixes;
-        self.seen_selected = self
+        let widest = widening(fraction).last().copied().unwrap_or(1.0);
+        let region = select(own, widest, MAX_PREFIXES);
+        self.region_coverage = coverage(&region);
+        self.region = LaneSet::of(&region);
+        self.seen_region = self
             .seen
             .values()
-            .filter(|&&l| self.set.contains(l))
+            .filter(|&&l| self.region.contains(l))
             .count();
     }
 
@@ -376,7 +390,7 @@ impl LaneSelection {
         match self.wanted(budget) {
             Some(f) => {
                 let prefixes = select(own, f, MAX_PREFIXES);
-                self.switch(f, prefixes);
+                self.switch(own, f, prefixes);
                 true
             }
             None => false,
@@ -484,7 +498,7 @@ mod tests {
     }
 
     #[test]
-    fn a_selection_narrows_past_twice_the_budget_and_estimates_from_its_lanes() {
+    fn a_selection_narrows_past_twice_the_budget_and_estimates_from_where_it_queries() {
         let me = id("me");
         let mut sel = LaneSelection::default();
         for i in 0..32 {
@@ -497,19 +511,27 @@ mod tests {
         assert!(sel.relane(&me, 16));
         assert!((sel.fraction() - 16.0 / 33.0).abs() < 1e-12);
         assert!(!sel.relane(&me, 16), "unchanged: hysteresis");
-        // Once narrowed, sources in the lanes count for the whole fleet.
-        let mut inside = 0;
         for i in 33..2000 {
             let (l, h) = lane_and_hash(&id(&format!("s{i}")));
-            if sel.selects(l) {
-                sel.note(l, h);
-                inside += 1;
+            sel.note(l, h);
+        }
+        assert_eq!(sel.estimate(), 2000);
+        assert!(sel.relane(&me, 16));
+        assert!((sel.fraction() - 0.008).abs() < 1e-12);
+        // Narrowed, a node meets sources almost only where its queries reach (4 x its
+        // lanes): those count for the whole fleet.
+        let mut met = 0;
+        for i in 2000..20_000 {
+            let (l, h) = lane_and_hash(&id(&format!("s{i}")));
+            if sel.region.contains(l) && sel.note(l, h) {
+                met += 1;
             }
         }
-        assert!(inside > 0);
-        assert!(sel.estimate() > 1000, "{}", sel.estimate());
+        assert!(met < 1000, "{met}");
+        let e = sel.estimate();
+        assert!((15_000..25_000).contains(&e), "{e}");
         assert!(sel.relane(&me, 16));
-        assert!(sel.fraction() < 0.05);
+        assert!(sel.fraction() < 0.001);
     }
 
     proptest! {
