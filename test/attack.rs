@@ -38,7 +38,8 @@ use qis_ros::core::record::OutcomeRecord;
 use qis_ros::core::summary::Decay;
 use qis_ros::core::synthesis::FALLBACK_PRIOR_STRENGTH;
 use qis_ros::fleet::identity::source_id_of;
-use qis_ros::fleet::keys::record_key;
+use qis_ros::fleet::keys::{lane_chunks, record_key};
+use qis_ros::fleet::lanes::lane_of;
 use qis_ros::fleet::signing::seal;
 use qis_ros::fleet::{FleetConfig, FleetExchange, Identity, Publish, Received};
 use qis_ros::ros::msgs::{
@@ -103,7 +104,7 @@ fn sid(key: &SigningKey) -> String {
     source_id_of(&key.verifying_key()).as_str().to_owned()
 }
 
-/// The victim: `qis node` with the shipped defaults (signed, no admission list: an open
+/// The victim: `qis node` with the shipped defaults but a fan-in budget of 1024 (signed, no admission list: an open
 /// fleet where newcomers must earn trust), its own store and identity, the fleet
 /// exchange listening on `listen` and connecting to `peer`, ROS over `router`.
 fn spawn_victim(router: &str, store: &std::path::Path, listen: u16, peer: u16) -> Child {
@@ -113,6 +114,11 @@ fn spawn_victim(router: &str, store: &std::path::Path, listen: u16, peer: u16) -
         .args(["-p", &format!("store_path:={}", store.display())])
         .args(["-p", &format!("exchange.listen:=[\"{}\"]", ep(listen))])
         .args(["-p", &format!("exchange.connect:=[\"{}\"]", ep(peer))])
+        // A fan-in budget above the Sybil waves (100 sources): this test is about what
+        // trust and the bounds do with every record that arrives. With the shipped
+        // budget (16) the node narrows to its lanes once it has seen 32 sources and drops
+        // most of a wave at intake (`fleet.dropped_unselected`; test/fleet.rs).
+        .args(["-p", "exchange.max_sources_per_address:=1024"])
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .kill_on_drop(true)
@@ -950,7 +956,9 @@ async fn a_forging_peer_neither_poisons_nor_silences_nor_goes_uncounted() {
     // chunks; a 1 MiB payload, a record announcing dimension 64 cut short, and a whole
     // correctly signed 64-dimensional record at this 2-dimensional address.
     let before = b.diag_now().await;
-    let prefix = format!("qis/v1/{FLEET}/{MODEL}/{s_hex}");
+    // Under B's own lane: the bad keys fail on their source chunk, not on the lane.
+    let f_lane = lane_chunks(lane_of(&SourceId::new(f_id.clone()).expect("source id")));
+    let prefix = format!("qis/v2/{FLEET}/{f_lane}/{MODEL}/{s_hex}");
     let junk = hex::encode([1u8, 2, 3]);
     let mut plan = Vec::new();
     let bad_keys = [
@@ -961,8 +969,8 @@ async fn a_forging_peer_neither_poisons_nor_silences_nor_goes_uncounted() {
         format!("{prefix}/a+b"),
         format!("{prefix}/%"),
         format!("{prefix}/*"),
-        "qis/v1/**".to_owned(),
-        format!("qis/v1/{FLEET}/**"),
+        "qis/v2/**".to_owned(),
+        format!("qis/v2/{FLEET}/**"),
     ];
     for k in &bad_keys {
         plan.push(json!({"op": "raw", "key": k, "payload_hex": junk}));
@@ -999,7 +1007,7 @@ async fn a_forging_peer_neither_poisons_nor_silences_nor_goes_uncounted() {
     note(
         &mut results,
         format!(
-            "7 keys (10 kB chunk, %2f, %41, %zz, a+b, %, *, qis/v1/**, qis/v1/default/**) and payloads (1 MiB, dim 64 cut at 300 B, dim 64 at a 2-D address): rejected_key +{}, rejected_decode +{}, rejected.fleet_record +{}; extra-chunk key matched no subscriber; A weight {wa:.3}; correction[0] {:.4}",
+            "7 keys (10 kB chunk, %2f, %41, %zz, a+b, %, *, qis/v2/**, qis/v2/default/**) and payloads (1 MiB, dim 64 cut at 300 B, dim 64 at a 2-D address): rejected_key +{}, rejected_decode +{}, rejected.fleet_record +{}; extra-chunk key matched no subscriber; A weight {wa:.3}; correction[0] {:.4}",
             grew(&before, &after, "fleet.rejected_key"),
             grew(&before, &after, "fleet.rejected_decode"),
             grew(&before, &after, "rejected.fleet_record"),

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """A forging fleet peer for test/attack.rs: an independent implementation of the record
-v2 encoding, the key space v1 and the record signatures of docs/PROTOCOL.md (stdlib
+v2 encoding, the key space v2 (with its lanes) and the record signatures of docs/PROTOCOL.md (stdlib
 struct, eclipse-zenoh, and `cryptography` for ed25519; none of qis_ros's code).
 
 It connects to one fleet endpoint on loopback and executes attack plans that the Rust
@@ -24,6 +24,7 @@ REC = {"seq", "count", "first_ns", "last_ns", "weight", "weight_sq", "mean": [..
 Floats may be written as the strings "nan", "inf", "-inf".
 """
 import argparse
+import hashlib
 import json
 import os
 import struct
@@ -42,13 +43,36 @@ MATCH_WAIT_S = 5.0
 
 
 def escape(name):
-    """Key space v1: one chunk, plain bytes as themselves, others %XX (uppercase)."""
+    """Key space v2: one chunk, plain bytes as themselves, others %XX (uppercase)."""
     return "".join(chr(b) if b in PLAIN else "%%%02X" % b for b in name.encode())
 
 
+def unescape(chunk):
+    """The name a canonically escaped chunk stands for (bytes; others are left as is)."""
+    out, i = bytearray(), 0
+    while i < len(chunk):
+        if chunk[i] == "%" and i + 3 <= len(chunk) and all(
+                c in "0123456789ABCDEF" for c in chunk[i + 1:i + 3]):
+            out.append(int(chunk[i + 1:i + 3], 16))
+            i += 3
+        else:
+            out += chunk[i].encode()
+            i += 1
+    return bytes(out)
+
+
+def lane(source_chunk):
+    """PROTOCOL "Lanes": the first 12 bits of SHA-256("qis.lane.v1\n" + source), one
+    key chunk of one binary digit each."""
+    digest = hashlib.sha256(b"qis.lane.v1\n" + unescape(source_chunk)).digest()
+    bits = (digest[0] << 4) | (digest[1] >> 4)
+    return "/".join(str((bits >> (11 - i)) & 1) for i in range(12))
+
+
 def address_key(addr, source_chunk):
-    return "qis/v1/%s/%s/%s/%s" % (
-        escape(addr["fleet"]), escape(addr["model"]), addr["fp"], source_chunk)
+    return "qis/v2/%s/%s/%s/%s/%s" % (
+        escape(addr["fleet"]), lane(source_chunk), escape(addr["model"]), addr["fp"],
+        source_chunk)
 
 
 def num(v):

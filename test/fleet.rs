@@ -316,7 +316,9 @@ async fn three_peers_share_verify_and_survive_the_source() {
     assert_eq!(mem_b.ingest(&k, r), Ingest::Stored);
 
     // Hostile input on the wire, from a raw session: a record claiming to be A's signed
-    // by a forger, an unsigned one, garbage bytes, a key outside the key space v1 rules.
+    // by a forger, an unsigned one, garbage bytes, a key outside the key space v2 rules,
+    // and A's record correctly signed by A's own key but put under another lane than
+    // A's (which would reach subscribers that never chose A).
     let mut raw_cfg = zenoh::Config::default();
     raw_cfg.insert_json5("mode", "\"peer\"").unwrap();
     raw_cfg
@@ -334,12 +336,18 @@ async fn three_peers_share_verify_and_survive_the_source() {
     let raw = zenoh::open(raw_cfg).await.unwrap();
     let fleet = FleetName::new(FLEET).unwrap();
     let ke_a = record_key(&fleet, &key);
+    let wrong_lane = {
+        let mut chunks: Vec<String> = ke_a.split('/').map(str::to_owned).collect();
+        // Chunk 14 is the lane's last binary digit: flipping it is another lane.
+        chunks[14] = if chunks[14] == "0" { "1" } else { "0" }.to_owned();
+        chunks.join("/")
+    };
     let (_, newer) = own_record(&a_id, s, 20, &[9.0, 9.0]);
     let before_stats = b.stats();
     let mut sent = 0;
     let deadline = tokio::time::Instant::now() + WAIT;
     // Resend until B has seen all four (the raw session needs a moment to connect).
-    while b.stats().rejected() < before_stats.rejected() + 4 {
+    while b.stats().rejected() < before_stats.rejected() + 5 {
         assert!(
             tokio::time::Instant::now() < deadline,
             "hostile samples never reached B"
@@ -351,8 +359,14 @@ async fn three_peers_share_verify_and_survive_the_source() {
             .await
             .unwrap();
         raw.put(&ke_a, vec![1u8, 2, 3]).await.unwrap();
+        raw.put(&wrong_lane, seal(&newer, &wrong_lane, Some(&ka)).unwrap())
+            .await
+            .unwrap();
         raw.put(
-            format!("qis/v1/test%20fleet/cosmos%2Fv1/{s_hex}/a+b"),
+            format!(
+                "qis/v2/test%20fleet/{}/cosmos%2Fv1/{s_hex}/a+b",
+                ["0"; 12].join("/")
+            ),
             vec![0u8],
         )
         .await
@@ -365,6 +379,10 @@ async fn three_peers_share_verify_and_survive_the_source() {
     assert!(after.rejected_unsigned > before_stats.rejected_unsigned);
     assert!(after.rejected_decode > before_stats.rejected_decode);
     assert!(after.rejected_key > before_stats.rejected_key);
+    assert!(
+        after.rejected_lane > before_stats.rejected_lane,
+        "a validly signed record under a wrong lane is refused and counted"
+    );
     assert!(sent >= 1);
 
     // A genuine replay (A's older seq 5, correctly signed): verified, delivered, and the
@@ -660,7 +678,7 @@ async fn only_records_cross_the_wire() {
     let seen = seen.lock().unwrap().clone();
     let contains = |hay: &[u8], needle: &[u8]| hay.windows(needle.len()).any(|w| w == needle);
     for (k, payload) in &seen {
-        assert!(k.starts_with("qis/v1/"), "unexpected key {k}");
+        assert!(k.starts_with("qis/v2/"), "unexpected key {k}");
         for text in ["rain", "cyclist", "speed", "weather", "obstacle"] {
             assert!(
                 !k.contains(text) && !contains(payload, text.as_bytes()),
@@ -808,4 +826,287 @@ async fn a_restarted_link_follows_its_stored_addresses_again_and_reports_refusal
     }
     link.shutdown().await;
     y.close().await.unwrap();
+}
+
+/// Stops a `qis-fleet` child with SIGINT (its graceful path) and waits, bounded.
+async fn interrupt(mut child: Child) {
+    let pid = child.id().expect("child running").to_string();
+    let sent = std::process::Command::new("kill")
+        .args(["-INT", &pid])
+        .status()
+        .expect("kill runs");
+    assert!(sent.success());
+    let status = timeout(WAIT, child.wait())
+        .await
+        .expect("router exits in time")
+        .expect("wait");
+    assert!(status.success(), "router exit {status:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_router_with_a_volume_keeps_every_record_across_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let volume = dir.path().join("router.redb");
+    let volume_arg = volume.to_str().unwrap();
+    let pr = free_port();
+    let router = spawn_ready(&["router", "--listen", &ep(pr), "--volume", volume_arg]).await;
+    let client_file = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/zenoh-client.json5");
+    let client = |source: &'static str| {
+        let cfg = FleetConfig {
+            fleet: FLEET.into(),
+            zenoh_config: Some(client_file.clone()),
+            connect: vec![ep(pr)],
+            min_count_to_share: 1,
+            anti_entropy_period_ms: 0,
+            ..FleetConfig::default()
+        };
+        start(cfg, source)
+    };
+    // Two robots, three addresses; then both go offline.
+    let addresses = [fp(0x31), fp(0x32), fp(0x33)];
+    let (a, _rx_a) = client("robot-a").await;
+    let (b, _rx_b) = client("robot-b").await;
+    let mut published = Vec::new();
+    for (i, s) in addresses.iter().enumerate() {
+        let (key, rec) = own_record("robot-a", *s, 4 + i as u32, &[1.0, 2.0]);
+        a.publish(&key, &rec).unwrap();
+        published.push((key, rec));
+    }
+    let (key, rec) = own_record("robot-b", addresses[0], 7, &[0.5, 0.5]);
+    b.publish(&key, &rec).unwrap();
+    published.push((key, rec));
+    a.flush().await.unwrap();
+    b.flush().await.unwrap();
+    let (probe, _rx_p) = client("probe").await;
+    query_until(&probe, &addresses[0], |g| g.len() == 2).await;
+    a.close().await.unwrap();
+    b.close().await.unwrap();
+    // Only the router's storage answers now: wait until it holds every record.
+    for s in &addresses {
+        let want = published
+            .iter()
+            .filter(|(k, _)| k.fingerprint == *s)
+            .count();
+        query_until(&probe, s, |g| g.len() == want).await;
+    }
+    probe.close().await.unwrap();
+
+    // Restart on the same volume and port: a robot that never met anyone gets them all.
+    interrupt(router).await;
+    let router = spawn_ready(&["router", "--listen", &ep(pr), "--volume", volume_arg]).await;
+    let (late, _rx_l) = client("robot-late").await;
+    let mut got = Vec::new();
+    for s in &addresses {
+        let want = published
+            .iter()
+            .filter(|(k, _)| k.fingerprint == *s)
+            .count();
+        got.extend(query_until(&late, s, |g| g.len() >= want).await);
+    }
+    got.sort_by(|x, y| {
+        (x.0.fingerprint, x.0.source.as_str()).cmp(&(y.0.fingerprint, y.0.source.as_str()))
+    });
+    published.sort_by(|x, y| {
+        (x.0.fingerprint, x.0.source.as_str()).cmp(&(y.0.fingerprint, y.0.source.as_str()))
+    });
+    assert_eq!(
+        got, published,
+        "every record, byte for byte, after the restart"
+    );
+    late.close().await.unwrap();
+
+    // Without the volume the same restart starts empty (the volume is what kept them).
+    interrupt(router).await;
+    let router = spawn_ready(&["router", "--listen", &ep(pr)]).await;
+    let (empty, _rx_e) = client("robot-empty").await;
+    let model = ModelId::new(MODEL).unwrap();
+    assert!(empty.query(&model, &addresses[0]).await.unwrap().is_empty());
+    empty.close().await.unwrap();
+    interrupt(router).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_hears_its_lanes_once_the_fleet_outgrows_its_budget() {
+    use qis_ros::fleet::lanes::{MAX_PREFIXES, fraction_for, lane_of, select};
+    use qis_ros::fleet::{FleetRouter, router::router_config};
+    const SOURCES: usize = 30;
+    const BUDGET: usize = 3;
+    let pr = free_port();
+    let router = FleetRouter::start(router_config(None, &[ep(pr)]).unwrap())
+        .await
+        .unwrap();
+    let client_file = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/zenoh-client.json5");
+    let cfg = |budget: usize| FleetConfig {
+        fleet: FLEET.into(),
+        zenoh_config: Some(client_file.clone()),
+        connect: vec![ep(pr)],
+        min_count_to_share: 1,
+        publish_interval_ms: 0,
+        anti_entropy_period_ms: 0,
+        max_sources_per_address: budget,
+        ..FleetConfig::default()
+    };
+    let model = ModelId::new(MODEL).unwrap();
+    let (s, rare) = (fp(0x41), fp(0x42));
+    let mut robots = Vec::new();
+    for i in 0..SOURCES {
+        let name = format!("robot-{i}");
+        let (ex, rx) = start(cfg(16), &name).await;
+        let (key, rec) = own_record(&name, s, 2, &[0.1, 0.1]);
+        ex.publish(&key, &rec).unwrap();
+        robots.push((name, ex, rx));
+    }
+    let (o, mut rx_o) = start(cfg(BUDGET), "observer").await;
+    assert_eq!(
+        o.stats().declarations,
+        2,
+        "one queryable, one wide subscription"
+    );
+    // Wide: the first query of s brings every source (the storage holds them all).
+    let got = query_until(&o, &s, |g| g.len() == SOURCES).await;
+    assert_eq!(got.len(), SOURCES);
+    // Following now narrows to the lanes of about BUDGET sources.
+    o.follow(&model, &s).await.unwrap();
+    let st = o.stats();
+    assert_eq!(st.lane_changes, 1);
+    let me = SourceId::new("observer").unwrap();
+    let chosen = select(&me, fraction_for(SOURCES, BUDGET), MAX_PREFIXES);
+    assert_eq!(o.lane_view().prefixes(), chosen);
+    assert_eq!(st.lane_prefixes, chosen.len() as u64);
+    assert_eq!(st.declarations, chosen.len() as u64 + 1);
+    let view = o.lane_view();
+    let heard: Vec<&String> = robots
+        .iter()
+        .map(|(n, _, _)| n)
+        .filter(|n| view.selects(&SourceId::new(n.as_str()).unwrap()))
+        .collect();
+    assert!(
+        heard.len() < SOURCES / 2,
+        "{} of {SOURCES} selected",
+        heard.len()
+    );
+
+    // Everyone publishes a new version: only the selected sources reach the observer live.
+    let served_before: Vec<u64> = robots
+        .iter()
+        .map(|(_, ex, _)| ex.stats().bytes_out)
+        .collect();
+    for (name, ex, _) in &robots {
+        let (key, rec) = own_record(name, s, 3, &[0.1, 0.1]);
+        ex.publish(&key, &rec).unwrap();
+    }
+    let mut live = std::collections::HashSet::new();
+    while live.len() < heard.len() {
+        let (k, r) = timeout(WAIT, rx_o.recv())
+            .await
+            .expect("live record")
+            .unwrap();
+        assert_eq!(r.seq, Seq(3));
+        assert!(
+            view.selects(&k.source),
+            "{} is not in the observer's lanes",
+            k.source
+        );
+        live.insert(k.source.to_string());
+    }
+    // A record put under a lane the observer hears, but not its source's lane, is
+    // refused and counted (it would otherwise win a place in the observer's fan-in).
+    if let Some(name) = heard.first() {
+        let fleet = FleetName::new(FLEET).unwrap();
+        let (key, rec) = own_record("robot-x", s, 9, &[0.1, 0.1]);
+        let heard_key = record_key(
+            &fleet,
+            &RecordKey {
+                source: SourceId::new(name.as_str()).unwrap(),
+                ..key.clone()
+            },
+        );
+        let mut chunks: Vec<String> = record_key(&fleet, &key)
+            .split('/')
+            .map(str::to_owned)
+            .collect();
+        for (i, c) in heard_key.split('/').skip(3).take(12).enumerate() {
+            chunks[3 + i] = c.to_owned();
+        }
+        let forged = chunks.join("/");
+        assert_ne!(
+            lane_of(&key.source),
+            lane_of(&SourceId::new(name.as_str()).unwrap())
+        );
+        let before = o.stats().rejected_lane;
+        let raw = robots[0].1.session().clone();
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while o.stats().rejected_lane == before {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "wrong-lane put never refused"
+            );
+            raw.put(&forged, seal(&rec, &forged, None).unwrap())
+                .await
+                .unwrap();
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    // A query of s now reaches only the sessions of the observer's lanes (and the
+    // storage): the robots outside them served nothing.
+    let got = o.query(&model, &s).await.unwrap();
+    assert!(got.len() >= heard.len().min(BUDGET));
+    // These fixed names put at least BUDGET sources in the observer's lanes.
+    assert!(heard.len() >= BUDGET, "{} heard", heard.len());
+    {
+        assert_eq!(o.stats().widened_queries, 0);
+        for ((name, ex, _), before) in robots.iter().zip(&served_before) {
+            let served = ex.stats().bytes_out - before;
+            let (_, rec) = own_record(name, s, 3, &[0.1, 0.1]);
+            let put = rec.encode().unwrap().len() as u64;
+            if view.selects(&SourceId::new(name.as_str()).unwrap()) {
+                assert!(served > put, "{name} in the lanes answered the query");
+            } else {
+                // Outside the lanes: only its own put of seq 3 went out, no query reply.
+                assert_eq!(served, put, "{name} outside the lanes answered a query");
+            }
+        }
+    }
+    // A rare address met only by one robot outside the observer's lanes but inside the
+    // widened ones (4 x its share): the query widens once and finds it.
+    let f = fraction_for(SOURCES, BUDGET);
+    let widened = qis_ros::fleet::lanes::LaneSet::of(&select(&me, 4.0 * f, MAX_PREFIXES));
+    let in_widened = |n: &str| widened.contains(lane_of(&SourceId::new(n).unwrap()));
+    let outsider = robots
+        .iter()
+        .find(|(n, _, _)| !view.selects(&SourceId::new(n.as_str()).unwrap()) && in_widened(n))
+        .expect("a robot in the widened lanes only");
+    let (key, rec) = own_record(&outsider.0, rare, 2, &[0.3, 0.3]);
+    outsider.1.publish(&key, &rec).unwrap();
+    let got = query_until(&o, &rare, |g| !g.is_empty()).await;
+    assert_eq!(got[0].0.source.as_str(), outsider.0);
+    assert!(o.stats().widened_queries > 0);
+    // One met only by a robot beyond the widened lanes is not asked for: the query
+    // stays within about 4 budgets' worth of sessions (and the storage's same lanes).
+    let far = robots
+        .iter()
+        .find(|(n, _, _)| !in_widened(n))
+        .expect("a robot beyond the widened lanes");
+    let remote = fp(0x43);
+    let (key, rec) = own_record(&far.0, remote, 2, &[0.3, 0.3]);
+    far.1.publish(&key, &rec).unwrap();
+    // Wait until the storage holds it (a wide query from another robot sees it).
+    let other = robots
+        .iter()
+        .find(|(n, _, _)| *n != far.0)
+        .expect("another robot");
+    query_until(&other.1, &remote, |g| !g.is_empty()).await;
+    let served = far.1.stats().bytes_out;
+    assert!(o.query(&model, &remote).await.unwrap().is_empty());
+    assert_eq!(
+        far.1.stats().bytes_out,
+        served,
+        "the far robot was not asked"
+    );
+
+    o.close().await.unwrap();
+    for (_, ex, _) in robots {
+        ex.close().await.unwrap();
+    }
+    router.close().await.unwrap();
 }

@@ -492,7 +492,7 @@ async fn served_seq_reaches(port: u16, source: &str, seq: u64) {
     let session = zenoh::open(cfg).await.unwrap();
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
-        let replies = session.get(format!("qis/v1/**/{source}")).await.unwrap();
+        let replies = session.get(format!("qis/v2/**/{source}")).await.unwrap();
         let mut best = 0;
         while let Ok(reply) = replies.recv_async().await {
             if let Ok(sample) = reply.result() {

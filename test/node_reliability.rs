@@ -22,11 +22,12 @@ use hiroz::Builder;
 use hiroz::msg::SerdeCdrSerdes;
 use hiroz::node::ZNode;
 use hiroz::pubsub::{ZPub, ZSub};
-use qis_ros::core::ids::{FleetName, RecordKey};
+use qis_ros::core::ids::{FleetName, RecordKey, SourceId};
 use qis_ros::core::privacy::shared_form;
 use qis_ros::core::record::{OutcomeRecord, decode};
 use qis_ros::core::store::{Store, StoreConfig};
-use qis_ros::fleet::keys::parse_record_key;
+use qis_ros::fleet::keys::{lane_chunks, parse_record_key, record_key};
+use qis_ros::fleet::lanes::lane_of;
 use qis_ros::ros::msgs::{
     CorrectedPrior, DiagnosticArray, Discrepancy, Outcome, Prediction, Scenario,
 };
@@ -684,17 +685,25 @@ impl FleetPeer {
         let count = answered.clone();
         let fleet = FleetName::new(FLEET).expect("fleet name");
         let queryable = session
-            .declare_queryable(format!("qis/v1/{FLEET}/**"))
+            .declare_queryable(format!("qis/v2/{FLEET}/**"))
             .callback(move |q: zenoh::query::Query| {
-                // An address query ends in `/*`: read its model and fingerprint by
-                // parsing it as the key of one made-up source.
-                let selector = q.key_expr().as_str();
-                let Some(prefix) = selector.strip_suffix("/*") else {
-                    return;
-                };
-                if parse_record_key(&fleet, &format!("{prefix}/peer-0")).is_err() {
+                // An address query is `qis/v2/<fleet>/<lane prefix>/<model>/<fp>/*`: read
+                // its model and fingerprint by parsing them as the key of one made-up
+                // source (in that source's lane).
+                let chunks: Vec<&str> = q.key_expr().as_str().split('/').collect();
+                let n = chunks.len();
+                if n < 6 || chunks[n - 1] != "*" {
                     return;
                 }
+                let (fleet_chunk, model, fp) = (chunks[2], chunks[n - 3], chunks[n - 2]);
+                let probe = SourceId::new("peer-0").expect("source id");
+                let lane = lane_chunks(lane_of(&probe));
+                let Ok(address) = parse_record_key(
+                    &fleet,
+                    &format!("qis/v2/{fleet_chunk}/{lane}/{model}/{fp}/peer-0"),
+                ) else {
+                    return;
+                };
                 let t = std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)
                     .map_or(0, |d| d.as_nanos() as i64);
@@ -707,7 +716,13 @@ impl FleetPeer {
                         summary,
                         time_base: Default::default(),
                     };
-                    let reply_key = format!("{prefix}/peer-{i}");
+                    let reply_key = record_key(
+                        &fleet,
+                        &RecordKey {
+                            source: SourceId::new(format!("peer-{i}")).expect("source id"),
+                            ..address.clone()
+                        },
+                    );
                     let bytes = record.encode().expect("encodes");
                     if q.reply(reply_key, bytes).wait().is_ok() {
                         count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);

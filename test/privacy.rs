@@ -177,11 +177,12 @@ async fn learn_under_observation(
     (seen, residuals)
 }
 
-/// The fingerprint hex of the record keys seen (`qis/v1/<fleet>/<model>/<fp>/<source>`).
+/// The fingerprint hex of the record keys seen
+/// (`qis/v2/<fleet>/<b1>/…/<b12>/<model>/<fp>/<source>`: the next to last chunk).
 fn fingerprints_seen(seen: &HashMap<String, Vec<Vec<u8>>>) -> Vec<String> {
     let mut fps: Vec<String> = seen
         .keys()
-        .filter_map(|k| k.split('/').nth(4).map(str::to_owned))
+        .filter_map(|k| k.rsplit('/').nth(1).map(str::to_owned))
         .collect();
     fps.sort();
     fps.dedup();

@@ -1242,7 +1242,7 @@ async fn acl_router_lets_listed_robots_only_read_and_write_fleet_records() {
     .unwrap();
     // The shipped rule, for this test's fleet name (escaped as in a key chunk).
     let rules = format!(
-        r#"[{{ id: "fleet-records", messages: ["put", "delete", "declare_subscriber", "query", "reply", "declare_queryable"], flows: ["ingress", "egress"], permission: "allow", key_exprs: ["qis/v1/{}/**"] }}]"#,
+        r#"[{{ id: "fleet-records", messages: ["put", "delete", "declare_subscriber", "query", "reply", "declare_queryable"], flows: ["ingress", "egress"], permission: "allow", key_exprs: ["qis/v2/{}/**"] }}]"#,
         FLEET.replace(' ', "%20")
     );
     rcfg.insert_json5("access_control/rules", &rules).unwrap();

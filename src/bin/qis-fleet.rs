@@ -36,6 +36,10 @@ enum Command {
         /// Listen endpoint, e.g. tcp/127.0.0.1:7447 (repeatable; replaces the config's).
         #[arg(long)]
         listen: Vec<String>,
+        /// Persistent volume (a redb file, created when missing): every record stored is
+        /// also written there and is back in the storage after a restart.
+        #[arg(long)]
+        volume: Option<PathBuf>,
     },
     /// Runs a fleet peer that folds `outcomes` synthetic residuals for one address,
     /// publishes its record, serves it, and prints what it receives, until Ctrl-C.
@@ -121,9 +125,13 @@ async fn main() -> Result<()> {
         .with_writer(std::io::stderr)
         .init();
     match Cli::parse().command {
-        Command::Router { config, listen } => {
+        Command::Router {
+            config,
+            listen,
+            volume,
+        } => {
             let cfg = router_config(config.as_deref(), &listen)?;
-            let router = FleetRouter::start(cfg).await?;
+            let router = FleetRouter::start_with_volume(cfg, volume.as_deref()).await?;
             say(&format!("ready router {}", router.locators().join(",")))?;
             tokio::signal::ctrl_c().await?;
             router.close().await?;

@@ -25,6 +25,11 @@ pub const DEFAULT_ANTI_ENTROPY_PERIOD_MS: u64 = 10_000;
 pub const DEFAULT_CHANNEL_CAPACITY: usize = 4096;
 /// Default most sources kept in the digest of one followed address.
 pub const DEFAULT_MAX_DIGEST_SOURCES: usize = 256;
+/// Default fan-in budget: sources a node listens to (per address and overall) once the
+/// fleet is larger than twice this.
+pub const DEFAULT_MAX_SOURCES_PER_ADDRESS: usize = 16;
+/// Largest fan-in budget accepted (the lane space has 4096 lanes).
+pub const MAX_MAX_SOURCES_PER_ADDRESS: usize = 1024;
 /// Default most own records served to queries.
 pub const DEFAULT_MAX_SERVED_RECORDS: usize = 100_000;
 /// The embedded default Zenoh config: peer mode on loopback (config/zenoh-peer.json5).
@@ -59,6 +64,11 @@ pub struct FleetConfig {
     pub max_digest_sources: usize,
     /// Most own records served to queries (>= 1); the least recently updated is dropped.
     pub max_served_records: usize,
+    /// Fan-in budget (1..=1024): once the node has seen more than twice this many
+    /// sources it listens to the few lanes that hold about this many sources
+    /// (docs/PROTOCOL.md, "Lanes"), so what it receives is bounded by this, not by the
+    /// fleet's size.
+    pub max_sources_per_address: usize,
     /// Opt out of signatures: records go unsigned and any well-formed record is accepted
     /// under any source id. Off by default: every record is signed by the key its
     /// self-certifying source id names, and unsigned or forged records are refused.
@@ -89,6 +99,7 @@ impl Default for FleetConfig {
             channel_capacity: DEFAULT_CHANNEL_CAPACITY,
             max_digest_sources: DEFAULT_MAX_DIGEST_SOURCES,
             max_served_records: DEFAULT_MAX_SERVED_RECORDS,
+            max_sources_per_address: DEFAULT_MAX_SOURCES_PER_ADDRESS,
             unsigned: false,
             allowed_keys: Vec::new(),
             differential_privacy: DpConfig::default(),
@@ -137,6 +148,8 @@ pub struct FleetSettings {
     pub max_digest_sources: usize,
     /// Most own records served to queries.
     pub max_served_records: usize,
+    /// Fan-in budget in sources (1..=1024).
+    pub max_sources_per_address: usize,
     /// Who may write records and how it is checked.
     pub admission: Admission,
     /// Noise added to every shared version of an own record (off by default).
@@ -174,6 +187,15 @@ impl FleetConfig {
         }
         if self.max_served_records == 0 {
             return Err(err("max_served_records", "must be >= 1"));
+        }
+        if !(1..=MAX_MAX_SOURCES_PER_ADDRESS).contains(&self.max_sources_per_address) {
+            return Err(err(
+                "max_sources_per_address",
+                format!(
+                    "must be in 1..={MAX_MAX_SOURCES_PER_ADDRESS}, got {}",
+                    self.max_sources_per_address
+                ),
+            ));
         }
         let mut zenoh = match &self.zenoh_config {
             Some(path) => zenoh::Config::from_file(path)
@@ -227,6 +249,7 @@ impl FleetConfig {
             channel_capacity: self.channel_capacity,
             max_digest_sources: self.max_digest_sources,
             max_served_records: self.max_served_records,
+            max_sources_per_address: self.max_sources_per_address,
             admission,
             dp: self.differential_privacy.clone(),
             time_quantum_ns: (self.time_quantum_s * 1e9) as i64,
@@ -364,6 +387,20 @@ mod tests {
                 "max_served_records",
                 FleetConfig {
                     max_served_records: 0,
+                    ..FleetConfig::default()
+                },
+            ),
+            (
+                "max_sources_per_address",
+                FleetConfig {
+                    max_sources_per_address: 0,
+                    ..FleetConfig::default()
+                },
+            ),
+            (
+                "max_sources_per_address",
+                FleetConfig {
+                    max_sources_per_address: 5000,
                     ..FleetConfig::default()
                 },
             ),

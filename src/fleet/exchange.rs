@@ -5,11 +5,19 @@
 //!   record the queryable serves, and queues it for a coalesced put: at most one put per
 //!   record key per `publish_interval`, latest wins, and none before the record holds
 //!   `min_count_to_share` outcomes.
-//! - In: [`FleetExchange::query`] asks `.../<fp>/*` once; [`FleetExchange::follow`] keeps
-//!   a live subscription (bounded, least recently used dropped) whose samples, and the
-//!   periodic anti-entropy re-queries, go to one bounded channel of [`Received`].
-//!   Everything received is checked (key, record, signature) and counted in
-//!   [`FleetStats`]; refused input is dropped, never a panic.
+//! - In: the node listens to lanes, not addresses (docs/PROTOCOL.md, "Lanes"): one
+//!   subscription on the whole fleet while it has seen at most twice its fan-in budget
+//!   (`max_sources_per_address`) of sources, then at most 16 on the lane prefixes that
+//!   hold about the budget's worth of sources, so what it receives is bounded by config,
+//!   not by the fleet's size. [`FleetExchange::follow`] marks an address as followed
+//!   (bounded, least recently used dropped): live samples of followed addresses in the
+//!   selected lanes, and the periodic anti-entropy re-queries, go to one bounded channel
+//!   of [`Received`]; other samples are dropped and counted. [`FleetExchange::query`]
+//!   asks the node's own lanes first and widens only while fewer than the budget's
+//!   sources answered. Everything received is checked (key and its lane, record,
+//!   signature) and counted in [`FleetStats`]; refused input is dropped, never a panic.
+//! - Declarations per node: one queryable (on the node's own lane and id) plus 1..=16
+//!   subscriptions, whatever the number of followed addresses.
 //!
 //! Records are state (latest cumulative summary per source), so duplicates and replays
 //! are harmless: the memory keeps the highest `seq` per source.
@@ -33,10 +41,11 @@ use super::config::FleetSettings;
 use super::follows::Follows;
 use super::identity::Identity;
 use super::intake::{Address, HAVE_PARAMETER, Intake, Received, seq_in_digest};
-use super::keys::{address_selector, escape_chunk, record_key, source_selector};
+use super::keys::{escape_chunk, lane_selector, record_key, source_selector};
+use super::lanes::{LanePrefix, LaneSelection, MAX_PREFIXES, lane_of, select};
 use super::outbox::{Outbox, Sealed, put};
 use super::signing::seal;
-use super::stats::{FleetStats, FleetStatsSnapshot, bump};
+use super::stats::{FleetStats, FleetStatsSnapshot, bump, set};
 use crate::core::ids::{Fingerprint, FleetName, ModelId, RecordKey, Seq, SourceId};
 use crate::core::privacy::{DpConfig, coarsen_times};
 use crate::core::record::{EncodeError, OutcomeRecord};
@@ -149,7 +158,29 @@ struct Shared {
     /// Sealed own records by key, as the queryable serves them (latest per key, bounded).
     served: RwLock<ServedRecords>,
     outbox: Arc<Outbox>,
-    follows: Mutex<Follows<Address, Subscriber<()>>>,
+    /// Followed addresses (live samples elsewhere are dropped), least recently used
+    /// dropped beyond `max_live_subscriptions`.
+    follows: Mutex<Follows<Address, ()>>,
+    /// The live subscriptions, one per selected lane prefix; the async lock also
+    /// serializes lane changes.
+    subscriptions: tokio::sync::Mutex<Vec<Subscriber<()>>>,
+}
+
+/// What a node's lane selection lets through live, for a caller that must predict
+/// deliveries (the simulator's bookkeeping); shares the exchange's state.
+#[derive(Clone)]
+pub struct LaneView(Arc<Intake>);
+
+impl LaneView {
+    /// Whether a live sample of `source` at a followed address passes the lane check now.
+    pub fn selects(&self, source: &SourceId) -> bool {
+        self.0.lanes().selects(lane_of(source))
+    }
+
+    /// The selected lane prefixes now.
+    pub fn prefixes(&self) -> Vec<LanePrefix> {
+        self.0.lanes().prefixes().to_vec()
+    }
 }
 
 /// A node's fleet exchange on one Zenoh session (see the module doc).
@@ -208,11 +239,18 @@ impl FleetExchange {
             tx,
             digests: Default::default(),
             max_digest_sources: settings.max_digest_sources,
+            budget: settings.max_sources_per_address,
+            lanes: RwLock::new(LaneSelection::default()),
         });
+        // One queryable on this node's own lane and id: a query for other lanes never
+        // reaches it.
         let queryable = session
             .declare_queryable(source_selector(&settings.fleet, &own))
             .await
             .map_err(zerr)?;
+        let wide = declare_lane(&session, &intake, LanePrefix::ALL).await?;
+        set(&intake.stats.lane_prefixes, 1);
+        set(&intake.stats.declarations, 2);
         let shared = Arc::new(Shared {
             session,
             intake,
@@ -224,6 +262,7 @@ impl FleetExchange {
             served: RwLock::new(ServedRecords::new(settings.max_served_records)),
             outbox: Arc::new(Outbox::new(settings.publish_interval)),
             follows: Mutex::new(Follows::new(settings.max_live_subscriptions)),
+            subscriptions: tokio::sync::Mutex::new(vec![wide]),
         });
         let mut tasks = JoinSet::new();
         tasks.spawn(serve_queries(shared.clone(), queryable));
@@ -362,38 +401,43 @@ impl FleetExchange {
             .await
     }
 
-    /// Subscribes to live updates of (model, fingerprint); received records go to the
-    /// channel. Returns true when a new subscription was declared (false: already
-    /// followed, now marked recently used). Beyond `max_live_subscriptions` the least
-    /// recently used subscription is dropped.
+    /// Follows (model, fingerprint): live samples of it in the selected lanes go to the
+    /// channel from now on. Returns true when the address is newly followed (false:
+    /// already followed, now marked recently used). Beyond `max_live_subscriptions` the
+    /// least recently used address is dropped. Declares nothing per address; the lane
+    /// selection is revised here (see the module doc).
     pub async fn follow(
         &self,
         model: &ModelId,
         fingerprint: &Fingerprint,
     ) -> Result<bool, FleetError> {
         let id = (model.clone(), *fingerprint);
-        if lock(&self.shared.follows).touch(&id) {
-            return Ok(false);
-        }
-        let intake = self.shared.intake.clone();
-        let subscriber = self
-            .shared
-            .session
-            .declare_subscriber(address_selector(&intake.fleet, model, fingerprint))
-            .callback(move |sample| intake.on_sample(&sample))
-            .await
-            .map_err(zerr)?;
-        // A concurrent follow of the same address may have won: then ours is returned
-        // and dropped (undeclared) here, outside the lock.
-        let (duplicate, evicted) = lock(&self.shared.follows).insert(id.clone(), subscriber);
-        if duplicate.is_none() {
-            self.shared.intake.track(id);
-        }
-        for (address, _) in &evicted {
-            self.shared.intake.untrack(address);
-            debug!(model_id = %address.0, fingerprint = %address.1, "fleet: dropped least recently used subscription");
-        }
-        Ok(duplicate.is_none())
+        let fresh = {
+            let mut follows = lock(&self.shared.follows);
+            if follows.touch(&id) {
+                false
+            } else {
+                let (_, evicted) = follows.insert(id.clone(), ());
+                self.shared.intake.track(id);
+                for (address, ()) in &evicted {
+                    self.shared.intake.untrack(address);
+                    debug!(model_id = %address.0, fingerprint = %address.1, "fleet: dropped least recently used follow");
+                }
+                true
+            }
+        };
+        relane(&self.shared).await?;
+        Ok(fresh)
+    }
+
+    /// Revises the lane selection from the sources seen so far; true if it changed.
+    pub async fn relane(&self) -> Result<bool, FleetError> {
+        relane(&self.shared).await
+    }
+
+    /// A handle on the lane selection (see [`LaneView`]).
+    pub fn lane_view(&self) -> LaneView {
+        LaneView(self.shared.intake.clone())
     }
 
     /// Stops following (model, fingerprint); true if it was followed.
@@ -423,6 +467,7 @@ impl FleetExchange {
         let flushed = self.flush().await;
         self.tasks.shutdown().await;
         lock(&self.shared.follows).clear();
+        self.shared.subscriptions.lock().await.clear();
         self.shared.session.close().await.map_err(zerr)?;
         flushed
     }
@@ -430,6 +475,45 @@ impl FleetExchange {
 
 fn followed(shared: &Shared) -> Vec<Address> {
     lock(&shared.follows).keys()
+}
+
+/// Declares the live subscription of one lane prefix, feeding the intake.
+async fn declare_lane(
+    session: &Session,
+    intake: &Arc<Intake>,
+    prefix: LanePrefix,
+) -> Result<Subscriber<()>, FleetError> {
+    let intake2 = intake.clone();
+    session
+        .declare_subscriber(lane_selector(&intake.fleet, prefix))
+        .callback(move |sample| intake2.on_sample(&sample))
+        .await
+        .map_err(zerr)
+}
+
+/// Narrows (or widens) the live subscriptions to the lanes the sources seen call for;
+/// true if they changed. New subscriptions are declared before the old are dropped, so
+/// no selected lane goes unheard in between (a sample heard twice is a replay).
+async fn relane(shared: &Shared) -> Result<bool, FleetError> {
+    let intake = &shared.intake;
+    let mut subs = shared.subscriptions.lock().await;
+    let Some(fraction) = intake.lanes().wanted(intake.budget) else {
+        return Ok(false);
+    };
+    let prefixes = select(&intake.own, fraction, MAX_PREFIXES);
+    let mut fresh = Vec::with_capacity(prefixes.len());
+    for p in &prefixes {
+        fresh.push(declare_lane(&shared.session, intake, *p).await?);
+    }
+    let n = prefixes.len() as u64;
+    intake.lanes_mut().switch(&intake.own, fraction, prefixes);
+    let old = std::mem::replace(&mut *subs, fresh);
+    drop(old);
+    bump(&intake.stats.lane_changes, 1);
+    set(&intake.stats.lane_prefixes, n);
+    set(&intake.stats.declarations, n + 1);
+    debug!(fraction, prefixes = n, "fleet: lane selection changed");
+    Ok(true)
 }
 
 /// Answers queries for this node's own records from `served`, skipping a record the
@@ -479,6 +563,9 @@ async fn run_anti_entropy(shared: Arc<Shared>, period: Duration) {
     ticker.tick().await;
     loop {
         ticker.tick().await;
+        if let Err(e) = relane(&shared).await {
+            debug!(error = %e, "fleet: lane change failed");
+        }
         for address in followed(&shared) {
             let (model, fp) = &address;
             let have = shared.intake.have(&address);
@@ -519,7 +606,7 @@ mod tests {
     #[test]
     fn served_records_drop_the_least_recently_updated() {
         let mut s = ServedRecords::new(2);
-        let key = |i: u32| format!("qis/v1/f/m/{i:032x}/me");
+        let key = |i: u32| format!("qis/v2/f/0/0/0/m/{i:032x}/me");
         assert_eq!(s.insert(key(1), served(&key(1), 1)), 0);
         assert_eq!(s.insert(key(2), served(&key(2), 1)), 0);
         // Updating key 1 makes key 2 the least recently updated.

@@ -9,8 +9,10 @@
 //! peers (its records are stale downstream), never lost.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use std::time::Duration;
+
+use futures_util::future::join_all;
 
 use tokio::sync::mpsc;
 use tracing::debug;
@@ -19,9 +21,12 @@ use zenoh::query::{ConsolidationMode, QueryTarget};
 use zenoh::sample::Sample;
 
 use super::exchange::FleetError;
-use super::keys::{address_selector, escape_chunk, parse_record_key};
+use super::keys::{KeyError, address_selector, escape_chunk, parse_record_key};
+use super::lanes::{
+    LanePrefix, LaneSelection, LaneSet, MAX_PREFIXES, lane_and_hash, select, widening,
+};
 use super::signing::{Admission, VerifyError};
-use super::stats::{FleetStats, bump};
+use super::stats::{FleetStats, bump, set};
 use crate::core::ids::{Fingerprint, FleetName, ModelId, RecordKey, Seq, SourceId};
 use crate::core::record::OutcomeRecord;
 
@@ -104,6 +109,10 @@ pub(crate) struct Intake {
     pub(crate) digests: Mutex<Digests>,
     /// Most sources in one address's digest.
     pub(crate) max_digest_sources: usize,
+    /// Fan-in budget (sources).
+    pub(crate) budget: usize,
+    /// The lanes listened to and the sources seen.
+    pub(crate) lanes: RwLock<LaneSelection>,
 }
 
 impl Intake {
@@ -141,13 +150,29 @@ impl Intake {
             .map(digest_parameter)
     }
 
+    /// The lane state, read.
+    pub(crate) fn lanes(&self) -> std::sync::RwLockReadGuard<'_, LaneSelection> {
+        self.lanes.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The lane state, written.
+    pub(crate) fn lanes_mut(&self) -> std::sync::RwLockWriteGuard<'_, LaneSelection> {
+        self.lanes.write().unwrap_or_else(PoisonError::into_inner)
+    }
+
     /// Checks one received (key, payload); `None` for own echoes and refused input.
-    pub(crate) fn accept(&self, key_expr: &str, payload: &[u8]) -> Option<Received> {
+    /// `live`: a subscription sample, dropped (counted, before its signature is checked)
+    /// unless its address is followed and its lane selected.
+    pub(crate) fn accept(&self, key_expr: &str, payload: &[u8], live: bool) -> Option<Received> {
         let key = match parse_record_key(&self.fleet, key_expr) {
             Ok(k) => k,
             Err(e) => {
                 bump(&self.stats.received, 1);
-                bump(&self.stats.rejected_key, 1);
+                let counter = match e {
+                    KeyError::WrongLane { .. } => &self.stats.rejected_lane,
+                    _ => &self.stats.rejected_key,
+                };
+                bump(counter, 1);
                 debug!(key = key_expr, error = %e, "fleet: refused key");
                 return None;
             }
@@ -158,9 +183,28 @@ impl Intake {
         }
         bump(&self.stats.received, 1);
         bump(&self.stats.bytes_in, payload.len() as u64);
+        let (lane, hash) = lane_and_hash(&key.source);
+        if live {
+            // The clone of the model id is off the hot path (one per received record).
+            if !self
+                .digests()
+                .contains_key(&(key.model.clone(), key.fingerprint))
+            {
+                bump(&self.stats.dropped_unfollowed, 1);
+                return None;
+            }
+            if !self.lanes().selects(lane) {
+                bump(&self.stats.dropped_unselected, 1);
+                return None;
+            }
+        }
         match self.admission.open(key_expr, &key.source, payload) {
             Ok(record) => {
                 bump(&self.stats.accepted, 1);
+                let mut lanes = self.lanes_mut();
+                if lanes.note(lane, hash) {
+                    set(&self.stats.sources_seen, lanes.seen() as u64);
+                }
                 Some((key, record))
             }
             Err(e) => {
@@ -183,7 +227,7 @@ impl Intake {
     /// Subscriber callback: check and forward without waiting (the channel is bounded).
     pub(crate) fn on_sample(&self, sample: &Sample) {
         let payload = sample.payload().to_bytes();
-        let Some((key, record)) = self.accept(sample.key_expr().as_str(), &payload) else {
+        let Some((key, record)) = self.accept(sample.key_expr().as_str(), &payload, true) else {
             return;
         };
         let (noted, seq) = (key.clone(), record.seq);
@@ -195,7 +239,10 @@ impl Intake {
         }
     }
 
-    /// Gets every source's record at (model, fingerprint), checked, newest per source.
+    /// Gets the sources' records at (model, fingerprint), checked, newest per source:
+    /// first from this node's own lanes; while fewer than the budget's sources answered,
+    /// from lanes widened once to four times that share ([`widening`]). A query thus
+    /// reaches the sessions of a few lanes (and the storages), not every session.
     /// With `have`, peers skip records the querier already holds (see the module doc).
     pub(crate) async fn query(
         &self,
@@ -205,13 +252,75 @@ impl Intake {
         have: Option<String>,
         timeout: Duration,
     ) -> Result<Vec<Received>, FleetError> {
+        let fraction = self.lanes().fraction();
+        let mut newest: HashMap<SourceId, Received> = HashMap::new();
+        let mut asked: Option<LaneSet> = None;
+        for (step, f) in widening(fraction).into_iter().enumerate() {
+            let prefixes = select(&self.own, f, MAX_PREFIXES);
+            // Prefixes whose every lane an earlier step asked are not asked again.
+            let fresh: Vec<LanePrefix> = match &asked {
+                None => prefixes.clone(),
+                Some(done) => prefixes
+                    .iter()
+                    .copied()
+                    .filter(|p| !LaneSet::of(&[*p]).is_subset(done))
+                    .collect(),
+            };
+            if step > 0 {
+                bump(&self.stats.widened_queries, 1);
+            }
+            let gets = fresh.iter().map(|p| {
+                self.query_prefix(session, *p, model, fingerprint, have.as_deref(), timeout)
+            });
+            let mut failed = None;
+            for got in join_all(gets).await {
+                match got {
+                    Ok(records) => {
+                        for (key, record) in records {
+                            if newest
+                                .get(&key.source)
+                                .is_none_or(|(_, held)| held.seq < record.seq)
+                            {
+                                newest.insert(key.source.clone(), (key, record));
+                            }
+                        }
+                    }
+                    Err(e) => failed = Some(e),
+                }
+            }
+            if let Some(e) = failed
+                && newest.is_empty()
+            {
+                return Err(e);
+            }
+            asked = Some(LaneSet::of(&prefixes));
+            if newest.len() >= self.budget {
+                break;
+            }
+        }
+        for (key, record) in newest.values() {
+            self.note(key, record.seq);
+        }
+        Ok(newest.into_values().collect())
+    }
+
+    /// One get of the records at (model, fingerprint) of the sources under `prefix`.
+    async fn query_prefix(
+        &self,
+        session: &Session,
+        prefix: LanePrefix,
+        model: &ModelId,
+        fingerprint: &Fingerprint,
+        have: Option<&str>,
+        timeout: Duration,
+    ) -> Result<Vec<Received>, FleetError> {
         bump(&self.stats.queries, 1);
-        let mut selector = address_selector(&self.fleet, model, fingerprint);
+        let mut selector = address_selector(&self.fleet, prefix, model, fingerprint);
         if let Some(have) = have {
             selector.push('?');
             selector.push_str(HAVE_PARAMETER);
             selector.push('=');
-            selector.push_str(&have);
+            selector.push_str(have);
         }
         let replies = session
             .get(selector)
@@ -225,20 +334,13 @@ impl Intake {
                 bump(&self.stats.query_errors, 1);
                 FleetError::Zenoh(e.to_string())
             })?;
-        let mut newest: HashMap<SourceId, Received> = HashMap::new();
+        let mut out = Vec::new();
         while let Ok(reply) = replies.recv_async().await {
             match reply.result() {
                 Ok(sample) => {
                     let payload = sample.payload().to_bytes();
-                    let Some((key, record)) = self.accept(sample.key_expr().as_str(), &payload)
-                    else {
-                        continue;
-                    };
-                    if newest
-                        .get(&key.source)
-                        .is_none_or(|(_, held)| held.seq < record.seq)
-                    {
-                        newest.insert(key.source.clone(), (key, record));
+                    if let Some(r) = self.accept(sample.key_expr().as_str(), &payload, false) {
+                        out.push(r);
                     }
                 }
                 Err(e) => {
@@ -247,10 +349,7 @@ impl Intake {
                 }
             }
         }
-        for (key, record) in newest.values() {
-            self.note(key, record.seq);
-        }
-        Ok(newest.into_values().collect())
+        Ok(out)
     }
 }
 

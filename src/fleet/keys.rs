@@ -1,7 +1,9 @@
-//! The Zenoh key space v1: `qis/v1/<fleet>/<model_id>/<fingerprint hex>/<source>`.
+//! The Zenoh key space v2:
+//! `qis/v2/<fleet>/<b1>/…/<b12>/<model_id>/<fingerprint hex>/<source>`, where
+//! `b1 … b12` are the binary digits of the source's lane ([`super::lanes`]).
 //!
 //! Every key and selector the fleet uses is built here, and only here, so the layout
-//! lives in one place (docs/PROTOCOL.md, "Key space v1"). Names are free text, so each
+//! lives in one place (docs/PROTOCOL.md, "Key space v2"). Names are free text, so each
 //! is written as one key chunk with a reversible escape: the bytes `A-Z a-z 0-9 - . _ ~`
 //! stand for themselves, every other byte of the UTF-8 text becomes `%XX` (two uppercase
 //! hex digits). That removes every character Zenoh gives a meaning (`/ * $ # ? @`) and
@@ -10,26 +12,28 @@
 
 use thiserror::Error;
 
+use super::lanes::{LANE_DEPTH, Lane, LanePrefix, lane_of};
 use crate::core::ids::{Fingerprint, FleetName, IdError, ModelId, RecordKey, SourceId};
 
 /// First chunks of every key of this version of the key space.
-pub const KEY_PREFIX: &str = "qis/v1";
+pub const KEY_PREFIX: &str = "qis/v2";
 
-/// Every record key of this version and nothing else: `qis/v1/<fleet>/<model>/<fp>/<source>`
-/// (what a router's storage may hold).
-pub const RECORD_KEY_SPACE: &str = "qis/v1/*/*/*/*";
+/// Every record key of this version and nothing else:
+/// `qis/v2/<fleet>/<b1>/…/<b12>/<model>/<fp>/<source>` (what a router's storage may hold).
+pub const RECORD_KEY_SPACE: &str = "qis/v2/*/*/*/*/*/*/*/*/*/*/*/*/*/*/*/*";
 
 /// Why a key could not be read back into a [`RecordKey`].
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
 pub enum KeyError {
-    /// The key does not start with `qis/v1/`.
-    #[error("key {key:?} is not in the qis/v1 key space")]
+    /// The key does not start with `qis/v2/`.
+    #[error("key {key:?} is not in the qis/v2 key space")]
     WrongPrefix {
         /// The key received.
         key: String,
     },
-    /// The key has another number of chunks than `qis/v1/<fleet>/<model>/<fp>/<source>`.
-    #[error("key {key:?} has {chunks} chunks, expected 6")]
+    /// The key has another number of chunks than
+    /// `qis/v2/<fleet>/<b1>/…/<b12>/<model>/<fp>/<source>`.
+    #[error("key {key:?} has {chunks} chunks, expected 18")]
     WrongShape {
         /// The key received.
         key: String,
@@ -51,6 +55,16 @@ pub enum KeyError {
         field: &'static str,
         /// The chunk found.
         chunk: String,
+    },
+    /// The lane chunks are not the lane of the key's source (or not one binary digit each).
+    #[error("key {key:?}: lane {got:?} is not the lane of its source ({expected})")]
+    WrongLane {
+        /// The key received.
+        key: String,
+        /// The lane chunks found.
+        got: String,
+        /// The source's lane, as key chunks.
+        expected: String,
     },
     /// A decoded name is not a valid identifier.
     #[error("{field} in key: {source}")]
@@ -134,42 +148,91 @@ fn escaped(name: &str) -> String {
     s
 }
 
-/// `qis/v1/<fleet>/<model>/<fp>`: the address prefix shared by every source's record.
-fn address_prefix(fleet: &FleetName, model: &ModelId, fingerprint: &Fingerprint) -> String {
-    format!(
-        "{KEY_PREFIX}/{}/{}/{}",
-        escaped(fleet.as_str()),
-        escaped(model.as_str()),
-        fingerprint.to_hex()
-    )
+/// Writes the chunks of a lane prefix, then `*` for each digit it leaves open.
+fn push_lane_chunks(out: &mut String, prefix: LanePrefix) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let digits = prefix.digits();
+    for i in 0..LANE_DEPTH {
+        out.push('/');
+        match digits.get(i) {
+            Some(&d) => out.push(HEX[usize::from(d)] as char),
+            None => out.push('*'),
+        }
+    }
 }
 
-/// The key of one source's record: `qis/v1/<fleet>/<model>/<fp>/<source>`.
+/// The key chunks of one lane, `b1/…/b12`.
+pub fn lane_chunks(lane: Lane) -> String {
+    let mut s = String::new();
+    push_lane_chunks(&mut s, lane_prefix(lane));
+    s.split_off(1)
+}
+
+/// The full-depth prefix holding exactly `lane`.
+fn lane_prefix(lane: Lane) -> LanePrefix {
+    LanePrefix::of_lane(lane)
+}
+
+/// `qis/v2/<fleet>`.
+fn fleet_root(fleet: &FleetName) -> String {
+    format!("{KEY_PREFIX}/{}", escaped(fleet.as_str()))
+}
+
+/// The key of one source's record:
+/// `qis/v2/<fleet>/<lane of source>/<model>/<fp>/<source>`.
 pub fn record_key(fleet: &FleetName, key: &RecordKey) -> String {
-    let mut s = address_prefix(fleet, &key.model, &key.fingerprint);
+    let mut s = fleet_root(fleet);
+    push_lane_chunks(&mut s, lane_prefix(lane_of(&key.source)));
+    s.push('/');
+    escape_chunk(key.model.as_str(), &mut s);
+    s.push('/');
+    s.push_str(&key.fingerprint.to_hex());
     s.push('/');
     escape_chunk(key.source.as_str(), &mut s);
     s
 }
 
-/// Selector for every source's record at one address: `qis/v1/<fleet>/<model>/<fp>/*`.
-pub fn address_selector(fleet: &FleetName, model: &ModelId, fingerprint: &Fingerprint) -> String {
-    address_prefix(fleet, model, fingerprint) + "/*"
+/// Selector for the records at one address of the sources under a lane prefix:
+/// `qis/v2/<fleet>/<prefix, * for open digits>/<model>/<fp>/*` (a query of one lane
+/// prefix; [`LanePrefix::ALL`] asks every source).
+pub fn address_selector(
+    fleet: &FleetName,
+    prefix: LanePrefix,
+    model: &ModelId,
+    fingerprint: &Fingerprint,
+) -> String {
+    let mut s = fleet_root(fleet);
+    push_lane_chunks(&mut s, prefix);
+    s.push('/');
+    escape_chunk(model.as_str(), &mut s);
+    s.push('/');
+    s.push_str(&fingerprint.to_hex());
+    s.push_str("/*");
+    s
 }
 
-/// Selector for every record one source can hold: `qis/v1/<fleet>/*/*/<source>`
-/// (what a node's queryable answers for).
+/// Selector for every record of the sources under a lane prefix:
+/// `qis/v2/<fleet>/<prefix, * for open digits>/*/*/*` (a node's live subscription).
+pub fn lane_selector(fleet: &FleetName, prefix: LanePrefix) -> String {
+    let mut s = fleet_root(fleet);
+    push_lane_chunks(&mut s, prefix);
+    s.push_str("/*/*/*");
+    s
+}
+
+/// Selector for every record one source can hold:
+/// `qis/v2/<fleet>/<its lane>/*/*/<source>` (what a node's queryable answers for).
 pub fn source_selector(fleet: &FleetName, source: &SourceId) -> String {
-    format!(
-        "{KEY_PREFIX}/{}/*/*/{}",
-        escaped(fleet.as_str()),
-        escaped(source.as_str())
-    )
+    let mut s = fleet_root(fleet);
+    push_lane_chunks(&mut s, lane_prefix(lane_of(source)));
+    s.push_str("/*/*/");
+    escape_chunk(source.as_str(), &mut s);
+    s
 }
 
-/// Selector for the whole fleet: `qis/v1/<fleet>/**`.
+/// Selector for the whole fleet: `qis/v2/<fleet>/**`.
 pub fn fleet_selector(fleet: &FleetName) -> String {
-    format!("{KEY_PREFIX}/{}/**", escaped(fleet.as_str()))
+    fleet_root(fleet) + "/**"
 }
 
 /// Reads a record key of fleet `fleet` back into a [`RecordKey`].
@@ -181,7 +244,14 @@ pub fn parse_record_key(fleet: &FleetName, key: &str) -> Result<RecordKey, KeyEr
             key: key.to_owned(),
         })?;
     let chunks: Vec<&str> = rest.split('/').collect();
-    let [fleet_chunk, model, fp, source] = chunks[..] else {
+    if chunks.len() != 1 + LANE_DEPTH + 3 {
+        return Err(KeyError::WrongShape {
+            key: key.to_owned(),
+            chunks: chunks.len() + 2,
+        });
+    }
+    let (fleet_chunk, lane) = (chunks[0], &chunks[1..=LANE_DEPTH]);
+    let [model, fp, source] = chunks[LANE_DEPTH + 1..] else {
         return Err(KeyError::WrongShape {
             key: key.to_owned(),
             chunks: chunks.len() + 2,
@@ -215,6 +285,17 @@ pub fn parse_record_key(fleet: &FleetName, key: &str) -> Result<RecordKey, KeyEr
             field: "source",
             source,
         })?;
+    // The lane is a function of the source: a key under another lane would reach
+    // subscribers that did not choose its source (and escape those that did).
+    let expected = lane_chunks(lane_of(&source));
+    let got = lane.join("/");
+    if got != expected {
+        return Err(KeyError::WrongLane {
+            key: key.to_owned(),
+            got,
+            expected,
+        });
+    }
     Ok(RecordKey {
         model,
         fingerprint,
@@ -247,7 +328,8 @@ mod tests {
         assert_eq!(
             s,
             format!(
-                "qis/v1/depot%207/cosmos%2Fv1%2A%24%23%3F%25%40x/{}/robot-1",
+                // Lane 9d6 = 1001 1101 0110: SHA-256("qis.lane.v1\nrobot-1") starts 9d6.
+                "qis/v2/depot%207/1/0/0/1/1/1/0/1/0/1/1/0/cosmos%2Fv1%2A%24%23%3F%25%40x/{}/robot-1",
                 "5a".repeat(16)
             )
         );
@@ -259,12 +341,31 @@ mod tests {
     fn record_keys_match_their_selectors() {
         let k = key("m/1", "r**");
         let rk = KeyExpr::try_from(record_key(&fleet(), &k)).unwrap();
-        let addr = KeyExpr::try_from(address_selector(&fleet(), &k.model, &k.fingerprint)).unwrap();
-        let src = KeyExpr::try_from(source_selector(&fleet(), &k.source)).unwrap();
-        let all = KeyExpr::try_from(fleet_selector(&fleet())).unwrap();
+        let lane = lane_of(&k.source);
+        let ke = |s: String| KeyExpr::try_from(s).unwrap();
+        let addr = ke(address_selector(
+            &fleet(),
+            LanePrefix::ALL,
+            &k.model,
+            &k.fingerprint,
+        ));
+        let src = ke(source_selector(&fleet(), &k.source));
+        let all = ke(fleet_selector(&fleet()));
         assert!(addr.includes(&rk));
         assert!(src.includes(&rk));
         assert!(all.includes(&rk));
+        // Lane prefixes of every depth hold the key iff they hold its lane.
+        for sel in crate::fleet::lanes::select(&k.source, 0.05, 16) {
+            let inside = sel.contains(lane);
+            assert_eq!(ke(lane_selector(&fleet(), sel)).includes(&rk), inside);
+            let q = ke(address_selector(&fleet(), sel, &k.model, &k.fingerprint));
+            assert_eq!(
+                q.intersects(&src),
+                inside,
+                "a query of {sel:?} reaches the source's queryable"
+            );
+        }
+        assert!(ke(lane_selector(&fleet(), LanePrefix::of_lane(lane))).includes(&rk));
         let other = key("m/1", "r*");
         let other = KeyExpr::try_from(record_key(&fleet(), &other)).unwrap();
         assert!(!src.intersects(&other));
@@ -275,22 +376,28 @@ mod tests {
         let f = fleet();
         let fp = "5a".repeat(16);
         assert!(matches!(
-            parse_record_key(&f, "other/v1/a/b/c/d"),
+            parse_record_key(&f, "qis/v1/depot%207/m/fp/r"),
             Err(KeyError::WrongPrefix { .. })
         ));
         assert!(matches!(
-            parse_record_key(&f, "qis/v1/depot%207/m/fp"),
-            Err(KeyError::WrongShape { chunks: 5, .. })
+            parse_record_key(&f, "qis/v2/depot%207/0/0/0/0/0/1/1/0/1/0/1/0/m/fp"),
+            Err(KeyError::WrongShape { chunks: 17, .. })
         ));
         assert!(matches!(
-            parse_record_key(&f, &format!("qis/v1/depot8/m/{fp}/r")),
+            parse_record_key(
+                &f,
+                &format!("qis/v2/depot8/0/0/0/0/0/1/1/0/1/0/1/0/m/{fp}/r")
+            ),
             Err(KeyError::OtherFleet { .. })
         ));
         // Lowercase hex, an escaped plain byte, a truncated escape, a raw special byte.
         for model in ["a%2f", "%41", "a%2", "a+b"] {
             assert!(
                 matches!(
-                    parse_record_key(&f, &format!("qis/v1/depot%207/{model}/{fp}/r")),
+                    parse_record_key(
+                        &f,
+                        &format!("qis/v2/depot%207/0/0/0/0/0/1/1/0/1/0/1/0/{model}/{fp}/r")
+                    ),
                     Err(KeyError::BadEscape {
                         field: "model_id",
                         ..
@@ -300,33 +407,74 @@ mod tests {
             );
         }
         assert!(matches!(
-            parse_record_key(&f, "qis/v1/depot%207/m/abc/r"),
+            parse_record_key(&f, "qis/v2/depot%207/0/0/0/0/0/1/1/0/1/0/1/0/m/abc/r"),
             Err(KeyError::BadName {
                 field: "fingerprint",
                 ..
             })
         ));
         assert!(matches!(
-            parse_record_key(&f, &format!("qis/v1/depot%207/m/{}/r", "5A".repeat(16))),
+            parse_record_key(
+                &f,
+                &format!(
+                    "qis/v2/depot%207/0/0/0/0/0/1/1/0/1/0/1/0/m/{}/r",
+                    "5A".repeat(16)
+                )
+            ),
             Err(KeyError::BadEscape {
                 field: "fingerprint",
                 ..
             })
         ));
         assert!(matches!(
-            parse_record_key(&f, &format!("qis/v1/depot%207/m/{fp}/%0A")),
+            parse_record_key(
+                &f,
+                &format!("qis/v2/depot%207/0/0/0/0/0/1/1/0/1/0/1/0/m/{fp}/%0A")
+            ),
             Err(KeyError::BadName {
                 field: "source",
                 ..
             })
         ));
         assert!(matches!(
-            parse_record_key(&f, &format!("qis/v1/depot%207/m/{fp}/%FF")),
+            parse_record_key(
+                &f,
+                &format!("qis/v2/depot%207/0/0/0/0/0/1/1/0/1/0/1/0/m/{fp}/%FF")
+            ),
             Err(KeyError::BadEscape {
                 field: "source",
                 ..
             })
         ));
+    }
+
+    #[test]
+    fn a_key_under_another_lane_than_its_source_is_refused() {
+        let f = fleet();
+        let fp = "5a".repeat(16);
+        // Source `r` is in lane 06a = 0000 0110 1010.
+        assert!(
+            parse_record_key(
+                &f,
+                &format!("qis/v2/depot%207/0/0/0/0/0/1/1/0/1/0/1/0/m/{fp}/r")
+            )
+            .is_ok()
+        );
+        for lane in [
+            "0/0/0/0/0/1/1/0/1/0/1/1",
+            "1/0/0/0/0/1/1/0/1/0/1/0",
+            "0/0/0/0/0/1/1/0/1/0/1/2",
+            "0/0/0/0/0/1/1/0/1/0/1/*",
+            "00/0/0/0/1/1/0/1/0/1/0/x",
+        ] {
+            assert!(
+                matches!(
+                    parse_record_key(&f, &format!("qis/v2/depot%207/{lane}/m/{fp}/r")),
+                    Err(KeyError::WrongLane { .. })
+                ),
+                "{lane}"
+            );
+        }
     }
 
     proptest! {

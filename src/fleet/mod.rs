@@ -7,13 +7,15 @@ mod follows;
 pub mod identity;
 pub mod intake;
 pub mod keys;
+pub mod lanes;
 mod outbox;
 pub mod router;
 pub mod signing;
 pub mod stats;
+pub mod volume;
 
 pub use config::{FleetConfig, FleetConfigError, FleetSettings};
-pub use exchange::{FleetError, FleetExchange, Publish};
+pub use exchange::{FleetError, FleetExchange, LaneView, Publish};
 pub use identity::{Identity, IdentityError};
 pub use intake::{Address, Received};
 pub use keys::KeyError;

@@ -7,7 +7,7 @@
 //! the storage keeps the latest sample per key, which is the latest record per source.
 //!
 //! Its storages must lie inside the record key space [`RECORD_KEY_SPACE`]
-//! (`qis/v1/*/*/*/*`), so no peer can make the router keep keys of any other shape;
+//! (`qis/v2/` and 16 `*` chunks), so no peer can make the router keep keys of any other shape;
 //! [`router_config`] refuses a config whose storage does not. Zenoh's memory volume has
 //! no bound on the number of keys (docs/RELIABILITY.md, "Bounds on what the network can
 //! grow").
@@ -22,6 +22,7 @@ use zenoh_plugin_storage_manager::StoragesPlugin;
 use zenoh_plugin_trait::Plugin;
 
 use super::keys::RECORD_KEY_SPACE;
+use super::volume::{Volume, VolumeError};
 
 /// The embedded router config (config/zenoh-router.json5).
 pub const DEFAULT_ROUTER_CONFIG: &str = include_str!("../../config/zenoh-router.json5");
@@ -40,6 +41,9 @@ pub enum RouterError {
         /// What is wrong.
         reason: String,
     },
+    /// The persistent volume failed to open or replay.
+    #[error(transparent)]
+    Volume(#[from] VolumeError),
     /// Zenoh failed to build, start or close the router.
     #[error("router {stage}: {reason}")]
     Zenoh {
@@ -122,11 +126,23 @@ pub struct FleetRouter {
     runtime: Runtime,
     session: Session,
     _storage: RunningPlugin,
+    volume: Option<Volume>,
 }
 
 impl FleetRouter {
     /// Builds the router runtime, starts the storage manager on it, then starts listening.
+    /// Its storage is memory only: a restart starts empty (see [`Self::start_with_volume`]).
     pub async fn start(config: zenoh::Config) -> Result<FleetRouter, RouterError> {
+        Self::start_with_volume(config, None).await
+    }
+
+    /// Like [`start`](Self::start), with a persistent volume at `volume` (a redb file,
+    /// created when missing): every record it holds is back in the storage before the
+    /// router listens, and every record put later is written to it ([`Volume`]).
+    pub async fn start_with_volume(
+        config: zenoh::Config,
+        volume: Option<&std::path::Path>,
+    ) -> Result<FleetRouter, RouterError> {
         let zerr = |stage| {
             move |e: zenoh::Error| RouterError::Zenoh {
                 stage,
@@ -142,6 +158,10 @@ impl FleetRouter {
         let session = zenoh::session::init(dynamic)
             .await
             .map_err(zerr("session"))?;
+        let volume = match volume {
+            Some(path) => Some(Volume::open(&session, path).await?),
+            None => None,
+        };
         // Listening starts only here; before it, nothing can connect.
         runtime.start().await.map_err(zerr("start"))?;
         info!(zid = %runtime.zid(), locators = ?runtime.get_locators(), "qis router with storage started");
@@ -149,6 +169,7 @@ impl FleetRouter {
             runtime,
             session,
             _storage: storage,
+            volume,
         })
     }
 
@@ -166,8 +187,11 @@ impl FleetRouter {
             .collect()
     }
 
-    /// Closes the session and the runtime.
-    pub async fn close(self) -> Result<(), RouterError> {
+    /// Closes the volume (everything heard committed), the session and the runtime.
+    pub async fn close(mut self) -> Result<(), RouterError> {
+        if let Some(v) = self.volume.take() {
+            v.close();
+        }
         let zerr = |stage| {
             move |e: zenoh::Error| RouterError::Zenoh {
                 stage,
@@ -206,7 +230,13 @@ mod tests {
             std::fs::write(&path, text).unwrap();
             router_config(Some(&path), &[])
         };
-        for ke in ["qis/**", "**", "qis/v1/**", "qis/v1/*/*/*/*/**"] {
+        for ke in [
+            "qis/**",
+            "**",
+            "qis/v2/**",
+            "qis/v2/*/*/*/*/*/*/*/*/*/*/*/*/*/*/*/*/**",
+            "qis/v1/*/*/*/*",
+        ] {
             let e = with(ke).err().unwrap_or_else(|| panic!("{ke} accepted"));
             assert!(
                 matches!(
@@ -220,7 +250,8 @@ mod tests {
             );
         }
         // A narrower storage (one fleet) is fine.
-        assert!(with("qis/v1/depot/*/*/*").is_ok());
+        let one_fleet = format!("qis/v2/depot{}", "/*".repeat(15));
+        assert!(with(&one_fleet).is_ok());
         let shipped =
             std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/zenoh-mtls-router.json5");
         assert!(router_config(Some(&shipped), &[]).is_ok());
@@ -239,7 +270,7 @@ mod tests {
         assert!(
             cfg.get_json("access_control/rules")
                 .unwrap()
-                .contains("qis/v1/default/**")
+                .contains("qis/v2/default/**")
         );
         assert_eq!(
             cfg.get_json("transport/link/tls/enable_mtls").unwrap(),

@@ -25,6 +25,14 @@ pub struct FleetStats {
     pub(crate) digest_dropped: AtomicU64,
     pub(crate) served_evicted: AtomicU64,
     pub(crate) dp_releases: AtomicU64,
+    pub(crate) rejected_lane: AtomicU64,
+    pub(crate) dropped_unfollowed: AtomicU64,
+    pub(crate) dropped_unselected: AtomicU64,
+    pub(crate) widened_queries: AtomicU64,
+    pub(crate) lane_changes: AtomicU64,
+    pub(crate) lane_prefixes: AtomicU64,
+    pub(crate) sources_seen: AtomicU64,
+    pub(crate) declarations: AtomicU64,
 }
 
 /// A copy of the counters at one instant.
@@ -64,17 +72,41 @@ pub struct FleetStatsSnapshot {
     pub served_evicted: u64,
     /// Own record versions released with differential-privacy noise.
     pub dp_releases: u64,
+    /// Refused: the key's lane is not the lane of its source.
+    pub rejected_lane: u64,
+    /// Live samples of an address this node does not follow (accepted, then dropped).
+    pub dropped_unfollowed: u64,
+    /// Live samples of a lane this node has not selected (accepted, then dropped).
+    pub dropped_unselected: u64,
+    /// Queries that had to widen beyond the node's own lanes (too few sources there).
+    pub widened_queries: u64,
+    /// Times the lane selection changed (subscriptions redeclared).
+    pub lane_changes: u64,
+    /// Lane prefixes subscribed to now (1 = the whole fleet or one prefix).
+    pub lane_prefixes: u64,
+    /// Distinct sources seen (bounded counter), the node's estimate of the fleet's size.
+    pub sources_seen: u64,
+    /// Zenoh declarations held now (subscriptions + the queryable).
+    pub declarations: u64,
 }
 
 impl FleetStatsSnapshot {
     /// All refused records, whatever the reason.
     pub fn rejected(&self) -> u64 {
-        self.rejected_key + self.rejected_decode + self.rejected_unsigned + self.rejected_signature
+        self.rejected_key
+            + self.rejected_decode
+            + self.rejected_unsigned
+            + self.rejected_signature
+            + self.rejected_lane
     }
 }
 
 pub(crate) fn bump(counter: &AtomicU64, by: u64) {
     counter.fetch_add(by, Ordering::Relaxed);
+}
+
+pub(crate) fn set(gauge: &AtomicU64, to: u64) {
+    gauge.store(to, Ordering::Relaxed);
 }
 
 impl FleetStats {
@@ -99,6 +131,14 @@ impl FleetStats {
             digest_dropped: r(&self.digest_dropped),
             served_evicted: r(&self.served_evicted),
             dp_releases: r(&self.dp_releases),
+            rejected_lane: r(&self.rejected_lane),
+            dropped_unfollowed: r(&self.dropped_unfollowed),
+            dropped_unselected: r(&self.dropped_unselected),
+            widened_queries: r(&self.widened_queries),
+            lane_changes: r(&self.lane_changes),
+            lane_prefixes: r(&self.lane_prefixes),
+            sources_seen: r(&self.sources_seen),
+            declarations: r(&self.declarations),
         }
     }
 }

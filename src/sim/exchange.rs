@@ -1,8 +1,8 @@
 //! How simulated robots share outcome records: the [`Exchange`] trait the fleet logic is
 //! written against, and [`Bus`], an in-process implementation for large fleets.
 //!
-//! The trait mirrors the Zenoh key space of DESIGN 4: a robot publishes its latest record
-//! for an address (`qis/v1/<fleet>/<model>/<fp>/<source>`), follows an address when it
+//! The trait mirrors the Zenoh key space of docs/PROTOCOL.md: a robot publishes its latest
+//! record for an address (`qis/v2/<fleet>/<lane>/<model>/<fp>/<source>`), follows an address when it
 //! first meets the scenario (one query for what is stored there, then live updates), and
 //! polls what arrived. Records cross it in their encoded wire form, so the simulator
 //! counts real bytes and exercises the decoder.
@@ -22,12 +22,16 @@
 //!
 //! The bus behaves like a Zenoh storage plus subscriptions: it keeps the latest put
 //! per (address, source), whatever seq it claims (a storage orders puts by arrival, not
-//! by what they say); a record becomes visible `delay_ns` after it was published; a
-//! follower receives the records of at most `max_sources_per_address` sources per address
-//! (picked by rendezvous hashing of follower and source, so the choice is uniform, stable
-//! and cannot be steered by what a record claims), then every update of those sources.
-//! That fan-in budget is what keeps a node's memory and traffic bounded by config while
-//! the fleet grows.
+//! by what they say); a record becomes visible `delay_ns` after it was published. The
+//! fan-in is the product's ([`crate::fleet::lanes`], as `FleetExchange` runs it): each
+//! robot keeps a [`LaneSelection`] fed by the sources delivered to it and revised when it
+//! follows an address; a follower receives live every update at the address from the
+//! sources in its selected lanes (the whole fleet until it has seen twice its budget
+//! `max_sources_per_address`), and a follow's query answers with the sources of its own
+//! lanes, widened once (× 4) while fewer than the budget answered. That is what keeps a
+//! node's memory and traffic bounded by config while the fleet grows. (A `FleetExchange`
+//! also receives, and drops, the records of unfollowed addresses in its lanes; the bus
+//! does not deliver or count those.)
 
 use std::cell::{OnceCell, RefCell};
 use std::collections::{HashMap, VecDeque};
@@ -42,6 +46,9 @@ use crate::core::ids::{Fingerprint, FleetName, ModelId, RecordKey, Seq, SourceId
 use crate::core::record::{EncodeError, OutcomeRecord, decode};
 use crate::fleet::Identity;
 use crate::fleet::keys::record_key;
+use crate::fleet::lanes::{
+    Lane, LaneSelection, LaneSet, MAX_PREFIXES, lane_and_hash, select, widening,
+};
 use crate::fleet::signing::{Admission, seal};
 
 /// Why an exchange operation failed.
@@ -85,6 +92,11 @@ pub struct Propagation {
     pub delivered: u64,
     /// Deliveries whose publication was unknown (should be 0).
     pub unmatched: u64,
+    /// Live deliveries nobody owed (duplicates during a lane change, puts just before a
+    /// follow).
+    pub not_owed: u64,
+    /// Owed deliveries written off (timeouts, or lanes that moved while in flight).
+    pub written_off: u64,
     /// Rounds whose wait for the expected deliveries timed out.
     pub timed_out_rounds: u64,
     /// Wall time the driver spent waiting for deliveries at round ends (s).
@@ -99,6 +111,52 @@ pub struct Propagation {
     pub follow_wait_s: f64,
     /// Total wall time in publish calls (s; they only queue).
     pub publish_wait_s: f64,
+    /// Fan-in on the wire, summed over the Zenoh robots.
+    pub lanes: LaneFigures,
+    /// The bare Zenoh put/subscribe of the same bytes with the same subscriptions, in
+    /// the same run.
+    pub bare: BareFigures,
+}
+
+/// What the Zenoh robots' lane selections let in, summed over them (monotonic counters
+/// of their exchanges; the last two are over the robots' final state).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+pub struct LaneFigures {
+    /// Records that crossed the wire to them (live samples and query replies).
+    pub received_records: u64,
+    /// Their bytes.
+    pub received_bytes: u64,
+    /// Live samples of addresses the receiver does not follow (dropped at intake).
+    pub dropped_unfollowed: u64,
+    /// Live samples of lanes the receiver has not selected (dropped at intake).
+    pub dropped_unselected: u64,
+    /// Refused because the key's lane is not its source's.
+    pub rejected_lane: u64,
+    /// Gets issued (one per lane prefix and step).
+    pub queries: u64,
+    /// Query steps that widened beyond the robot's own lanes.
+    pub widened_queries: u64,
+    /// Lane changes (subscriptions redeclared).
+    pub lane_changes: u64,
+    /// Mean lane prefixes subscribed at the end.
+    pub mean_prefixes: f64,
+    /// Most Zenoh declarations one robot held at the end (subscriptions + queryable).
+    pub max_declarations: u64,
+}
+
+/// The bare baseline: each publication's bytes (same length) put once more by the same
+/// session under a `qisbare/...` key of the same shape, received by bare subscriptions
+/// mirroring each robot's lane subscriptions; no signing, no checks, no channel.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+pub struct BareFigures {
+    /// Bare deliveries (to robots other than the publisher).
+    pub delivered: u64,
+    /// Their bytes.
+    pub bytes: u64,
+    /// Median put → subscriber callback (ms).
+    pub p50_ms: f64,
+    /// 99th percentile (ms).
+    pub p99_ms: f64,
 }
 
 /// Records and bytes one endpoint put on and took off the wire.
@@ -203,22 +261,33 @@ type RobotIx = u32;
 /// its first receiver.
 type Verdict = Rc<OnceCell<Option<OutcomeRecord>>>;
 
-/// One source's latest record at an address, and who follows it.
+/// One source's latest record at an address.
+#[derive(Clone)]
 struct Held {
     source: RobotIx,
-    seq: Seq,
     bytes: Rc<[u8]>,
     /// Sealed: receivers must open it with the admission check.
     sealed: Option<Verdict>,
-    subscribers: Vec<RobotIx>,
 }
 
 #[derive(Default)]
 struct AddressState {
     held: Vec<Held>,
     by_source: HashMap<RobotIx, usize>,
-    /// Followers that still have room for more sources: they take new sources as they appear.
-    watchers: Vec<RobotIx>,
+    /// Robots following the address (each hears the sources of its own lanes).
+    followers: Vec<RobotIx>,
+}
+
+/// Sources a robot remembers for its estimate of the fleet's size (the product's bound
+/// is 65,536 per node; a few thousand robots in one process cannot each hold that).
+const SIM_MAX_SEEN: usize = 4096;
+
+/// One robot's lanes: the product's selection state and its query plan.
+struct RobotLanes {
+    selection: LaneSelection,
+    /// The lane sets of the query's widening steps for the current selection (computed
+    /// when first needed after a change).
+    plan: Vec<LaneSet>,
 }
 
 struct InFlight {
@@ -226,7 +295,6 @@ struct InFlight {
     model: ModelIx,
     fingerprint: Fingerprint,
     source: RobotIx,
-    seq: Seq,
     bytes: Rc<[u8]>,
     sealed: Option<Verdict>,
 }
@@ -252,8 +320,10 @@ struct Shared {
     active: Vec<bool>,
     inboxes: Vec<Vec<Delivery>>,
     stats: Vec<WireStats>,
-    /// Sources each robot follows, per address.
-    followed: Vec<HashMap<(ModelIx, Fingerprint), Vec<RobotIx>>>,
+    /// Each source's lane and hash (by index).
+    lanes_of: Vec<(Lane, u64)>,
+    /// Each robot's lane selection.
+    lanes: Vec<RobotLanes>,
     addresses: HashMap<(ModelIx, Fingerprint), AddressState>,
     in_flight: VecDeque<InFlight>,
 }
@@ -270,14 +340,6 @@ pub struct BusEndpoint {
     key: Option<SigningKey>,
 }
 
-/// Stable pseudo-random score of a (follower, source) pair (splitmix64 finalizer).
-fn rendezvous(robot: RobotIx, source: RobotIx) -> u64 {
-    let mut z = (u64::from(robot) << 32 | u64::from(source)).wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
-
 impl Bus {
     /// An empty bus.
     pub fn new(config: BusConfig) -> Bus {
@@ -292,7 +354,8 @@ impl Bus {
             active: Vec::new(),
             inboxes: Vec::new(),
             stats: Vec::new(),
-            followed: Vec::new(),
+            lanes_of: Vec::new(),
+            lanes: Vec::new(),
             addresses: HashMap::new(),
             in_flight: VecDeque::new(),
         })))
@@ -367,7 +430,11 @@ impl Shared {
         self.active.push(false);
         self.inboxes.push(Vec::new());
         self.stats.push(WireStats::default());
-        self.followed.push(HashMap::new());
+        self.lanes_of.push(lane_and_hash(source));
+        self.lanes.push(RobotLanes {
+            selection: LaneSelection::wide(SIM_MAX_SEEN),
+            plan: Vec::new(),
+        });
         i
     }
 
@@ -380,6 +447,9 @@ impl Shared {
     }
 
     fn deliver(&mut self, to: RobotIx, model: ModelIx, fingerprint: Fingerprint, h: &Held) {
+        // What the product's intake does with every verified record: count its source.
+        let (lane, hash) = self.lanes_of[h.source as usize];
+        self.lanes[to as usize].selection.note(lane, hash);
         let stats = &mut self.stats[to as usize];
         stats.received_records += 1;
         stats.received_bytes += h.bytes.len() as u64;
@@ -393,107 +463,84 @@ impl Shared {
     }
 
     /// A publication becomes visible: store it (the latest put wins, as in a Zenoh
-    /// storage: the bus cannot tell a forged seq from a real one, receivers can), hand it
-    /// to new watchers, fan it out.
+    /// storage: the bus cannot tell a forged seq from a real one, receivers can) and hand
+    /// it to the followers whose lanes select its source.
     fn land(&mut self, m: InFlight) {
         let addr = self.addresses.entry((m.model, m.fingerprint)).or_default();
-        let index = match addr.by_source.get(&m.source) {
-            Some(&i) => {
-                addr.held[i].seq = m.seq;
-                addr.held[i].bytes = m.bytes;
-                addr.held[i].sealed = m.sealed;
-                i
-            }
-            None => {
-                addr.held.push(Held {
-                    source: m.source,
-                    seq: m.seq,
-                    bytes: m.bytes,
-                    sealed: m.sealed,
-                    subscribers: Vec::new(),
-                });
-                let i = addr.held.len() - 1;
-                addr.by_source.insert(m.source, i);
-                // A new source at the address: followers with room take it.
-                let budget = self.config.max_sources_per_address;
-                let followed = &mut self.followed;
-                let held = &mut addr.held[i];
-                addr.watchers.retain(|&w| {
-                    if w == m.source {
-                        return true;
-                    }
-                    let Some(list) = followed[w as usize].get_mut(&(m.model, m.fingerprint)) else {
-                        return false;
-                    };
-                    if list.len() < budget {
-                        list.push(m.source);
-                        held.subscribers.push(w);
-                    }
-                    list.len() < budget
-                });
-                i
-            }
+        let held = Held {
+            source: m.source,
+            bytes: m.bytes,
+            sealed: m.sealed,
         };
-        let addr = &self.addresses[&(m.model, m.fingerprint)];
-        let held = &addr.held[index];
-        // Borrow juggling: collect recipients first (the list is short: bounded fan-in).
-        let recipients: Vec<RobotIx> = held
-            .subscribers
+        match addr.by_source.get(&m.source) {
+            Some(&i) => addr.held[i] = held.clone(),
+            None => {
+                addr.held.push(held.clone());
+                addr.by_source.insert(m.source, addr.held.len() - 1);
+            }
+        }
+        let lane = self.lanes_of[m.source as usize].0;
+        // Borrow juggling: collect recipients first.
+        let recipients: Vec<RobotIx> = addr
+            .followers
             .iter()
             .copied()
-            .filter(|&r| self.active[r as usize])
+            .filter(|&r| {
+                r != m.source
+                    && self.active[r as usize]
+                    && self.lanes[r as usize].selection.selects(lane)
+            })
             .collect();
-        let snapshot = Held {
-            source: held.source,
-            seq: held.seq,
-            bytes: held.bytes.clone(),
-            sealed: held.sealed.clone(),
-            subscribers: Vec::new(),
-        };
         for r in recipients {
-            self.deliver(r, m.model, m.fingerprint, &snapshot);
+            self.deliver(r, m.model, m.fingerprint, &held);
         }
     }
 
+    /// The product's follow: revise the lanes, follow the address, and answer with the
+    /// stored records of the sources in the robot's lanes, widened once (× 4) while
+    /// fewer than the budget answered (`FleetExchange::query`).
     fn follow(&mut self, robot: RobotIx, model: ModelIx, fingerprint: Fingerprint) {
         let budget = self.config.max_sources_per_address;
-        let addr = self.addresses.entry((model, fingerprint)).or_default();
-        let list = self.followed[robot as usize]
-            .entry((model, fingerprint))
-            .or_default();
-        if list.len() < budget {
-            let mut candidates: Vec<(u64, usize)> = addr
-                .held
-                .iter()
-                .enumerate()
-                .filter(|(_, h)| h.source != robot && !list.contains(&h.source))
-                .map(|(i, h)| (rendezvous(robot, h.source), i))
+        let own = self.sources[robot as usize].clone();
+        let lanes = &mut self.lanes[robot as usize];
+        if lanes.selection.relane(&own, budget) || lanes.plan.is_empty() {
+            lanes.plan = widening(lanes.selection.fraction())
+                .into_iter()
+                .map(|f| LaneSet::of(&select(&own, f, MAX_PREFIXES)))
                 .collect();
-            let take = (budget - list.len()).min(candidates.len());
-            if take < candidates.len() {
-                candidates.select_nth_unstable_by(take, |a, b| b.0.cmp(&a.0));
-                candidates.truncate(take);
+        }
+        let addr = self.addresses.entry((model, fingerprint)).or_default();
+        if !addr.followers.contains(&robot) {
+            addr.followers.push(robot);
+        }
+        // Each stored source answers at the first step whose lanes hold it; the query
+        // stops at the first step that brought the budget's worth.
+        let plan = &self.lanes[robot as usize].plan;
+        let mut first_step: Vec<(usize, usize)> = Vec::new();
+        let mut per_step = vec![0usize; plan.len()];
+        for (i, h) in addr.held.iter().enumerate() {
+            if h.source == robot {
+                continue;
             }
-            candidates.sort_unstable_by_key(|c| std::cmp::Reverse(c.0));
-            for (_, i) in candidates {
-                list.push(addr.held[i].source);
-                addr.held[i].subscribers.push(robot);
-            }
-            if list.len() < budget && !addr.watchers.contains(&robot) {
-                addr.watchers.push(robot);
+            let lane = self.lanes_of[h.source as usize].0;
+            if let Some(step) = plan.iter().position(|set| set.contains(lane)) {
+                per_step[step] += 1;
+                first_step.push((step, i));
             }
         }
-        // The query reply: the current record of every followed source.
-        let replies: Vec<Held> = list
+        let mut last = plan.len().saturating_sub(1);
+        let mut total = 0;
+        for (step, n) in per_step.iter().enumerate() {
+            total += n;
+            if total >= budget {
+                last = step;
+                break;
+            }
+        }
+        let replies: Vec<Held> = first_step
             .iter()
-            .filter_map(|src| addr.by_source.get(src))
-            .map(|&i| Held {
-                source: addr.held[i].source,
-                seq: addr.held[i].seq,
-                bytes: addr.held[i].bytes.clone(),
-                sealed: addr.held[i].sealed.clone(),
-                subscribers: Vec::new(),
-            })
+            .filter(|(step, _)| *step <= last)
+            .map(|&(_, i)| addr.held[i].clone())
             .collect();
         for h in &replies {
             self.deliver(robot, model, fingerprint, h);
@@ -515,7 +562,6 @@ impl BusEndpoint {
         &mut self,
         key: &RecordKey,
         source: Option<&SourceId>,
-        seq: Seq,
         bytes: Rc<[u8]>,
         sealed: bool,
     ) -> Result<(), ExchangeError> {
@@ -534,7 +580,6 @@ impl BusEndpoint {
             model,
             fingerprint: key.fingerprint,
             source,
-            seq,
             bytes,
             sealed,
         });
@@ -559,17 +604,18 @@ impl Exchange for BusEndpoint {
             ),
             _ => (record.encode().map_err(encode)?, false),
         };
-        self.put(key, None, record.seq, bytes.into(), sealed)
+        self.put(key, None, bytes.into(), sealed)
     }
 
     fn put_sealed(
         &mut self,
         key: &RecordKey,
-        seq: Seq,
+        _seq: Seq,
         bytes: Vec<u8>,
         _authentic: bool,
     ) -> Result<(), ExchangeError> {
-        self.put(key, Some(&key.source), seq, bytes.into(), true)
+        // The bus stores by arrival whatever seq the bytes claim (as a storage does).
+        self.put(key, Some(&key.source), bytes.into(), true)
     }
 
     fn follow(&mut self, model: &ModelId, fingerprint: Fingerprint) -> Result<(), ExchangeError> {
@@ -713,10 +759,12 @@ mod tests {
     }
 
     #[test]
-    fn fan_in_is_bounded_per_address() {
+    fn fan_in_follows_the_products_lanes() {
+        use crate::fleet::lanes::{fraction_for, lane_of};
+        let budget = 3;
         let bus = Bus::new(BusConfig {
             delay_ns: 0,
-            max_sources_per_address: 3,
+            max_sources_per_address: budget,
             sign_records: false,
         });
         let m = ModelId::new("wm").unwrap();
@@ -724,7 +772,8 @@ mod tests {
         let mut follower = bus.join(SourceId::new("f").unwrap());
         bus.advance(0);
         follower.follow(&m, fp).unwrap();
-        let mut others: Vec<BusEndpoint> = (0..10)
+        const N: usize = 40;
+        let mut others: Vec<BusEndpoint> = (0..N)
             .map(|i| bus.join(SourceId::new(format!("r{i}")).unwrap()))
             .collect();
         for (i, o) in others.iter_mut().enumerate() {
@@ -732,19 +781,52 @@ mod tests {
                 .unwrap();
         }
         bus.advance(1);
+        let mut got = Vec::new();
+        follower.poll(&mut got).unwrap();
+        assert_eq!(
+            got.len(),
+            N,
+            "wide while it has seen at most 2 x the budget"
+        );
+        // Following again revises the lanes, as the product's follow does: 40 sources seen
+        // > 2 x 3, so it hears the lanes of about 3 sources.
+        follower.follow(&m, Fingerprint([2; 16])).unwrap();
+        let me = SourceId::new("f").unwrap();
+        let lanes = LaneSet::of(&select(&me, fraction_for(N, budget), MAX_PREFIXES));
+        let heard = (0..N)
+            .filter(|i| lanes.contains(lane_of(&SourceId::new(format!("r{i}")).unwrap())))
+            .count();
+        assert!(heard < N / 4, "{heard}");
         for (i, o) in others.iter_mut().enumerate() {
             o.publish(&key(&m, fp, &format!("r{i}")), &record(2, 1.0))
                 .unwrap();
         }
         bus.advance(2);
-        let mut got = Vec::new();
+        got.clear();
         follower.poll(&mut got).unwrap();
-        assert_eq!(got.len(), 6, "3 sources, two versions each");
-        let mut sources: Vec<_> = got.iter().map(|g| g.0.source.clone()).collect();
-        sources.sort();
-        sources.dedup();
-        assert_eq!(sources.len(), 3);
-        assert_eq!(bus.stored_records(), 10);
+        assert_eq!(got.len(), heard);
+        assert!(
+            got.iter()
+                .all(|(k, r)| r.seq == Seq(2) && lanes.contains(lane_of(&k.source)))
+        );
+        assert_eq!(bus.stored_records(), N);
+        // A newcomer's first query asks its lanes first and widens until the budget's
+        // worth answered: fewer than every source, at least the budget.
+        let fp3 = Fingerprint([3; 16]);
+        for (i, o) in others.iter_mut().enumerate() {
+            o.publish(&key(&m, fp3, &format!("r{i}")), &record(1, 1.0))
+                .unwrap();
+        }
+        bus.advance(3);
+        let mut late = bus.join(SourceId::new("late").unwrap());
+        late.follow(&m, fp).unwrap();
+        got.clear();
+        late.poll(&mut got).unwrap();
+        assert_eq!(got.len(), N, "knowing nobody, it asks everyone");
+        late.follow(&m, fp3).unwrap();
+        got.clear();
+        late.poll(&mut got).unwrap();
+        assert!(got.len() >= budget && got.len() < N, "{}", got.len());
     }
 
     #[test]

@@ -510,10 +510,10 @@ impl SimReport {
         let w = &self.wire_per_robot;
         let how = match &self.propagation {
             Some(p) if p.sessions == c.robots => {
-                "over Zenoh; every source at a followed address".to_owned()
+                "over Zenoh; each robot hears the lanes of its fan-in budget".to_owned()
             }
             Some(p) => format!(
-                "{} robots over Zenoh with every source at a followed address, the rest on the bus with delay {} ms, fan-in <= {} sources per address",
+                "{} robots over Zenoh hearing the lanes of their fan-in budget, the rest on the bus with delay {} ms, fan-in <= {} sources per address",
                 p.sessions, c.delay_ms, c.max_sources_per_address
             ),
             None => format!(
@@ -546,8 +546,37 @@ impl SimReport {
                 );
                 let _ = writeln!(
                     s,
-                    "follow (subscribe + query through the router): p50 {:.2} ms, p99 {:.2} ms over {} follows, {:.1} s in total; {:.1} s in publish calls",
+                    "follow (mark followed, maybe change lanes, query own lanes then widen): p50 {:.2} ms, p99 {:.2} ms over {} follows, {:.1} s in total; {:.1} s in publish calls",
                     p.follow_p50_ms, p.follow_p99_ms, p.follows, p.follow_wait_s, p.publish_wait_s
+                );
+                let l = &p.lanes;
+                let per = (p.sessions.max(1) * c.episodes.max(1)) as f64;
+                let _ = writeln!(
+                    s,
+                    "zenoh fan-in per robot per round: received {:.2} records / {:.2} KiB on the wire (of which dropped at intake: {:.2} unfollowed, {:.2} unselected lanes); {:.2} gets, {:.3} widened steps; lane prefixes at the end {:.1} on average, at most {} declarations per robot; {} lane changes, {} wrong-lane keys refused",
+                    l.received_records as f64 / per,
+                    l.received_bytes as f64 / per / 1024.0,
+                    l.dropped_unfollowed as f64 / per,
+                    l.dropped_unselected as f64 / per,
+                    l.queries as f64 / per,
+                    l.widened_queries as f64 / per,
+                    l.mean_prefixes,
+                    l.max_declarations,
+                    l.lane_changes,
+                    l.rejected_lane
+                );
+                let _ = writeln!(
+                    s,
+                    "bare zenoh put/subscribe of the same bytes, same subscriptions, same run: put -> callback p50 {:.2} ms, p99 {:.2} ms over {} deliveries ({:.2} records / {:.2} KiB per robot per round); qis live deliveries owed {} arrived {}, {} written off (lanes moved in flight, timeouts), +{} not owed (duplicates during lane changes, puts before a follow)",
+                    p.bare.p50_ms,
+                    p.bare.p99_ms,
+                    p.bare.delivered,
+                    p.bare.delivered as f64 / per,
+                    p.bare.bytes as f64 / per / 1024.0,
+                    p.expected_deliveries,
+                    p.delivered,
+                    p.written_off,
+                    p.not_owed,
                 );
             }
             None => {

@@ -12,33 +12,52 @@
 //! [`FleetExchange::follow`] then a blocking [`FleetExchange::query`] whose replies are
 //! buffered for the next poll (the query's round trip through the router also orders the
 //! new subscription before any later put); poll → what the receive channel delivered;
-//! leave → [`FleetExchange::close`].
+//! leave → [`FleetExchange::close`]. The fan-in is the product's: each exchange listens to
+//! the lanes its budget calls for (`crate::fleet::lanes`), so the driver expects a live
+//! delivery only where the follower's [`LaneView`] selects the source.
 //!
 //! Time: the simulated clock is not Zenoh's. A task per robot drains its receive channel
 //! as records arrive, stamping the wall time, so propagation latency (publish call →
 //! record held in the receiving robot's inbox, which its memory ingests at its next step)
 //! is measured, not configured. At the end of each round the driver waits until every
-//! live delivery expected so far has arrived (followers of the address at publish time),
-//! bounded by a timeout, so the next round sees the records as a networked fleet with
-//! rounds of seconds would.
+//! live delivery expected so far has arrived (followers of the address whose lanes select
+//! the source at publish time), bounded by a timeout, so the next round sees the records
+//! as a networked fleet with rounds of seconds would.
+//!
+//! Baseline in the same run: every publication is put once more, by the same session,
+//! as bare bytes of the same length under `qisbare/...` (the same key shape), to bare
+//! subscriptions that mirror each robot's lane subscriptions; their put → callback
+//! latency and deliveries are reported next to the product's ([`BareFigures`]).
 
 use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use tokio::runtime::Runtime;
 use tokio::task::JoinHandle;
+use zenoh::Session;
+use zenoh::pubsub::Subscriber;
+use zenoh::qos::CongestionControl;
 
 use super::SIM_FLEET;
-use super::exchange::{Exchange, ExchangeError, Network, Propagation, WireStats};
-use crate::core::ids::{Fingerprint, ModelId, RecordKey, Seq, SourceId};
+use super::exchange::{
+    BareFigures, Exchange, ExchangeError, LaneFigures, Network, Propagation, WireStats,
+};
+use crate::core::ids::{Fingerprint, FleetName, ModelId, RecordKey, Seq, SourceId};
 use crate::core::record::OutcomeRecord;
-use crate::fleet::keys::record_key;
+use crate::fleet::keys::{KEY_PREFIX, lane_selector, record_key};
+use crate::fleet::lanes::LanePrefix;
 use crate::fleet::router::router_config;
-use crate::fleet::{FleetConfig, FleetExchange, FleetRouter, Identity, Received};
+use crate::fleet::{
+    FleetConfig, FleetExchange, FleetRouter, FleetStats, Identity, LaneView, Received,
+};
+
+/// First chunks of the bare baseline's keys (same shape as the record keys).
+const BARE_PREFIX: &str = "qisbare/v2";
+/// Bytes of an ed25519 signature, which every simulated record carries on Zenoh.
+const SIGNATURE_LEN: usize = 64;
 
 /// Settings of the Zenoh network.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -66,18 +85,33 @@ fn net_err(what: &str, e: impl std::fmt::Display) -> ExchangeError {
 type PubId = (SourceId, Fingerprint, u64);
 
 /// What the driver and the receive tasks share: publication times, who follows what,
-/// latency samples.
+/// which deliveries are still owed, latency samples.
 #[derive(Default)]
 struct Ledger {
     published_at: HashMap<PubId, Instant>,
     /// Robots following each address (model is one per simulation, the fingerprint
     /// names the address), active ones only.
     followers: HashMap<(ModelId, Fingerprint), Vec<u32>>,
-    /// Live deliveries expected: for each publication, the followers at that moment.
+    /// Each robot's lane selection (`None` once it left).
+    views: Vec<Option<LaneView>>,
+    /// Each robot's exchange counters (kept after it left: they are final).
+    stats: Vec<Arc<FleetStats>>,
+    /// Live deliveries still owed, by publication: the robots that should receive it.
+    pending: HashMap<PubId, Vec<u32>>,
+    /// Sum of the `pending` lists' lengths.
+    owed: u64,
+    /// Live deliveries expected: for each publication, the followers whose lanes
+    /// selected its source at that moment.
     expected: u64,
-    /// Shortfall written off when a round's wait timed out.
+    /// Owed deliveries written off (a round's wait timed out, or the follower's lanes
+    /// moved away from the source while the record was in flight).
     written_off: u64,
-    /// Publish → inbox latency of each live delivery (µs).
+    /// Expected live deliveries that arrived.
+    delivered: u64,
+    /// Live deliveries nobody owed (a record put just before a follow, a sample heard
+    /// through the old and the new subscription during a lane change).
+    extra: u64,
+    /// Publish → inbox latency of each owed live delivery (µs).
     latencies_us: Vec<u64>,
     /// Live deliveries whose publication was not found (should stay 0).
     unmatched: u64,
@@ -89,11 +123,34 @@ struct Ledger {
     publish_wait: Duration,
     /// Rounds whose wait timed out.
     timed_out_rounds: u64,
+    /// Bare baseline: put time of each bare publication, by id.
+    bare_at: HashMap<u64, Instant>,
+    /// Bare put → callback latencies (µs).
+    bare_latencies_us: Vec<u64>,
+    /// Bare bytes delivered.
+    bare_bytes: u64,
+}
+
+impl Ledger {
+    /// Robot `robot`'s lanes changed (or it left): what it was owed from sources its
+    /// lanes no longer select will not come.
+    fn forgive(&mut self, robot: u32, view: Option<&LaneView>) {
+        let mut forgiven = 0;
+        self.pending.retain(|id, list| {
+            if view.is_none_or(|v| !v.selects(&id.0)) {
+                let before = list.len();
+                list.retain(|&r| r != robot);
+                forgiven += (before - list.len()) as u64;
+            }
+            !list.is_empty()
+        });
+        self.owed -= forgiven;
+        self.written_off += forgiven;
+    }
 }
 
 struct Track {
     ledger: Mutex<Ledger>,
-    delivered: AtomicU64,
 }
 
 impl Track {
@@ -146,7 +203,6 @@ impl ZenohNetwork {
             config,
             track: Arc::new(Track {
                 ledger: Mutex::new(Ledger::default()),
-                delivered: AtomicU64::new(0),
             }),
             sessions: 0,
         })
@@ -183,6 +239,10 @@ pub struct ZenohEndpoint {
     query_timeout: Duration,
     /// Counters frozen when the robot left.
     final_wire: Option<WireStats>,
+    /// The exchange's lane changes when the bare subscriptions were last mirrored.
+    bare_lane_changes: u64,
+    /// The bare subscriptions, one per lane prefix of the exchange.
+    bare_subs: Vec<Subscriber<()>>,
 }
 
 fn wire_of(ex: &FleetExchange) -> WireStats {
@@ -199,23 +259,84 @@ fn wire_of(ex: &FleetExchange) -> WireStats {
     }
 }
 
+/// The bare baseline's key for a record key (same chunks, another first chunk).
+fn bare_key(record_key: &str) -> String {
+    record_key.replacen(KEY_PREFIX, BARE_PREFIX, 1)
+}
+
+/// Declares the bare subscriptions mirroring `prefixes` on `session` for `robot`.
+async fn declare_bare(
+    session: &Session,
+    fleet: &FleetName,
+    prefixes: &[LanePrefix],
+    robot: u32,
+    track: &Arc<Track>,
+) -> Result<Vec<Subscriber<()>>, ExchangeError> {
+    let mut subs = Vec::with_capacity(prefixes.len());
+    for p in prefixes {
+        let track = track.clone();
+        let sub = session
+            .declare_subscriber(bare_key(&lane_selector(fleet, *p)))
+            .callback(move |sample| {
+                let now = Instant::now();
+                let payload = sample.payload().to_bytes();
+                let (Some(id), Some(from)) = (payload.get(..8), payload.get(8..12)) else {
+                    return;
+                };
+                let id = u64::from_le_bytes(id.try_into().unwrap_or([0; 8]));
+                let from = u32::from_le_bytes(from.try_into().unwrap_or([0; 4]));
+                if from == robot {
+                    return;
+                }
+                let mut ledger = track.ledger();
+                if let Some(at) = ledger.bare_at.get(&id).copied() {
+                    let us = now.saturating_duration_since(at).as_micros();
+                    ledger
+                        .bare_latencies_us
+                        .push(u64::try_from(us).unwrap_or(u64::MAX));
+                    ledger.bare_bytes += payload.len() as u64;
+                }
+            })
+            .await
+            .map_err(|e| net_err("bare subscriber", e))?;
+        subs.push(sub);
+    }
+    Ok(subs)
+}
+
 impl ZenohEndpoint {
-    /// Stamps a publication and counts the live deliveries it owes (the followers of its
-    /// address; this robot too when the record is not under its own source id, which its
-    /// exchange then takes as any other), before the put can possibly arrive anywhere.
+    /// Stamps a publication and notes the live deliveries it owes (the followers of its
+    /// address whose lanes select its source; this robot too when the record is not
+    /// under its own source id, which its exchange then takes as any other), before the
+    /// put can possibly arrive anywhere.
     fn expect(&self, key: &RecordKey, seq: Seq) {
         let echo = key.source != self.source;
         let mut ledger = self.track.ledger();
-        ledger
-            .published_at
-            .insert((key.source.clone(), key.fingerprint, seq.0), Instant::now());
-        let followers = ledger
+        let id = (key.source.clone(), key.fingerprint, seq.0);
+        ledger.published_at.insert(id.clone(), Instant::now());
+        let owed: Vec<u32> = ledger
             .followers
             .get(&(key.model.clone(), key.fingerprint))
-            .map_or(0, |l| {
-                l.iter().filter(|&&r| echo || r != self.robot).count()
-            });
-        ledger.expected += followers as u64;
+            .map(|l| {
+                l.iter()
+                    .copied()
+                    .filter(|&r| echo || r != self.robot)
+                    .filter(|&r| {
+                        ledger
+                            .views
+                            .get(r as usize)
+                            .and_then(Option::as_ref)
+                            .is_some_and(|v| v.selects(&key.source))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let n = owed.len() as u64;
+        ledger.expected += n;
+        ledger.owed += n;
+        if n > 0 {
+            ledger.pending.entry(id).or_default().extend(owed);
+        }
     }
 
     fn exchange(&self) -> Result<&FleetExchange, ExchangeError> {
@@ -224,10 +345,33 @@ impl ZenohEndpoint {
             .ok_or_else(|| ExchangeError::Left(self.source.clone()))
     }
 
+    /// After a lane change: forgive what the old lanes owed and mirror the new lanes in
+    /// the bare subscriptions.
+    fn follow_lanes(&mut self) -> Result<(), ExchangeError> {
+        let ex = self.exchange()?;
+        let changes = ex.stats().lane_changes;
+        if changes == self.bare_lane_changes {
+            return Ok(());
+        }
+        let view = ex.lane_view();
+        self.track.ledger().forgive(self.robot, Some(&view));
+        let subs = self.runtime.block_on(declare_bare(
+            ex.session(),
+            ex.fleet(),
+            &view.prefixes(),
+            self.robot,
+            &self.track,
+        ))?;
+        self.bare_subs = subs;
+        self.bare_lane_changes = changes;
+        Ok(())
+    }
+
     fn close(&mut self) {
         if let Some(task) = self.receiver.take() {
             task.abort();
         }
+        self.bare_subs.clear();
         let Some(ex) = self.exchange.take() else {
             return;
         };
@@ -237,6 +381,11 @@ impl ZenohEndpoint {
             for list in ledger.followers.values_mut() {
                 list.retain(|&r| r != self.robot);
             }
+            if let Some(v) = ledger.views.get_mut(self.robot as usize) {
+                *v = None;
+            }
+            // Nothing more reaches a robot that left: not a loss.
+            ledger.forgive(self.robot, None);
         }
         if let Err(e) = self.runtime.block_on(ex.close()) {
             tracing::warn!(source = %self.source, error = %e, "sim: closing a robot's session failed");
@@ -252,6 +401,7 @@ impl Drop for ZenohEndpoint {
 
 /// Takes records off a robot's receive channel as they arrive and stamps their latency.
 async fn receive(
+    robot: u32,
     mut rx: tokio::sync::mpsc::Receiver<Received>,
     inbox: Arc<Mutex<Vec<Received>>>,
     track: Arc<Track>,
@@ -261,13 +411,29 @@ async fn receive(
         {
             let mut ledger = track.ledger();
             let id = (key.source.clone(), key.fingerprint, record.seq.0);
-            match ledger.published_at.get(&id).copied() {
-                Some(at) => {
-                    let us = now.saturating_duration_since(at).as_micros();
-                    ledger
-                        .latencies_us
-                        .push(u64::try_from(us).unwrap_or(u64::MAX));
+            let owed = ledger.pending.get_mut(&id).and_then(|list| {
+                let i = list.iter().position(|&r| r == robot)?;
+                list.swap_remove(i);
+                Some(list.is_empty())
+            });
+            match owed {
+                Some(emptied) => {
+                    if emptied {
+                        ledger.pending.remove(&id);
+                    }
+                    ledger.owed -= 1;
+                    ledger.delivered += 1;
+                    match ledger.published_at.get(&id).copied() {
+                        Some(at) => {
+                            let us = now.saturating_duration_since(at).as_micros();
+                            ledger
+                                .latencies_us
+                                .push(u64::try_from(us).unwrap_or(u64::MAX));
+                        }
+                        None => ledger.unmatched += 1,
+                    }
                 }
+                None if ledger.published_at.contains_key(&id) => ledger.extra += 1,
                 None => ledger.unmatched += 1,
             }
         }
@@ -275,7 +441,6 @@ async fn receive(
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .push((key, record));
-        track.delivered.fetch_add(1, Ordering::Release);
     }
 }
 
@@ -289,7 +454,28 @@ impl Exchange for ZenohEndpoint {
             .map_err(|e| net_err("publish", e))
             .map(|_| ());
         self.track.ledger().publish_wait += started.elapsed();
-        done
+        done?;
+        // The bare baseline: the same number of bytes under the same key shape.
+        let len = record.encode().map_or(0, |b| b.len()) + SIGNATURE_LEN;
+        let mut payload = vec![0u8; len.max(12)];
+        let id = {
+            let mut ledger = self.track.ledger();
+            let id = ledger.bare_at.len() as u64 + 1;
+            ledger.bare_at.insert(id, Instant::now());
+            id
+        };
+        payload[..8].copy_from_slice(&id.to_le_bytes());
+        payload[8..12].copy_from_slice(&self.robot.to_le_bytes());
+        let ke = bare_key(&record_key(ex.fleet(), key));
+        self.runtime
+            .block_on(async {
+                ex.session()
+                    .put(ke, payload)
+                    .congestion_control(CongestionControl::Block)
+                    .express(true)
+                    .await
+            })
+            .map_err(|e| net_err("bare put", e))
     }
 
     fn put_sealed(
@@ -337,7 +523,7 @@ impl Exchange for ZenohEndpoint {
             }
         }
         self.replies.extend(got);
-        Ok(())
+        self.follow_lanes()
     }
 
     fn poll(&mut self, out: &mut Vec<(RecordKey, OutcomeRecord)>) -> Result<(), ExchangeError> {
@@ -383,7 +569,8 @@ impl Network for ZenohNetwork {
             // budget, as the node does before its exchange): put each publication at
             // once, no anti-entropy (rounds are short and the driver waits for
             // deliveries). Signed by default, as the node: every record is sealed with the
-            // robot's key and every sample opened by the intake.
+            // robot's key and every sample opened by the intake. The fan-in budget is the
+            // product's default (`max_sources_per_address`).
             publish_interval_ms: 0,
             min_count_to_share: 1,
             anti_entropy_period_ms: 0,
@@ -402,16 +589,30 @@ impl Network for ZenohNetwork {
             .runtime
             .block_on(FleetExchange::start(settings, identity.clone()))
             .map_err(|e| net_err("session", e))?;
+        let robot = self.sessions as u32;
+        self.sessions += 1;
+        let view = exchange.lane_view();
+        let bare_subs = self.runtime.block_on(declare_bare(
+            exchange.session(),
+            exchange.fleet(),
+            &view.prefixes(),
+            robot,
+            &self.track,
+        ))?;
+        {
+            let mut ledger = self.track.ledger();
+            ledger.views.push(Some(view));
+            ledger.stats.push(exchange.stats_handle());
+        }
         let inbox = Arc::new(Mutex::new(Vec::new()));
         let receiver = self
             .runtime
-            .spawn(receive(rx, inbox.clone(), self.track.clone()));
-        let robot = self.sessions as u32;
-        self.sessions += 1;
+            .spawn(receive(robot, rx, inbox.clone(), self.track.clone()));
         Ok(ZenohEndpoint {
             robot,
             source,
             runtime: self.runtime.clone(),
+            bare_lane_changes: exchange.stats().lane_changes,
             exchange: Some(exchange),
             track: self.track.clone(),
             inbox,
@@ -419,6 +620,7 @@ impl Network for ZenohNetwork {
             receiver: Some(receiver),
             query_timeout: Duration::from_millis(self.config.query_timeout_ms),
             final_wire: None,
+            bare_subs,
         })
     }
 
@@ -430,19 +632,19 @@ impl Network for ZenohNetwork {
         let started = Instant::now();
         let deadline = started + Duration::from_millis(self.config.settle_timeout_ms);
         loop {
-            let delivered = self.track.delivered.load(Ordering::Acquire);
             let mut ledger = self.track.ledger();
-            let owed = ledger.expected.saturating_sub(ledger.written_off);
-            if delivered >= owed {
+            if ledger.owed == 0 {
                 ledger.settle_wait += started.elapsed();
                 return Ok(());
             }
             if Instant::now() >= deadline {
                 tracing::warn!(
-                    missing = owed - delivered,
+                    missing = ledger.owed,
                     "sim: zenoh deliveries still missing at the end of the round"
                 );
-                ledger.written_off += owed - delivered;
+                ledger.written_off += ledger.owed;
+                ledger.owed = 0;
+                ledger.pending.clear();
                 ledger.timed_out_rounds += 1;
                 ledger.settle_wait += started.elapsed();
                 return Ok(());
@@ -463,6 +665,24 @@ impl Network for ZenohNetwork {
         let ms = |us: u64| us as f64 / 1000.0;
         let mut follows = ledger.follows_us.clone();
         follows.sort_unstable();
+        let mut lanes = LaneFigures::default();
+        let mut prefixes = 0;
+        for s in &ledger.stats {
+            let s = s.snapshot();
+            lanes.received_records += s.received;
+            lanes.received_bytes += s.bytes_in;
+            lanes.dropped_unfollowed += s.dropped_unfollowed;
+            lanes.dropped_unselected += s.dropped_unselected;
+            lanes.rejected_lane += s.rejected_lane;
+            lanes.queries += s.queries;
+            lanes.widened_queries += s.widened_queries;
+            lanes.lane_changes += s.lane_changes;
+            prefixes += s.lane_prefixes;
+            lanes.max_declarations = lanes.max_declarations.max(s.declarations);
+        }
+        lanes.mean_prefixes = prefixes as f64 / ledger.stats.len().max(1) as f64;
+        let mut bare = ledger.bare_latencies_us.clone();
+        bare.sort_unstable();
         Some(Propagation {
             network: "zenoh",
             sessions: self.sessions,
@@ -471,8 +691,10 @@ impl Network for ZenohNetwork {
             p99_ms: ms(percentile(&sorted, 0.99)),
             max_ms: ms(sorted.last().copied().unwrap_or(0)),
             expected_deliveries: ledger.expected,
-            delivered: self.track.delivered.load(Ordering::Acquire),
+            delivered: ledger.delivered,
             unmatched: ledger.unmatched,
+            not_owed: ledger.extra,
+            written_off: ledger.written_off,
             timed_out_rounds: ledger.timed_out_rounds,
             settle_wait_s: ledger.settle_wait.as_secs_f64(),
             follows: follows.len() as u64,
@@ -480,6 +702,13 @@ impl Network for ZenohNetwork {
             follow_p99_ms: ms(percentile(&follows, 0.99)),
             follow_wait_s: follows.iter().sum::<u64>() as f64 / 1e6,
             publish_wait_s: ledger.publish_wait.as_secs_f64(),
+            lanes,
+            bare: BareFigures {
+                delivered: bare.len() as u64,
+                bytes: ledger.bare_bytes,
+                p50_ms: ms(percentile(&bare, 0.5)),
+                p99_ms: ms(percentile(&bare, 0.99)),
+            },
         })
     }
 }
