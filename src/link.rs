@@ -187,6 +187,14 @@ impl FleetPort for FleetLink {
                 ("fleet.digest_dropped", f.digest_dropped),
                 ("fleet.served_evicted", f.served_evicted),
                 ("fleet.dp_releases", f.dp_releases),
+                ("fleet.rejected_lane", f.rejected_lane),
+                ("fleet.dropped_unfollowed", f.dropped_unfollowed),
+                ("fleet.dropped_unselected", f.dropped_unselected),
+                ("fleet.widened_queries", f.widened_queries),
+                ("fleet.lane_changes", f.lane_changes),
+                ("fleet.lane_prefixes", f.lane_prefixes),
+                ("fleet.sources_seen", f.sources_seen),
+                ("fleet.declarations", f.declarations),
             ]
             .into_iter()
             .map(|(k, v)| (k.to_owned(), v.to_string())),
