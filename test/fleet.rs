@@ -85,6 +85,19 @@ fn signed_config(listen: u16, connect: &[u16]) -> FleetConfig {
     }
 }
 
+/// A client of the router on `port` (the shipped client config), sharing from the first
+/// outcome, without anti-entropy rounds.
+fn router_client(port: u16) -> FleetConfig {
+    FleetConfig {
+        fleet: FLEET.into(),
+        zenoh_config: Some(Path::new(env!("CARGO_MANIFEST_DIR")).join("config/zenoh-client.json5")),
+        connect: vec![ep(port)],
+        min_count_to_share: 1,
+        anti_entropy_period_ms: 0,
+        ..FleetConfig::default()
+    }
+}
+
 /// An exchange under a name: the unsigned opt-out, whatever `cfg` says.
 async fn start(cfg: FleetConfig, source: &str) -> (FleetExchange, mpsc::Receiver<Received>) {
     let cfg = FleetConfig {
@@ -423,18 +436,7 @@ async fn three_peers_share_verify_and_survive_the_source() {
 async fn router_storage_serves_records_of_departed_robots() {
     let pr = free_port();
     let router = spawn_ready(&["router", "--listen", &ep(pr)]).await;
-    let client_file = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/zenoh-client.json5");
-    let client = |source: &'static str| {
-        let cfg = FleetConfig {
-            fleet: FLEET.into(),
-            zenoh_config: Some(client_file.clone()),
-            connect: vec![ep(pr)],
-            min_count_to_share: 1,
-            anti_entropy_period_ms: 0,
-            ..FleetConfig::default()
-        };
-        start(cfg, source)
-    };
+    let client = |source: &'static str| start(router_client(pr), source);
     let s = fp(0x11);
 
     // A (client of the router) reports and publishes, then goes offline.
@@ -850,18 +852,7 @@ async fn a_router_with_a_volume_keeps_every_record_across_a_restart() {
     let volume_arg = volume.to_str().unwrap();
     let pr = free_port();
     let router = spawn_ready(&["router", "--listen", &ep(pr), "--volume", volume_arg]).await;
-    let client_file = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/zenoh-client.json5");
-    let client = |source: &'static str| {
-        let cfg = FleetConfig {
-            fleet: FLEET.into(),
-            zenoh_config: Some(client_file.clone()),
-            connect: vec![ep(pr)],
-            min_count_to_share: 1,
-            anti_entropy_period_ms: 0,
-            ..FleetConfig::default()
-        };
-        start(cfg, source)
-    };
+    let client = |source: &'static str| start(router_client(pr), source);
     // Two robots, three addresses; then both go offline.
     let addresses = [fp(0x31), fp(0x32), fp(0x33)];
     let (a, _rx_a) = client("robot-a").await;
@@ -940,16 +931,10 @@ async fn a_node_hears_its_lanes_once_the_fleet_outgrows_its_budget() {
     let router = FleetRouter::start(router_config(None, &[ep(pr)]).unwrap())
         .await
         .unwrap();
-    let client_file = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/zenoh-client.json5");
     let cfg = |budget: usize| FleetConfig {
-        fleet: FLEET.into(),
-        zenoh_config: Some(client_file.clone()),
-        connect: vec![ep(pr)],
-        min_count_to_share: 1,
         publish_interval_ms: 0,
-        anti_entropy_period_ms: 0,
         max_sources_per_address: budget,
-        ..FleetConfig::default()
+        ..router_client(pr)
     };
     let model = ModelId::new(MODEL).unwrap();
     let (s, rare) = (fp(0x41), fp(0x42));

@@ -259,7 +259,7 @@ impl OutcomeMemory {
     }
 
     /// Folds one of this robot's residuals in and returns its new own record, to be
-    /// persisted and then published. With `drift` (the learned within-address variance
+    /// persisted and then published. With `drift_noise` (the learned within-address variance
     /// per dimension, or empty) the residual is first tested for drift against the own
     /// summary; on a drift the own summary restarts at this outcome (a fresh epoch,
     /// shared again only after `min_count_to_share` outcomes).
@@ -270,7 +270,7 @@ impl OutcomeMemory {
         sketch: Sketch,
         residual: &[f64],
         t_ns: i64,
-        drift: Option<&[f64]>,
+        drift_noise: Option<&[f64]>,
     ) -> Result<Recorded, MemoryError> {
         if self.own_full_for(model, &fingerprint) {
             return Err(MemoryError::OwnAddressesFull {
@@ -284,11 +284,10 @@ impl OutcomeMemory {
         let addr = self.entry(model, fingerprint);
         addr.sketch.get_or_insert(sketch);
         addr.cached = None;
-        let noise = drift;
         let mut drift = None;
         let (seq, summary) = match &mut addr.own {
             Some((seq, s)) => {
-                let tested = match noise {
+                let tested = match drift_noise {
                     Some(noise) => addr.detector.observe(s, residual, t_ns, noise, decay)?,
                     None => None,
                 };
