@@ -435,7 +435,7 @@ async fn three_peers_share_verify_and_survive_the_source() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn router_storage_serves_records_of_departed_robots() {
     let pr = free_port();
-    let router = spawn_ready(&["router", "--listen", &ep(pr)]).await;
+    let router = spawn_ready(&["router", "--unsigned", "--listen", &ep(pr)]).await;
     let client = |source: &'static str| start(router_client(pr), source);
     let s = fp(0x11);
 
@@ -851,7 +851,15 @@ async fn a_router_with_a_volume_keeps_every_record_across_a_restart() {
     let volume = dir.path().join("router.redb");
     let volume_arg = volume.to_str().unwrap();
     let pr = free_port();
-    let router = spawn_ready(&["router", "--listen", &ep(pr), "--volume", volume_arg]).await;
+    let router = spawn_ready(&[
+        "router",
+        "--unsigned",
+        "--listen",
+        &ep(pr),
+        "--volume",
+        volume_arg,
+    ])
+    .await;
     let client = |source: &'static str| start(router_client(pr), source);
     // Two robots, three addresses; then both go offline.
     let addresses = [fp(0x31), fp(0x32), fp(0x33)];
@@ -884,7 +892,15 @@ async fn a_router_with_a_volume_keeps_every_record_across_a_restart() {
 
     // Restart on the same volume and port: a robot that never met anyone gets them all.
     interrupt(router).await;
-    let router = spawn_ready(&["router", "--listen", &ep(pr), "--volume", volume_arg]).await;
+    let router = spawn_ready(&[
+        "router",
+        "--unsigned",
+        "--listen",
+        &ep(pr),
+        "--volume",
+        volume_arg,
+    ])
+    .await;
     let (late, _rx_l) = client("robot-late").await;
     let mut got = Vec::new();
     for s in &addresses {
@@ -913,7 +929,7 @@ async fn a_router_with_a_volume_keeps_every_record_across_a_restart() {
 
     // Without the volume the same restart starts empty (the volume is what kept them).
     interrupt(router).await;
-    let router = spawn_ready(&["router", "--listen", &ep(pr)]).await;
+    let router = spawn_ready(&["router", "--unsigned", "--listen", &ep(pr)]).await;
     let (empty, _rx_e) = client("robot-empty").await;
     let model = ModelId::new(MODEL).unwrap();
     assert!(empty.query(&model, &addresses[0]).await.unwrap().is_empty());
@@ -924,11 +940,16 @@ async fn a_router_with_a_volume_keeps_every_record_across_a_restart() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_hears_its_lanes_once_the_fleet_outgrows_its_budget() {
     use qis_ros::fleet::lanes::{MAX_PREFIXES, fraction_for, lane_of, select};
-    use qis_ros::fleet::{FleetRouter, router::router_config};
+    use qis_ros::fleet::{Admission, FleetRouter, RouterSettings, router::router_config};
     const SOURCES: usize = 30;
     const BUDGET: usize = 3;
     let pr = free_port();
-    let router = FleetRouter::start(router_config(None, &[ep(pr)]).unwrap())
+    // This test's robots are unsigned (readable names): so is the storage.
+    let unsigned = RouterSettings {
+        admission: Admission::Unsigned,
+        ..RouterSettings::default()
+    };
+    let router = FleetRouter::start(router_config(None, &[ep(pr)]).unwrap(), unsigned)
         .await
         .unwrap();
     let cfg = |budget: usize| FleetConfig {
@@ -1098,5 +1119,166 @@ async fn a_node_hears_its_lanes_once_the_fleet_outgrows_its_budget() {
     for (_, ex, _) in robots {
         ex.close().await.unwrap();
     }
+    router.close().await.unwrap();
+}
+
+/// The router's storage against a hostile peer: forged, unsigned, garbage, oversized,
+/// wrong-lane and replayed records and deletes at an honest robot's key, then a flood of
+/// 200 self-certified Sybil ids and one source writing 100 addresses. The storage stays
+/// within its bounds, counts each refusal, and a late joiner still gets the honest
+/// record exactly as published.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_router_storage_keeps_honest_records_within_its_bounds_under_attack() {
+    use qis_ros::fleet::storage::StorageLimits;
+    use qis_ros::fleet::{FleetRouter, RouterSettings, router::router_config};
+    const MAX: usize = 60;
+    const PER_SOURCE: usize = 20;
+    let pr = free_port();
+    let settings = RouterSettings {
+        limits: StorageLimits {
+            max_records: MAX,
+            max_records_per_source: PER_SOURCE,
+            ..StorageLimits::default()
+        },
+        ..RouterSettings::default()
+    };
+    let router = FleetRouter::start(router_config(None, &[ep(pr)]).unwrap(), settings)
+        .await
+        .unwrap();
+    let wait_for =
+        |what: &'static str, pred: &dyn Fn(&qis_ros::fleet::RouterStatsSnapshot) -> bool| {
+            let deadline = std::time::Instant::now() + WAIT;
+            loop {
+                let st = router.stats();
+                if pred(&st) {
+                    return st;
+                }
+                assert!(std::time::Instant::now() < deadline, "{what}: {st:?}");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        };
+    let s = fp(0x5c);
+    let ka = SigningKey::from_bytes(&[0x5a; 32]);
+    let a_id = source_id_of(&ka.verifying_key());
+    let (a, _rx_a) = start_as(router_client(pr), Identity::signed(ka.clone())).await;
+    let (key, rec) = own_record(a_id.as_str(), s, 6, &[0.3, -0.1]);
+    a.publish(&key, &rec).unwrap();
+    a.flush().await.unwrap();
+    wait_for("A's record stored", &|st| st.stored == 1);
+    a.close().await.unwrap();
+
+    let mut raw_cfg = zenoh::Config::from_file(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("config/zenoh-client.json5"),
+    )
+    .unwrap();
+    raw_cfg
+        .insert_json5("connect/endpoints", &format!("[\"{}\"]", ep(pr)))
+        .unwrap();
+    let raw = zenoh::open(raw_cfg).await.unwrap();
+    let fleet = FleetName::new(FLEET).unwrap();
+    let ke_a = record_key(&fleet, &key);
+    let forger = SigningKey::from_bytes(&[0x66; 32]);
+    let (_, newer) = own_record(a_id.as_str(), s, 50, &[9.0, 9.0]);
+    let wrong_lane = {
+        let mut chunks: Vec<String> = ke_a.split('/').map(str::to_owned).collect();
+        chunks[14] = if chunks[14] == "0" { "1" } else { "0" }.to_owned();
+        chunks.join("/")
+    };
+    raw.put(&ke_a, seal(&newer, &ke_a, Some(&forger)).unwrap())
+        .await
+        .unwrap();
+    raw.put(&ke_a, seal(&newer, &ke_a, None).unwrap())
+        .await
+        .unwrap();
+    raw.put(&ke_a, vec![1u8, 2, 3]).await.unwrap();
+    raw.put(&ke_a, vec![0u8; 70 * 1024]).await.unwrap();
+    raw.put(&wrong_lane, seal(&newer, &wrong_lane, Some(&ka)).unwrap())
+        .await
+        .unwrap();
+    // A's own published version again, and an older one, correctly signed: replays.
+    let (_, older) = own_record(a_id.as_str(), s, 3, &[0.3, -0.1]);
+    raw.put(&ke_a, seal(&older, &ke_a, Some(&ka)).unwrap())
+        .await
+        .unwrap();
+    raw.delete(&ke_a).await.unwrap();
+    let hostile = wait_for("every hostile sample counted", &|st| {
+        st.refused_record >= 3
+            && st.refused_size >= 1
+            && st.refused_key >= 1
+            && st.refused_stale >= 1
+            && st.deletes_ignored >= 1
+    });
+    assert_eq!((hostile.records, hostile.replaced), (1, 0), "{hostile:?}");
+
+    // The flood: 200 Sybil ids with one record each, one source with 100 addresses.
+    let mut flood = 0u64;
+    for i in 0..200u32 {
+        let k = SigningKey::from_bytes(&[
+            (i % 251) as u8,
+            (i / 251) as u8,
+            0x77,
+            1,
+            2,
+            3,
+            4,
+            5,
+            6,
+            7,
+            8,
+            9,
+            10,
+            11,
+            12,
+            13,
+            14,
+            15,
+            16,
+            17,
+            18,
+            19,
+            20,
+            21,
+            22,
+            23,
+            24,
+            25,
+            26,
+            27,
+            28,
+            29,
+        ]);
+        let id = source_id_of(&k.verifying_key());
+        let (sk, srec) = own_record(id.as_str(), fp(0x90), 1, &[5.0, 5.0]);
+        let ke = record_key(&fleet, &sk);
+        raw.put(&ke, seal(&srec, &ke, Some(&k)).unwrap())
+            .await
+            .unwrap();
+        flood += 1;
+    }
+    let big = SigningKey::from_bytes(&[0x99; 32]);
+    let big_id = source_id_of(&big.verifying_key());
+    for f in 0..100u8 {
+        // Addresses of their own, none the test reads.
+        let mut at = [0xbb; 16];
+        at[0] = f;
+        let (bk, brec) = own_record(big_id.as_str(), Fingerprint(at), 1, &[5.0, 5.0]);
+        let ke = record_key(&fleet, &bk);
+        raw.put(&ke, seal(&brec, &ke, Some(&big)).unwrap())
+            .await
+            .unwrap();
+        flood += 1;
+    }
+    let st = wait_for("the flood is taken in", &|st| st.stored >= 1 + flood - 5);
+    assert!(st.records as usize <= MAX, "{st:?}");
+    assert!(st.evicted > 0, "{st:?}");
+    raw.close().await.unwrap();
+
+    // A late joiner gets A's record exactly as published.
+    let (c, _rx_c) = start_as(router_client(pr), Identity::generate()).await;
+    let got = query_until(&c, &s, |g| !g.is_empty()).await;
+    assert_eq!(got, vec![(key, shared(&rec))]);
+    c.close().await.unwrap();
+    let st = router.stats();
+    println!("router storage under attack: {st:?}");
     router.close().await.unwrap();
 }

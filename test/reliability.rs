@@ -1149,6 +1149,14 @@ fn mtls_router_config(name: &str, pki: &Pki, pr: u16) -> zenoh::Config {
     rcfg
 }
 
+/// The router storage of these tests' unsigned robots (readable names, not keys).
+fn unsigned_storage() -> qis_ros::fleet::RouterSettings {
+    qis_ros::fleet::RouterSettings {
+        admission: qis_ros::fleet::Admission::Unsigned,
+        ..Default::default()
+    }
+}
+
 /// The routed variant: `qis-fleet router` on config/zenoh-mtls-router.json5 with its
 /// storage, robots as clients on config/zenoh-mtls-client.json5. A robot's record
 /// outlives it in the storage for members; a client without the fleet certificate
@@ -1159,7 +1167,9 @@ async fn mtls_router_storage_serves_members_only() {
     let pki = make_pki();
     let pr = free_port();
     let rcfg = mtls_router_config("zenoh-mtls-router.json5", &pki, pr);
-    let router = FleetRouter::start(rcfg).await.expect("mTLS router starts");
+    let router = FleetRouter::start(rcfg, unsigned_storage())
+        .await
+        .expect("mTLS router starts");
     let client = |i: usize, source: &'static str| mtls_client(&pki, pr, i, source);
     let f = fp(0x7e);
     // A publishes and leaves; B, joining later, gets A's record from the storage.
@@ -1246,7 +1256,9 @@ async fn acl_router_lets_listed_robots_only_read_and_write_fleet_records() {
         FLEET.replace(' ', "%20")
     );
     rcfg.insert_json5("access_control/rules", &rules).unwrap();
-    let router = FleetRouter::start(rcfg).await.expect("ACL router starts");
+    let router = FleetRouter::start(rcfg, unsigned_storage())
+        .await
+        .expect("ACL router starts");
     let client = |i: usize, source: &'static str| mtls_client(&pki, pr, i, source);
     let f = fp(0x7a);
     let stored = |router: &FleetRouter| {

@@ -9,12 +9,17 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
+use qis_ros::core::ids::FleetName;
 use qis_ros::core::ids::{Fingerprint, ModelId, RecordKey, SourceId};
 use qis_ros::core::memory::{MemoryConfig, OutcomeMemory};
 use qis_ros::core::neighbors::Sketch;
 use qis_ros::core::summary::Decay;
-use qis_ros::fleet::signing::public_key_hex;
-use qis_ros::fleet::{FleetConfig, FleetExchange, FleetRouter, Identity, router::router_config};
+use qis_ros::fleet::signing::{parse_public_key, public_key_hex};
+use qis_ros::fleet::storage::StorageLimits;
+use qis_ros::fleet::{
+    Admission, FleetConfig, FleetExchange, FleetRouter, Identity, RouterSettings,
+    router::router_config,
+};
 
 #[derive(Parser)]
 #[command(
@@ -28,7 +33,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Runs a Zenoh router with the storage manager holding the record keys until Ctrl-C.
+    /// Runs a Zenoh router with a bounded storage of the fleet's records until Ctrl-C or
+    /// SIGTERM, then prints its counters as one `stats {json}` line.
     Router {
         /// Zenoh JSON5 config (default: the embedded config/zenoh-router.json5).
         #[arg(long)]
@@ -40,6 +46,29 @@ enum Command {
         /// also written there and is back in the storage after a restart.
         #[arg(long)]
         volume: Option<PathBuf>,
+        /// Store only this fleet's records (default: every fleet's).
+        #[arg(long)]
+        fleet: Option<String>,
+        /// Records stored at most; beyond it the source holding the most gives way.
+        #[arg(long, default_value_t = StorageLimits::default().max_records)]
+        max_records: usize,
+        /// Bytes (keys plus payloads) stored at most.
+        #[arg(long, default_value_t = StorageLimits::default().max_bytes)]
+        max_bytes: u64,
+        /// Records one source may have stored at most.
+        #[arg(long, default_value_t = StorageLimits::default().max_records_per_source)]
+        max_records_per_source: usize,
+        /// Replies to one query at most.
+        #[arg(long, default_value_t = StorageLimits::default().max_replies)]
+        max_replies: usize,
+        /// Store records only from these public keys (64 hex digits, repeatable; default:
+        /// any self-certified key).
+        #[arg(long)]
+        allow_key: Vec<String>,
+        /// Store unsigned records under any source id (explicit opt-out, for unsigned
+        /// fleets only: nothing stops a peer overwriting another's record).
+        #[arg(long, conflicts_with = "allow_key")]
+        unsigned: bool,
     },
     /// Runs a fleet peer that folds `outcomes` synthetic residuals for one address,
     /// publishes its record, serves it, and prints what it receives, until Ctrl-C.
@@ -129,12 +158,41 @@ async fn main() -> Result<()> {
             config,
             listen,
             volume,
+            fleet,
+            max_records,
+            max_bytes,
+            max_records_per_source,
+            max_replies,
+            allow_key,
+            unsigned,
         } => {
             let cfg = router_config(config.as_deref(), &listen)?;
-            let router = FleetRouter::start_with_volume(cfg, volume.as_deref()).await?;
+            let admission = if unsigned {
+                Admission::Unsigned
+            } else {
+                let keys = allow_key
+                    .iter()
+                    .map(|k| parse_public_key(k).with_context(|| format!("--allow-key {k:?}")))
+                    .collect::<Result<Vec<_>>>()?;
+                Admission::allow(keys)
+            };
+            let settings = RouterSettings {
+                limits: StorageLimits {
+                    max_records,
+                    max_bytes,
+                    max_records_per_source,
+                    max_replies,
+                },
+                admission,
+                fleet: fleet.map(FleetName::new).transpose()?,
+                volume,
+            };
+            let router = FleetRouter::start(cfg, settings).await?;
             say(&format!("ready router {}", router.locators().join(",")))?;
-            tokio::signal::ctrl_c().await?;
+            shutdown_signal().await?;
+            let stats = router.stats();
             router.close().await?;
+            say(&format!("stats {}", serde_json::to_string(&stats)?))?;
         }
         Command::Peer {
             config,
@@ -342,5 +400,17 @@ fn write_secret(path: &std::path::Path, text: &str) -> Result<()> {
         .open(path)
         .with_context(|| format!("creating {}", path.display()))?;
     writeln!(f, "{text}")?;
+    Ok(())
+}
+
+/// Resolves at SIGINT (Ctrl-C) or SIGTERM (systemd, docker), so either stops the router
+/// gracefully, its volume committed.
+async fn shutdown_signal() -> Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r?,
+        _ = term.recv() => {}
+    }
     Ok(())
 }

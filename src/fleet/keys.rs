@@ -237,6 +237,25 @@ pub fn fleet_selector(fleet: &FleetName) -> String {
 
 /// Reads a record key of fleet `fleet` back into a [`RecordKey`].
 pub fn parse_record_key(fleet: &FleetName, key: &str) -> Result<RecordKey, KeyError> {
+    let (got_fleet, record_key) = parse_any_record_key(key)?;
+    if got_fleet != *fleet {
+        return Err(KeyError::OtherFleet {
+            expected: fleet.as_str().to_owned(),
+            got: got_fleet.as_str().to_owned(),
+        });
+    }
+    Ok(record_key)
+}
+
+/// Selector for every record key of one fleet (`qis/v2/<fleet>/` and 15 `*` chunks):
+/// what a router storing that fleet only holds.
+pub fn fleet_record_space(fleet: &FleetName) -> String {
+    fleet_root(fleet) + &"/*".repeat(LANE_DEPTH + 3)
+}
+
+/// Reads a record key of any fleet back into its fleet and [`RecordKey`] (what a router
+/// serving several fleets checks).
+pub fn parse_any_record_key(key: &str) -> Result<(FleetName, RecordKey), KeyError> {
     let rest = key
         .strip_prefix(KEY_PREFIX)
         .and_then(|r| r.strip_prefix('/'))
@@ -257,13 +276,12 @@ pub fn parse_record_key(fleet: &FleetName, key: &str) -> Result<RecordKey, KeyEr
             chunks: chunks.len() + 2,
         });
     };
-    let got_fleet = unescape_chunk("fleet", fleet_chunk)?;
-    if got_fleet != fleet.as_str() {
-        return Err(KeyError::OtherFleet {
-            expected: fleet.as_str().to_owned(),
-            got: got_fleet,
-        });
-    }
+    let fleet = FleetName::new(unescape_chunk("fleet", fleet_chunk)?).map_err(|source| {
+        KeyError::BadName {
+            field: "fleet",
+            source,
+        }
+    })?;
     let model =
         ModelId::new(unescape_chunk("model_id", model)?).map_err(|source| KeyError::BadName {
             field: "model_id",
@@ -296,11 +314,14 @@ pub fn parse_record_key(fleet: &FleetName, key: &str) -> Result<RecordKey, KeyEr
             expected,
         });
     }
-    Ok(RecordKey {
-        model,
-        fingerprint,
-        source,
-    })
+    Ok((
+        fleet,
+        RecordKey {
+            model,
+            fingerprint,
+            source,
+        },
+    ))
 }
 
 #[cfg(test)]

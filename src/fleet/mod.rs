@@ -1,5 +1,5 @@
 //! The fleet exchange over Zenoh: key space, settings, signatures, the exchange service
-//! and the router with storage for scale-out. Depends on `core`; `core` never on this.
+//! and the router with its bounded storage for scale-out. Depends on `core`; `core` never on this.
 
 pub mod config;
 pub mod exchange;
@@ -12,6 +12,7 @@ mod outbox;
 pub mod router;
 pub mod signing;
 pub mod stats;
+pub mod storage;
 pub mod volume;
 
 pub use config::{FleetConfig, FleetConfigError, FleetSettings};
@@ -19,6 +20,6 @@ pub use exchange::{FleetError, FleetExchange, LaneView, Publish};
 pub use identity::{Identity, IdentityError};
 pub use intake::{Address, Received};
 pub use keys::KeyError;
-pub use router::{FleetRouter, RouterError};
+pub use router::{FleetRouter, RouterError, RouterSettings, RouterStatsSnapshot};
 pub use signing::{Admission, VerifyError};
 pub use stats::{FleetStats, FleetStatsSnapshot};

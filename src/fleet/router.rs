@@ -1,34 +1,45 @@
-//! A Zenoh router with the storage manager linked in, holding every qis record, so a
-//! robot that joins after another has gone offline still receives its records.
+//! A Zenoh router holding every qis record in its own bounded storage, so a robot that
+//! joins after another has gone offline still receives its records.
 //!
-//! This is Zenoh's own engine (router + `zenoh-plugin-storage-manager`, memory volume),
-//! started in our process because zenohd loads plugins only as shared libraries built
-//! with the same compiler (FACTS.md, "Zenoh for scale-out"). No qis logic runs here:
-//! the storage keeps the latest sample per key, which is the latest record per source.
+//! Zenoh's engine routes; the storage ([`super::storage`]) is ours: the router's own
+//! session subscribes to the record key space and answers queries on it. Why not
+//! Zenoh's storage manager: see the module doc of [`super::storage`] (no bound, any
+//! sample replaces a key's record, any peer's delete applies). What reaches the storage
+//! is checked first, cheapest check first: key shape and lane, payload size, seq against
+//! the one held (a replay costs no signature check), then the signature and admission.
+//! Refusals and evictions are counted in [`RouterStats`].
 //!
-//! Its storages must lie inside the record key space [`RECORD_KEY_SPACE`]
-//! (`qis/v2/` and 16 `*` chunks), so no peer can make the router keep keys of any other shape;
-//! [`router_config`] refuses a config whose storage does not. Zenoh's memory volume has
-//! no bound on the number of keys (docs/RELIABILITY.md, "Bounds on what the network can
-//! grow").
+//! The router is started through Zenoh's runtime API (`zenoh::internal`) so that the
+//! storage holds its volume's records and listens before the router accepts a link
+//! (FACTS.md, "Zenoh for scale-out").
 
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, mpsc};
+use std::thread::JoinHandle;
+
+use serde::Serialize;
 use thiserror::Error;
-use tracing::info;
-use zenoh::Session;
-use zenoh::internal::plugins::RunningPlugin;
-use zenoh::internal::runtime::{DynamicRuntime, Runtime, RuntimeBuilder};
-use zenoh::key_expr::KeyExpr;
-use zenoh_plugin_storage_manager::StoragesPlugin;
-use zenoh_plugin_trait::Plugin;
+use tracing::{debug, info, warn};
+use zenoh::internal::runtime::{Runtime, RuntimeBuilder};
+use zenoh::pubsub::Subscriber;
+use zenoh::query::{Query, Queryable};
+use zenoh::sample::{Sample, SampleKind};
+use zenoh::{Session, Wait};
 
-use super::keys::RECORD_KEY_SPACE;
+use super::intake::HAVE_PARAMETER;
+use super::keys::{RECORD_KEY_SPACE, fleet_record_space, parse_any_record_key};
+use super::signing::Admission;
+use super::storage::{LimitError, MAX_PAYLOAD, RecordStore, Refusal, StorageLimits};
 use super::volume::{Volume, VolumeError};
+use crate::core::ids::FleetName;
+use crate::core::record::decode;
 
 /// The embedded router config (config/zenoh-router.json5).
 pub const DEFAULT_ROUTER_CONFIG: &str = include_str!("../../config/zenoh-router.json5");
 
-/// Name under which the storage manager's settings sit in the config (`plugins/<name>`).
-const STORAGE_PLUGIN: &str = "storage-manager";
+/// Samples and queries waiting for the storage's threads at most.
+const CHANNEL: usize = 16 * 1024;
 
 /// Why the router could not be configured or started.
 #[derive(Debug, Error)]
@@ -41,7 +52,10 @@ pub enum RouterError {
         /// What is wrong.
         reason: String,
     },
-    /// The persistent volume failed to open or replay.
+    /// A storage limit cannot hold.
+    #[error(transparent)]
+    Limits(#[from] LimitError),
+    /// The persistent volume failed to open.
     #[error(transparent)]
     Volume(#[from] VolumeError),
     /// Zenoh failed to build, start or close the router.
@@ -56,8 +70,8 @@ pub enum RouterError {
 
 /// The router config: `file` (Zenoh JSON5) or the embedded default, with the listen
 /// endpoints replaced when `listen` is non-empty. Forces router mode and timestamping,
-/// which the storage needs to order updates, and refuses storages whose `key_expr` is not
-/// inside [`RECORD_KEY_SPACE`].
+/// and refuses a `plugins/storage-manager` section (the storage is built in, set by
+/// [`RouterSettings`]).
 pub fn router_config(
     file: Option<&std::path::Path>,
     listen: &[String],
@@ -85,64 +99,316 @@ pub fn router_config(
             .map_err(|e| cfg_err("listen/endpoints", &e))?;
     }
     let plugin = cfg
-        .get_json(&format!("plugins/{STORAGE_PLUGIN}"))
-        .map_err(|e| cfg_err("plugins/storage-manager", &e))?;
-    if plugin == "null" || plugin.is_empty() {
+        .get_json("plugins/storage-manager")
+        .unwrap_or_else(|_| "null".into());
+    if plugin != "null" && !plugin.is_empty() {
         return Err(RouterError::Config {
             key: "plugins/storage-manager",
-            reason: "missing: the router exists to hold a storage".into(),
+            reason: "the record storage is built into qis-fleet router (bounded, checked); \
+                     remove this section and set the storage with --fleet, --volume and \
+                     --max-records"
+                .into(),
         });
     }
-    check_storages(&plugin)?;
     Ok(cfg)
 }
 
-/// Every storage of the storage manager's settings (JSON) lies inside the record key space.
-fn check_storages(plugin: &str) -> Result<(), RouterError> {
-    const KEY: &str = "plugins/storage-manager/storages";
-    let bad = |reason: String| RouterError::Config { key: KEY, reason };
-    let settings: serde_json::Value =
-        serde_json::from_str(plugin).map_err(|e| bad(e.to_string()))?;
-    let Some(storages) = settings.get("storages").and_then(|s| s.as_object()) else {
-        return Err(bad("missing: the router exists to hold a storage".into()));
-    };
-    let space = KeyExpr::try_from(RECORD_KEY_SPACE).map_err(|e| bad(e.to_string()))?;
-    for (name, storage) in storages {
-        let Some(ke) = storage.get("key_expr").and_then(|k| k.as_str()) else {
-            return Err(bad(format!("storage {name:?} has no key_expr")));
-        };
-        let ke = KeyExpr::try_from(ke).map_err(|e| bad(format!("storage {name:?}: {e}")))?;
-        if !space.includes(&ke) {
-            return Err(bad(format!(
-                "storage {name:?} key_expr {ke} is not inside the record key space {RECORD_KEY_SPACE}"
-            )));
+/// What the router's storage keeps and from whom.
+#[derive(Clone, Debug, Default)]
+pub struct RouterSettings {
+    /// Bounds of the storage.
+    pub limits: StorageLimits,
+    /// Who may write records (default: self-certified signed records from any key;
+    /// [`Admission::Unsigned`] is the explicit opt-out for unsigned fleets).
+    pub admission: Admission,
+    /// Store only this fleet's records (default: every fleet's).
+    pub fleet: Option<FleetName>,
+    /// Persistent volume (a redb file, created when missing); none = memory only.
+    pub volume: Option<PathBuf>,
+}
+
+/// The storage's counters, shared with its threads.
+#[derive(Debug, Default)]
+pub struct RouterStats {
+    /// Records held now.
+    pub records: AtomicU64,
+    /// Bytes held now (keys plus payloads).
+    pub bytes: AtomicU64,
+    /// Sources holding a record now.
+    pub sources: AtomicU64,
+    /// Records stored at a key that held none.
+    pub stored: AtomicU64,
+    /// Records that replaced an older seq at their key.
+    pub replaced: AtomicU64,
+    /// Records evicted by the bounds.
+    pub evicted: AtomicU64,
+    /// Samples refused: not a record key (shape, escape, lane, another fleet).
+    pub refused_key: AtomicU64,
+    /// Samples refused: payload or record larger than the bounds.
+    pub refused_size: AtomicU64,
+    /// Samples refused: not a decodable record, unsigned, bad signature or not admitted.
+    pub refused_record: AtomicU64,
+    /// Samples refused: the key holds this seq or a newer one (replays).
+    pub refused_stale: AtomicU64,
+    /// Deletes received and not applied.
+    pub deletes_ignored: AtomicU64,
+    /// Queries answered.
+    pub queries: AtomicU64,
+    /// Queries whose answer `max_replies` cut short.
+    pub queries_truncated: AtomicU64,
+    /// Queries dropped because the storage was too far behind.
+    pub queries_dropped: AtomicU64,
+    /// Replies sent.
+    pub replies: AtomicU64,
+    /// Records taken back from the volume at start.
+    pub restored: AtomicU64,
+    /// Records of the volume not taken back (unreadable, or no longer admitted).
+    pub restore_refused: AtomicU64,
+}
+
+/// The counters at one moment, as printed by `qis-fleet router`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct RouterStatsSnapshot {
+    /// Records held.
+    pub records: u64,
+    /// Bytes held.
+    pub bytes: u64,
+    /// Sources holding a record.
+    pub sources: u64,
+    /// Stored at a new key.
+    pub stored: u64,
+    /// Replaced an older seq.
+    pub replaced: u64,
+    /// Evicted by the bounds.
+    pub evicted: u64,
+    /// Refused: not a record key.
+    pub refused_key: u64,
+    /// Refused: too large.
+    pub refused_size: u64,
+    /// Refused: record, signature or admission.
+    pub refused_record: u64,
+    /// Refused: stale seq.
+    pub refused_stale: u64,
+    /// Deletes not applied.
+    pub deletes_ignored: u64,
+    /// Queries answered.
+    pub queries: u64,
+    /// Queries cut short.
+    pub queries_truncated: u64,
+    /// Queries dropped.
+    pub queries_dropped: u64,
+    /// Replies sent.
+    pub replies: u64,
+    /// Restored from the volume.
+    pub restored: u64,
+    /// Not restored from the volume.
+    pub restore_refused: u64,
+}
+
+fn bump(c: &AtomicU64) {
+    c.fetch_add(1, Ordering::Relaxed);
+}
+
+impl RouterStats {
+    /// The counters now.
+    pub fn snapshot(&self) -> RouterStatsSnapshot {
+        let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        RouterStatsSnapshot {
+            records: g(&self.records),
+            bytes: g(&self.bytes),
+            sources: g(&self.sources),
+            stored: g(&self.stored),
+            replaced: g(&self.replaced),
+            evicted: g(&self.evicted),
+            refused_key: g(&self.refused_key),
+            refused_size: g(&self.refused_size),
+            refused_record: g(&self.refused_record),
+            refused_stale: g(&self.refused_stale),
+            deletes_ignored: g(&self.deletes_ignored),
+            queries: g(&self.queries),
+            queries_truncated: g(&self.queries_truncated),
+            queries_dropped: g(&self.queries_dropped),
+            replies: g(&self.replies),
+            restored: g(&self.restored),
+            restore_refused: g(&self.restore_refused),
         }
     }
-    Ok(())
+}
+
+/// The storage and what its threads share.
+struct Storage {
+    store: Mutex<RecordStore>,
+    admission: Admission,
+    stats: Arc<RouterStats>,
+    volume: Option<Volume>,
+}
+
+impl Storage {
+    fn store(&self) -> MutexGuard<'_, RecordStore> {
+        self.store.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Offers a checked record (key, seq, payload) and applies the outcome to the
+    /// counters and, unless the record comes from it (`restoring`), to the volume.
+    fn keep(&self, key: &str, seq: crate::core::ids::Seq, payload: &[u8], restoring: bool) {
+        let result = {
+            let mut store = self.store();
+            let result = store.offer(key, seq, payload);
+            let s = &self.stats;
+            s.records.store(store.len() as u64, Ordering::Relaxed);
+            s.bytes.store(store.bytes(), Ordering::Relaxed);
+            s.sources.store(store.sources() as u64, Ordering::Relaxed);
+            result
+        };
+        match result {
+            Ok(stored) => {
+                bump(match (restoring, stored.replaced) {
+                    (true, _) => &self.stats.restored,
+                    (false, true) => &self.stats.replaced,
+                    (false, false) => &self.stats.stored,
+                });
+                self.stats
+                    .evicted
+                    .fetch_add(stored.evicted.len() as u64, Ordering::Relaxed);
+                if let Some(v) = &self.volume {
+                    if !restoring {
+                        v.put(key.to_owned(), payload.to_vec());
+                    }
+                    for victim in stored.evicted {
+                        v.delete(victim);
+                    }
+                }
+            }
+            Err(e) => {
+                if restoring {
+                    bump(&self.stats.restore_refused);
+                    if let Some(v) = &self.volume {
+                        v.delete(key.to_owned());
+                    }
+                }
+                bump(match e {
+                    Refusal::Stale { .. } => &self.stats.refused_stale,
+                    Refusal::TooLarge { .. } => &self.stats.refused_size,
+                    Refusal::NotARecordKey(_) => &self.stats.refused_key,
+                });
+            }
+        }
+    }
+
+    /// Checks one sample from the network and keeps it if it passes (module doc).
+    fn intake(&self, sample: &Sample) {
+        if sample.kind() == SampleKind::Delete {
+            bump(&self.stats.deletes_ignored);
+            return;
+        }
+        let key = sample.key_expr().as_str();
+        let payload = sample.payload().to_bytes();
+        if payload.len() > MAX_PAYLOAD {
+            bump(&self.stats.refused_size);
+            return;
+        }
+        let Ok((_, record_key)) = parse_any_record_key(key) else {
+            bump(&self.stats.refused_key);
+            return;
+        };
+        let Ok(decoded) = decode(&payload) else {
+            bump(&self.stats.refused_record);
+            return;
+        };
+        if self
+            .store()
+            .seq_at(key)
+            .is_some_and(|held| held >= decoded.record.seq)
+        {
+            bump(&self.stats.refused_stale);
+            return;
+        }
+        match self.admission.open(key, &record_key.source, &payload) {
+            Ok(record) => self.keep(key, record.seq, &payload, false),
+            Err(e) => {
+                bump(&self.stats.refused_record);
+                debug!(key, error = %e, "router storage: refused record");
+            }
+        }
+    }
+
+    /// Takes back the volume's records, within the bounds: their signatures were
+    /// checked when they were stored, so only the key, the record's shape and the
+    /// admission list are checked again.
+    fn restore(&self, stored: Vec<super::volume::StoredRecord>) {
+        for (key, payload) in stored {
+            let seq = parse_any_record_key(&key)
+                .ok()
+                .filter(|(_, k)| self.admission.admits(&k.source))
+                .and_then(|_| decode(&payload).ok())
+                .map(|d| d.record.seq);
+            match seq {
+                Some(seq) => self.keep(&key, seq, &payload, true),
+                None => {
+                    bump(&self.stats.restore_refused);
+                    if let Some(v) = &self.volume {
+                        v.delete(key);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Answers one query from the store.
+    fn answer(&self, query: &Query) {
+        let have = query.parameters().get(HAVE_PARAMETER);
+        let (matches, truncated) = self.store().query(query.key_expr(), have);
+        bump(&self.stats.queries);
+        if truncated {
+            bump(&self.stats.queries_truncated);
+        }
+        for (ke, payload) in matches {
+            if let Err(e) = query.reply(ke, payload.to_vec()).wait() {
+                debug!(error = %e, "router storage: reply failed");
+                break;
+            }
+            bump(&self.stats.replies);
+        }
+    }
 }
 
 /// A running router with its storage; dropped or [`close`](Self::close)d to stop.
 pub struct FleetRouter {
     runtime: Runtime,
     session: Session,
-    _storage: RunningPlugin,
-    volume: Option<Volume>,
+    storage: Arc<Storage>,
+    subscriber: Option<Subscriber<()>>,
+    queryable: Option<Queryable<()>>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+fn spawn<T: Send + 'static>(
+    name: &str,
+    rx: mpsc::Receiver<T>,
+    storage: Arc<Storage>,
+    work: fn(&Storage, T),
+) -> Result<JoinHandle<()>, RouterError> {
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(move || {
+            while let Ok(item) = rx.recv() {
+                work(&storage, item);
+            }
+        })
+        .map_err(|e| RouterError::Zenoh {
+            stage: "thread",
+            reason: e.to_string(),
+        })
 }
 
 impl FleetRouter {
-    /// Builds the router runtime, starts the storage manager on it, then starts listening.
-    /// Its storage is memory only: a restart starts empty (see [`Self::start_with_volume`]).
-    pub async fn start(config: zenoh::Config) -> Result<FleetRouter, RouterError> {
-        Self::start_with_volume(config, None).await
-    }
-
-    /// Like [`start`](Self::start), with a persistent volume at `volume` (a redb file,
-    /// created when missing): every record it holds is back in the storage before the
-    /// router listens, and every record put later is written to it ([`Volume`]).
-    pub async fn start_with_volume(
+    /// Builds the router runtime, fills its storage from the volume (if any), declares
+    /// the storage's subscriber and queryable, then starts listening.
+    pub async fn start(
         config: zenoh::Config,
-        volume: Option<&std::path::Path>,
+        settings: RouterSettings,
     ) -> Result<FleetRouter, RouterError> {
+        settings.limits.validate()?;
         let zerr = |stage| {
             move |e: zenoh::Error| RouterError::Zenoh {
                 stage,
@@ -153,29 +419,90 @@ impl FleetRouter {
             .build()
             .await
             .map_err(zerr("build"))?;
-        let dynamic: DynamicRuntime = runtime.clone().into();
-        let storage = StoragesPlugin::start(STORAGE_PLUGIN, &dynamic).map_err(zerr("storage"))?;
-        let session = zenoh::session::init(dynamic)
+        let session = zenoh::session::init(runtime.clone().into())
             .await
             .map_err(zerr("session"))?;
-        let volume = match volume {
-            Some(path) => Some(Volume::open(&session, path).await?),
-            None => None,
+        let (volume, stored) = match &settings.volume {
+            Some(path) => {
+                let (v, stored) = Volume::open(path)?;
+                (Some(v), stored)
+            }
+            None => (None, Vec::new()),
         };
+        let storage = Arc::new(Storage {
+            store: Mutex::new(RecordStore::new(settings.limits.clone())),
+            admission: settings.admission.clone(),
+            stats: Arc::new(RouterStats::default()),
+            volume,
+        });
+        storage.restore(stored);
+        let space = match &settings.fleet {
+            Some(f) => fleet_record_space(f),
+            None => RECORD_KEY_SPACE.to_owned(),
+        };
+        let (sample_tx, sample_rx) = mpsc::sync_channel::<Sample>(CHANNEL);
+        let (query_tx, query_rx) = mpsc::sync_channel::<Query>(CHANNEL);
+        let threads = vec![
+            spawn("qis-router-intake", sample_rx, storage.clone(), |s, x| {
+                s.intake(&x)
+            })?,
+            spawn("qis-router-answer", query_rx, storage.clone(), |s, q| {
+                s.answer(&q)
+            })?,
+        ];
+        // If a declaration fails, what was declared is dropped on return, and with it the
+        // sender its thread waits on: the thread ends.
+        let subscriber = session
+            .declare_subscriber(space.clone())
+            // Blocks Zenoh's delivery when the intake is behind: nothing is lost.
+            .callback(move |sample| {
+                let _ = sample_tx.send(sample);
+            })
+            .await
+            .map_err(zerr("subscriber"))?;
+        let stats = storage.stats.clone();
+        let queryable = session
+            .declare_queryable(space.clone())
+            // A query flood must not stall routing: beyond the queue it is dropped.
+            .callback(move |query| {
+                if query_tx.try_send(query).is_err() {
+                    bump(&stats.queries_dropped);
+                }
+            })
+            .await
+            .map_err(zerr("queryable"))?;
         // Listening starts only here; before it, nothing can connect.
         runtime.start().await.map_err(zerr("start"))?;
-        info!(zid = %runtime.zid(), locators = ?runtime.get_locators(), "qis router with storage started");
+        info!(
+            zid = %runtime.zid(),
+            locators = ?runtime.get_locators(),
+            key_expr = %space,
+            records = storage.stats.records.load(Ordering::Relaxed),
+            "qis router with storage started"
+        );
         Ok(FleetRouter {
             runtime,
             session,
-            _storage: storage,
-            volume,
+            storage,
+            subscriber: Some(subscriber),
+            queryable: Some(queryable),
+            threads,
         })
     }
 
     /// The router's own session (e.g. to check what its storage holds).
     pub fn session(&self) -> &Session {
         &self.session
+    }
+
+    /// The storage's counters now.
+    pub fn stats(&self) -> RouterStatsSnapshot {
+        self.storage.stats.snapshot()
+    }
+
+    /// The volume's file, if the router has one.
+    pub fn volume(&self) -> Option<&Path> {
+        self.storage.volume.as_ref().map(Volume::path)
     }
 
     /// The endpoints it listens on.
@@ -187,19 +514,38 @@ impl FleetRouter {
             .collect()
     }
 
-    /// Closes the volume (everything heard committed), the session and the runtime.
+    /// Stops the storage (everything heard is kept and, with a volume, committed), then
+    /// closes the session and the runtime.
     pub async fn close(mut self) -> Result<(), RouterError> {
-        if let Some(v) = self.volume.take() {
-            v.close();
-        }
         let zerr = |stage| {
             move |e: zenoh::Error| RouterError::Zenoh {
                 stage,
                 reason: e.to_string(),
             }
         };
+        // Undeclaring drops the callbacks, their senders with them: the threads drain and end.
+        if let Some(s) = self.subscriber.take() {
+            s.undeclare().await.map_err(zerr("undeclare subscriber"))?;
+        }
+        if let Some(q) = self.queryable.take() {
+            q.undeclare().await.map_err(zerr("undeclare queryable"))?;
+        }
+        for t in self.threads.drain(..) {
+            if t.join().is_err() {
+                warn!("router storage: a thread panicked");
+            }
+        }
         self.session.close().await.map_err(zerr("close session"))?;
         self.runtime.close().await.map_err(zerr("close"))?;
+        // The last reference: the volume commits what is queued and stops.
+        match Arc::try_unwrap(self.storage) {
+            Ok(storage) => {
+                if let Some(v) = storage.volume {
+                    v.close();
+                }
+            }
+            Err(_) => warn!("router storage: still shared at close"),
+        }
         Ok(())
     }
 }
@@ -209,52 +555,42 @@ mod tests {
     use super::*;
 
     #[test]
-    fn embedded_router_config_has_the_storage() {
+    fn embedded_router_config_is_a_router_without_the_storage_manager() {
         let cfg = router_config(None, &["tcp/127.0.0.1:7999".into()]).unwrap();
         assert_eq!(cfg.get_json("mode").unwrap(), "\"router\"");
-        assert_eq!(
-            cfg.get_json("plugins/storage-manager/storages/qis/key_expr")
-                .unwrap(),
-            format!("\"{RECORD_KEY_SPACE}\"")
-        );
         assert!(cfg.get_json("listen/endpoints").unwrap().contains("7999"));
+        for shipped in ["zenoh-mtls-router.json5", "zenoh-mtls-acl-router.json5"] {
+            let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("config")
+                .join(shipped);
+            assert!(router_config(Some(&path), &[]).is_ok(), "{shipped}");
+        }
     }
 
     #[test]
-    fn a_storage_outside_the_record_key_space_is_refused() {
+    fn a_storage_manager_section_is_refused_with_the_reason() {
         let dir = tempfile::tempdir().unwrap();
-        let with = |ke: &str| {
-            let path = dir.path().join("router.json5");
-            let text = DEFAULT_ROUTER_CONFIG.replace(RECORD_KEY_SPACE, ke);
-            assert_ne!(text, DEFAULT_ROUTER_CONFIG);
-            std::fs::write(&path, text).unwrap();
-            router_config(Some(&path), &[])
-        };
-        for ke in [
-            "qis/**",
-            "**",
-            "qis/v2/**",
-            "qis/v2/*/*/*/*/*/*/*/*/*/*/*/*/*/*/*/*/**",
-            "qis/v1/*/*/*/*",
-        ] {
-            let e = with(ke).err().unwrap_or_else(|| panic!("{ke} accepted"));
-            assert!(
-                matches!(
-                    e,
-                    RouterError::Config {
-                        key: "plugins/storage-manager/storages",
-                        ..
-                    }
-                ),
-                "{ke}: {e}"
-            );
-        }
-        // A narrower storage (one fleet) is fine.
-        let one_fleet = format!("qis/v2/depot{}", "/*".repeat(15));
-        assert!(with(&one_fleet).is_ok());
-        let shipped =
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/zenoh-mtls-router.json5");
-        assert!(router_config(Some(&shipped), &[]).is_ok());
+        let path = dir.path().join("router.json5");
+        let text = DEFAULT_ROUTER_CONFIG.replacen(
+            "  timestamping:",
+            r#"  plugins: { "storage-manager": { storages: { qis: { key_expr: "qis/**", volume: { id: "memory" } } } } },
+  timestamping:"#,
+            1,
+        );
+        assert_ne!(text, DEFAULT_ROUTER_CONFIG);
+        std::fs::write(&path, text).unwrap();
+        let e = router_config(Some(&path), &[]).expect_err("refused");
+        assert!(
+            matches!(
+                e,
+                RouterError::Config {
+                    key: "plugins/storage-manager",
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        assert!(e.to_string().contains("--max-records"), "{e}");
     }
 
     #[test]

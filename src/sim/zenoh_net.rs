@@ -52,6 +52,7 @@ use crate::fleet::lanes::LanePrefix;
 use crate::fleet::router::router_config;
 use crate::fleet::{
     FleetConfig, FleetExchange, FleetRouter, FleetStats, Identity, LaneView, Received,
+    RouterSettings,
 };
 
 /// First chunks of the bare baseline's keys (same shape as the record keys).
@@ -183,7 +184,7 @@ impl ZenohNetwork {
         let cfg = router_config(None, &["tcp/127.0.0.1:0".to_owned()])
             .map_err(|e| net_err("router config", e))?;
         let router = runtime
-            .block_on(FleetRouter::start(cfg))
+            .block_on(FleetRouter::start(cfg, RouterSettings::default()))
             .map_err(|e| net_err("router", e))?;
         let connect = router
             .locators()
