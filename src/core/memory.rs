@@ -124,6 +124,9 @@ pub struct Address {
     /// Start of the current epoch after a detected drift: other sources' records count
     /// by the share of their time span after it.
     drift_since_ns: Option<i64>,
+    /// `drift_since_ns` rounded down to the fleet's time quantum: received records carry
+    /// rounded times, and one whose outcomes all follow the drift must count in full.
+    share_since_ns: Option<i64>,
 }
 
 impl Address {
@@ -135,7 +138,7 @@ impl Address {
 
     /// How much a received record counts here after a detected drift (1 without one).
     pub fn post_change_share(&self, summary: &Summary) -> f64 {
-        self.drift_since_ns
+        self.share_since_ns
             .map_or(1.0, |since| post_change_share(summary, since))
     }
 
@@ -162,6 +165,9 @@ pub struct OutcomeMemory {
     own_len: usize,
     tick: u64,
     time_base: TimeBase,
+    /// The fleet's time quantum for shared records (ns): received times are rounded down
+    /// to it, so a drift's start is compared at the same resolution.
+    record_time_quantum_ns: i64,
 }
 
 impl OutcomeMemory {
@@ -177,6 +183,7 @@ impl OutcomeMemory {
             own_len: 0,
             tick: 0,
             time_base: TimeBase::Wall,
+            record_time_quantum_ns: (crate::core::privacy::DEFAULT_TIME_QUANTUM_S * 1e9) as i64,
         }
     }
 
@@ -204,6 +211,12 @@ impl OutcomeMemory {
     /// Sets the clock own records are stamped with (sim time under `use_sim_time`).
     pub fn set_time_base(&mut self, time_base: TimeBase) {
         self.time_base = time_base;
+    }
+
+    /// Sets the fleet's time quantum of shared records (seconds; 0 = exact times), the
+    /// exchange's `time_quantum_s`.
+    pub fn set_record_time_quantum(&mut self, seconds: f64) {
+        self.record_time_quantum_ns = (seconds * 1e9) as i64;
     }
 
     /// Whether the own record at an address may be shared now under `budget`; when it
@@ -277,7 +290,7 @@ impl OutcomeMemory {
                 max: self.config.max_own_addresses,
             });
         }
-        let (decay, time_base) = (self.decay, self.time_base);
+        let (decay, time_base, quantum) = (self.decay, self.time_base, self.record_time_quantum_ns);
         let is_new = self
             .address(model, &fingerprint)
             .is_none_or(|a| a.own.is_none());
@@ -295,6 +308,8 @@ impl OutcomeMemory {
                     Some((d, fresh)) => {
                         *s = fresh;
                         addr.drift_since_ns = Some(d.since_ns);
+                        let q = quantum.max(1);
+                        addr.share_since_ns = Some(d.since_ns - d.since_ns.rem_euclid(q));
                         // The fresh epoch is a new record for the privacy budget.
                         addr.own_shared = 0;
                         drift = Some(d);
@@ -829,6 +844,19 @@ mod tests {
         assert_eq!(mem.ingest(&key("old", fp), rec), Ingest::Stored);
         let p = prior_at(&mut mem, &cfg, &m, &fp, &[], SourceTrust::FULL);
         assert_eq!(p.weights[1], 5.0, "{p:?}");
+        // Outcomes at 131–135 s, as the fleet shares them (rounded down to the minute,
+        // 120 s): still after the change (130 s), so in full, not as from before it.
+        let mut late = Summary::empty(1).unwrap();
+        for i in 131..136 {
+            late.add(&[2.0], i * s, Decay::NONE).unwrap();
+        }
+        let shared = crate::core::privacy::shared_form(&OutcomeRecord {
+            summary: late,
+            ..record(3, 0.0, 1)
+        });
+        assert_eq!(shared.summary.last_ns(), 120 * s);
+        let addr = mem.address(&m, &fp).unwrap();
+        assert_eq!(addr.post_change_share(&shared.summary), 1.0);
     }
 
     #[test]

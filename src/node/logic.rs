@@ -160,6 +160,7 @@ impl NodeLogic {
         let mut memory =
             OutcomeMemory::new(source, params.memory.clone(), params.synthesis.decay());
         memory.set_time_base(time_base);
+        memory.set_record_time_quantum(params.exchange.time_quantum_s);
         let pairing = PairingTable::new(params.max_pending, params.pending_timeout_ns());
         let mut trust = TrustBook::new(params.trust.clone());
         // A key on the admission list is the source id it names (self-certifying ids).
