@@ -1015,6 +1015,38 @@ async fn a_forging_peer_neither_poisons_nor_silences_nor_goes_uncounted() {
         ),
     );
 
+    // 8. Wrong lane: a record correctly signed by the forger's own key at this address,
+    // put under a lane that is not its source's (it would reach subscribers that never
+    // chose that source, and escape those that did).
+    let before = b.diag_now().await;
+    let wrong_lane = {
+        let mut chunks: Vec<String> = f_key.split('/').map(str::to_owned).collect();
+        // Chunk 14 is the lane's last binary digit: flipping it is another lane.
+        chunks[14] = if chunks[14] == "0" { "1" } else { "0" }.to_owned();
+        chunks.join("/")
+    };
+    let lane_rec = rec(next(), 5, 5.0, 5.0, [json!(0.8), json!(0.0)], now_ns());
+    forger
+        .run(json!([{"op": "record", "key": wrong_lane, "address": addr, "signer": own, "record": lane_rec}]))
+        .await;
+    let after = b.counted(&before, &[("fleet.rejected_lane", 1)]).await;
+    assert_eq!(
+        grew(&before, &after, "records_received"),
+        0,
+        "a wrong-lane record never reaches the memory"
+    );
+    let (p, _, wa) = honest_still_heard!("wrong lane");
+    within_honest(&p, [honest_max[0] + bound, honest_max[1]]);
+    note(
+        &mut results,
+        format!(
+            "8 wrong lane (signed by the forger's own key, lane bit flipped): fleet.rejected_lane +{}, records_received +{}; A weight {wa:.3}; correction[0] {:.4}",
+            grew(&before, &after, "fleet.rejected_lane"),
+            grew(&before, &after, "records_received"),
+            p.correction[0]
+        ),
+    );
+
     // 5b. With the learned plausibility gate: B reaches 10 own outcomes of the model
     // (6 more elsewhere, residual [0.8, 0.5]), so its gate is 4 x [0.8, 0.5]; a second
     // wave of 100 Sybils at +50 is held but given no weight, and the first wave too.
