@@ -1145,18 +1145,6 @@ async fn the_router_storage_keeps_honest_records_within_its_bounds_under_attack(
     let router = FleetRouter::start(router_config(None, &[ep(pr)]).unwrap(), settings)
         .await
         .unwrap();
-    let wait_for =
-        |what: &'static str, pred: &dyn Fn(&qis_ros::fleet::RouterStatsSnapshot) -> bool| {
-            let deadline = std::time::Instant::now() + WAIT;
-            loop {
-                let st = router.stats();
-                if pred(&st) {
-                    return st;
-                }
-                assert!(std::time::Instant::now() < deadline, "{what}: {st:?}");
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        };
     let s = fp(0x5c);
     let ka = SigningKey::from_bytes(&[0x5a; 32]);
     let a_id = source_id_of(&ka.verifying_key());
@@ -1164,7 +1152,7 @@ async fn the_router_storage_keeps_honest_records_within_its_bounds_under_attack(
     let (key, rec) = own_record(a_id.as_str(), s, 6, &[0.3, -0.1]);
     a.publish(&key, &rec).unwrap();
     a.flush().await.unwrap();
-    wait_for("A's record stored", &|st| st.stored == 1);
+    router_stats_until(&router, "A's record stored", |st| st.stored == 1).await;
     a.close().await.unwrap();
 
     let mut raw_cfg = zenoh::Config::from_file(
@@ -1184,30 +1172,31 @@ async fn the_router_storage_keeps_honest_records_within_its_bounds_under_attack(
         chunks[14] = if chunks[14] == "0" { "1" } else { "0" }.to_owned();
         chunks.join("/")
     };
-    raw.put(&ke_a, seal(&newer, &ke_a, Some(&forger)).unwrap())
-        .await
-        .unwrap();
-    raw.put(&ke_a, seal(&newer, &ke_a, None).unwrap())
-        .await
-        .unwrap();
-    raw.put(&ke_a, vec![1u8, 2, 3]).await.unwrap();
-    raw.put(&ke_a, vec![0u8; 70 * 1024]).await.unwrap();
-    raw.put(&wrong_lane, seal(&newer, &wrong_lane, Some(&ka)).unwrap())
-        .await
-        .unwrap();
+    put_blocking(&raw, &ke_a, seal(&newer, &ke_a, Some(&forger)).unwrap()).await;
+    put_blocking(&raw, &ke_a, seal(&newer, &ke_a, None).unwrap()).await;
+    put_blocking(&raw, &ke_a, vec![1u8, 2, 3]).await;
+    put_blocking(&raw, &ke_a, vec![0u8; 70 * 1024]).await;
+    put_blocking(
+        &raw,
+        &wrong_lane,
+        seal(&newer, &wrong_lane, Some(&ka)).unwrap(),
+    )
+    .await;
     // A's own published version again, and an older one, correctly signed: replays.
     let (_, older) = own_record(a_id.as_str(), s, 3, &[0.3, -0.1]);
-    raw.put(&ke_a, seal(&older, &ke_a, Some(&ka)).unwrap())
+    put_blocking(&raw, &ke_a, seal(&older, &ke_a, Some(&ka)).unwrap()).await;
+    raw.delete(&ke_a)
+        .congestion_control(zenoh::qos::CongestionControl::Block)
         .await
         .unwrap();
-    raw.delete(&ke_a).await.unwrap();
-    let hostile = wait_for("every hostile sample counted", &|st| {
+    let hostile = router_stats_until(&router, "every hostile sample counted", |st| {
         st.refused_record >= 3
             && st.refused_size >= 1
             && st.refused_key >= 1
             && st.refused_stale >= 1
             && st.deletes_ignored >= 1
-    });
+    })
+    .await;
     assert_eq!((hostile.records, hostile.replaced), (1, 0), "{hostile:?}");
 
     // The flood: 200 Sybil ids with one record each, one source with 100 addresses.
@@ -1250,9 +1239,7 @@ async fn the_router_storage_keeps_honest_records_within_its_bounds_under_attack(
         let id = source_id_of(&k.verifying_key());
         let (sk, srec) = own_record(id.as_str(), fp(0x90), 1, &[5.0, 5.0]);
         let ke = record_key(&fleet, &sk);
-        raw.put(&ke, seal(&srec, &ke, Some(&k)).unwrap())
-            .await
-            .unwrap();
+        put_blocking(&raw, &ke, seal(&srec, &ke, Some(&k)).unwrap()).await;
         flood += 1;
     }
     let big = SigningKey::from_bytes(&[0x99; 32]);
@@ -1263,12 +1250,13 @@ async fn the_router_storage_keeps_honest_records_within_its_bounds_under_attack(
         at[0] = f;
         let (bk, brec) = own_record(big_id.as_str(), Fingerprint(at), 1, &[5.0, 5.0]);
         let ke = record_key(&fleet, &bk);
-        raw.put(&ke, seal(&brec, &ke, Some(&big)).unwrap())
-            .await
-            .unwrap();
+        put_blocking(&raw, &ke, seal(&brec, &ke, Some(&big)).unwrap()).await;
         flood += 1;
     }
-    let st = wait_for("the flood is taken in", &|st| st.stored >= 1 + flood - 5);
+    let st = router_stats_until(&router, "the flood is taken in", |st| {
+        st.stored >= 1 + flood - 5
+    })
+    .await;
     assert!(st.records as usize <= MAX, "{st:?}");
     assert!(st.evicted > 0, "{st:?}");
     raw.close().await.unwrap();
@@ -1281,4 +1269,31 @@ async fn the_router_storage_keeps_honest_records_within_its_bounds_under_attack(
     let st = router.stats();
     println!("router storage under attack: {st:?}");
     router.close().await.unwrap();
+}
+
+/// Polls the router's counters until `pred` holds, bounded by WAIT.
+async fn router_stats_until(
+    router: &qis_ros::fleet::FleetRouter,
+    what: &str,
+    pred: impl Fn(&qis_ros::fleet::RouterStatsSnapshot) -> bool,
+) -> qis_ros::fleet::RouterStatsSnapshot {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let st = router.stats();
+        if pred(&st) {
+            return st;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{what}: {st:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A put that waits for room instead of being dropped under congestion (Zenoh's default
+/// for puts), so every hostile sample of the router test reaches the router.
+async fn put_blocking(session: &zenoh::Session, key: &str, payload: Vec<u8>) {
+    session
+        .put(key, payload)
+        .congestion_control(zenoh::qos::CongestionControl::Block)
+        .await
+        .unwrap();
 }
