@@ -851,15 +851,16 @@ async fn a_router_with_a_volume_keeps_every_record_across_a_restart() {
     let volume = dir.path().join("router.redb");
     let volume_arg = volume.to_str().unwrap();
     let pr = free_port();
-    let router = spawn_ready(&[
+    // This test's robots are unsigned (readable names): so is the storage.
+    let args = [
         "router",
         "--unsigned",
         "--listen",
         &ep(pr),
         "--volume",
         volume_arg,
-    ])
-    .await;
+    ];
+    let router = spawn_ready(&args).await;
     let client = |source: &'static str| start(router_client(pr), source);
     // Two robots, three addresses; then both go offline.
     let addresses = [fp(0x31), fp(0x32), fp(0x33)];
@@ -892,15 +893,7 @@ async fn a_router_with_a_volume_keeps_every_record_across_a_restart() {
 
     // Restart on the same volume and port: a robot that never met anyone gets them all.
     interrupt(router).await;
-    let router = spawn_ready(&[
-        "router",
-        "--unsigned",
-        "--listen",
-        &ep(pr),
-        "--volume",
-        volume_arg,
-    ])
-    .await;
+    let router = spawn_ready(&args).await;
     let (late, _rx_l) = client("robot-late").await;
     let mut got = Vec::new();
     for s in &addresses {
