@@ -13,7 +13,7 @@
 //! storage holds its volume's records and listens before the router accepts a link
 //! (FACTS.md, "Zenoh for scale-out").
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, mpsc};
 use std::thread::JoinHandle;
@@ -30,9 +30,9 @@ use zenoh::{Session, Wait};
 use super::intake::HAVE_PARAMETER;
 use super::keys::{RECORD_KEY_SPACE, fleet_record_space, parse_any_record_key};
 use super::signing::Admission;
-use super::storage::{LimitError, MAX_PAYLOAD, RecordStore, Refusal, StorageLimits};
+use super::storage::{LimitError, MAX_PAYLOAD, RecordStore, Refusal, StorageLimits, Stored};
 use super::volume::{Volume, VolumeError};
-use crate::core::ids::FleetName;
+use crate::core::ids::{FleetName, Seq};
 use crate::core::record::decode;
 
 /// The embedded router config (config/zenoh-router.json5).
@@ -58,6 +58,9 @@ pub enum RouterError {
     /// The persistent volume failed to open.
     #[error(transparent)]
     Volume(#[from] VolumeError),
+    /// A storage thread could not be started.
+    #[error("router storage thread: {0}")]
+    Thread(String),
     /// Zenoh failed to build, start or close the router.
     #[error("router {stage}: {reason}")]
     Zenoh {
@@ -248,9 +251,15 @@ impl Storage {
         self.store.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Offers a checked record (key, seq, payload) and applies the outcome to the
-    /// counters and, unless the record comes from it (`restoring`), to the volume.
-    fn keep(&self, key: &str, seq: crate::core::ids::Seq, payload: &[u8], restoring: bool) {
+    /// Offers a checked record (key, seq, payload) to the store and applies what it did
+    /// to the gauges and, unless the record comes from it (`restoring`), to the volume.
+    fn keep(
+        &self,
+        key: &str,
+        seq: Seq,
+        payload: &[u8],
+        restoring: bool,
+    ) -> Result<Stored, Refusal> {
         let result = {
             let mut store = self.store();
             let result = store.offer(key, seq, payload);
@@ -260,39 +269,19 @@ impl Storage {
             s.sources.store(store.sources() as u64, Ordering::Relaxed);
             result
         };
-        match result {
-            Ok(stored) => {
-                bump(match (restoring, stored.replaced) {
-                    (true, _) => &self.stats.restored,
-                    (false, true) => &self.stats.replaced,
-                    (false, false) => &self.stats.stored,
-                });
-                self.stats
-                    .evicted
-                    .fetch_add(stored.evicted.len() as u64, Ordering::Relaxed);
-                if let Some(v) = &self.volume {
-                    if !restoring {
-                        v.put(key.to_owned(), payload.to_vec());
-                    }
-                    for victim in stored.evicted {
-                        v.delete(victim);
-                    }
-                }
+        let stored = result?;
+        self.stats
+            .evicted
+            .fetch_add(stored.evicted.len() as u64, Ordering::Relaxed);
+        if let Some(v) = &self.volume {
+            if !restoring {
+                v.put(key.to_owned(), payload.to_vec());
             }
-            Err(e) => {
-                if restoring {
-                    bump(&self.stats.restore_refused);
-                    if let Some(v) = &self.volume {
-                        v.delete(key.to_owned());
-                    }
-                }
-                bump(match e {
-                    Refusal::Stale { .. } => &self.stats.refused_stale,
-                    Refusal::TooLarge { .. } => &self.stats.refused_size,
-                    Refusal::NotARecordKey(_) => &self.stats.refused_key,
-                });
+            for victim in &stored.evicted {
+                v.delete(victim.clone());
             }
         }
+        Ok(stored)
     }
 
     /// Checks one sample from the network and keeps it if it passes (module doc).
@@ -323,18 +312,29 @@ impl Storage {
             bump(&self.stats.refused_stale);
             return;
         }
-        match self.admission.open(key, &record_key.source, &payload) {
-            Ok(record) => self.keep(key, record.seq, &payload, false),
+        let record = match self
+            .admission
+            .open_decoded(key, &record_key.source, &payload, decoded)
+        {
+            Ok(record) => record,
             Err(e) => {
                 bump(&self.stats.refused_record);
                 debug!(key, error = %e, "router storage: refused record");
+                return;
             }
-        }
+        };
+        bump(match self.keep(key, record.seq, &payload, false) {
+            Ok(stored) if stored.replaced => &self.stats.replaced,
+            Ok(_) => &self.stats.stored,
+            Err(Refusal::Stale { .. }) => &self.stats.refused_stale,
+            Err(Refusal::TooLarge { .. }) => &self.stats.refused_size,
+            Err(Refusal::NotARecordKey(_)) => &self.stats.refused_key,
+        });
     }
 
     /// Takes back the volume's records, within the bounds: their signatures were
     /// checked when they were stored, so only the key, the record's shape and the
-    /// admission list are checked again.
+    /// admission list are checked again. A record not taken back leaves the file.
     fn restore(&self, stored: Vec<super::volume::StoredRecord>) {
         for (key, payload) in stored {
             let seq = parse_any_record_key(&key)
@@ -342,13 +342,13 @@ impl Storage {
                 .filter(|(_, k)| self.admission.admits(&k.source))
                 .and_then(|_| decode(&payload).ok())
                 .map(|d| d.record.seq);
-            match seq {
-                Some(seq) => self.keep(&key, seq, &payload, true),
-                None => {
-                    bump(&self.stats.restore_refused);
-                    if let Some(v) = &self.volume {
-                        v.delete(key);
-                    }
+            let kept = seq.is_some_and(|seq| self.keep(&key, seq, &payload, true).is_ok());
+            if kept {
+                bump(&self.stats.restored);
+            } else {
+                bump(&self.stats.restore_refused);
+                if let Some(v) = &self.volume {
+                    v.delete(key);
                 }
             }
         }
@@ -395,10 +395,7 @@ fn spawn<T: Send + 'static>(
                 work(&storage, item);
             }
         })
-        .map_err(|e| RouterError::Zenoh {
-            stage: "thread",
-            reason: e.to_string(),
-        })
+        .map_err(|e| RouterError::Thread(e.to_string()))
 }
 
 impl FleetRouter {
@@ -498,11 +495,6 @@ impl FleetRouter {
     /// The storage's counters now.
     pub fn stats(&self) -> RouterStatsSnapshot {
         self.storage.stats.snapshot()
-    }
-
-    /// The volume's file, if the router has one.
-    pub fn volume(&self) -> Option<&Path> {
-        self.storage.volume.as_ref().map(Volume::path)
     }
 
     /// The endpoints it listens on.

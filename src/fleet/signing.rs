@@ -15,7 +15,7 @@ use thiserror::Error;
 
 use super::identity::key_of_source;
 use crate::core::ids::SourceId;
-use crate::core::record::{DecodeError, EncodeError, OutcomeRecord, decode};
+use crate::core::record::{DecodeError, DecodedRecord, EncodeError, OutcomeRecord, decode};
 
 /// Domain separation tag that starts every signed message.
 pub const SIGNATURE_CONTEXT: &[u8] = b"qis.sig.v1\n";
@@ -170,10 +170,29 @@ impl Admission {
         source: &SourceId,
         payload: &[u8],
     ) -> Result<OutcomeRecord, VerifyError> {
-        let Admission::SelfCertified { allowed } = self else {
-            return Ok(decode(payload)?.record);
-        };
         // The cheap checks first: a stranger's garbage costs no signature verification.
+        let key = self.writer_key(source)?;
+        self.check(key, key_expr, source, payload, decode(payload)?)
+    }
+
+    /// Checks who wrote a payload that the caller has already decoded (`decoded` of
+    /// `payload`), e.g. to look at its seq before paying for the signature.
+    pub fn open_decoded(
+        &self,
+        key_expr: &str,
+        source: &SourceId,
+        payload: &[u8],
+        decoded: DecodedRecord,
+    ) -> Result<OutcomeRecord, VerifyError> {
+        let key = self.writer_key(source)?;
+        self.check(key, key_expr, source, payload, decoded)
+    }
+
+    /// The key `source` names, if it may write (`None` in unsigned mode).
+    fn writer_key(&self, source: &SourceId) -> Result<Option<VerifyingKey>, VerifyError> {
+        let Admission::SelfCertified { allowed } = self else {
+            return Ok(None);
+        };
         let key = key_of_source(source).ok_or_else(|| VerifyError::NotSelfCertified {
             from: source.as_str().to_owned(),
         })?;
@@ -182,7 +201,21 @@ impl Admission {
                 from: source.as_str().to_owned(),
             });
         }
-        let decoded = decode(payload)?;
+        Ok(Some(key))
+    }
+
+    /// Verifies the signature of `decoded` with `key` (none to check in unsigned mode).
+    fn check(
+        &self,
+        key: Option<VerifyingKey>,
+        key_expr: &str,
+        source: &SourceId,
+        payload: &[u8],
+        decoded: DecodedRecord,
+    ) -> Result<OutcomeRecord, VerifyError> {
+        let Some(key) = key else {
+            return Ok(decoded.record);
+        };
         let sig = decoded.signature.ok_or(VerifyError::Unsigned)?;
         let message = signed_message(key_expr, &payload[..decoded.body_len]);
         key.verify_strict(&message, &Signature::from_bytes(&sig))

@@ -159,11 +159,6 @@ impl Volume {
         }
     }
 
-    /// The file.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
     /// Stops writing once everything sent is committed.
     pub fn close(mut self) {
         self.stop();
