@@ -181,6 +181,7 @@ impl FleetPort for FleetLink {
                 ("fleet.published", f.published),
                 ("fleet.bytes_out", f.bytes_out),
                 ("fleet.withheld", f.withheld),
+                ("fleet.held_back", f.held_back),
                 ("fleet.queries", f.queries),
                 ("fleet.query_errors", f.query_errors),
                 ("fleet.anti_entropy_rounds", f.anti_entropy_rounds),

@@ -7,6 +7,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+use super::republish::{DEFAULT_REPUBLISH_GROWTH, RepublishPolicy};
 use super::signing::{Admission, parse_public_key};
 use crate::core::ids::FleetName;
 use crate::core::privacy::{DEFAULT_TIME_QUANTUM_S, DpConfig};
@@ -54,6 +55,10 @@ pub struct FleetConfig {
     pub publish_interval_ms: u64,
     /// Own outcomes needed at a fingerprint before its record is shared (>= 1).
     pub min_count_to_share: u64,
+    /// Traffic budget (>= 1): a new version of an own record is put only when its
+    /// outcome count grew by this factor since the version last put (1 = every
+    /// version); a held-back version is still served to queries.
+    pub republish_growth: f64,
     /// Most fingerprints followed live at once (>= 1); the least recently used is dropped.
     pub max_live_subscriptions: usize,
     /// Period of the anti-entropy re-query of followed fingerprints, ms; 0 = off.
@@ -94,6 +99,7 @@ impl Default for FleetConfig {
             query_timeout_ms: DEFAULT_QUERY_TIMEOUT_MS,
             publish_interval_ms: DEFAULT_PUBLISH_INTERVAL_MS,
             min_count_to_share: DEFAULT_MIN_COUNT_TO_SHARE,
+            republish_growth: DEFAULT_REPUBLISH_GROWTH,
             max_live_subscriptions: DEFAULT_MAX_LIVE_SUBSCRIPTIONS,
             anti_entropy_period_ms: DEFAULT_ANTI_ENTROPY_PERIOD_MS,
             channel_capacity: DEFAULT_CHANNEL_CAPACITY,
@@ -138,6 +144,8 @@ pub struct FleetSettings {
     pub publish_interval: Duration,
     /// Own outcomes needed before a record is shared.
     pub min_count_to_share: u64,
+    /// When a new version of an own record is put.
+    pub republish: RepublishPolicy,
     /// Bound on live subscriptions.
     pub max_live_subscriptions: usize,
     /// Anti-entropy period; `None` = off.
@@ -176,6 +184,8 @@ impl FleetConfig {
         if self.min_count_to_share == 0 {
             return Err(err("min_count_to_share", "must be >= 1"));
         }
+        let republish = RepublishPolicy::new(self.republish_growth)
+            .map_err(|e| err("republish_growth", e.to_string()))?;
         if self.max_live_subscriptions == 0 {
             return Err(err("max_live_subscriptions", "must be >= 1"));
         }
@@ -243,6 +253,7 @@ impl FleetConfig {
             query_timeout: Duration::from_millis(self.query_timeout_ms),
             publish_interval: Duration::from_millis(self.publish_interval_ms),
             min_count_to_share: self.min_count_to_share,
+            republish,
             max_live_subscriptions: self.max_live_subscriptions,
             anti_entropy_period: (self.anti_entropy_period_ms > 0)
                 .then(|| Duration::from_millis(self.anti_entropy_period_ms)),
@@ -318,6 +329,13 @@ mod tests {
                 ..d()
             }),
             "min_count_to_share"
+        );
+        assert_eq!(
+            bad(FleetConfig {
+                republish_growth: 0.5,
+                ..d()
+            }),
+            "republish_growth"
         );
         assert_eq!(
             bad(FleetConfig {

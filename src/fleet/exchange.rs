@@ -44,6 +44,7 @@ use super::intake::{Address, HAVE_PARAMETER, Intake, Received, seq_in_digest};
 use super::keys::{escape_chunk, lane_selector, record_key, source_selector};
 use super::lanes::{LanePrefix, LaneSelection, MAX_PREFIXES, lane_of, select};
 use super::outbox::{Outbox, Sealed, put};
+use super::republish::RepublishPolicy;
 use super::signing::seal;
 use super::stats::{FleetStats, FleetStatsSnapshot, bump, set};
 use crate::core::ids::{Fingerprint, FleetName, ModelId, RecordKey, Seq, SourceId};
@@ -86,6 +87,14 @@ fn zerr(e: impl std::fmt::Display) -> FleetError {
 pub enum Publish {
     /// Served to queries now and queued for a (coalesced) put.
     Queued,
+    /// Served to queries now, not put: its count has not grown by `republish_growth`
+    /// since the version last put (the traffic budget, [`super::republish`]).
+    Held {
+        /// Outcomes in the record.
+        count: u64,
+        /// Outcomes in the version last put.
+        last_put: u64,
+    },
     /// Not shared yet: fewer own outcomes than `min_count_to_share`.
     Withheld {
         /// Outcomes in the record.
@@ -95,6 +104,14 @@ pub enum Publish {
     },
 }
 
+/// Whether a shared version of an own record is put or only served.
+enum Release {
+    /// Put on the network.
+    Put,
+    /// Served only; `last_put` outcomes were in the version last put.
+    Held { last_put: u64 },
+}
+
 /// One own record as the queryable serves it.
 struct Served {
     ke: KeyExpr<'static>,
@@ -102,6 +119,8 @@ struct Served {
     bytes: Vec<u8>,
     /// When it was last updated (a [`ServedRecords`] clock tick).
     stamp: u64,
+    /// Outcome count of the version of this record last put on the network (0: none).
+    put_count: u64,
 }
 
 /// Own records as the queryable serves them, by key (latest per key), at most
@@ -122,6 +141,11 @@ impl ServedRecords {
             clock: 0,
             capacity: capacity.max(1),
         }
+    }
+
+    /// The outcome count of the version last put under `ke` (0: none, or forgotten).
+    fn put_count(&self, ke: &str) -> u64 {
+        self.by_key.get(ke).map_or(0, |s| s.put_count)
     }
 
     /// Serves `served` under `ke`, replacing an older version; returns how many records
@@ -152,6 +176,7 @@ struct Shared {
     signing_key: Option<SigningKey>,
     query_timeout: Duration,
     min_count_to_share: u64,
+    republish: RepublishPolicy,
     dp: DpConfig,
     /// Time quantum of shared records' timestamps (ns).
     time_quantum_ns: i64,
@@ -257,6 +282,7 @@ impl FleetExchange {
             signing_key,
             query_timeout: settings.query_timeout,
             min_count_to_share: settings.min_count_to_share,
+            republish: settings.republish,
             dp: settings.dp,
             time_quantum_ns: settings.time_quantum_ns,
             served: RwLock::new(ServedRecords::new(settings.max_served_records)),
@@ -308,12 +334,14 @@ impl FleetExchange {
         self.shared.intake.stats.snapshot()
     }
 
-    /// Seals an own record and makes it the one served; `None` while withheld.
+    /// Seals an own record and makes it the one served; `None` while withheld. When
+    /// `publishing`, also decides whether this version is put (the republish rule).
     fn seal_own(
         &self,
         key: &RecordKey,
         record: &OutcomeRecord,
-    ) -> Result<Option<Sealed>, FleetError> {
+        publishing: bool,
+    ) -> Result<Option<(Sealed, Release)>, FleetError> {
         let own = &self.shared.intake.own;
         if key.source != *own {
             return Err(FleetError::NotOwnSource {
@@ -321,7 +349,8 @@ impl FleetExchange {
                 got: key.source.to_string(),
             });
         }
-        if record.summary.count() < self.shared.min_count_to_share {
+        let count = record.summary.count();
+        if count < self.shared.min_count_to_share {
             return Ok(None);
         }
         let ke = record_key(&self.shared.intake.fleet, key);
@@ -338,42 +367,64 @@ impl FleetExchange {
         };
         let bytes = seal(record, &ke, self.shared.signing_key.as_ref())?;
         let parsed = KeyExpr::try_from(ke.clone()).map_err(zerr)?;
-        let dropped = self
+        let mut served = self
             .shared
             .served
             .write()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(
-                ke.clone(),
-                Served {
-                    ke: parsed,
-                    seq: record.seq,
-                    bytes: bytes.clone(),
-                    stamp: 0,
+            .unwrap_or_else(PoisonError::into_inner);
+        let last_put = served.put_count(&ke);
+        let release = if publishing && self.shared.republish.due(last_put, count) {
+            Release::Put
+        } else {
+            Release::Held { last_put }
+        };
+        let dropped = served.insert(
+            ke.clone(),
+            Served {
+                ke: parsed,
+                seq: record.seq,
+                bytes: bytes.clone(),
+                stamp: 0,
+                put_count: match release {
+                    Release::Put => count,
+                    Release::Held { last_put } => last_put,
                 },
-            );
+            },
+        );
+        drop(served);
         bump(&self.shared.intake.stats.served_evicted, dropped);
-        Ok(Some((ke, bytes)))
+        Ok(Some(((ke, bytes), release)))
     }
 
-    /// Shares a new version of one of this node's records: served to queries at once and
-    /// put on the network coalesced (see the module doc). Never blocks on the network.
+    /// Shares a new version of one of this node's records: served to queries at once,
+    /// and put on the network coalesced (see the module doc) when the republish rule
+    /// lets it out. Never blocks on the network.
     pub fn publish(&self, key: &RecordKey, record: &OutcomeRecord) -> Result<Publish, FleetError> {
-        let Some((ke, bytes)) = self.seal_own(key, record)? else {
-            bump(&self.shared.intake.stats.withheld, 1);
-            return Ok(Publish::Withheld {
-                count: record.summary.count(),
-                needed: self.shared.min_count_to_share,
-            });
-        };
-        self.shared.outbox.queue(key.clone(), (ke, bytes));
-        Ok(Publish::Queued)
+        let stats = &self.shared.intake.stats;
+        let count = record.summary.count();
+        match self.seal_own(key, record, true)? {
+            None => {
+                bump(&stats.withheld, 1);
+                Ok(Publish::Withheld {
+                    count,
+                    needed: self.shared.min_count_to_share,
+                })
+            }
+            Some((_, Release::Held { last_put })) => {
+                bump(&stats.held_back, 1);
+                Ok(Publish::Held { count, last_put })
+            }
+            Some((sealed, Release::Put)) => {
+                self.shared.outbox.queue(key.clone(), sealed);
+                Ok(Publish::Queued)
+            }
+        }
     }
 
     /// Serves an own record (restored from the store at start-up) to queries without
     /// putting it on the network; withheld below `min_count_to_share` like `publish`.
     pub fn serve_own(&self, key: &RecordKey, record: &OutcomeRecord) -> Result<bool, FleetError> {
-        Ok(self.seal_own(key, record)?.is_some())
+        Ok(self.seal_own(key, record, false)?.is_some())
     }
 
     /// Asks the fleet once for every source's record at (model, fingerprint); waits at
@@ -600,6 +651,7 @@ mod tests {
             seq: Seq(seq),
             bytes: vec![1, 2, 3],
             stamp: 0,
+            put_count: 0,
         }
     }
 

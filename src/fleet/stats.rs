@@ -19,6 +19,7 @@ pub struct FleetStats {
     pub(crate) published: AtomicU64,
     pub(crate) bytes_out: AtomicU64,
     pub(crate) withheld: AtomicU64,
+    pub(crate) held_back: AtomicU64,
     pub(crate) queries: AtomicU64,
     pub(crate) query_errors: AtomicU64,
     pub(crate) anti_entropy_rounds: AtomicU64,
@@ -60,6 +61,9 @@ pub struct FleetStatsSnapshot {
     pub bytes_out: u64,
     /// Own records not shared yet (fewer than `min_count_to_share` outcomes).
     pub withheld: u64,
+    /// Own record versions served but not put: their count had not grown by
+    /// `republish_growth` since the version last put.
+    pub held_back: u64,
     /// Fleet queries issued (including anti-entropy).
     pub queries: u64,
     /// Fleet queries that failed to start or returned an error reply.
@@ -125,6 +129,7 @@ impl FleetStats {
             published: r(&self.published),
             bytes_out: r(&self.bytes_out),
             withheld: r(&self.withheld),
+            held_back: r(&self.held_back),
             queries: r(&self.queries),
             query_errors: r(&self.query_errors),
             anti_entropy_rounds: r(&self.anti_entropy_rounds),

@@ -43,13 +43,14 @@ use thiserror::Error;
 use ed25519_dalek::SigningKey;
 
 use crate::core::ids::{Fingerprint, FleetName, ModelId, RecordKey, Seq, SourceId};
+use crate::core::privacy::shared_form;
 use crate::core::record::{EncodeError, OutcomeRecord, decode};
-use crate::fleet::Identity;
 use crate::fleet::keys::record_key;
 use crate::fleet::lanes::{
     Lane, LaneSelection, LaneSet, MAX_PREFIXES, lane_and_hash, select, widening,
 };
 use crate::fleet::signing::{Admission, seal};
+use crate::fleet::{Identity, RepublishPolicy};
 
 /// Why an exchange operation failed.
 #[derive(Debug, Error)]
@@ -191,8 +192,10 @@ impl WireStats {
 
 /// One robot's connection to the fleet: the operations the node logic needs.
 pub trait Exchange {
-    /// Publishes this robot's latest record for an address (replaces its previous one).
-    fn publish(&mut self, key: &RecordKey, record: &OutcomeRecord) -> Result<(), ExchangeError>;
+    /// Shares this robot's latest record for an address (replaces its previous one) as
+    /// the product's exchange does: put only when the republish rule lets it out
+    /// ([`RepublishPolicy`]). Returns whether it was put.
+    fn publish(&mut self, key: &RecordKey, record: &OutcomeRecord) -> Result<bool, ExchangeError>;
     /// Puts `bytes`, sealed by their writer ([`crate::fleet::signing::seal`]) as version
     /// `seq`, under `key` whatever source it names, as any peer with write access to the
     /// key space can. Every receiver opens them with the admission check; only what it
@@ -243,7 +246,7 @@ pub trait Network {
 }
 
 /// Settings of the in-process bus.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
 pub struct BusConfig {
     /// Time from publication to visibility at other robots (ns).
     pub delay_ns: i64,
@@ -252,6 +255,8 @@ pub struct BusConfig {
     /// Seal every record with its writer's key and open it at every receiver (forged and
     /// Sybil puts always are); false = honest records are encoded without a signature.
     pub sign_records: bool,
+    /// The product exchange's republish rule (`exchange.republish_growth`).
+    pub republish: RepublishPolicy,
 }
 
 type ModelIx = u16;
@@ -338,6 +343,9 @@ pub struct BusEndpoint {
     robot: RobotIx,
     /// Its signing key, used when the bus seals every record.
     key: Option<SigningKey>,
+    /// Outcome count of the version last put, per own address (the republish rule's
+    /// memory, as the product's exchange keeps it beside what it serves).
+    put_counts: HashMap<(ModelId, Fingerprint), u64>,
 }
 
 impl Bus {
@@ -379,6 +387,7 @@ impl Bus {
             bus: self.clone(),
             robot,
             key,
+            put_counts: HashMap::new(),
         }
     }
 
@@ -588,7 +597,19 @@ impl BusEndpoint {
 }
 
 impl Exchange for BusEndpoint {
-    fn publish(&mut self, key: &RecordKey, record: &OutcomeRecord) -> Result<(), ExchangeError> {
+    fn publish(&mut self, key: &RecordKey, record: &OutcomeRecord) -> Result<bool, ExchangeError> {
+        let republish = self.bus.0.borrow().config.republish;
+        let count = record.summary.count();
+        let last_put = self
+            .put_counts
+            .entry((key.model.clone(), key.fingerprint))
+            .or_default();
+        if !republish.due(*last_put, count) {
+            return Ok(false);
+        }
+        *last_put = count;
+        // As the product's exchange shares it: outcome times rounded to the quantum.
+        let record = &shared_form(record);
         let encode = |source| ExchangeError::Encode {
             fingerprint: key.fingerprint,
             source,
@@ -604,7 +625,8 @@ impl Exchange for BusEndpoint {
             ),
             _ => (record.encode().map_err(encode)?, false),
         };
-        self.put(key, None, bytes.into(), sealed)
+        self.put(key, None, bytes.into(), sealed)?;
+        Ok(true)
     }
 
     fn put_sealed(
@@ -722,6 +744,8 @@ mod tests {
             delay_ns: 10,
             max_sources_per_address: 8,
             sign_records: false,
+            // Every version (these records all hold one outcome).
+            republish: RepublishPolicy::new(1.0).unwrap(),
         });
         let m = ModelId::new("wm").unwrap();
         let fp = Fingerprint([7; 16]);
@@ -766,6 +790,8 @@ mod tests {
             delay_ns: 0,
             max_sources_per_address: budget,
             sign_records: false,
+            // Every version (these records all hold one outcome).
+            republish: RepublishPolicy::new(1.0).unwrap(),
         });
         let m = ModelId::new("wm").unwrap();
         let fp = Fingerprint([1; 16]);
@@ -836,6 +862,8 @@ mod tests {
             delay_ns: 0,
             max_sources_per_address: 8,
             sign_records: true,
+            // Every version (these records all hold one outcome).
+            republish: RepublishPolicy::new(1.0).unwrap(),
         });
         let m = ModelId::new("wm").unwrap();
         let fp = Fingerprint([9; 16]);

@@ -10,8 +10,8 @@
 //! unless an experiment changes them). Each robot has a self-certifying identity (ed25519
 //! key, source id = public key) under which its exchange endpoint seals its records.
 //! What stays the simulator's: the world, the exchange (bus or Zenoh) with its fan-in,
-//! the traffic budget on what the node lets out (`republish_growth`), the baselines and
-//! the attackers.
+//! the baselines and the attackers. What the node lets out goes through the product's
+//! republish rule ([`crate::fleet::RepublishPolicy`]) on either network.
 //!
 //! Attackers ([`super::AttackMode`]) run a node with a biased sensor (their outcomes are
 //! shifted by `attack_bias`) and publish every own record at once, ignoring both budgets
@@ -34,7 +34,6 @@ use rand::{RngExt, SeedableRng};
 use crate::core::fingerprint::Fingerprinter;
 use crate::core::ids::{Fingerprint, FleetName, ModelId, RecordKey, Seq, SourceId};
 use crate::core::memory::Ingest;
-use crate::core::privacy::shared_form;
 use crate::core::record::{OutcomeRecord, TimeBase};
 use crate::core::summary::Summary;
 use crate::fleet::Identity;
@@ -89,8 +88,6 @@ pub struct Robot<E: Exchange> {
     local: Oracle,
     /// Classes met (the first episode of each is scored as a first encounter).
     met: HashSet<Class>,
-    /// Own count of each class at its last publication (the traffic budget).
-    published: HashMap<(ModelId, Fingerprint), u64>,
 }
 
 /// Per-robot memory figures at the end of a run.
@@ -251,13 +248,18 @@ pub fn simulate(
     poison: bool,
     progress: &mut dyn FnMut(usize),
 ) -> Result<RunOutcome, SimError> {
+    let republish = config.republish()?;
     let mut bus = Bus::new(BusConfig {
         delay_ns: (config.delay_ms * 1e6) as i64,
         max_sources_per_address: config.max_sources_per_address,
         sign_records: config.sign_records,
+        republish,
     });
     if config.zenoh_robots > 0 {
-        let zenoh = ZenohNetwork::start(ZenohNetConfig::default())?;
+        let zenoh = ZenohNetwork::start(ZenohNetConfig {
+            republish,
+            ..ZenohNetConfig::default()
+        })?;
         let mut mixed = MixedNetwork::new(bus, zenoh, config.zenoh_robots);
         return simulate_on(&mut mixed, config, poison, progress);
     }
@@ -380,28 +382,6 @@ impl<E: Exchange> Robot<E> {
         Ok(prior)
     }
 
-    /// The traffic budget on top of the node's privacy budget: what the node lets out is
-    /// published only when the own count grew by `republish_growth` since the last time.
-    fn publish_budgeted(
-        &mut self,
-        scene: &Scene<'_>,
-        key: &RecordKey,
-        record: &OutcomeRecord,
-    ) -> Result<bool, SimError> {
-        let count = record.summary.count();
-        let last = self
-            .published
-            .entry((key.model.clone(), key.fingerprint))
-            .or_default();
-        if *last != 0 && (count as f64) < *last as f64 * scene.config.republish_growth {
-            return Ok(false);
-        }
-        *last = count;
-        // As the product's exchange shares it: outcome times rounded to the quantum.
-        self.exchange.publish(key, &shared_form(record))?;
-        Ok(true)
-    }
-
     /// Sybil rotation: a fresh self-certified identity every `sybil_rounds` rounds.
     fn rotate(&mut self, scene: &mut Scene<'_>, round: usize) {
         let Some(a) = &mut self.attack else {
@@ -444,7 +424,9 @@ impl<E: Exchange> Robot<E> {
                     .map_err(encode)?;
                 self.exchange.put_sealed(&key, record.seq, bytes, true)?;
             }
-            None => self.exchange.publish(&key, record)?,
+            None => {
+                self.exchange.publish(&key, record)?;
+            }
         }
         if !scene.config.attack.hijack() {
             return Ok(());
@@ -646,7 +628,7 @@ impl<E: Exchange> Robot<E> {
             }
             return self.attack(scene, key, &record);
         }
-        if share && self.publish_budgeted(scene, &key, &record)? {
+        if share && self.exchange.publish(&key, &record)? {
             if let Brain::Ros(node) = &mut self.brain {
                 node.count_published();
             }
@@ -700,7 +682,6 @@ fn spawn<N: Network>(
             brain: Brain::Logic(Box::new(logic)),
             local: Oracle::default(),
             met: HashSet::new(),
-            published: HashMap::new(),
         });
     }
     Ok(robots)

@@ -41,6 +41,8 @@ use crate::core::memory::MemoryError;
 use crate::core::neighbors::NeighborError;
 use crate::core::summary::SummaryError;
 use crate::core::synthesis::{SynthesisConfigError, SynthesisError};
+use crate::fleet::RepublishPolicy;
+use crate::fleet::republish::DEFAULT_REPUBLISH_GROWTH;
 use crate::node::{InputError, NodeParams, ParamError};
 
 pub use report::SimReport;
@@ -205,9 +207,9 @@ pub struct SimConfig {
     pub leave_fraction: f64,
     /// Most sources a robot follows per address (fan-in budget).
     pub max_sources_per_address: usize,
-    /// Traffic budget on top of the privacy budget: a record the privacy budget lets out
-    /// is published only when the own count grew by this factor since the last
-    /// publication (1 = every record the privacy budget lets out).
+    /// The exchange's traffic budget (`exchange.republish_growth`, the product's rule): a
+    /// record the privacy budget lets out is put only when the own count grew by this
+    /// factor since the version last put (1 = every record the privacy budget lets out).
     pub republish_growth: f64,
     /// Fraction of robots that publish poisoned records.
     pub attackers: f64,
@@ -293,7 +295,7 @@ impl SimConfig {
             late_join_fraction: 0.25,
             leave_fraction: 0.15,
             max_sources_per_address: 16,
-            republish_growth: 1.25,
+            republish_growth: DEFAULT_REPUBLISH_GROWTH,
             attackers: 0.0,
             attack_bias: 50.0,
             attack: AttackMode::All,
@@ -348,9 +350,7 @@ impl SimConfig {
         if self.max_sources_per_address == 0 {
             return bad("max_sources_per_address", "must be at least 1");
         }
-        if !(self.republish_growth.is_finite() && self.republish_growth >= 1.0) {
-            return bad("republish_growth", "must be finite and >= 1");
-        }
+        self.republish()?;
         if self.sybil_rounds == 0 {
             return bad("sybil_rounds", "must be at least 1");
         }
@@ -377,9 +377,18 @@ impl SimConfig {
         Ok(())
     }
 
+    /// The exchange's republish rule with this run's growth factor.
+    pub fn republish(&self) -> Result<RepublishPolicy, SimError> {
+        RepublishPolicy::new(self.republish_growth).map_err(|e| SimError::Config {
+            field: "republish_growth",
+            reason: e.to_string(),
+        })
+    }
+
     /// Whether the robots run the node's shipped defaults (`NodeParams::default()` with
     /// this world's bins, [`sim_node_params`]) and no ground-truth gate. The traffic
-    /// budget (`republish_growth`) and the fan-in are the simulator's exchange.
+    /// budget (`republish_growth`) and the fan-in are the exchange's, the product's
+    /// defaults unless an experiment changes them.
     pub fn shipped_defaults(&self) -> bool {
         self.plausibility_margin == 0.0 && self.node == sim_node_params(self.world)
     }

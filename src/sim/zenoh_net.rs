@@ -51,8 +51,8 @@ use crate::fleet::keys::{KEY_PREFIX, lane_selector, record_key};
 use crate::fleet::lanes::LanePrefix;
 use crate::fleet::router::router_config;
 use crate::fleet::{
-    FleetConfig, FleetExchange, FleetRouter, FleetStats, Identity, LaneView, Received,
-    RouterSettings,
+    FleetConfig, FleetExchange, FleetRouter, FleetStats, Identity, LaneView, Publish, Received,
+    RepublishPolicy, RouterSettings,
 };
 
 /// First chunks of the bare baseline's keys (same shape as the record keys).
@@ -61,12 +61,14 @@ const BARE_PREFIX: &str = "qisbare/v2";
 const SIGNATURE_LEN: usize = 64;
 
 /// Settings of the Zenoh network.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub struct ZenohNetConfig {
     /// Wait for replies to one follow's query (ms).
     pub query_timeout_ms: u64,
     /// Longest wait at the end of a round for the expected deliveries (ms).
     pub settle_timeout_ms: u64,
+    /// The exchange's republish rule (`exchange.republish_growth`).
+    pub republish: RepublishPolicy,
 }
 
 impl Default for ZenohNetConfig {
@@ -74,6 +76,7 @@ impl Default for ZenohNetConfig {
         ZenohNetConfig {
             query_timeout_ms: 2_000,
             settle_timeout_ms: 2_000,
+            republish: RepublishPolicy::default(),
         }
     }
 }
@@ -340,6 +343,19 @@ impl ZenohEndpoint {
         }
     }
 
+    /// Takes back what [`expect`](Self::expect) owed for a version the exchange held
+    /// back (never put, so nothing of it can arrive).
+    fn unexpect(&self, key: &RecordKey, seq: Seq) {
+        let mut ledger = self.track.ledger();
+        let id = (key.source.clone(), key.fingerprint, seq.0);
+        ledger.published_at.remove(&id);
+        if let Some(owed) = ledger.pending.remove(&id) {
+            let n = owed.len() as u64;
+            ledger.expected -= n;
+            ledger.owed -= n;
+        }
+    }
+
     fn exchange(&self) -> Result<&FleetExchange, ExchangeError> {
         self.exchange
             .as_ref()
@@ -446,16 +462,17 @@ async fn receive(
 }
 
 impl Exchange for ZenohEndpoint {
-    fn publish(&mut self, key: &RecordKey, record: &OutcomeRecord) -> Result<(), ExchangeError> {
+    fn publish(&mut self, key: &RecordKey, record: &OutcomeRecord) -> Result<bool, ExchangeError> {
         let ex = self.exchange()?;
+        // Owed before the put: a delivery may arrive before `publish` returns.
         self.expect(key, record.seq);
         let started = Instant::now();
-        let done = ex
-            .publish(key, record)
-            .map_err(|e| net_err("publish", e))
-            .map(|_| ());
+        let done = ex.publish(key, record).map_err(|e| net_err("publish", e));
         self.track.ledger().publish_wait += started.elapsed();
-        done?;
+        if done? != Publish::Queued {
+            self.unexpect(key, record.seq);
+            return Ok(false);
+        }
         // The bare baseline: the same number of bytes under the same key shape.
         let len = record.encode().map_or(0, |b| b.len()) + SIGNATURE_LEN;
         let mut payload = vec![0u8; len.max(12)];
@@ -476,7 +493,8 @@ impl Exchange for ZenohEndpoint {
                     .express(true)
                     .await
             })
-            .map_err(|e| net_err("bare put", e))
+            .map_err(|e| net_err("bare put", e))?;
+        Ok(true)
     }
 
     fn put_sealed(
@@ -574,6 +592,7 @@ impl Network for ZenohNetwork {
             // product's default (`max_sources_per_address`).
             publish_interval_ms: 0,
             min_count_to_share: 1,
+            republish_growth: self.config.republish.growth(),
             anti_entropy_period_ms: 0,
             ..FleetConfig::default()
         };
@@ -768,12 +787,14 @@ pub enum MixedEndpoint {
 }
 
 impl Exchange for MixedEndpoint {
-    fn publish(&mut self, key: &RecordKey, record: &OutcomeRecord) -> Result<(), ExchangeError> {
+    fn publish(&mut self, key: &RecordKey, record: &OutcomeRecord) -> Result<bool, ExchangeError> {
         match self {
             MixedEndpoint::Bus(b) => b.publish(key, record),
             MixedEndpoint::Zenoh { zenoh, shadow, .. } => {
-                zenoh.publish(key, record)?;
-                shadow.publish(key, record)
+                let put = zenoh.publish(key, record)?;
+                // The shadow applies the same republish rule to the same versions.
+                shadow.publish(key, record)?;
+                Ok(put)
             }
         }
     }
