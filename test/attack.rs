@@ -228,6 +228,8 @@ impl Honest {
             listen: vec![ep(listen)],
             connect: vec![ep(connect)],
             publish_interval_ms: 0,
+            // The phases put each version A learns (the traffic budget is not on trial).
+            republish_growth: 1.0,
             anti_entropy_period_ms: 0,
             ..FleetConfig::default()
         };

@@ -491,17 +491,27 @@ async fn publishing_is_withheld_then_coalesced_and_subscriptions_are_bounded() {
     a.serve_own(&key, &r3).unwrap();
     query_until(&b, &s, |g| !g.is_empty()).await;
 
-    // A burst of four versions: at most one put goes out at once (the outbox task may
+    // A burst of three versions: at most one put goes out at once (the outbox task may
     // wake after any of them), the rest coalesce into one put of the latest after the
-    // interval. B ends with seq 6 after at most two samples.
-    for n in 3..=6 {
+    // interval. B ends with seq 5 after at most two samples.
+    for n in 3..=5 {
         let (_, r) = own_record("robot-a", s, n, &[0.3, 0.3]);
         assert_eq!(a.publish(&key, &r).unwrap(), Publish::Queued);
     }
+    // The traffic budget: 6 outcomes are fewer than 1.25 x the 5 last put, so this
+    // version is held back from the network, yet it is the one served.
+    let (_, r6) = own_record("robot-a", s, 6, &[0.3, 0.3]);
+    assert_eq!(
+        a.publish(&key, &r6).unwrap(),
+        Publish::Held {
+            count: 6,
+            last_put: 5
+        }
+    );
     let mut samples = 0;
     recv_until(&mut rx_b, |(_, r)| {
         samples += 1;
-        r.seq == Seq(6)
+        r.seq == Seq(5)
     })
     .await;
     assert!(
@@ -520,6 +530,13 @@ async fn publishing_is_withheld_then_coalesced_and_subscriptions_are_bounded() {
         "{published} puts for one burst"
     );
     assert_eq!(a.stats().withheld, 1);
+    assert_eq!(a.stats().held_back, 1);
+    let got = b.query(&model, &s).await.unwrap();
+    assert_eq!(
+        got.iter().map(|(_, r)| r.seq).max(),
+        Some(Seq(6)),
+        "the held-back version is served"
+    );
 
     // Live subscriptions are bounded: following a third address drops the least
     // recently used one (s was refreshed, so fp 0x33 goes).
