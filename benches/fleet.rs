@@ -36,6 +36,8 @@ fn config(listen: u16, connect: u16, signed: bool) -> FleetConfig {
         connect: vec![format!("tcp/127.0.0.1:{connect}")],
         publish_interval_ms: 0,
         min_count_to_share: 1,
+        // Propagation of each put is measured, so every version is put.
+        republish_growth: 1.0,
         anti_entropy_period_ms: 0,
         unsigned: !signed,
         ..FleetConfig::default()
